@@ -1,0 +1,62 @@
+# cloudimg — the two commands are `make run` and `make test`; `make bench` measures.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := build/tools/node_modules/.bin/buf
+PROTOS := $(shell find protos -name '*.proto')
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+.PHONY: all venv gen lint test unit integration e2e run bench clean
+
+all: gen
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Generated code goes into gen/ (one package tree: cloudimg.<context>.v1), put on the venv's path by
+# a .pth file. Never edited by hand; this rule rewrites it whole.
+gen/.stamp: $(VENV)/.installed $(PROTOS)
+	rm -rf gen build/third_party && mkdir -p gen build/third_party/google/type
+	cp "$(SITE)/google/type/money.proto" build/third_party/google/type/
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos -I build/third_party \
+	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I protos -I build/third_party --include_imports \
+	  --descriptor_set_out=build/cloudimg.protoset $(PROTOS)
+	echo "$(CURDIR)/gen" > "$(SITE)/cloudimg_gen.pth"
+	touch $@
+
+gen: gen/.stamp
+
+$(BUF):
+	mkdir -p build/tools
+	cd build/tools && npm install --silent --no-audit --no-fund @bufbuild/buf@1.75.0
+
+lint: gen/.stamp $(BUF)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code protos
+
+test: gen lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+unit: gen
+	$(PY) -m pytest -q tests/unit
+integration: gen
+	$(PY) -m pytest -q tests/integration
+e2e: gen
+	$(PY) -m pytest -q tests/e2e
+
+run: gen
+	$(PY) -m devtools.run
+
+bench: gen
+	$(PY) -m devtools.bench
+
+clean:
+	rm -rf $(VENV) gen build data
