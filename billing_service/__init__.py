@@ -1,0 +1,1 @@
+"""billing: instance types, the price book, quotes and the charge ledger."""

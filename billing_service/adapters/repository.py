@@ -1,0 +1,58 @@
+"""The charge ledger, with SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing_service.adapters.tables import ChargeRow
+from billing_service.domain.model import Charge, ChargeType, LineKind, Quote, QuoteLine
+from chassis.db import insert_ignoring_duplicates
+
+_charges = ChargeRow.__table__
+
+
+def _to_charge(row: object) -> tuple[int, Charge]:
+    m = row._mapping  # type: ignore[attr-defined]
+    lines = tuple(
+        QuoteLine(LineKind(l["kind"]), l["description"], Decimal(l["unit_price"]), l["quantity"], l["unit"])
+        for l in json.loads(m["lines"])
+    )
+    quote = Quote(m["currency"], ChargeType(m["charge_type"]), lines)
+    return m["seq"], Charge(m["charge_id"], m["account_id"], m["region"], quote, tuple(json.loads(m["instance_ids"])),
+                            m["create_time"], m["idempotency_key"], m["request_fingerprint"])
+
+
+class ChargeRepository:
+    def __init__(self, session: Session):
+        self._session = session
+
+    def add_unless_exists(self, charge: Charge) -> bool:
+        """Records the charge; False when the account already has one with its idempotency key."""
+        quote = charge.quote
+        statement = insert_ignoring_duplicates(self._session.get_bind(), _charges).values(
+            charge_id=charge.charge_id, account_id=charge.account_id, idempotency_key=charge.idempotency_key,
+            request_fingerprint=charge.request_fingerprint, region=charge.region, currency=quote.currency,
+            charge_type=quote.charge_type.value, total=str(quote.total),
+            lines=json.dumps([
+                {"kind": l.kind.value, "description": l.description, "unit_price": str(l.unit_price),
+                 "quantity": l.quantity, "unit": l.unit}
+                for l in quote.lines
+            ]),
+            instance_ids=json.dumps(list(charge.instance_ids)), create_time=charge.create_time,
+        )
+        return self._session.execute(statement).rowcount == 1
+
+    def by_idempotency_key(self, account_id: str, key: str) -> Charge | None:
+        row = self._session.execute(select(_charges).where(
+            _charges.c.account_id == account_id, _charges.c.idempotency_key == key)).first()
+        return None if row is None else _to_charge(row)[1]
+
+    def of_account(self, account_id: str, after_seq: int | None, limit: int) -> list[tuple[int, Charge]]:
+        statement = select(_charges).where(_charges.c.account_id == account_id)
+        if after_seq is not None:
+            statement = statement.where(_charges.c.seq > after_seq)
+        return [_to_charge(r) for r in self._session.execute(statement.order_by(_charges.c.seq).limit(limit))]

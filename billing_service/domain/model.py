@@ -1,0 +1,180 @@
+"""The billing context's domain: instance types, the price book, quotes and charges.
+
+Money is exact: ``decimal.Decimal`` amounts in the price book's one currency.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from chassis.errors import InvalidArgument
+
+PREPAID_PERIODS = frozenset([*range(1, 13), 24, 36, 48, 60])
+MAX_INSTANCES_PER_LAUNCH = 100
+
+
+class ChargeType(enum.StrEnum):
+    POSTPAID_BY_HOUR = "POSTPAID_BY_HOUR"
+    PREPAID = "PREPAID"
+    SPOTPAID = "SPOTPAID"
+
+    @property
+    def unit(self) -> str:
+        return "instance-month" if self is ChargeType.PREPAID else "instance-hour"
+
+
+class CpuArchitecture(enum.StrEnum):
+    X86_64 = "X86_64"
+    ARM64 = "ARM64"
+
+
+class OsKind(enum.StrEnum):
+    LINUX = "LINUX"
+    WINDOWS = "WINDOWS"
+
+
+class LineKind(enum.StrEnum):
+    INSTANCE = "INSTANCE"
+    IMAGE_LICENSE = "IMAGE_LICENSE"
+    MARKETPLACE = "MARKETPLACE"
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    instance_type: str
+    family: str
+    architecture: CpuArchitecture
+    vcpus: int
+    memory_gb: int
+    regions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MarketplaceProduct:
+    product_id: str
+    provider: str
+    name: str
+    prices: dict[ChargeType, Decimal]
+
+
+@dataclass(frozen=True)
+class ImagePricing:
+    image_id: str
+    os_kind: OsKind
+    marketplace_product_id: str = ""
+
+
+@dataclass(frozen=True)
+class LaunchPricing:
+    region: str
+    instance_type: str
+    instance_count: int
+    charge_type: ChargeType
+    period_months: int
+    image: ImagePricing
+
+    def quantity(self) -> int:
+        """Instance-hours for an hour of use, or instance-months for the whole prepaid period."""
+        return self.instance_count * (self.period_months if self.charge_type is ChargeType.PREPAID else 1)
+
+
+@dataclass(frozen=True)
+class QuoteLine:
+    kind: LineKind
+    description: str
+    unit_price: Decimal
+    quantity: int
+    unit: str
+
+    @property
+    def amount(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+
+@dataclass(frozen=True)
+class Quote:
+    currency: str
+    charge_type: ChargeType
+    lines: tuple[QuoteLine, ...]
+
+    @property
+    def total(self) -> Decimal:
+        return sum((line.amount for line in self.lines), Decimal(0))
+
+
+@dataclass(frozen=True)
+class Charge:
+    charge_id: str
+    account_id: str
+    region: str
+    quote: Quote
+    instance_ids: tuple[str, ...]
+    create_time: datetime
+    idempotency_key: str = ""
+    request_fingerprint: str = ""
+
+
+@dataclass
+class PriceBook:
+    """What an operator publishes: instance types, and prices per region and charge type."""
+
+    currency: str
+    version: str
+    instance_types: dict[str, InstanceType]
+    # region -> instance type -> charge type -> unit price
+    instance_prices: dict[str, dict[str, dict[ChargeType, Decimal]]]
+    # region -> charge type -> unit price of a Windows license (regions without one are absent)
+    windows_license: dict[str, dict[ChargeType, Decimal]]
+    marketplace_products: dict[str, MarketplaceProduct] = field(default_factory=dict)
+
+    def types_in(self, region: str) -> list[InstanceType]:
+        offered = self.instance_prices.get(region)
+        if offered is None:
+            raise InvalidArgument("UNKNOWN_REGION", f"region {region!r} has no price book", field="region")
+        return [self.instance_types[name] for name in sorted(offered)]
+
+    def quote(self, launch: LaunchPricing) -> Quote:
+        """The itemized price of a launch: instances, the Windows license, the marketplace product."""
+        check_launch(launch)
+        by_type = self.instance_prices.get(launch.region)
+        if by_type is None:
+            raise InvalidArgument("UNKNOWN_REGION", f"region {launch.region!r} has no price book", field="region")
+        prices = by_type.get(launch.instance_type)
+        if prices is None:
+            raise InvalidArgument(
+                "INSTANCE_TYPE_NOT_OFFERED",
+                f"instance type {launch.instance_type!r} is not offered in {launch.region}", field="instance_type",
+            )
+        charge, quantity, unit = launch.charge_type, launch.quantity(), launch.charge_type.unit
+        lines = [QuoteLine(LineKind.INSTANCE, f"{launch.instance_type} in {launch.region} ({charge.value})",
+                           prices[charge], quantity, unit)]
+        license_prices = self.windows_license.get(launch.region)
+        if launch.image.os_kind is OsKind.WINDOWS and license_prices:
+            lines.append(QuoteLine(LineKind.IMAGE_LICENSE, f"Windows Server license in {launch.region}",
+                                   license_prices[charge], quantity, unit))
+        if launch.image.marketplace_product_id:
+            product = self.marketplace_products.get(launch.image.marketplace_product_id)
+            if product is None:  # an image whose product was withdrawn from the book cannot be priced
+                raise InvalidArgument(
+                    "MARKETPLACE_PRODUCT_UNKNOWN",
+                    f"marketplace product {launch.image.marketplace_product_id!r} has no price", field="image_id",
+                )
+            lines.append(QuoteLine(LineKind.MARKETPLACE, f"{product.name} by {product.provider}",
+                                   product.prices[charge], quantity, unit))
+        return Quote(self.currency, charge, tuple(lines))
+
+
+def check_launch(launch: LaunchPricing) -> None:
+    if not 1 <= launch.instance_count <= MAX_INSTANCES_PER_LAUNCH:
+        raise InvalidArgument("INVALID_INSTANCE_COUNT",
+                              f"instance_count must be between 1 and {MAX_INSTANCES_PER_LAUNCH}",
+                              field="instance_count")
+    if launch.charge_type is ChargeType.PREPAID:
+        if launch.period_months not in PREPAID_PERIODS:
+            raise InvalidArgument("INVALID_PERIOD", "period_months must be 1-12, 24, 36, 48 or 60 for PREPAID",
+                                  field="period_months")
+    elif launch.period_months:
+        raise InvalidArgument("INVALID_PERIOD", "period_months applies to PREPAID only", field="period_months")

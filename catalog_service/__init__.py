@@ -1,0 +1,1 @@
+"""catalog: regions, images per region, their lifecycle jobs and quotas."""

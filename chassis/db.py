@@ -1,0 +1,108 @@
+"""The database engine and the unit of work (SQLite by default, PostgreSQL in production).
+
+SQLite runs in WAL mode with a busy timeout, and every writing transaction starts with
+BEGIN IMMEDIATE: SQLAlchemy's lazy BEGIN would let two read-then-write transactions interleave
+and break limits. Readers use ``read_only`` units of work, which start with a plain BEGIN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+_BEGIN_OPTION = "cloudimg_begin"
+
+
+def create_db_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN IMMEDIATE"))
+
+    return engine
+
+
+def create_tables(engine: Engine, tables: Iterable[Table]) -> None:
+    """Creates one context's tables (all contexts' SQLModel tables share one metadata object)."""
+    from sqlmodel import SQLModel
+
+    SQLModel.metadata.create_all(engine, tables=list(tables))
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+class Database:
+    """A context's database: the engine, and a view of it whose transactions only read."""
+
+    def __init__(self, url: str):
+        self.engine = create_db_engine(url)
+        self.read_engine = self.engine.execution_options(**{_BEGIN_OPTION: "BEGIN"})
+
+    def create_tables(self, tables: Iterable[Table]) -> None:
+        create_tables(self.engine, tables)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class UnitOfWork:
+    """One transaction: ``with uow: ...; uow.commit()``. Rolls back unless committed.
+
+    Never await inside one: the event loop would run other calls while a write lock is held.
+    Contexts subclass it to hang their repositories on ``self.session``.
+    """
+
+    def __init__(self, db: Database, *, read_only: bool = False):
+        self._engine = db.read_engine if read_only else db.engine
+        self.session: Session
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = Session(self._engine, expire_on_commit=False)
+        self._begin()
+        return self
+
+    def _begin(self) -> None:
+        """Hook for subclasses to build their repositories on ``self.session``."""
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.session.rollback()
+        self.session.close()
+
+    def commit(self) -> None:
+        self.session.commit()
+
+
+def insert_ignoring_duplicates(engine: Engine, table: Table) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING for the engine's dialect (SQLite or PostgreSQL)."""
+    if is_postgres(engine):
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()

@@ -1,0 +1,47 @@
+"""Resource ids in the seed cloud's shape: a prefix, a dash, 8 lowercase letters and digits."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+
+from chassis.errors import InvalidArgument
+
+_ALPHABET = string.ascii_lowercase + string.digits
+_SHAPES: dict[str, re.Pattern[str]] = {}
+
+
+def new_id(prefix: str) -> str:
+    return prefix + "-" + "".join(secrets.choice(_ALPHABET) for _ in range(8))
+
+
+def is_id(prefix: str, value: str) -> bool:
+    shape = _SHAPES.get(prefix)
+    if shape is None:
+        shape = _SHAPES[prefix] = re.compile(rf"{re.escape(prefix)}-[a-z0-9]{{8}}")
+    return shape.fullmatch(value) is not None
+
+
+def require_id(prefix: str, value: str, field: str) -> str:
+    """The id itself, or INVALID_ARGUMENT naming the field when it is not of the right shape."""
+    if not is_id(prefix, value):
+        shown = value if len(value) <= 64 else value[:64] + "..."
+        raise InvalidArgument(
+            "INVALID_ID",
+            f"{field} {shown!r} is not a valid id: expected {prefix}- and 8 lowercase letters or digits",
+            field=field,
+        )
+    return value
+
+
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
+
+
+def require_account_id(value: str, field: str) -> str:
+    """Account ids are 12 digits; anything else is INVALID_ARGUMENT naming the field."""
+    if _ACCOUNT_ID.fullmatch(value) is None:
+        shown = value if len(value) <= 64 else value[:64] + "..."
+        raise InvalidArgument("INVALID_ACCOUNT_ID", f"{field} {shown!r} is not an account id: expected 12 digits",
+                              field=field)
+    return value

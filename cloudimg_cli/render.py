@@ -1,0 +1,84 @@
+"""Plain-text rendering of protobuf messages: enum names, timestamps, money and aligned tables."""
+
+import re
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
+from google.type import money_pb2
+
+_CENT = Decimal("0.01")
+
+
+def _enum_prefix(enum: EnumDescriptor) -> str:
+    """The prefix every value of a buf-linted enum carries: ImageType -> "IMAGE_TYPE_"."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+
+
+def enum_name(enum: EnumDescriptor, number: int) -> str:
+    """IMAGE_TYPE_PUBLIC -> "PUBLIC"; a number this client does not know is shown as the number."""
+    value = enum.values_by_number.get(number)
+    return value.name.removeprefix(_enum_prefix(enum)) if value else str(number)
+
+
+def enum_choices(enum: EnumDescriptor) -> list[str]:
+    """The short names a user may type for an enum flag (UNSPECIFIED excluded)."""
+    return [enum_name(enum, value.number) for value in enum.values if value.number]
+
+
+def enum_number(enum: EnumDescriptor, name: str) -> int:
+    return enum.values_by_name[_enum_prefix(enum) + name].number
+
+
+def money(amount: money_pb2.Money) -> str:
+    """Exact: at least cents, and every significant digit below them ("USD 0.12", "USD 0.0125")."""
+    value = Decimal(amount.units) + Decimal(amount.nanos).scaleb(-9)
+    cents = value.quantize(_CENT)
+    shown = cents if cents == value else value.normalize()
+    return f"{amount.currency_code} {shown:f}".strip()
+
+
+def cell(message: Message, name: str) -> str:
+    """One field of a message as table text."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    value = getattr(message, name)
+    if field.enum_type is not None:
+        return enum_name(field.enum_type, value) if value else "-"
+    if field.message_type is not None:
+        if not message.HasField(name):
+            return "-"
+        if field.message_type.full_name == "google.protobuf.Timestamp":
+            return value.ToJsonString()
+        if field.message_type.full_name == "google.type.Money":
+            return money(value)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return "yes" if value else "no"
+    return str(value) if value != "" else "-"
+
+
+def table(rows: Iterable[Sequence[str]], headers: Sequence[str] = ()) -> str:
+    """Rows as left-aligned columns separated by two spaces."""
+    lines = [list(headers)] if headers else []
+    lines += [list(row) for row in rows]
+    if not lines:
+        return ""
+    widths = [max(map(len, column)) for column in zip(*lines)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def columns(messages: Iterable[Message], names: Sequence[str]) -> str:
+    """A table with one row per message and one column per field name."""
+    return table(([cell(m, n) for n in names] for m in messages), [n.upper() for n in names])
+
+
+def fields(message: Message, names: Sequence[str] = ()) -> str:
+    """A two-column "field value" listing of one message (every field unless names are given)."""
+    names = names or [field.name for field in message.DESCRIPTOR.fields]
+    return table([name, cell(message, name)] for name in names)
+
+
+def quote(q: Message) -> str:
+    """A cloudimg.gateway.v1.Quote: its itemized lines, then the total."""
+    lines = columns(q.lines, ["kind", "description", "unit_price", "quantity", "unit", "amount"])
+    return lines + "\n\n" + fields(q, ["total", "charge_type", "image_allowed"])

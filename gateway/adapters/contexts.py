@@ -1,0 +1,168 @@
+"""The three contexts the gateway composes, behind one long-lived channel each.
+
+Each method makes exactly one RPC and translates between the context's contract and the gateway's
+domain, so that handlers see neither protobuf nor gRPC.
+"""
+
+from __future__ import annotations
+
+from chassis.clients import Downstream
+from chassis.convert import EnumMap, decimal_of
+from chassis.errors import RemoteError
+from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
+from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
+from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
+from gateway.domain.model import (
+    Architecture, CatalogKind, Charge, ChargeType, Image, ImageShare, InstanceType, Launch, LaunchRequest, OsType,
+    Quote, QuoteLine, Region, ShareState, Verdict, image_not_found,
+)
+
+_KINDS = EnumMap(catalog_pb.ImageType, "IMAGE_TYPE", CatalogKind)
+_ARCHITECTURES = EnumMap(catalog_pb.Architecture, "ARCHITECTURE", Architecture)
+_OS_TYPES = EnumMap(catalog_pb.OsType, "OS_TYPE", OsType)
+_SHARE_KINDS = EnumMap(sharing_pb.ImageKind, "IMAGE_KIND", CatalogKind)
+_SHARE_STATES = EnumMap(sharing_pb.ShareState, "SHARE_STATE", ShareState)
+_CPU = EnumMap(billing_pb.CpuArchitecture, "CPU_ARCHITECTURE", Architecture)
+_CHARGE_TYPES = EnumMap(billing_pb.ChargeType, "CHARGE_TYPE", ChargeType)
+_OS_KINDS = EnumMap(billing_pb.OsKind, "OS_KIND", OsType)
+
+
+def _image(p: catalog_pb.Image) -> Image:
+    return Image(
+        image_id=p.image_id, region=p.region, kind=_KINDS.from_proto(p.image_type, "image_type"),
+        state=catalog_pb.ImageState.Name(p.state).removeprefix("IMAGE_STATE_"), name=p.name,
+        description=p.description, owner_account_id=p.owner_account_id, platform=p.platform, os_name=p.os_name,
+        os_type=_OS_TYPES.from_proto(p.os_type, "os_type"),
+        architecture=_ARCHITECTURES.from_proto(p.architecture, "architecture"), size_gb=p.size_gb,
+        source=catalog_pb.ImageSource.Name(p.source).removeprefix("IMAGE_SOURCE_"), base_image_id=p.base_image_id,
+        progress_percent=p.progress_percent, create_time=p.create_time.ToDatetime(),
+        marketplace_product_id=p.marketplace_product_id, marketplace_provider=p.marketplace_provider,
+    )
+
+
+def _image_ref(image: Image) -> sharing_pb.ImageRef:
+    return sharing_pb.ImageRef(
+        image_id=image.image_id, region=image.region, kind=_SHARE_KINDS.to_proto(image.kind),
+        owner_account_id=image.owner_account_id, marketplace_provider=image.marketplace_provider,
+        launchable_state=image.state == "NORMAL",
+    )
+
+
+def _share(p: sharing_pb.Share) -> ImageShare:
+    return ImageShare(p.image_id, p.region, p.owner_account_id, p.recipient_account_id,
+                      _SHARE_STATES.from_proto(p.state, "state"), p.create_time.ToDatetime())
+
+
+def _quote(p: billing_pb.Quote, image_allowed: bool = True) -> Quote:
+    lines = tuple(
+        QuoteLine(billing_pb.LineKind.Name(l.kind).removeprefix("LINE_KIND_"), l.description,
+                  decimal_of(l.unit_price), l.quantity, l.unit, decimal_of(l.amount))
+        for l in p.lines
+    )
+    return Quote(p.currency_code, _CHARGE_TYPES.from_proto(p.charge_type, "charge_type"), lines, decimal_of(p.total),
+                 image_allowed)
+
+
+def _launch_pricing(request: LaunchRequest, os_type: OsType, marketplace_product_id: str
+                    ) -> billing_pb.LaunchPricing:
+    return billing_pb.LaunchPricing(
+        region=request.region, instance_type=request.instance_type, instance_count=request.instance_count,
+        charge_type=_CHARGE_TYPES.to_proto(request.charge_type), period_months=request.period_months,
+        image=billing_pb.ImagePricing(image_id=request.image_id, os_kind=_OS_KINDS.to_proto(os_type),
+                                      marketplace_product_id=marketplace_product_id),
+    )
+
+
+class Catalog:
+    def __init__(self, downstream: Downstream):
+        self._d = downstream
+        self._stub: catalog_grpc.CatalogServiceStub = downstream.stub
+
+    async def regions(self) -> list[Region]:
+        response = await self._d.call(self._stub.ListRegions, catalog_pb.ListRegionsRequest())
+        return [Region(r.region_id, r.display_name, r.mainland, r.sync_enabled) for r in response.regions]
+
+    async def image(self, image_id: str) -> Image:
+        try:
+            response = await self._d.call(self._stub.GetImage, catalog_pb.GetImageRequest(image_id=image_id))
+        except RemoteError as exc:
+            if exc.code == "NOT_FOUND":
+                raise image_not_found(image_id) from None
+            raise
+        return _image(response.image)
+
+    async def images(self, region: str, kinds: set[CatalogKind], shared_image_ids: list[str], platform: str,
+                     name_filter: str, page_size: int, page_token: str) -> tuple[list[Image], str]:
+        response = await self._d.call(self._stub.ListImages, catalog_pb.ListImagesRequest(
+            region=region, image_types=[_KINDS.to_proto(k) for k in sorted(kinds)],
+            shared_image_ids=shared_image_ids, platform=platform, name_filter=name_filter,
+            page_size=page_size, page_token=page_token,
+        ))
+        return [_image(i) for i in response.images], response.next_page_token
+
+
+class Sharing:
+    def __init__(self, downstream: Downstream):
+        self._d = downstream
+        self._stub: sharing_grpc.SharingServiceStub = downstream.stub
+
+    async def verdict(self, image: Image) -> Verdict:
+        r = await self._d.call(self._stub.CheckLaunchPermission,
+                               sharing_pb.CheckLaunchPermissionRequest(image=_image_ref(image)))
+        share_state = _SHARE_STATES.from_proto(r.share_state, "share_state") if r.share_state else None
+        return Verdict(r.visible, r.allowed, sharing_pb.LaunchBasis.Name(r.basis).removeprefix("LAUNCH_BASIS_"),
+                       share_state, r.image_allowed)
+
+    async def share(self, image: Image, account_ids: list[str], request_id: str) -> list[ImageShare]:
+        r = await self._d.call(self._stub.ShareImage, sharing_pb.ShareImageRequest(
+            image=_image_ref(image), account_ids=account_ids, request_id=request_id))
+        return [_share(s) for s in r.shares]
+
+    async def unshare(self, image: Image, account_ids: list[str], request_id: str) -> list[ImageShare]:
+        r = await self._d.call(self._stub.UnshareImage, sharing_pb.UnshareImageRequest(
+            image=_image_ref(image), account_ids=account_ids, request_id=request_id))
+        return [_share(s) for s in r.shares]
+
+    async def shares_of(self, image: Image, page_size: int, page_token: str) -> tuple[list[ImageShare], str]:
+        r = await self._d.call(self._stub.ListImageShares, sharing_pb.ListImageSharesRequest(
+            image=_image_ref(image), page_size=page_size, page_token=page_token))
+        return [_share(s) for s in r.shares], r.next_page_token
+
+    async def received(self, region: str) -> dict[str, ShareState]:
+        """The images shared with the caller in a region (the first 1000), and the state of each share."""
+        r = await self._d.call(self._stub.ListReceivedShares,
+                               sharing_pb.ListReceivedSharesRequest(region=region, page_size=1000))
+        return {s.image_id: _SHARE_STATES.from_proto(s.state, "state") for s in r.shares}
+
+
+class Billing:
+    def __init__(self, downstream: Downstream):
+        self._d = downstream
+        self._stub: billing_grpc.BillingServiceStub = downstream.stub
+
+    async def instance_types(self) -> list[InstanceType]:
+        r = await self._d.call(self._stub.ListInstanceTypes, billing_pb.ListInstanceTypesRequest())
+        return [InstanceType(t.instance_type, t.family, _CPU.from_proto(t.architecture, "architecture"), t.vcpus,
+                             t.memory_gb, frozenset(t.regions)) for t in r.instance_types]
+
+    async def quote(self, request: LaunchRequest, image: Image) -> Quote:
+        r = await self._d.call(self._stub.Quote, billing_pb.QuoteRequest(
+            launch=_launch_pricing(request, image.os_type, image.marketplace_product_id)))
+        return _quote(r.quote, image.image_allowed)
+
+    async def charge(self, launch: Launch) -> tuple[str, Quote]:
+        """Charges a launch once: a retry with the same launch returns the first charge."""
+        r = await self._d.call(self._stub.CreateCharge, billing_pb.CreateChargeRequest(
+            launch=_launch_pricing(launch.request, launch.image_os_type, launch.marketplace_product_id),
+            idempotency_key=launch.launch_id, instance_ids=launch.instance_ids,
+        ))
+        return r.charge.charge_id, _quote(r.charge.quote)
+
+    async def charges(self, page_size: int, page_token: str) -> tuple[list[Charge], str]:
+        r = await self._d.call(self._stub.ListCharges,
+                               billing_pb.ListChargesRequest(page_size=page_size, page_token=page_token))
+        return [Charge(c.charge_id, c.region, _quote(c.quote), tuple(c.instance_ids), c.create_time.ToDatetime())
+                for c in r.charges], r.next_page_token

@@ -1,0 +1,160 @@
+"""The gateway's rows, with SQLAlchemy Core, handed back as domain objects."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from chassis.db import insert_ignoring_duplicates
+from gateway.adapters.tables import AccountRow, ApiKeyRow, InstanceRow, LaunchRow
+from gateway.domain.api_keys import Account, ApiKey
+from gateway.domain.model import (
+    Architecture, ChargeType, Instance, InstanceState, Launch, LaunchRequest, LaunchState, OsType, Quote, QuoteLine,
+)
+
+_accounts = AccountRow.__table__
+_keys = ApiKeyRow.__table__
+_instances = InstanceRow.__table__
+_launches = LaunchRow.__table__
+
+
+class AccountRepository:
+    def __init__(self, session: Session):
+        self._session = session
+
+    def add_missing(self, accounts: Iterable[Account], now: datetime) -> None:
+        values = [{"account_id": a.account_id, "display_name": a.display_name, "create_time": now} for a in accounts]
+        self._session.execute(insert_ignoring_duplicates(self._session.get_bind(), _accounts), values)
+
+    def existing(self, account_ids: Iterable[str]) -> set[str]:
+        rows = self._session.execute(select(_accounts.c.account_id).where(_accounts.c.account_id.in_(list(account_ids))))
+        return {r[0] for r in rows}
+
+    def get(self, account_id: str) -> Account | None:
+        row = self._session.execute(select(_accounts).where(_accounts.c.account_id == account_id)).first()
+        return None if row is None else Account(row.account_id, row.display_name)
+
+    def key(self, key_id: str) -> ApiKey | None:
+        row = self._session.execute(select(_keys).where(_keys.c.key_id == key_id)).first()
+        return None if row is None else ApiKey(row.key_id, row.account_id, row.secret_hash)
+
+    def replace_keys(self, account_id: str, key: ApiKey, now: datetime) -> None:
+        """Revokes the account's keys and issues this one."""
+        self._session.execute(delete(_keys).where(_keys.c.account_id == account_id))
+        self._session.execute(_keys.insert().values(key_id=key.key_id, account_id=account_id,
+                                                    secret_hash=key.secret_hash, create_time=now))
+
+
+def _instance_row(i: Instance) -> dict[str, object]:
+    row = dataclasses.asdict(i)
+    row.update(state=i.state.value, charge_type=i.charge_type.value, architecture=i.architecture.value)
+    return row
+
+
+def _to_instance(row: object) -> Instance:
+    m = row._mapping  # type: ignore[attr-defined]
+    return Instance(m["instance_id"], m["account_id"], m["region"], m["instance_name"], m["instance_type"],
+                    m["image_id"], InstanceState(m["state"]), ChargeType(m["charge_type"]), m["system_disk_gb"],
+                    Architecture(m["architecture"]), m["launch_id"], m["create_time"])
+
+
+class InstanceRepository:
+    def __init__(self, session: Session):
+        self._session = session
+
+    def add(self, instances: list[Instance]) -> None:
+        self._session.execute(_instances.insert(), [_instance_row(i) for i in instances])
+
+    def get(self, account_id: str, instance_id: str) -> Instance | None:
+        row = self._session.execute(select(_instances).where(
+            _instances.c.instance_id == instance_id, _instances.c.account_id == account_id)).first()
+        return None if row is None else _to_instance(row)
+
+    def page(self, account_id: str, region: str, after: str | None, limit: int) -> list[Instance]:
+        c = _instances.c
+        statement = select(_instances).where(c.account_id == account_id)
+        if region:
+            statement = statement.where(c.region == region)
+        if after is not None:
+            statement = statement.where(c.instance_id > after)
+        return [_to_instance(r) for r in self._session.execute(statement.order_by(c.instance_id).limit(limit))]
+
+
+def _quote_json(quote: Quote) -> str:
+    return json.dumps({
+        "currency": quote.currency, "charge_type": quote.charge_type.value, "total": str(quote.total),
+        "image_allowed": quote.image_allowed,
+        "lines": [{"kind": l.kind, "description": l.description, "unit_price": str(l.unit_price),
+                   "quantity": l.quantity, "unit": l.unit, "amount": str(l.amount)} for l in quote.lines],
+    })
+
+
+def _quote_of(raw: str) -> Quote:
+    q = json.loads(raw)
+    lines = tuple(QuoteLine(l["kind"], l["description"], Decimal(l["unit_price"]), l["quantity"], l["unit"],
+                            Decimal(l["amount"])) for l in q["lines"])
+    return Quote(q["currency"], ChargeType(q["charge_type"]), lines, Decimal(q["total"]), q["image_allowed"])
+
+
+def _request_json(launch: Launch) -> str:
+    request = dataclasses.asdict(launch.request)
+    request["charge_type"] = launch.request.charge_type.value
+    return json.dumps({"request": request, "image_os_type": launch.image_os_type.value,
+                       "image_architecture": launch.image_architecture.value,
+                       "marketplace_product_id": launch.marketplace_product_id})
+
+
+def _to_launch(row: object) -> Launch:
+    m = row._mapping  # type: ignore[attr-defined]
+    stored = json.loads(m["request"])
+    request = LaunchRequest(**{**stored["request"], "charge_type": ChargeType(stored["request"]["charge_type"])})
+    return Launch(
+        launch_id=m["launch_id"], account_id=m["account_id"], client_token=m["client_token"],
+        fingerprint=m["fingerprint"], state=LaunchState(m["state"]), request=request,
+        image_os_type=OsType(stored["image_os_type"]), image_architecture=Architecture(stored["image_architecture"]),
+        marketplace_product_id=stored["marketplace_product_id"], instance_ids=json.loads(m["instance_ids"]),
+        create_time=m["create_time"], quote=_quote_of(m["quote"]) if m["quote"] else None, charge_id=m["charge_id"],
+    )
+
+
+class LaunchRepository:
+    def __init__(self, session: Session):
+        self._session = session
+
+    def claim(self, launch: Launch) -> bool:
+        """Records a PENDING launch; False when the account's client token is already taken."""
+        statement = insert_ignoring_duplicates(self._session.get_bind(), _launches).values(
+            launch_id=launch.launch_id, account_id=launch.account_id, client_token=launch.client_token,
+            fingerprint=launch.fingerprint, state=launch.state.value, request=_request_json(launch),
+            instance_ids=json.dumps(launch.instance_ids), create_time=launch.create_time,
+        )
+        return self._session.execute(statement).rowcount == 1
+
+    def by_token(self, account_id: str, client_token: str) -> Launch | None:
+        row = self._session.execute(select(_launches).where(
+            _launches.c.account_id == account_id, _launches.c.client_token == client_token)).first()
+        return None if row is None else _to_launch(row)
+
+    def complete(self, launch_id: str, quote: Quote, charge_id: str) -> bool:
+        """Marks a PENDING launch DONE; False when it is not pending any more (someone finished it)."""
+        result = self._session.execute(update(_launches).where(
+            _launches.c.launch_id == launch_id, _launches.c.state == LaunchState.PENDING.value,
+        ).values(state=LaunchState.DONE.value, quote=_quote_json(quote), charge_id=charge_id))
+        return result.rowcount == 1
+
+    def forget(self, launch_id: str) -> None:
+        """Drops a PENDING launch that failed before it was charged, freeing its client token."""
+        self._session.execute(delete(_launches).where(
+            _launches.c.launch_id == launch_id, _launches.c.state == LaunchState.PENDING.value))
+
+    def pending_before(self, moment: datetime, limit: int = 100) -> list[Launch]:
+        rows = self._session.execute(select(_launches).where(
+            _launches.c.state == LaunchState.PENDING.value, _launches.c.create_time < moment,
+        ).order_by(_launches.c.create_time).limit(limit))
+        return [_to_launch(r) for r in rows]

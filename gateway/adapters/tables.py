@@ -1,0 +1,67 @@
+"""The gateway's tables (SQLModel): accounts and API keys, instances, launches."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class AccountRow(SQLModel, table=True):
+    __tablename__ = "gateway_account"
+
+    account_id: str = Field(primary_key=True, max_length=12)
+    display_name: str = Field(max_length=64)
+    create_time: datetime
+
+
+class ApiKeyRow(SQLModel, table=True):
+    __tablename__ = "gateway_api_key"
+
+    key_id: str = Field(primary_key=True, max_length=16)
+    account_id: str = Field(index=True, max_length=12)
+    # sha256 of the secret, hex; the secret itself is never stored.
+    secret_hash: str = Field(max_length=64)
+    create_time: datetime
+
+
+class InstanceRow(SQLModel, table=True):
+    __tablename__ = "gateway_instance"
+    __table_args__ = (Index("ix_gateway_instance_account", "account_id", "instance_id"),)
+
+    instance_id: str = Field(primary_key=True, max_length=12)
+    account_id: str = Field(max_length=12)
+    region: str = Field(max_length=64)
+    instance_name: str = Field(max_length=64)
+    instance_type: str = Field(max_length=32)
+    image_id: str = Field(max_length=12)
+    state: str = Field(max_length=16)
+    charge_type: str = Field(max_length=32)
+    system_disk_gb: int
+    architecture: str = Field(max_length=16)
+    launch_id: str = Field(index=True, max_length=16)
+    create_time: datetime
+
+
+class LaunchRow(SQLModel, table=True):
+    """A RunInstances call: the claim on its client token, what it asked for and, once done, its result."""
+
+    __tablename__ = "gateway_launch"
+    # NULL tokens (launches without one) never collide.
+    __table_args__ = (UniqueConstraint("account_id", "client_token", name="uq_gateway_launch_token"),)
+
+    launch_id: str = Field(primary_key=True, max_length=16)
+    account_id: str = Field(max_length=12)
+    client_token: str | None = Field(default=None, max_length=64)
+    fingerprint: str = Field(max_length=64)
+    state: str = Field(index=True, max_length=16)
+    # The request and the image facts it was priced with, as JSON: enough to finish it later.
+    request: str = Field(sa_column=Column(Text, nullable=False))
+    instance_ids: str = Field(sa_column=Column(Text, nullable=False))
+    quote: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    charge_id: str = Field(default="", max_length=16)
+    create_time: datetime
+
+
+TABLES = [AccountRow.__table__, ApiKeyRow.__table__, InstanceRow.__table__, LaunchRow.__table__]

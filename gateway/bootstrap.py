@@ -1,0 +1,85 @@
+"""Wires the gateway: database, the three downstream channels, servicers, API keys, reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from functools import partial
+
+from chassis.clients import Downstream
+from chassis.db import Database
+from chassis.server import Service, servicers
+from cloudimg.billing.v1 import billing_service_pb2_grpc
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc
+from cloudimg.gateway.v1 import (
+    account_service_pb2, account_service_pb2_grpc, image_service_pb2, image_service_pb2_grpc,
+    image_share_service_pb2, image_share_service_pb2_grpc, instance_service_pb2, instance_service_pb2_grpc,
+)
+from cloudimg.sharing.v1 import sharing_service_pb2_grpc
+from gateway.adapters.contexts import Billing, Catalog, Sharing
+from gateway.adapters.tables import TABLES
+from gateway.entrypoints.servicers import AccountServicer, ImageServicer, ImageShareServicer, InstanceServicer
+from gateway.service_layer.accounts import ApiKeyAuthenticator
+from gateway.service_layer.dependencies import Dependencies, ReferenceData
+from gateway.service_layer.instances import reconcile_pending_launches
+from gateway.service_layer.unit_of_work import GatewayUnitOfWork
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+
+
+def _name(module: object, service: str) -> str:
+    return module.DESCRIPTOR.services_by_name[service].full_name  # type: ignore[attr-defined]
+
+
+def open_database(url: str) -> tuple[Database, partial[GatewayUnitOfWork]]:
+    db = Database(url)
+    db.create_tables(TABLES)
+    return db, partial(GatewayUnitOfWork, db)
+
+
+async def _reconcile_forever(deps: Dependencies, interval: float) -> None:
+    while True:
+        try:
+            await reconcile_pending_launches(deps)
+        except Exception:  # keep reconciling; the next round may succeed
+            log.exception("reconciling launches failed")
+        await asyncio.sleep(interval)
+
+
+async def bootstrap(settings: GatewaySettings) -> Service:
+    db, new_uow = open_database(settings.database_url)
+    token = settings.internal_token.get_secret_value()
+    deadline = settings.default_deadline_seconds
+    downstreams = [
+        Downstream("catalog", settings.catalog_addr, token, catalog_service_pb2_grpc.CatalogServiceStub, deadline),
+        Downstream("sharing", settings.sharing_addr, token, sharing_service_pb2_grpc.SharingServiceStub, deadline),
+        Downstream("billing", settings.billing_addr, token, billing_service_pb2_grpc.BillingServiceStub, deadline),
+    ]
+    catalog, sharing, billing = Catalog(downstreams[0]), Sharing(downstreams[1]), Billing(downstreams[2])
+    deps = Dependencies(catalog, sharing, billing, ReferenceData(catalog, billing), new_uow)
+    reconciler = asyncio.create_task(_reconcile_forever(deps, settings.reconcile_interval_seconds))
+
+    async def close() -> None:
+        reconciler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reconciler
+        for downstream in downstreams:
+            await downstream.close()
+        db.dispose()
+
+    return Service(
+        register=servicers(
+            (image_service_pb2_grpc.add_ImageServiceServicer_to_server, ImageServicer(deps),
+             _name(image_service_pb2, "ImageService")),
+            (image_share_service_pb2_grpc.add_ImageShareServiceServicer_to_server, ImageShareServicer(deps),
+             _name(image_share_service_pb2, "ImageShareService")),
+            (instance_service_pb2_grpc.add_InstanceServiceServicer_to_server, InstanceServicer(deps),
+             _name(instance_service_pb2, "InstanceService")),
+            (account_service_pb2_grpc.add_AccountServiceServicer_to_server, AccountServicer(deps),
+             _name(account_service_pb2, "AccountService")),
+        ),
+        authenticate=ApiKeyAuthenticator(new_uow, settings.api_key_cache_seconds),
+        close=close,
+    )

@@ -1,0 +1,31 @@
+"""The sharing context's tables (SQLModel)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Index
+from sqlmodel import Field, SQLModel
+
+
+class ShareRow(SQLModel, table=True):
+    __tablename__ = "sharing_share"
+    __table_args__ = (Index("ix_sharing_share_recipient", "recipient_account_id", "region", "image_id"),)
+
+    image_id: str = Field(primary_key=True, max_length=12)
+    recipient_account_id: str = Field(primary_key=True, max_length=32)
+    owner_account_id: str = Field(max_length=32)
+    region: str = Field(max_length=64)
+    state: str = Field(max_length=16)
+    create_time: datetime
+
+
+class ImageShareLockRow(SQLModel, table=True):
+    """One row per shared image: locked while its shares change, so the limit holds across replicas."""
+
+    __tablename__ = "sharing_image_lock"
+
+    image_id: str = Field(primary_key=True, max_length=12)
+
+
+TABLES = [ShareRow.__table__, ImageShareLockRow.__table__]

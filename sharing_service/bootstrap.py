@@ -1,0 +1,31 @@
+"""Wires the sharing context: database and servicer."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from chassis.auth import internal_caller
+from chassis.db import Database
+from chassis.server import Service, servicers
+from cloudimg.sharing.v1 import sharing_service_pb2, sharing_service_pb2_grpc
+from sharing_service.adapters.tables import TABLES
+from sharing_service.entrypoints.servicer import SharingServicer
+from sharing_service.service_layer.unit_of_work import SharingUnitOfWork
+from sharing_service.settings import SharingSettings
+
+SERVICE_NAME = sharing_service_pb2.DESCRIPTOR.services_by_name["SharingService"].full_name
+
+
+async def bootstrap(settings: SharingSettings) -> Service:
+    db = Database(settings.database_url)
+    db.create_tables(TABLES)
+    servicer = SharingServicer(partial(SharingUnitOfWork, db))
+
+    async def close() -> None:
+        db.dispose()
+
+    return Service(
+        register=servicers((sharing_service_pb2_grpc.add_SharingServiceServicer_to_server, servicer, SERVICE_NAME)),
+        authenticate=internal_caller(settings.internal_token.get_secret_value()),
+        close=close,
+    )

@@ -1,0 +1,79 @@
+"""The sharing context's use cases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from chassis import pagination
+from chassis.errors import InvalidArgument
+from sharing_service.domain import model
+from sharing_service.domain.model import ImageRef, Share, ShareState, Verdict
+from sharing_service.service_layer.unit_of_work import SharingUnitOfWork
+
+UnitOfWorkFactory = Callable[..., SharingUnitOfWork]
+
+
+def share_image(image: ImageRef, account_ids: list[str], caller_account_id: str, *,
+                new_uow: UnitOfWorkFactory) -> list[Share]:
+    model.check_owner_may_share(image, caller_account_id)
+    requested = model.recipients(account_ids, image.owner_account_id)
+    with new_uow() as uow:
+        uow.shares.lock_image(image.image_id)
+        added = model.new_recipients(image, requested, uow.shares.recipients_of(image.image_id))
+        now = datetime.now(UTC)
+        # Trust policies arrive with the sharing issue; until then every share is accepted at once.
+        uow.shares.add(Share(image.image_id, image.region, image.owner_account_id, recipient,
+                             ShareState.ACCEPTED, now) for recipient in added)
+        shares = uow.shares.of_image(image.image_id)
+        uow.commit()
+    return shares
+
+
+def unshare_image(image: ImageRef, account_ids: list[str], caller_account_id: str, *,
+                  new_uow: UnitOfWorkFactory) -> list[Share]:
+    model.check_owner_may_share(image, caller_account_id)
+    requested = model.recipients(account_ids, image.owner_account_id)
+    with new_uow() as uow:
+        uow.shares.lock_image(image.image_id)
+        uow.shares.remove(image.image_id, requested)
+        shares = uow.shares.of_image(image.image_id)
+        uow.commit()
+    return shares
+
+
+def list_image_shares(image: ImageRef, caller_account_id: str, page_size: int, page_token: str, *,
+                      new_uow: UnitOfWorkFactory) -> tuple[list[Share], str]:
+    model.check_owner_may_share(image, caller_account_id)
+    size = pagination.clamp_page_size(page_size)
+    fingerprint = pagination.fingerprint("image", image.image_id)
+    after = pagination.decode_page_token(page_token, fingerprint)
+    with new_uow(read_only=True) as uow:
+        shares = uow.shares.of_image(image.image_id, after, size + 1)
+    return _page(shares, size, fingerprint, lambda s: s.recipient_account_id)
+
+
+def list_received_shares(caller_account_id: str, region: str, page_size: int, page_token: str, *,
+                         new_uow: UnitOfWorkFactory) -> tuple[list[Share], str]:
+    if not region:
+        raise InvalidArgument("REGION_REQUIRED", "region is required", field="region")
+    size = pagination.clamp_page_size(page_size)
+    fingerprint = pagination.fingerprint("received", caller_account_id, region)
+    after = pagination.decode_page_token(page_token, fingerprint)
+    with new_uow(read_only=True) as uow:
+        shares = uow.shares.received(caller_account_id, region, after, size + 1)
+    return _page(shares, size, fingerprint, lambda s: s.image_id)
+
+
+def check_launch_permission(image: ImageRef, caller_account_id: str, *, new_uow: UnitOfWorkFactory) -> Verdict:
+    share = None
+    if image.kind is model.ImageKind.CUSTOM and image.owner_account_id != caller_account_id:
+        with new_uow(read_only=True) as uow:
+            share = uow.shares.get(image.image_id, caller_account_id)
+    return model.launch_verdict(image, caller_account_id, share)
+
+
+def _page(shares: list[Share], size: int, fingerprint: str, key: Callable[[Share], str]) -> tuple[list[Share], str]:
+    if len(shares) <= size:
+        return shares, ""
+    return shares[:size], pagination.encode_page_token(key(shares[size - 1]), fingerprint)
