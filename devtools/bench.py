@@ -1,0 +1,106 @@
+"""`make bench`: RunInstances against a bare Health/Check on the same gateway, at 1 and N calls in flight.
+
+Starts the four services (devtools.stack) in a temporary folder and, for each target, runs a warmup
+and then a measured load over one long-lived channel: at concurrency 1 (total / 10 calls: a call's
+own latency) and at --concurrency (--total calls or --duration seconds, whichever ends first). Prints
+ghz-like summaries and the RunInstances / Check throughput ratio, and writes everything as JSON to
+build/bench.json. Exits 1 when more than 1 % of any measured run's calls failed.
+
+    python -m devtools.bench [--concurrency 50] [--total 2000] [--duration 10] [--json-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from catalog_service.domain.seed import seed_image_id
+from cloudimg.gateway.v1 import instance_service_pb2, instance_service_pb2_grpc
+from devtools.loadgen import Report, run_load
+from devtools.stack import Stack
+
+OUTPUT = Path(__file__).resolve().parent.parent / "build" / "bench.json"
+MAX_FAILURE_RATE = 0.01
+CALL_TIMEOUT = 10.0
+REGION = "ap-guangzhou"
+
+
+def targets(channel: grpc.aio.Channel, api_key: str) -> dict[str, Callable[[], Awaitable[object]]]:
+    instances = instance_service_pb2_grpc.InstanceServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    launch = instance_service_pb2.RunInstancesRequest(
+        region=REGION, image_id=seed_image_id(REGION, "ubuntu-2204-x86"), instance_type="S5.MEDIUM4",
+        instance_count=1)
+    metadata = (("authorization", f"Bearer {api_key}"),)
+    check = health_pb2.HealthCheckRequest()
+    return {
+        "RunInstances": lambda: instances.RunInstances(launch, metadata=metadata, timeout=CALL_TIMEOUT),
+        "Check": lambda: health.Check(check, timeout=CALL_TIMEOUT),
+    }
+
+
+async def bench(addr: str, api_key: str, args: argparse.Namespace) -> list[Report]:
+    levels = sorted({1, args.concurrency})
+    reports = []
+    async with grpc.aio.insecure_channel(addr) as channel:
+        for name, call in targets(channel, api_key).items():
+            for concurrency in levels:
+                total = args.total if concurrency > 1 else max(1, args.total // 10)
+                report = await run_load(call, concurrency=concurrency, total=total, duration=args.duration,
+                                        warmup=min(total, max(20, 2 * concurrency)), name=f"{name} c={concurrency}")
+                reports.append(report)
+                if not args.json_only:
+                    print(report.summary(), flush=True)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=50, help="calls in flight for the loaded run (50)")
+    parser.add_argument("--total", type=int, default=2000, help="calls per loaded run; total/10 at concurrency 1")
+    parser.add_argument("--duration", type=float, default=10.0, help="at most this many seconds per run (10)")
+    parser.add_argument("--json-only", action="store_true", help="print only the JSON file's path")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.total < 1 or args.duration <= 0:
+        parser.error("--concurrency and --total must be >= 1 and --duration > 0")
+
+    with tempfile.TemporaryDirectory(prefix="cloudimg-bench-") as tmp, Stack(Path(tmp)) as stack:
+        reports = asyncio.run(bench(stack.gateway_addr, stack.api_keys["alice"], args))
+
+    by_name = {r.name: r for r in reports}
+    loaded = f"c={args.concurrency}"
+    check_rps = by_name[f"Check {loaded}"].rps
+    ratio = by_name[f"RunInstances {loaded}"].rps / check_rps if check_rps else 0.0
+    failed = [r for r in reports if r.failure_rate > MAX_FAILURE_RATE]
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(json.dumps({
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "concurrency": args.concurrency,
+        "run_instances_to_check_rps_ratio": ratio,
+        "runs": [r.to_ghz_json() for r in reports],
+    }, indent=2) + "\n")
+
+    if not args.json_only:
+        print(f"\nRunInstances rps / Check rps at {loaded}: {ratio:.3f}")
+        for r in reports:
+            print(f"  {r.name:<18} {r.rps:8.1f} rps  p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms  "
+                  f"failed {r.count - r.ok}/{r.count}")
+    print(OUTPUT)
+    for r in failed:
+        print(f"FAILED: {r.name}: {r.count - r.ok} of {r.count} calls failed: {r.error_distribution}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Shared fixtures: in-process servers on 127.0.0.1:0, PostgreSQL databases, the internal credential."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.rpc import error_details_pb2, status_pb2
+
+from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY
+from chassis.server import RunningServer, Service, start_server
+
+INTERNAL_TOKEN = "test-internal-token-0123456789"
+ALICE, BOB, CAROL = "100000000001", "100000000002", "100000000003"
+PG_URL = os.environ.get("CLOUDIMG_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
+
+
+def internal_metadata(account_id: str = ALICE, token: str = INTERNAL_TOKEN) -> tuple[tuple[str, str], ...]:
+    return ((INTERNAL_TOKEN_KEY, token), (ACCOUNT_KEY, account_id))
+
+
+def rich_status(error: grpc.RpcError) -> tuple[status_pb2.Status, error_details_pb2.ErrorInfo, list[Any]]:
+    """The google.rpc.Status of a failed call, its one ErrorInfo, and its other details (unpacked)."""
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")  # type: ignore[attr-defined]
+    assert raw, f"no rich status on {error}"
+    status = status_pb2.Status.FromString(raw)
+    infos, others = [], []
+    for detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
+                     error_details_pb2.PreconditionFailure, error_details_pb2.QuotaFailure):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                (infos if kind is error_details_pb2.ErrorInfo else others).append(message)
+    assert len(infos) == 1, f"expected exactly one ErrorInfo, got {infos}"
+    return status, infos[0], others
+
+
+ServerFactory = Callable[[Callable[[Any], Awaitable[Service]], Any], Awaitable[str]]
+
+
+@pytest_asyncio.fixture
+async def serve() -> AsyncIterator[ServerFactory]:
+    """Starts a context's real server in-process: ``addr = await serve(bootstrap, settings)``."""
+    started: list[tuple[RunningServer, Service]] = []
+
+    async def start(bootstrap: Callable[[Any], Awaitable[Service]], settings: Any) -> str:
+        service = await bootstrap(settings)
+        running = await start_server("127.0.0.1:0", service.register, service.authenticate)
+        started.append((running, service))
+        return f"127.0.0.1:{running.port}"
+
+    yield start
+    for running, service in reversed(started):
+        await running.stop(None)
+        await service.close()
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure to connect means: no PostgreSQL here
+        return f"PostgreSQL is not reachable at {PG_URL}: {exc.__class__.__name__}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    reason = _postgres_reachable()
+    if reason is not None:
+        if os.environ.get("CLOUDIMG_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + " (CLOUDIMG_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    return PG_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """A factory of new, empty PostgreSQL databases (SQLAlchemy URLs), dropped afterwards."""
+    import psycopg
+
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"cloudimg_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        base = postgres_server.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        return f"{base}/{name}"
+
+    yield create
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], str]]:
+    """Starts a service as a real process: ``addr = spawn("sharing", {"SHARING_DATABASE_URL": ...})``;
+    waits until it is SERVING, and stops it afterwards."""
+    import subprocess
+    import sys
+
+    from devtools.stack import free_port, wait_serving
+
+    processes: list[subprocess.Popen[bytes]] = []
+    modules = {"catalog": "catalog_service", "sharing": "sharing_service", "billing": "billing_service",
+               "gateway": "gateway"}
+
+    def start(service: str, env: dict[str, str]) -> str:
+        addr = f"127.0.0.1:{free_port()}"
+        log = open(tmp_path / f"{service}-{len(processes)}.log", "wb")  # noqa: SIM115
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", modules[service]], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "CLOUDIMG_INTERNAL_TOKEN": INTERNAL_TOKEN,
+                 f"{service.upper()}_LISTEN_ADDR": addr, **env},
+        ))
+        wait_serving(addr, 60)
+        return addr
+
+    yield start
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(30)

@@ -1,0 +1,142 @@
+"""The catalog through a real in-process server and real SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from catalog_service.bootstrap import bootstrap
+from catalog_service.domain.seed import seed_image_id
+from catalog_service.settings import CatalogSettings
+from cloudimg.catalog.v1 import catalog_service_pb2 as pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
+
+
+@pytest.fixture
+async def catalog(serve, tmp_path: Path) -> pb_grpc.CatalogServiceStub:
+    settings = CatalogSettings(database_url=f"sqlite:///{tmp_path}/catalog.db", internal_token=INTERNAL_TOKEN)
+    addr = await serve(bootstrap, settings)
+    channel = grpc.aio.insecure_channel(addr)
+    yield pb_grpc.CatalogServiceStub(channel)
+    await channel.close()
+
+
+async def list_all(catalog, account: str = ALICE, **request) -> list[pb.Image]:
+    images, token = [], ""
+    while True:
+        response = await catalog.ListImages(pb.ListImagesRequest(page_token=token, **request),
+                                            metadata=internal_metadata(account))
+        images.extend(response.images)
+        token = response.next_page_token
+        if not token:
+            return images
+
+
+async def test_regions_are_seeded(catalog):
+    response = await catalog.ListRegions(pb.ListRegionsRequest(), metadata=internal_metadata())
+    regions = {r.region_id: r for r in response.regions}
+    assert len(regions) == 8
+    assert regions["ap-guangzhou"].mainland and regions["ap-guangzhou"].sync_enabled
+    assert not regions["ap-singapore"].mainland and not regions["ap-singapore"].sync_enabled
+
+
+async def test_get_image_and_its_errors(catalog):
+    image_id = seed_image_id("ap-singapore", "windows-2022-x86")
+    image = (await catalog.GetImage(pb.GetImageRequest(image_id=image_id), metadata=internal_metadata())).image
+    assert image.os_type == pb.OS_TYPE_WINDOWS and image.region == "ap-singapore"
+    assert image.image_type == pb.IMAGE_TYPE_PUBLIC and image.state == pb.IMAGE_STATE_NORMAL
+
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await catalog.GetImage(pb.GetImageRequest(image_id="img-00000000"), metadata=internal_metadata())
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    _, info, details = rich_status(missing.value)
+    assert info.reason == "IMAGE_NOT_FOUND" and details[0].resource_name == "img-00000000"
+
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await catalog.GetImage(pb.GetImageRequest(image_id="ami-1234"), metadata=internal_metadata())
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, info, details = rich_status(malformed.value)
+    assert info.reason == "INVALID_ID" and details[0].field_violations[0].field == "image_id"
+
+
+async def test_batch_get_reports_missing_ids(catalog):
+    known = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
+    response = await catalog.BatchGetImages(pb.BatchGetImagesRequest(image_ids=[known, "img-zzzzzzzz", known]),
+                                            metadata=internal_metadata())
+    assert [i.image_id for i in response.images] == [known]
+    assert list(response.missing_image_ids) == ["img-zzzzzzzz"]
+
+
+async def test_keyset_pages_walk_every_image_once(catalog):
+    everything = await list_all(catalog, region="ap-guangzhou",
+                                image_types=[pb.IMAGE_TYPE_PUBLIC, pb.IMAGE_TYPE_MARKET], page_size=1000)
+    paged = await list_all(catalog, region="ap-guangzhou",
+                           image_types=[pb.IMAGE_TYPE_PUBLIC, pb.IMAGE_TYPE_MARKET], page_size=2)
+    assert [i.image_id for i in paged] == [i.image_id for i in everything]
+    assert len(everything) == 9  # 6 public, 3 marketplace
+    assert [i.image_id for i in paged] == sorted(i.image_id for i in paged)
+
+
+async def test_marketplace_images_are_mainland_only(catalog):
+    assert await list_all(catalog, region="ap-singapore", image_types=[pb.IMAGE_TYPE_MARKET]) == []
+    market = await list_all(catalog, region="ap-beijing", image_types=[pb.IMAGE_TYPE_MARKET])
+    assert {i.marketplace_provider for i in market} == {"Bitnami", "BT Panel"}
+
+
+async def test_custom_images_are_visible_to_their_owner_and_listed_shares_only(catalog):
+    alice_web = seed_image_id("ap-guangzhou", "alice-web")
+    mine = await list_all(catalog, ALICE, region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_CUSTOM])
+    assert alice_web in {i.image_id for i in mine}
+    assert all(i.owner_account_id == ALICE for i in mine)
+    strangers = await list_all(catalog, BOB, region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_CUSTOM])
+    assert alice_web not in {i.image_id for i in strangers}
+    shared = await list_all(catalog, BOB, region="ap-guangzhou", shared_image_ids=[alice_web])
+    assert [i.image_id for i in shared] == [alice_web]
+
+
+async def test_filters_by_platform_and_name(catalog):
+    found = await list_all(catalog, region="ap-shanghai", image_types=[pb.IMAGE_TYPE_PUBLIC], platform="ubuntu")
+    assert {i.platform for i in found} == {"Ubuntu"} and len(found) == 2
+    found = await list_all(catalog, region="ap-shanghai", image_types=[pb.IMAGE_TYPE_PUBLIC], name_filter="(ARM)")
+    assert {i.architecture for i in found} == {pb.ARCHITECTURE_ARM64}
+    assert await list_all(catalog, region="ap-shanghai", image_types=[pb.IMAGE_TYPE_PUBLIC], name_filter="%") == []
+
+
+async def test_page_size_is_clamped_and_bad_pages_are_refused(catalog):
+    response = await catalog.ListImages(pb.ListImagesRequest(region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_PUBLIC],
+                                                             page_size=5000), metadata=internal_metadata())
+    assert len(response.images) == 6 and response.next_page_token == ""
+    first = await catalog.ListImages(pb.ListImagesRequest(region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_PUBLIC],
+                                                          page_size=1), metadata=internal_metadata())
+    for request, reason in [
+        (pb.ListImagesRequest(region="ap-guangzhou", page_size=-1), "INVALID_PAGE_SIZE"),
+        (pb.ListImagesRequest(region="ap-guangzhou", page_token="garbage!"), "INVALID_PAGE_TOKEN"),
+        # a token made for other filters
+        (pb.ListImagesRequest(region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_MARKET],
+                              page_token=first.next_page_token), "INVALID_PAGE_TOKEN"),
+        (pb.ListImagesRequest(region="mars-1"), "UNKNOWN_REGION"),
+        (pb.ListImagesRequest(region="ap-guangzhou", name_filter="x" * 500), "FILTER_TOO_LONG"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await catalog.ListImages(request, metadata=internal_metadata())
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert rich_status(refused.value)[1].reason == reason
+
+
+async def test_calls_without_the_internal_credential_are_refused(catalog):
+    request = pb.GetImageRequest(image_id=seed_image_id("ap-guangzhou", "alice-web"))
+    for metadata in [(), internal_metadata(token="wrong-token-wrong-token"), (("x-cloudimg-account-id", ALICE),)]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await catalog.GetImage(request, metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert rich_status(refused.value)[1].reason == "INTERNAL_CREDENTIAL_INVALID"
+
+
+async def test_later_rpcs_answer_unimplemented_with_error_info(catalog):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await catalog.SyncImage(pb.SyncImageRequest(image_id="img-00000000"), metadata=internal_metadata())
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert rich_status(refused.value)[1].reason == "NOT_IMPLEMENTED_YET"

@@ -1,0 +1,239 @@
+"""The gateway composing real in-process catalog, sharing and billing servers on real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from billing_service.adapters.tables import ChargeRow
+from billing_service.bootstrap import bootstrap as billing_bootstrap
+from billing_service.settings import BillingSettings
+from catalog_service.bootstrap import bootstrap as catalog_bootstrap
+from catalog_service.domain.seed import seed_image_id
+from catalog_service.settings import CatalogSettings
+from chassis.clients import Downstream
+from cloudimg.gateway.v1 import instance_service_pb2 as pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
+from devtools.stack import free_port
+from gateway.adapters.tables import InstanceRow, LaunchRow
+from gateway.bootstrap import bootstrap as gateway_bootstrap
+from gateway.bootstrap import open_database
+from gateway.service_layer.accounts import issue_demo_keys
+from gateway.settings import GatewaySettings
+from sharing_service.bootstrap import bootstrap as sharing_bootstrap
+from sharing_service.settings import SharingSettings
+from tests.conftest import INTERNAL_TOKEN, rich_status
+
+UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
+
+
+@dataclass
+class Cloud:
+    instances: pb_grpc.InstanceServiceStub
+    keys: dict[str, str]
+    urls: dict[str, str]
+    addrs: dict[str, str]
+
+    def auth(self, who: str = "alice") -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.keys[who]}"),)
+
+    def count(self, service: str, table) -> int:
+        engine = create_engine(self.urls[service])
+        with engine.connect() as conn:
+            found = conn.execute(select(func.count()).select_from(table)).scalar_one()
+        engine.dispose()
+        return found
+
+
+async def start_cloud(serve, tmp_path: Path, **addr_overrides: str) -> Cloud:
+    urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in ("catalog", "sharing", "billing", "gateway")}
+    addrs = {
+        "catalog": await serve(catalog_bootstrap, CatalogSettings(database_url=urls["catalog"],
+                                                                  internal_token=INTERNAL_TOKEN)),
+        "sharing": await serve(sharing_bootstrap, SharingSettings(database_url=urls["sharing"],
+                                                                  internal_token=INTERNAL_TOKEN)),
+        "billing": await serve(billing_bootstrap, BillingSettings(database_url=urls["billing"],
+                                                                  internal_token=INTERNAL_TOKEN)),
+    }
+    addrs.update(addr_overrides)
+    db, new_uow = open_database(urls["gateway"])
+    keys = {name: entry["api_key"] for name, entry in issue_demo_keys(new_uow).items()}
+    db.dispose()
+    settings = GatewaySettings(database_url=urls["gateway"], internal_token=INTERNAL_TOKEN,
+                               catalog_addr=addrs["catalog"], sharing_addr=addrs["sharing"],
+                               billing_addr=addrs["billing"], default_deadline_seconds=5)
+    gateway = await serve(gateway_bootstrap, settings)
+    return Cloud(pb_grpc.InstanceServiceStub(grpc.aio.insecure_channel(gateway)), keys, urls, addrs)
+
+
+@pytest.fixture
+async def cloud(serve, tmp_path: Path) -> Cloud:
+    return await start_cloud(serve, tmp_path)
+
+
+def run_request(**overrides) -> pb.RunInstancesRequest:
+    fields = dict(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4", instance_count=1)
+    fields.update(overrides)
+    return pb.RunInstancesRequest(**fields)
+
+
+async def test_a_launch_of_100_makes_as_many_downstream_calls_as_a_launch_of_1(cloud, monkeypatch):
+    calls: list[str] = []
+    original = Downstream.call
+
+    async def counted(self, method, request):
+        calls.append(self.name)
+        return await original(self, method, request)
+
+    monkeypatch.setattr(Downstream, "call", counted)
+    await cloud.instances.RunInstances(run_request(instance_count=1), metadata=cloud.auth())  # warms the caches
+    calls.clear()
+    one = await cloud.instances.RunInstances(run_request(instance_count=1), metadata=cloud.auth())
+    calls_for_one = list(calls)
+    calls.clear()
+    hundred = await cloud.instances.RunInstances(run_request(instance_count=100), metadata=cloud.auth())
+    assert len(one.instance_ids) == 1 and len(hundred.instance_ids) == 100
+    assert calls == calls_for_one == ["catalog", "sharing", "billing"]
+    assert cloud.count("gateway", InstanceRow.__table__) == 102
+    assert cloud.count("billing", ChargeRow.__table__) == 3
+
+
+async def test_dry_run_and_quote_create_nothing(cloud):
+    dry = await cloud.instances.RunInstances(run_request(instance_count=5, dry_run=True), metadata=cloud.auth())
+    quote = await cloud.instances.QuoteRunInstances(
+        pb.QuoteRunInstancesRequest(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4",
+                                    instance_count=5), metadata=cloud.auth())
+    assert list(dry.instance_ids) == [] and dry.quote == quote.quote
+    assert quote.quote.lines[0].quantity == 5
+    assert cloud.count("gateway", InstanceRow.__table__) == 0
+    assert cloud.count("billing", ChargeRow.__table__) == 0
+
+
+async def test_racing_calls_with_one_client_token_launch_once(cloud):
+    request = run_request(instance_count=3, client_token="deploy-2026-11-27")
+    results = await asyncio.gather(*(cloud.instances.RunInstances(request, metadata=cloud.auth()) for _ in range(20)))
+    assert len({tuple(r.instance_ids) for r in results}) == 1
+    assert cloud.count("gateway", InstanceRow.__table__) == 3
+    assert cloud.count("gateway", LaunchRow.__table__) == 1
+    assert cloud.count("billing", ChargeRow.__table__) == 1
+    again = await cloud.instances.RunInstances(request, metadata=cloud.auth())
+    assert again.instance_ids == results[0].instance_ids and again.quote == results[0].quote
+
+    with pytest.raises(grpc.aio.AioRpcError) as mismatch:
+        await cloud.instances.RunInstances(run_request(instance_count=4, client_token="deploy-2026-11-27"),
+                                           metadata=cloud.auth())
+    assert mismatch.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rich_status(mismatch.value)[1].reason == "IDEMPOTENCY_PARAMETER_MISMATCH"
+    # the token is the caller's own: another account may use the same one
+    other = await cloud.instances.RunInstances(request, metadata=cloud.auth("bob"))
+    assert set(other.instance_ids).isdisjoint(results[0].instance_ids)
+
+
+@pytest.mark.parametrize("overrides, code, reason", [
+    ({"instance_count": 0}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INSTANCE_COUNT"),
+    ({"instance_count": 101}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INSTANCE_COUNT"),
+    ({"image_id": "img-1"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID"),
+    ({"region": "moon-1"}, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_REGION"),
+    ({"instance_type": "SR1.MEDIUM4"}, grpc.StatusCode.INVALID_ARGUMENT, "ARCHITECTURE_MISMATCH"),
+    ({"instance_type": "SR1.MEDIUM4", "region": "eu-frankfurt"}, grpc.StatusCode.INVALID_ARGUMENT,
+     "INSTANCE_TYPE_NOT_OFFERED"),
+    ({"system_disk_gb": 10}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_SYSTEM_DISK_SIZE"),
+    ({"image_id": seed_image_id("ap-guangzhou", "windows-2022-x86"), "system_disk_gb": 40},
+     grpc.StatusCode.INVALID_ARGUMENT, "SYSTEM_DISK_TOO_SMALL"),
+    ({"client_token": "x" * 65}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CLIENT_TOKEN"),
+    ({"client_token": "caf\u00e9"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CLIENT_TOKEN"),
+    ({"charge_type": pb.CHARGE_TYPE_PREPAID}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PERIOD"),
+    ({"image_id": seed_image_id("ap-beijing", "ubuntu-2204-x86")}, grpc.StatusCode.NOT_FOUND, "IMAGE_NOT_FOUND"),
+    ({"image_id": seed_image_id("ap-guangzhou", "bob-arm"), "instance_type": "SR1.MEDIUM4"},
+     grpc.StatusCode.NOT_FOUND, "IMAGE_NOT_FOUND"),
+])
+async def test_refused_launches_leave_nothing_behind(cloud, overrides, code, reason):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cloud.instances.RunInstances(run_request(**overrides), metadata=cloud.auth())
+    assert (refused.value.code(), rich_status(refused.value)[1].reason) == (code, reason)
+    assert cloud.count("gateway", InstanceRow.__table__) == 0
+    assert cloud.count("gateway", LaunchRow.__table__) == 0
+    assert cloud.count("billing", ChargeRow.__table__) == 0
+
+
+async def test_a_dependency_that_is_down_is_unavailable_not_internal(serve, tmp_path):
+    dead = f"127.0.0.1:{free_port()}"
+    cloud = await start_cloud(serve, tmp_path, billing=dead)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cloud.instances.RunInstances(run_request(), metadata=cloud.auth())
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    status, info, _ = rich_status(refused.value)
+    assert info.reason == "DEPENDENCY_UNAVAILABLE" and info.metadata["service"] == "billing"
+
+
+async def test_bad_api_keys_are_refused(cloud):
+    for metadata in [(), (("authorization", "Bearer nope"),), (("authorization", "Basic abc"),),
+                     (("authorization", "Bearer cik_aaaaaaaa_" + "A" * 43),),
+                     (("authorization", f"Bearer {cloud.keys['alice'][:-1]}x"),)]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert rich_status(refused.value)[1].reason in {"API_KEY_MISSING", "API_KEY_INVALID"}
+
+
+async def test_instances_are_the_callers_own_and_paged(cloud):
+    launched = await cloud.instances.RunInstances(run_request(instance_count=5, instance_name="web"),
+                                                  metadata=cloud.auth())
+    seen, token = [], ""
+    while True:
+        page = await cloud.instances.ListInstances(pb.ListInstancesRequest(page_size=2, page_token=token),
+                                                   metadata=cloud.auth())
+        seen.extend(i.instance_id for i in page.instances)
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(launched.instance_ids)
+    one = await cloud.instances.GetInstance(pb.GetInstanceRequest(instance_id=seen[0]), metadata=cloud.auth())
+    assert one.instance.state == pb.INSTANCE_STATE_RUNNING and one.instance.instance_name == "web"
+    assert one.instance.architecture == pb.CPU_ARCHITECTURE_X86_64
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await cloud.instances.GetInstance(pb.GetInstanceRequest(instance_id=seen[0]), metadata=cloud.auth("bob"))
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth("bob"))).instances == []
+
+
+async def test_a_launch_whose_charge_outcome_is_unknown_is_finished_later(serve, tmp_path, monkeypatch):
+    """Billing answers UNAVAILABLE after recording the charge: the launch stays PENDING, and the
+    reconciler finishes it with the one charge that exists."""
+    from chassis.errors import Unavailable
+    from gateway.adapters import contexts
+    from gateway.service_layer import instances
+
+    cloud = await start_cloud(serve, tmp_path)
+    original = contexts.Billing.charge
+
+    async def charged_then_lost(self, launch):
+        await original(self, launch)
+        raise Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
+
+    monkeypatch.setattr(contexts.Billing, "charge", charged_then_lost)
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"), metadata=cloud.auth())
+    assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert cloud.count("gateway", InstanceRow.__table__) == 0
+    assert cloud.count("billing", ChargeRow.__table__) == 1
+    monkeypatch.setattr(contexts.Billing, "charge", original)
+    monkeypatch.setattr(instances, "STALE_LAUNCH_AFTER", instances.timedelta(0))
+
+    db, new_uow = open_database(cloud.urls["gateway"])
+    downstream = Downstream("billing", cloud.addrs["billing"], INTERNAL_TOKEN, contexts.billing_grpc.BillingServiceStub)
+    deps = instances.Dependencies(None, None, contexts.Billing(downstream), None, new_uow)  # type: ignore[arg-type]
+    assert await instances.reconcile_pending_launches(deps) == 1
+    await downstream.close()
+    db.dispose()
+    assert cloud.count("gateway", InstanceRow.__table__) == 2
+    assert cloud.count("billing", ChargeRow.__table__) == 1
+    # the caller's retry now gets the finished launch
+    retried = await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"),
+                                                 metadata=cloud.auth())
+    assert len(retried.instance_ids) == 2

@@ -1,0 +1,141 @@
+"""Sharing through real in-process servers: the share limit under concurrency, on SQLite and PostgreSQL,
+with one replica and with two replicas on one database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from cloudimg.sharing.v1 import sharing_service_pb2 as pb
+from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
+from sharing_service.adapters.tables import ShareRow
+from sharing_service.bootstrap import bootstrap
+from sharing_service.domain.model import MAX_SHARES_PER_IMAGE
+from sharing_service.settings import SharingSettings
+from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
+
+IMAGE = pb.ImageRef(image_id="img-share001", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
+                    owner_account_id=ALICE, launchable_state=True)
+
+
+def account(n: int) -> str:
+    return f"{300000000000 + n}"
+
+
+async def replicas(serve, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
+    stubs = []
+    for _ in range(count):
+        addr = await serve(bootstrap, SharingSettings(database_url=database_url, internal_token=INTERNAL_TOKEN))
+        stubs.append(pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(addr)))
+    return stubs
+
+
+@pytest.fixture
+async def sharing(serve, tmp_path: Path) -> pb_grpc.SharingServiceStub:
+    return (await replicas(serve, f"sqlite:///{tmp_path}/sharing.db", 1))[0]
+
+
+async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing):
+    for _ in range(2):
+        response = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, BOB]),
+                                            metadata=internal_metadata(ALICE))
+        assert [(s.recipient_account_id, s.state) for s in response.shares] == [(BOB, pb.SHARE_STATE_ACCEPTED)]
+    verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=IMAGE),
+                                                  metadata=internal_metadata(BOB))
+    assert verdict.visible and verdict.allowed and verdict.basis == pb.LAUNCH_BASIS_SHARED
+    received = await sharing.ListReceivedShares(pb.ListReceivedSharesRequest(region="ap-guangzhou"),
+                                                metadata=internal_metadata(BOB))
+    assert [s.image_id for s in received.shares] == [IMAGE.image_id]
+    # the share holds in the image's region only
+    elsewhere = pb.ImageRef(image_id=IMAGE.image_id, region="ap-beijing", kind=pb.IMAGE_KIND_CUSTOM,
+                            owner_account_id=ALICE, launchable_state=True)
+    verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=elsewhere),
+                                                  metadata=internal_metadata(BOB))
+    assert not verdict.visible and verdict.basis == pb.LAUNCH_BASIS_NONE
+
+    await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
+    verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=IMAGE),
+                                                  metadata=internal_metadata(BOB))
+    assert not verdict.visible and not verdict.allowed
+
+
+async def test_refusals(sharing):
+    cases = [
+        (ALICE, pb.ShareImageRequest(image=IMAGE, account_ids=[ALICE]), grpc.StatusCode.INVALID_ARGUMENT,
+         "CANNOT_SHARE_WITH_OWNER"),
+        (ALICE, pb.ShareImageRequest(image=IMAGE, account_ids=["12ab"]), grpc.StatusCode.INVALID_ARGUMENT,
+         "INVALID_ACCOUNT_ID"),
+        (ALICE, pb.ShareImageRequest(image=IMAGE), grpc.StatusCode.INVALID_ARGUMENT, "ACCOUNT_IDS_REQUIRED"),
+        (BOB, pb.ShareImageRequest(image=IMAGE, account_ids=[account(1)]), grpc.StatusCode.PERMISSION_DENIED,
+         "NOT_IMAGE_OWNER"),
+        (ALICE, pb.ShareImageRequest(image=pb.ImageRef(image_id="img-share002", region="ap-guangzhou",
+                                                       kind=pb.IMAGE_KIND_CUSTOM, owner_account_id=ALICE,
+                                                       launchable_state=False), account_ids=[BOB]),
+         grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_STATE_INVALID"),
+    ]
+    for caller, request, code, reason in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sharing.ShareImage(request, metadata=internal_metadata(caller))
+        assert (refused.value.code(), rich_status(refused.value)[1].reason) == (code, reason)
+
+
+async def test_the_51st_account_is_refused_and_nothing_is_half_written(sharing):
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[account(i) for i in range(49)]),
+                             metadata=internal_metadata(ALICE))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[account(100), account(101)]),
+                                 metadata=internal_metadata(ALICE))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status, info, details = rich_status(refused.value)
+    assert info.reason == "SHARE_LIMIT_EXCEEDED" and details[0].violations[0].subject == f"image:{IMAGE.image_id}"
+    shares = await sharing.ListImageShares(pb.ListImageSharesRequest(image=IMAGE, page_size=1000),
+                                           metadata=internal_metadata(ALICE))
+    assert len(shares.shares) == 49
+    # sharing again with accounts that have it changes nothing, even at the limit
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[account(100)]),
+                             metadata=internal_metadata(ALICE))
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[account(100), account(0)]),
+                             metadata=internal_metadata(ALICE))
+
+
+async def _race_to_the_limit(stubs: list[pb_grpc.SharingServiceStub], database_url: str) -> None:
+    """80 concurrent calls, each sharing with a new account: exactly 50 succeed, 30 are refused."""
+    async def share(n: int) -> str:
+        stub = stubs[n % len(stubs)]
+        try:
+            await stub.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[account(n)]),
+                                  metadata=internal_metadata(ALICE), timeout=60)
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+
+    outcomes = await asyncio.gather(*(share(n) for n in range(80)))
+    assert outcomes.count("OK") == MAX_SHARES_PER_IMAGE
+    assert outcomes.count("RESOURCE_EXHAUSTED") == 80 - MAX_SHARES_PER_IMAGE
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(ShareRow.__table__)
+                            .where(ShareRow.__table__.c.image_id == IMAGE.image_id)).scalar_one()
+    engine.dispose()
+    assert rows == MAX_SHARES_PER_IMAGE
+
+
+def process_replicas(spawn, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
+    """Replicas as real processes: within one process, handlers never interleave inside a transaction."""
+    return [pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(spawn("sharing", {"SHARING_DATABASE_URL": database_url})))
+            for _ in range(count)]
+
+
+async def test_the_limit_holds_under_concurrency_on_sqlite_across_replicas(spawn, tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/sharing.db"
+    await _race_to_the_limit(process_replicas(spawn, url, 2), url)
+
+
+@pytest.mark.postgres
+async def test_the_limit_holds_under_concurrency_on_postgres_across_replicas(spawn, postgres_database):
+    url = postgres_database()
+    await _race_to_the_limit(process_replicas(spawn, url, 2), url)
