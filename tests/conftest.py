@@ -103,9 +103,9 @@ def postgres_database(postgres_server: str) -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture
-def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], str]]:
-    """Starts a service as a real process: ``addr = spawn("sharing", {"SHARING_DATABASE_URL": ...})``;
-    waits until it is SERVING, and stops it afterwards."""
+def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], Any]]:
+    """Starts a service as a real process: ``spawn("sharing", {"SHARING_DATABASE_URL": ...})`` gives the
+    process, with its address as ``.addr``, once it is SERVING; it is stopped afterwards."""
     import subprocess
     import sys
 
@@ -115,19 +115,22 @@ def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], str]]:
     modules = {"catalog": "catalog_service", "sharing": "sharing_service", "billing": "billing_service",
                "gateway": "gateway"}
 
-    def start(service: str, env: dict[str, str]) -> str:
+    def start(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         addr = f"127.0.0.1:{free_port()}"
         log = open(tmp_path / f"{service}-{len(processes)}.log", "wb")  # noqa: SIM115
-        processes.append(subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", modules[service]], stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "CLOUDIMG_INTERNAL_TOKEN": INTERNAL_TOKEN,
                  f"{service.upper()}_LISTEN_ADDR": addr, **env},
-        ))
+        )
+        process.addr = addr  # type: ignore[attr-defined]
+        processes.append(process)
         wait_serving(addr, 60)
-        return addr
+        return process
 
     yield start
     for process in processes:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
     for process in processes:
         process.wait(30)

@@ -126,7 +126,7 @@ async def _race_to_the_limit(stubs: list[pb_grpc.SharingServiceStub], database_u
 
 def process_replicas(spawn, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
     """Replicas as real processes: within one process, handlers never interleave inside a transaction."""
-    return [pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(spawn("sharing", {"SHARING_DATABASE_URL": database_url})))
+    return [pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(spawn("sharing", {"SHARING_DATABASE_URL": database_url}).addr))
             for _ in range(count)]
 
 
