@@ -1,0 +1,157 @@
+"""The chassis on its own: errors to statuses, pagination, ids, money, settings, deadlines."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from chassis import context, errors, ids, pagination
+from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY, Downstream
+from chassis.convert import decimal_of, money
+from chassis.rpc import status_of
+from chassis.server import start_server
+from chassis.settings import load_settings
+
+
+def _details(status) -> list[object]:
+    found = []
+    for detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
+                     error_details_pb2.PreconditionFailure, error_details_pb2.QuotaFailure):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found.append(message)
+    return found
+
+
+@pytest.mark.parametrize("exc, code, detail_type", [
+    (errors.InvalidArgument("BAD", "bad", field="x"), code_pb2.INVALID_ARGUMENT, error_details_pb2.BadRequest),
+    (errors.NotFound("GONE", "gone", resource_type="image", resource_name="img-1"), code_pb2.NOT_FOUND,
+     error_details_pb2.ResourceInfo),
+    (errors.PermissionDenied("NO", "no", resource_type="image", resource_name="img-1"), code_pb2.PERMISSION_DENIED,
+     error_details_pb2.ResourceInfo),
+    (errors.FailedPrecondition("STATE", "state", subject="image:img-1"), code_pb2.FAILED_PRECONDITION,
+     error_details_pb2.PreconditionFailure),
+    (errors.ResourceExhausted("LIMIT", "limit", subject="image:img-1"), code_pb2.RESOURCE_EXHAUSTED,
+     error_details_pb2.QuotaFailure),
+    (errors.Unauthenticated("WHO", "who"), code_pb2.UNAUTHENTICATED, None),
+    (errors.Unavailable("DOWN", "down"), code_pb2.UNAVAILABLE, None),
+])
+def test_every_domain_error_becomes_one_error_info_and_its_detail(exc, code, detail_type):
+    status = status_of(exc)
+    details = _details(status)
+    assert status.code == code and status.message == exc.message
+    assert isinstance(details[0], error_details_pb2.ErrorInfo) and details[0].reason == exc.reason
+    assert sum(isinstance(d, error_details_pb2.ErrorInfo) for d in details) == 1
+    assert [type(d) for d in details[1:]] == ([detail_type] if detail_type else [])
+
+
+def test_an_internal_error_says_nothing_of_its_cause():
+    status = status_of(errors.DomainError("DEPENDENCY_FAILED", "SELECT * FROM secrets failed"))
+    assert status.code == code_pb2.INTERNAL and status.message == "internal error"
+    assert "SELECT" not in str(status)
+
+
+async def test_an_unexpected_exception_reaches_the_caller_as_a_generic_internal():
+    async def broken(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        raise RuntimeError("psycopg.OperationalError: password for user root at 10.0.0.5")
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        handler = grpc.unary_unary_rpc_method_handler(broken)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Broken", {"Call": handler})])
+        return ["test.Broken"]
+
+    running = await start_server("127.0.0.1:0", register, lambda md: context.Caller("100000000001"))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await channel.unary_unary("/test.Broken/Call")(b"")
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
+        assert failed.value.details() == "internal error"
+        assert "psycopg" not in str(failed.value.trailing_metadata())
+    finally:
+        await running.stop(None)
+
+
+def test_page_sizes_are_clamped():
+    assert pagination.clamp_page_size(0) == 50
+    assert pagination.clamp_page_size(7) == 7
+    assert pagination.clamp_page_size(10**6) == 1000
+    with pytest.raises(errors.InvalidArgument):
+        pagination.clamp_page_size(-1)
+
+
+def test_page_tokens_round_trip_and_are_bound_to_their_filters():
+    made_for = pagination.fingerprint("ap-guangzhou", "PUBLIC")
+    token = pagination.encode_page_token("img-abc12345", made_for)
+    assert pagination.decode_page_token(token, made_for) == "img-abc12345"
+    assert pagination.decode_page_token("", made_for) is None
+    for bad, filters in [(token, pagination.fingerprint("ap-beijing")), ("!!!", made_for), ("e30", made_for)]:
+        with pytest.raises(errors.InvalidArgument) as refused:
+            pagination.decode_page_token(bad, filters)
+        assert refused.value.reason == "INVALID_PAGE_TOKEN"
+
+
+def test_ids_have_the_seed_clouds_shape():
+    new = ids.new_id("img")
+    assert ids.is_id("img", new) and not ids.is_id("ins", new)
+    for bad in ["img-ABCDEFGH", "img-1234567", "img-123456789", "ami-12345678", "", "img-1234567\n"]:
+        assert not ids.is_id("img", bad)
+    with pytest.raises(errors.InvalidArgument) as refused:
+        ids.require_id("img", "x" * 10_000, "image_id")
+    assert len(refused.value.message) < 200  # long input is not echoed whole
+    assert ids.require_account_id("100000000001", "account_id") == "100000000001"
+    with pytest.raises(errors.InvalidArgument):
+        ids.require_account_id("1000000000011", "account_id")
+
+
+@pytest.mark.parametrize("amount", ["0", "0.058", "12.345678901", "-3.25", "-0.000000001", "123456789.5"])
+def test_money_is_exact(amount):
+    value = Decimal(amount)
+    converted = money("USD", value)
+    assert decimal_of(converted) == value
+    assert (converted.units >= 0 and converted.nanos >= 0) or (converted.units <= 0 and converted.nanos <= 0)
+
+
+def test_money_finer_than_a_nano_is_refused_not_rounded():
+    with pytest.raises(ValueError):
+        money("USD", Decimal("0.0000000001"))
+
+
+def test_missing_settings_fail_fast_with_a_readable_message(monkeypatch, capsys):
+    from gateway.settings import GatewaySettings
+
+    for name in ("CLOUDIMG_INTERNAL_TOKEN", "CATALOG_ADDR", "SHARING_ADDR", "BILLING_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(GatewaySettings)
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert "CLOUDIMG_INTERNAL_TOKEN" in message and "CATALOG_ADDR" in message and "Traceback" not in message
+
+
+async def test_downstream_calls_carry_the_remaining_budget_and_the_caller():
+    seen = {}
+
+    async def method(request, timeout, metadata):
+        seen.update(timeout=timeout, metadata=dict(metadata))
+        return "ok"
+
+    downstream = Downstream("catalog", "127.0.0.1:1", "secret-token-0123456789", lambda channel: None)
+    try:
+        context.current_caller.set(context.Caller("100000000001"))
+        context.deadline.set(context.time.monotonic() + 2.0)
+        assert await downstream.call(method, object()) == "ok"
+        assert 1.5 < seen["timeout"] < 2.0
+        assert seen["metadata"][ACCOUNT_KEY] == "100000000001"
+        assert seen["metadata"][INTERNAL_TOKEN_KEY] == "secret-token-0123456789"
+        context.deadline.set(context.time.monotonic() - 1)
+        with pytest.raises(errors.Unavailable):
+            await downstream.call(method, object())
+    finally:
+        context.deadline.set(None)
+        await downstream.close()
