@@ -41,6 +41,7 @@ $(BUF):
 lint: gen/.stamp $(BUF)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code protos
+	$(VENV)/bin/ruff check --quiet .
 
 test: gen lint
 	$(PY) -m pytest -q -p no:cacheprovider tests

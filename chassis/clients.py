@@ -25,7 +25,9 @@ log = logging.getLogger("chassis.clients")
 INTERNAL_TOKEN_KEY = "x-cloudimg-internal-token"
 ACCOUNT_KEY = "x-cloudimg-account-id"
 
+# Spread calls over every address a name resolves to (the replicas behind a headless Kubernetes service).
 _SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [{
         "name": [{}],
         "retryPolicy": {

@@ -63,8 +63,8 @@ def table(rows: Iterable[Sequence[str]], headers: Sequence[str] = ()) -> str:
     lines += [list(row) for row in rows]
     if not lines:
         return ""
-    widths = [max(map(len, column)) for column in zip(*lines)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    widths = [max(map(len, column)) for column in zip(*lines, strict=True)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 def columns(messages: Iterable[Message], names: Sequence[str]) -> str:

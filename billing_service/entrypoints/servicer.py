@@ -27,8 +27,11 @@ def launch_of(proto: pb.LaunchPricing) -> LaunchPricing:
         instance_count=proto.instance_count,
         charge_type=CHARGE_TYPES.from_proto(proto.charge_type, "charge_type", ChargeType.POSTPAID_BY_HOUR),
         period_months=proto.period_months,
-        image=ImagePricing(proto.image.image_id, OS_KINDS.from_proto(proto.image.os_kind, "image.os_kind", OsKind.LINUX),
-                           proto.image.marketplace_product_id),
+        image=ImagePricing(
+            proto.image.image_id,
+            OS_KINDS.from_proto(proto.image.os_kind, "image.os_kind", OsKind.LINUX),
+            proto.image.marketplace_product_id,
+        ),
     )
 
 

@@ -33,7 +33,8 @@ class AccountRepository:
         self._session.execute(insert_ignoring_duplicates(self._session.get_bind(), _accounts), values)
 
     def existing(self, account_ids: Iterable[str]) -> set[str]:
-        rows = self._session.execute(select(_accounts.c.account_id).where(_accounts.c.account_id.in_(list(account_ids))))
+        wanted = _accounts.c.account_id.in_(list(account_ids))
+        rows = self._session.execute(select(_accounts.c.account_id).where(wanted))
         return {r[0] for r in rows}
 
     def get(self, account_id: str) -> Account | None:

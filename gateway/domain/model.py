@@ -180,8 +180,8 @@ class LaunchRequest:
                                   f"system_disk_gb must be between {MIN_SYSTEM_DISK_GB} and {MAX_SYSTEM_DISK_GB}",
                                   field="system_disk_gb")
         if len(self.instance_name) > MAX_NAME_LENGTH:
-            raise InvalidArgument("INSTANCE_NAME_TOO_LONG", f"instance_name is longer than {MAX_NAME_LENGTH} characters",
-                                  field="instance_name")
+            raise InvalidArgument("INSTANCE_NAME_TOO_LONG",
+                                  f"instance_name is longer than {MAX_NAME_LENGTH} characters", field="instance_name")
         token = self.client_token
         if len(token) > MAX_CLIENT_TOKEN_LENGTH or not (token.isascii() and token.isprintable()):
             raise InvalidArgument("INVALID_CLIENT_TOKEN",

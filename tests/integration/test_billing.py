@@ -64,9 +64,9 @@ async def test_a_charge_is_recorded_once_per_key_even_when_retries_race(billing,
     engine.dispose()
 
     with pytest.raises(grpc.aio.AioRpcError) as mismatch:
-        await billing.CreateCharge(pb.CreateChargeRequest(launch=launch(instance_count=3), idempotency_key="lch-race0001",
-                                                          instance_ids=["ins-a", "ins-b", "ins-c"]),
-                                   metadata=internal_metadata())
+        other = pb.CreateChargeRequest(launch=launch(instance_count=3), idempotency_key="lch-race0001",
+                                       instance_ids=["ins-a", "ins-b", "ins-c"])
+        await billing.CreateCharge(other, metadata=internal_metadata())
     assert mismatch.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert rich_status(mismatch.value)[1].reason == "IDEMPOTENCY_PARAMETER_MISMATCH"
 

@@ -57,7 +57,8 @@ async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing):
                                                   metadata=internal_metadata(BOB))
     assert not verdict.visible and verdict.basis == pb.LAUNCH_BASIS_NONE
 
-    await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
+    await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB]),
+                               metadata=internal_metadata(ALICE))
     verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=IMAGE),
                                                   metadata=internal_metadata(BOB))
     assert not verdict.visible and not verdict.allowed
@@ -126,8 +127,8 @@ async def _race_to_the_limit(stubs: list[pb_grpc.SharingServiceStub], database_u
 
 def process_replicas(spawn, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
     """Replicas as real processes: within one process, handlers never interleave inside a transaction."""
-    return [pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(spawn("sharing", {"SHARING_DATABASE_URL": database_url}).addr))
-            for _ in range(count)]
+    addrs = [spawn("sharing", {"SHARING_DATABASE_URL": database_url}).addr for _ in range(count)]
+    return [pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(addr)) for addr in addrs]
 
 
 async def test_the_limit_holds_under_concurrency_on_sqlite_across_replicas(spawn, tmp_path: Path):
