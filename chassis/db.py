@@ -44,11 +44,19 @@ def create_db_engine(url: str) -> Engine:
     return engine
 
 
+# Any constant: replicas starting together take this PostgreSQL advisory lock to create tables in turn.
+_SCHEMA_LOCK = 7_326_001
+
+
 def create_tables(engine: Engine, tables: Iterable[Table]) -> None:
-    """Creates one context's tables (all contexts' SQLModel tables share one metadata object)."""
+    """Creates one context's missing tables (all contexts' SQLModel tables share one metadata object).
+    Replicas that start at once create them one after another, not in a race."""
     from sqlmodel import SQLModel
 
-    SQLModel.metadata.create_all(engine, tables=list(tables))
+    with engine.begin() as connection:
+        if is_postgres(engine):
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+        SQLModel.metadata.create_all(connection, tables=list(tables))
 
 
 def is_postgres(engine: Engine) -> bool:

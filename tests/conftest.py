@@ -115,7 +115,7 @@ def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], Any]]:
     modules = {"catalog": "catalog_service", "sharing": "sharing_service", "billing": "billing_service",
                "gateway": "gateway"}
 
-    def start(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(service: str, env: dict[str, str], wait: bool = True) -> subprocess.Popen[bytes]:
         addr = f"127.0.0.1:{free_port()}"
         log = open(tmp_path / f"{service}-{len(processes)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
@@ -125,7 +125,8 @@ def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], Any]]:
         )
         process.addr = addr  # type: ignore[attr-defined]
         processes.append(process)
-        wait_serving(addr, 60)
+        if wait:
+            wait_serving(addr, 60)
         return process
 
     yield start

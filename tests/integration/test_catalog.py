@@ -140,3 +140,24 @@ async def test_later_rpcs_answer_unimplemented_with_error_info(catalog):
         await catalog.SyncImage(pb.SyncImageRequest(image_id="img-00000000"), metadata=internal_metadata())
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert rich_status(refused.value)[1].reason == "NOT_IMPLEMENTED_YET"
+
+
+@pytest.mark.postgres
+def test_replicas_starting_at_once_on_one_postgres_database_all_serve(spawn, postgres_database):
+    """Three catalogs start together on a new database: tables are created once, the seed is added once."""
+    from sqlalchemy import create_engine, func, select
+
+    from catalog_service.adapters.tables import ImageRow, RegionRow
+    from catalog_service.domain.seed import REGIONS, demo_custom_images, seed_images
+    from devtools.stack import wait_serving
+
+    url = postgres_database()
+    replicas = [spawn("catalog", {"CATALOG_DATABASE_URL": url}, wait=False) for _ in range(3)]
+    for replica in replicas:
+        wait_serving(replica.addr, 60)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(RegionRow.__table__)).scalar_one() == len(REGIONS)
+        images = conn.execute(select(func.count()).select_from(ImageRow.__table__)).scalar_one()
+    engine.dispose()
+    assert images == len(seed_images()) + len(demo_custom_images())
