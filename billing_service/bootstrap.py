@@ -9,9 +9,8 @@ from billing_service.domain.price_book import load_price_book
 from billing_service.entrypoints.servicer import BillingServicer
 from billing_service.service_layer.unit_of_work import BillingUnitOfWork
 from billing_service.settings import BillingSettings
-from chassis.auth import internal_caller
 from chassis.db import Database
-from chassis.server import Service, servicers
+from chassis.server import Service, internal_service
 from cloudimg.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 
 SERVICE_NAME = billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
@@ -22,12 +21,7 @@ async def bootstrap(settings: BillingSettings) -> Service:
     db = Database(settings.database_url)
     db.create_tables(TABLES)
     servicer = BillingServicer(book, partial(BillingUnitOfWork, db))
-
-    async def close() -> None:
-        db.dispose()
-
-    return Service(
-        register=servicers((billing_service_pb2_grpc.add_BillingServiceServicer_to_server, servicer, SERVICE_NAME)),
-        authenticate=internal_caller(settings.internal_token.get_secret_value()),
-        close=close,
+    return internal_service(
+        settings.internal_token.get_secret_value(), db,
+        (billing_service_pb2_grpc.add_BillingServiceServicer_to_server, servicer, SERVICE_NAME),
     )

@@ -9,9 +9,8 @@ from catalog_service.domain import seed
 from catalog_service.entrypoints.servicer import CatalogServicer
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork
 from catalog_service.settings import CatalogSettings
-from chassis.auth import internal_caller
 from chassis.db import Database
-from chassis.server import Service, servicers
+from chassis.server import Service, internal_service
 from cloudimg.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
 
 SERVICE_NAME = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
@@ -31,12 +30,7 @@ async def bootstrap(settings: CatalogSettings) -> Service:
     with new_uow(read_only=True) as uow:
         regions = {r.region_id: r for r in uow.images.regions()}
     servicer = CatalogServicer(regions, new_uow)
-
-    async def close() -> None:
-        db.dispose()
-
-    return Service(
-        register=servicers((catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server, servicer, SERVICE_NAME)),
-        authenticate=internal_caller(settings.internal_token.get_secret_value()),
-        close=close,
+    return internal_service(
+        settings.internal_token.get_secret_value(), db,
+        (catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server, servicer, SERVICE_NAME),
     )

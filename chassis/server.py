@@ -20,6 +20,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from chassis import logs
+from chassis.auth import internal_caller
+from chassis.db import Database
 from chassis.logs import fields
 from chassis.rpc import Authenticate, ServiceInterceptor
 from chassis.settings import ServiceSettings, load_settings
@@ -122,3 +124,13 @@ def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable
                     default_deadline_seconds=settings.default_deadline_seconds, on_stop=built.close)
 
     asyncio.run(main())
+
+
+def internal_service(internal_token: str, db: Database,
+                     *entries: tuple[Callable[[object, grpc.aio.Server], None], object, str]) -> Service:
+    """The Service of a context that only the gateway calls, on one database."""
+
+    async def close() -> None:
+        db.dispose()
+
+    return Service(register=servicers(*entries), authenticate=internal_caller(internal_token), close=close)

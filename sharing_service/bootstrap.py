@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from chassis.auth import internal_caller
 from chassis.db import Database
-from chassis.server import Service, servicers
+from chassis.server import Service, internal_service
 from cloudimg.sharing.v1 import sharing_service_pb2, sharing_service_pb2_grpc
 from sharing_service.adapters.tables import TABLES
 from sharing_service.entrypoints.servicer import SharingServicer
@@ -20,12 +19,7 @@ async def bootstrap(settings: SharingSettings) -> Service:
     db = Database(settings.database_url)
     db.create_tables(TABLES)
     servicer = SharingServicer(partial(SharingUnitOfWork, db))
-
-    async def close() -> None:
-        db.dispose()
-
-    return Service(
-        register=servicers((sharing_service_pb2_grpc.add_SharingServiceServicer_to_server, servicer, SERVICE_NAME)),
-        authenticate=internal_caller(settings.internal_token.get_secret_value()),
-        close=close,
+    return internal_service(
+        settings.internal_token.get_secret_value(), db,
+        (sharing_service_pb2_grpc.add_SharingServiceServicer_to_server, servicer, SERVICE_NAME),
     )

@@ -29,16 +29,23 @@ def rich_status(error: grpc.RpcError) -> tuple[status_pb2.Status, error_details_
     raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")  # type: ignore[attr-defined]
     assert raw, f"no rich status on {error}"
     status = status_pb2.Status.FromString(raw)
-    infos, others = [], []
+    details = unpacked_details(status)
+    infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
+    assert len(infos) == 1, f"expected exactly one ErrorInfo, got {infos}"
+    return status, infos[0], [d for d in details if d is not infos[0]]
+
+
+def unpacked_details(status: status_pb2.Status) -> list[Any]:
+    """The google.rpc details of a status, unpacked, in order."""
+    found = []
     for detail in status.details:
         for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
                      error_details_pb2.PreconditionFailure, error_details_pb2.QuotaFailure):
             if detail.Is(kind.DESCRIPTOR):
                 message = kind()
                 detail.Unpack(message)
-                (infos if kind is error_details_pb2.ErrorInfo else others).append(message)
-    assert len(infos) == 1, f"expected exactly one ErrorInfo, got {infos}"
-    return status, infos[0], others
+                found.append(message)
+    return found
 
 
 ServerFactory = Callable[[Callable[[Any], Awaitable[Service]], Any], Awaitable[str]]

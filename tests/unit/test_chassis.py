@@ -14,18 +14,7 @@ from chassis.convert import decimal_of, money
 from chassis.rpc import status_of
 from chassis.server import start_server
 from chassis.settings import load_settings
-
-
-def _details(status) -> list[object]:
-    found = []
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
-                     error_details_pb2.PreconditionFailure, error_details_pb2.QuotaFailure):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found.append(message)
-    return found
+from tests.conftest import unpacked_details
 
 
 @pytest.mark.parametrize("exc, code, detail_type", [
@@ -43,7 +32,7 @@ def _details(status) -> list[object]:
 ])
 def test_every_domain_error_becomes_one_error_info_and_its_detail(exc, code, detail_type):
     status = status_of(exc)
-    details = _details(status)
+    details = unpacked_details(status)
     assert status.code == code and status.message == exc.message
     assert isinstance(details[0], error_details_pb2.ErrorInfo) and details[0].reason == exc.reason
     assert sum(isinstance(d, error_details_pb2.ErrorInfo) for d in details) == 1
