@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
 from billing_service.adapters.tables import ChargeRow
 from billing_service.domain.model import Charge, ChargeType, LineKind, Quote, QuoteLine
@@ -27,13 +26,13 @@ def _to_charge(row: object) -> tuple[int, Charge]:
 
 
 class ChargeRepository:
-    def __init__(self, session: Session):
-        self._session = session
+    def __init__(self, connection: Connection):
+        self._connection = connection
 
     def add_unless_exists(self, charge: Charge) -> bool:
         """Records the charge; False when the account already has one with its idempotency key."""
         quote = charge.quote
-        statement = insert_ignoring_duplicates(self._session.get_bind(), _charges).values(
+        statement = insert_ignoring_duplicates(self._connection, _charges).values(
             charge_id=charge.charge_id, account_id=charge.account_id, idempotency_key=charge.idempotency_key,
             request_fingerprint=charge.request_fingerprint, region=charge.region, currency=quote.currency,
             charge_type=quote.charge_type.value, total=str(quote.total),
@@ -44,10 +43,10 @@ class ChargeRepository:
             ]),
             instance_ids=json.dumps(list(charge.instance_ids)), create_time=charge.create_time,
         )
-        return self._session.execute(statement).rowcount == 1
+        return self._connection.execute(statement).rowcount == 1
 
     def by_idempotency_key(self, account_id: str, key: str) -> Charge | None:
-        row = self._session.execute(select(_charges).where(
+        row = self._connection.execute(select(_charges).where(
             _charges.c.account_id == account_id, _charges.c.idempotency_key == key)).first()
         return None if row is None else _to_charge(row)[1]
 
@@ -55,4 +54,4 @@ class ChargeRepository:
         statement = select(_charges).where(_charges.c.account_id == account_id)
         if after_seq is not None:
             statement = statement.where(_charges.c.seq > after_seq)
-        return [_to_charge(r) for r in self._session.execute(statement.order_by(_charges.c.seq).limit(limit))]
+        return [_to_charge(r) for r in self._connection.execute(statement.order_by(_charges.c.seq).limit(limit))]

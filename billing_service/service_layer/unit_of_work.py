@@ -8,4 +8,4 @@ class BillingUnitOfWork(UnitOfWork):
     charges: ChargeRepository
 
     def _begin(self) -> None:
-        self.charges = ChargeRepository(self.session)
+        self.charges = ChargeRepository(self.connection)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from sqlalchemy import and_, false, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, and_, false, func, or_, select
 
 from catalog_service.adapters.tables import ImageRow, RegionRow
 from catalog_service.domain.model import (
@@ -37,29 +36,29 @@ def _to_row(image: Image) -> dict[str, object]:
 
 
 class CatalogRepository:
-    def __init__(self, session: Session):
-        self._session = session
+    def __init__(self, connection: Connection):
+        self._connection = connection
 
     def regions(self) -> list[Region]:
-        rows = self._session.execute(select(_regions).order_by(_regions.c.region_id))
+        rows = self._connection.execute(select(_regions).order_by(_regions.c.region_id))
         return [Region(r.region_id, r.display_name, r.mainland, r.sync_enabled) for r in rows]
 
     def add_missing_regions(self, regions: Iterable[Region]) -> None:
         values = [dataclasses.asdict(r) for r in regions]
         if values:
-            self._session.execute(insert_ignoring_duplicates(self._session.get_bind(), _regions), values)
+            self._connection.execute(insert_ignoring_duplicates(self._connection, _regions), values)
 
     def add_missing_images(self, images: Iterable[Image]) -> None:
         values = [_to_row(i) for i in images]
         if values:
-            self._session.execute(insert_ignoring_duplicates(self._session.get_bind(), _images), values)
+            self._connection.execute(insert_ignoring_duplicates(self._connection, _images), values)
 
     def get(self, image_id: str) -> Image | None:
-        row = self._session.execute(select(_images).where(_images.c.image_id == image_id)).first()
+        row = self._connection.execute(select(_images).where(_images.c.image_id == image_id)).first()
         return None if row is None else _to_image(row)
 
     def get_many(self, image_ids: Iterable[str]) -> list[Image]:
-        rows = self._session.execute(select(_images).where(_images.c.image_id.in_(list(image_ids))))
+        rows = self._connection.execute(select(_images).where(_images.c.image_id.in_(list(image_ids))))
         return [_to_image(r) for r in rows]
 
     def page(self, query: ImageQuery, after: str | None, limit: int) -> list[Image]:
@@ -83,4 +82,4 @@ class CatalogRepository:
         if after is not None:
             conditions.append(c.image_id > after)
         statement = select(_images).where(*conditions).order_by(c.image_id).limit(limit)
-        return [_to_image(r) for r in self._session.execute(statement)]
+        return [_to_image(r) for r in self._connection.execute(statement)]

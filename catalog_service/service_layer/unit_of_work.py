@@ -8,4 +8,4 @@ class CatalogUnitOfWork(UnitOfWork):
     images: CatalogRepository
 
     def _begin(self) -> None:
-        self.images = CatalogRepository(self.session)
+        self.images = CatalogRepository(self.connection)

@@ -8,8 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, delete, select, update
 
 from chassis.db import insert_ignoring_duplicates
 from gateway.adapters.tables import AccountRow, ApiKeyRow, InstanceRow, LaunchRow
@@ -25,30 +24,30 @@ _launches = LaunchRow.__table__
 
 
 class AccountRepository:
-    def __init__(self, session: Session):
-        self._session = session
+    def __init__(self, connection: Connection):
+        self._connection = connection
 
     def add_missing(self, accounts: Iterable[Account], now: datetime) -> None:
         values = [{"account_id": a.account_id, "display_name": a.display_name, "create_time": now} for a in accounts]
-        self._session.execute(insert_ignoring_duplicates(self._session.get_bind(), _accounts), values)
+        self._connection.execute(insert_ignoring_duplicates(self._connection, _accounts), values)
 
     def existing(self, account_ids: Iterable[str]) -> set[str]:
         wanted = _accounts.c.account_id.in_(list(account_ids))
-        rows = self._session.execute(select(_accounts.c.account_id).where(wanted))
+        rows = self._connection.execute(select(_accounts.c.account_id).where(wanted))
         return {r[0] for r in rows}
 
     def get(self, account_id: str) -> Account | None:
-        row = self._session.execute(select(_accounts).where(_accounts.c.account_id == account_id)).first()
+        row = self._connection.execute(select(_accounts).where(_accounts.c.account_id == account_id)).first()
         return None if row is None else Account(row.account_id, row.display_name)
 
     def key(self, key_id: str) -> ApiKey | None:
-        row = self._session.execute(select(_keys).where(_keys.c.key_id == key_id)).first()
+        row = self._connection.execute(select(_keys).where(_keys.c.key_id == key_id)).first()
         return None if row is None else ApiKey(row.key_id, row.account_id, row.secret_hash)
 
     def replace_keys(self, account_id: str, key: ApiKey, now: datetime) -> None:
         """Revokes the account's keys and issues this one."""
-        self._session.execute(delete(_keys).where(_keys.c.account_id == account_id))
-        self._session.execute(_keys.insert().values(key_id=key.key_id, account_id=account_id,
+        self._connection.execute(delete(_keys).where(_keys.c.account_id == account_id))
+        self._connection.execute(_keys.insert().values(key_id=key.key_id, account_id=account_id,
                                                     secret_hash=key.secret_hash, create_time=now))
 
 
@@ -66,14 +65,14 @@ def _to_instance(row: object) -> Instance:
 
 
 class InstanceRepository:
-    def __init__(self, session: Session):
-        self._session = session
+    def __init__(self, connection: Connection):
+        self._connection = connection
 
     def add(self, instances: list[Instance]) -> None:
-        self._session.execute(_instances.insert(), [_instance_row(i) for i in instances])
+        self._connection.execute(_instances.insert(), [_instance_row(i) for i in instances])
 
     def get(self, account_id: str, instance_id: str) -> Instance | None:
-        row = self._session.execute(select(_instances).where(
+        row = self._connection.execute(select(_instances).where(
             _instances.c.instance_id == instance_id, _instances.c.account_id == account_id)).first()
         return None if row is None else _to_instance(row)
 
@@ -84,7 +83,7 @@ class InstanceRepository:
             statement = statement.where(c.region == region)
         if after is not None:
             statement = statement.where(c.instance_id > after)
-        return [_to_instance(r) for r in self._session.execute(statement.order_by(c.instance_id).limit(limit))]
+        return [_to_instance(r) for r in self._connection.execute(statement.order_by(c.instance_id).limit(limit))]
 
 
 def _quote_json(quote: Quote) -> str:
@@ -125,37 +124,37 @@ def _to_launch(row: object) -> Launch:
 
 
 class LaunchRepository:
-    def __init__(self, session: Session):
-        self._session = session
+    def __init__(self, connection: Connection):
+        self._connection = connection
 
     def claim(self, launch: Launch) -> bool:
         """Records a PENDING launch; False when the account's client token is already taken."""
-        statement = insert_ignoring_duplicates(self._session.get_bind(), _launches).values(
+        statement = insert_ignoring_duplicates(self._connection, _launches).values(
             launch_id=launch.launch_id, account_id=launch.account_id, client_token=launch.client_token,
             fingerprint=launch.fingerprint, state=launch.state.value, request=_request_json(launch),
             instance_ids=json.dumps(launch.instance_ids), create_time=launch.create_time,
         )
-        return self._session.execute(statement).rowcount == 1
+        return self._connection.execute(statement).rowcount == 1
 
     def by_token(self, account_id: str, client_token: str) -> Launch | None:
-        row = self._session.execute(select(_launches).where(
+        row = self._connection.execute(select(_launches).where(
             _launches.c.account_id == account_id, _launches.c.client_token == client_token)).first()
         return None if row is None else _to_launch(row)
 
     def complete(self, launch_id: str, quote: Quote, charge_id: str) -> bool:
         """Marks a PENDING launch DONE; False when it is not pending any more (someone finished it)."""
-        result = self._session.execute(update(_launches).where(
+        result = self._connection.execute(update(_launches).where(
             _launches.c.launch_id == launch_id, _launches.c.state == LaunchState.PENDING.value,
         ).values(state=LaunchState.DONE.value, quote=_quote_json(quote), charge_id=charge_id))
         return result.rowcount == 1
 
     def forget(self, launch_id: str) -> None:
         """Drops a PENDING launch that failed before it was charged, freeing its client token."""
-        self._session.execute(delete(_launches).where(
+        self._connection.execute(delete(_launches).where(
             _launches.c.launch_id == launch_id, _launches.c.state == LaunchState.PENDING.value))
 
     def pending_before(self, moment: datetime, limit: int = 100) -> list[Launch]:
-        rows = self._session.execute(select(_launches).where(
+        rows = self._connection.execute(select(_launches).where(
             _launches.c.state == LaunchState.PENDING.value, _launches.c.create_time < moment,
         ).order_by(_launches.c.create_time).limit(limit))
         return [_to_launch(r) for r in rows]

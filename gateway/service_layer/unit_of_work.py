@@ -10,6 +10,6 @@ class GatewayUnitOfWork(UnitOfWork):
     launches: LaunchRepository
 
     def _begin(self) -> None:
-        self.accounts = AccountRepository(self.session)
-        self.instances = InstanceRepository(self.session)
-        self.launches = LaunchRepository(self.session)
+        self.accounts = AccountRepository(self.connection)
+        self.instances = InstanceRepository(self.connection)
+        self.launches = LaunchRepository(self.connection)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, delete, func, select
 
 from chassis.db import insert_ignoring_duplicates
 from sharing_service.adapters.tables import ImageShareLockRow, ShareRow
@@ -22,18 +21,17 @@ def _to_share(row: object) -> Share:
 
 
 class ShareRepository:
-    def __init__(self, session: Session):
-        self._session = session
+    def __init__(self, connection: Connection):
+        self._connection = connection
 
     def lock_image(self, image_id: str) -> None:
         """Serializes share changes of one image (a row lock on PostgreSQL; SQLite's BEGIN IMMEDIATE
         already serializes every writer)."""
-        bind = self._session.get_bind()
-        self._session.execute(insert_ignoring_duplicates(bind, _locks), [{"image_id": image_id}])
-        self._session.execute(select(_locks.c.image_id).where(_locks.c.image_id == image_id).with_for_update())
+        self._connection.execute(insert_ignoring_duplicates(self._connection, _locks), [{"image_id": image_id}])
+        self._connection.execute(select(_locks.c.image_id).where(_locks.c.image_id == image_id).with_for_update())
 
     def recipients_of(self, image_id: str) -> set[str]:
-        rows = self._session.execute(select(_shares.c.recipient_account_id).where(_shares.c.image_id == image_id))
+        rows = self._connection.execute(select(_shares.c.recipient_account_id).where(_shares.c.image_id == image_id))
         return {r[0] for r in rows}
 
     def add(self, shares: Iterable[Share]) -> None:
@@ -44,14 +42,14 @@ class ShareRepository:
             for s in shares
         ]
         if values:
-            self._session.execute(_shares.insert(), values)
+            self._connection.execute(_shares.insert(), values)
 
     def remove(self, image_id: str, recipient_account_ids: list[str]) -> None:
-        self._session.execute(delete(_shares).where(
+        self._connection.execute(delete(_shares).where(
             _shares.c.image_id == image_id, _shares.c.recipient_account_id.in_(recipient_account_ids)))
 
     def count(self, image_id: str) -> int:
-        return self._session.execute(
+        return self._connection.execute(
             select(func.count()).select_from(_shares).where(_shares.c.image_id == image_id)).scalar_one()
 
     def of_image(self, image_id: str, after: str | None = None, limit: int | None = None) -> list[Share]:
@@ -59,16 +57,16 @@ class ShareRepository:
         if after is not None:
             statement = statement.where(_shares.c.recipient_account_id > after)
         statement = statement.order_by(_shares.c.recipient_account_id).limit(limit)
-        return [_to_share(r) for r in self._session.execute(statement)]
+        return [_to_share(r) for r in self._connection.execute(statement)]
 
     def received(self, recipient_account_id: str, region: str, after: str | None, limit: int) -> list[Share]:
         c = _shares.c
         statement = select(_shares).where(c.recipient_account_id == recipient_account_id, c.region == region)
         if after is not None:
             statement = statement.where(c.image_id > after)
-        return [_to_share(r) for r in self._session.execute(statement.order_by(c.image_id).limit(limit))]
+        return [_to_share(r) for r in self._connection.execute(statement.order_by(c.image_id).limit(limit))]
 
     def get(self, image_id: str, recipient_account_id: str) -> Share | None:
-        row = self._session.execute(select(_shares).where(
+        row = self._connection.execute(select(_shares).where(
             _shares.c.image_id == image_id, _shares.c.recipient_account_id == recipient_account_id)).first()
         return None if row is None else _to_share(row)

@@ -8,4 +8,4 @@ class SharingUnitOfWork(UnitOfWork):
     shares: ShareRepository
 
     def _begin(self) -> None:
-        self.shares = ShareRepository(self.session)
+        self.shares = ShareRepository(self.connection)
