@@ -34,6 +34,7 @@ UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
 
 @dataclass
 class Cloud:
+    channel: grpc.aio.Channel
     instances: pb_grpc.InstanceServiceStub
     keys: dict[str, str]
     urls: dict[str, str]
@@ -67,8 +68,8 @@ async def start_cloud(serve, tmp_path: Path, **addr_overrides: str) -> Cloud:
     settings = GatewaySettings(database_url=urls["gateway"], internal_token=INTERNAL_TOKEN,
                                catalog_addr=addrs["catalog"], sharing_addr=addrs["sharing"],
                                billing_addr=addrs["billing"], default_deadline_seconds=5)
-    gateway = await serve(gateway_bootstrap, settings)
-    return Cloud(pb_grpc.InstanceServiceStub(grpc.aio.insecure_channel(gateway)), keys, urls, addrs)
+    channel = grpc.aio.insecure_channel(await serve(gateway_bootstrap, settings))
+    return Cloud(channel, pb_grpc.InstanceServiceStub(channel), keys, urls, addrs)
 
 
 @pytest.fixture
@@ -237,3 +238,17 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_finished_later(serve,
     retried = await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"),
                                                  metadata=cloud.auth())
     assert len(retried.instance_ids) == 2
+
+
+async def test_rpcs_of_later_issues_answer_unimplemented_with_an_error_info(cloud):
+    from cloudimg.gateway.v1 import image_service_pb2, image_service_pb2_grpc
+
+    images = image_service_pb2_grpc.ImageServiceStub(cloud.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await images.CreateImage(image_service_pb2.CreateImageRequest(instance_id="ins-00000000"),
+                                 metadata=cloud.auth())
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert rich_status(refused.value)[1].reason == "NOT_IMPLEMENTED_YET"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cloud.instances.TerminateInstances(pb.TerminateInstancesRequest(), metadata=())
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # authentication comes first
