@@ -13,6 +13,8 @@ from gateway.domain.model import (
 from gateway.service_layer.dependencies import Dependencies
 
 MAX_FILTER_LENGTH = 128
+# An image is shared with at most 50 accounts (the sharing context enforces the limit itself).
+MAX_SHARES_PER_CALL = 50
 
 
 async def list_regions(deps: Dependencies) -> list[Region]:
@@ -69,6 +71,9 @@ async def _own_custom_image(caller: Caller, image_id: str, deps: Dependencies) -
 
 async def share_image(caller: Caller, image_id: str, account_ids: list[str], request_id: str,
                       deps: Dependencies) -> list[ImageShare]:
+    if len(account_ids) > MAX_SHARES_PER_CALL:
+        raise InvalidArgument("TOO_MANY_ACCOUNTS", f"at most {MAX_SHARES_PER_CALL} account ids per call",
+                              field="account_ids")
     for index, account_id in enumerate(account_ids):
         ids.require_account_id(account_id, f"account_ids[{index}]")
     image = await _own_custom_image(caller, image_id, deps)

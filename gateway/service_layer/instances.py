@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from chassis import context, ids, pagination
 from chassis.context import Caller
-from chassis.errors import Aborted, DomainError, NotFound, Unavailable
+from chassis.errors import Aborted, DomainError, NotFound, RemoteError
 from chassis.logs import fields
 from gateway.domain.model import (
     Charge, Image, Instance, InstanceType, Launch, LaunchRequest, LaunchState, Quote, Verdict, check_launchable,
@@ -66,14 +66,14 @@ async def quote_run_instances(request: LaunchRequest, deps: Dependencies) -> Quo
 
 async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, deps: Dependencies
                         ) -> tuple[list[str], Quote]:
+    if dry_run:
+        return [], await quote_run_instances(request, deps)
     request.validate()
     if request.client_token:
         with deps.new_uow(read_only=True) as uow:
             earlier = uow.launches.by_token(caller.account_id, request.client_token)
         if earlier is not None:
             return await _result_of(earlier, request, deps)
-    if dry_run:
-        return [], await quote_run_instances(request, deps)
     image, instance_type = await _image_and_type(request, deps)
     seen = _checked(request, image, await deps.sharing.verdict(image), instance_type)
     launch = Launch(
@@ -101,9 +101,10 @@ async def finish_launch(launch: Launch, deps: Dependencies) -> tuple[list[str], 
     billing charges a launch id once, and only one caller turns the launch DONE."""
     try:
         charge_id, quote = await deps.billing.charge(launch)
-    except Unavailable:
-        raise  # the charge may or may not exist: a retry or the reconciler finishes the launch
-    except DomainError:
+    except RemoteError:
+        # Billing refused the launch, and refuses before it writes: no charge exists, so the launch
+        # is forgotten and its client token freed. Any other failure leaves the outcome unknown:
+        # the launch stays PENDING for a retry or the reconciler to finish.
         with deps.new_uow() as uow:
             uow.launches.forget(launch.launch_id)
             uow.commit()

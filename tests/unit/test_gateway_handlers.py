@@ -12,7 +12,10 @@ import pytest
 from chassis import context
 from chassis.context import Caller
 from chassis.db import Database
-from chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from chassis.errors import (
+    DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
+)
+from chassis.rpc import status_of
 from gateway.adapters.tables import TABLES
 from gateway.domain.api_keys import Account
 from gateway.domain.model import (
@@ -163,10 +166,16 @@ async def test_who_may_change_an_images_shares(deps):
     assert [s.recipient_account_id for s in shares] == [CAROL.account_id]
 
 
+def billing_refusal() -> RemoteError:
+    """What the billing client raises when billing refuses a launch (as it does before it writes)."""
+    refusal = InvalidArgument("INSTANCE_TYPE_NOT_OFFERED", "no", field="instance_type")
+    return RemoteError("INVALID_ARGUMENT", refusal.reason, refusal.message, status_of(refusal).SerializeToString())
+
+
 async def test_a_launch_refused_by_billing_frees_its_client_token(deps):
     as_caller(ALICE)
-    deps.billing.refuse = InvalidArgument("INSTANCE_TYPE_NOT_OFFERED", "no", field="instance_type")
-    with pytest.raises(InvalidArgument):
+    deps.billing.refuse = billing_refusal()
+    with pytest.raises(RemoteError):
         await instances.run_instances(ALICE, launch(client_token="tok"), False, deps)
     deps.billing.refuse = None
     instance_ids, quote = await instances.run_instances(ALICE, launch(client_token="tok"), False, deps)
@@ -175,10 +184,12 @@ async def test_a_launch_refused_by_billing_frees_its_client_token(deps):
     assert again == instance_ids and len(deps.billing.charges) == 1
 
 
-async def test_a_launch_whose_charge_is_unknown_stays_pending_until_reconciled(deps, monkeypatch):
+@pytest.mark.parametrize("failure", [Unavailable("DEPENDENCY_UNAVAILABLE", "down"),
+                                     DomainError("DEPENDENCY_FAILED", "billing failed")])
+async def test_a_launch_whose_charge_is_unknown_stays_pending_until_reconciled(deps, monkeypatch, failure):
     as_caller(ALICE)
-    deps.billing.refuse = Unavailable("DEPENDENCY_UNAVAILABLE", "down")
-    with pytest.raises(Unavailable):
+    deps.billing.refuse = failure
+    with pytest.raises(DomainError):
         await instances.run_instances(ALICE, launch(client_token="later"), False, deps)
     assert await instances.reconcile_pending_launches(deps) == 0  # not stale yet
     monkeypatch.setattr(instances, "STALE_LAUNCH_AFTER", instances.timedelta(0))
@@ -193,7 +204,7 @@ async def test_a_launch_whose_charge_is_unknown_stays_pending_until_reconciled(d
 async def test_a_quote_reports_the_permission_problem_before_the_price_problem(deps):
     as_caller(BOB)
     deps.sharing.shared[(ALICES.image_id, BOB.account_id)] = ShareState.PENDING
-    deps.billing.refuse = InvalidArgument("INSTANCE_TYPE_NOT_OFFERED", "no", field="instance_type")
+    deps.billing.refuse = billing_refusal()
     with pytest.raises(FailedPrecondition) as refused:
         await instances.quote_run_instances(launch(image_id=ALICES.image_id), deps)
     assert refused.value.reason == "SHARE_PENDING"
