@@ -42,6 +42,7 @@ lint: gen/.stamp $(BUF)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code protos
 	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/mypy
 
 test: gen lint
 	$(PY) -m pytest -q -p no:cacheprovider tests

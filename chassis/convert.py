@@ -23,8 +23,9 @@ class EnumMap(Generic[E]):
         self._from_proto = {number: member for member, number in self._to_proto.items()}
         self._prefix = prefix
 
-    def to_proto(self, member: E) -> int:
-        return self._to_proto[member]
+    def to_proto(self, member: E | None) -> Any:  # the proto enum's ValueType
+        """The proto value; the zero (UNSPECIFIED) value for None."""
+        return 0 if member is None else self._to_proto[member]
 
     def from_proto(self, number: int, field: str, default: E | None = None) -> E:
         found = self._from_proto.get(number)

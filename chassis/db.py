@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
@@ -89,7 +89,7 @@ class UnitOfWork:
         self._engine = db.read_engine if read_only else db.engine
         self.connection: Connection
 
-    def __enter__(self) -> UnitOfWork:
+    def __enter__(self) -> Self:
         self.connection = self._engine.connect()
         self._transaction = self.connection.begin()
         self._begin()

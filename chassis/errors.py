@@ -113,3 +113,8 @@ class RemoteError(DomainError):
 
 class Aborted(DomainError):
     code = "ABORTED"
+
+
+def not_available_yet(rpc: str) -> Unimplemented:
+    """For an RPC that the contract declares and a later issue builds."""
+    return Unimplemented("NOT_IMPLEMENTED_YET", f"{rpc} is not available yet")

@@ -125,10 +125,6 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 if status is _INTERNAL:
                     log.error("failure", extra=fields(method=method, reason=exc.reason, error=exc.message))
                 await _abort(ctx, status)
-            except NotImplementedError:  # the generated servicer's default for an RPC not built yet
-                outcome = "UNIMPLEMENTED"
-                await _abort(ctx, status_of(errors.Unimplemented(
-                    "NOT_IMPLEMENTED_YET", f"{method.rsplit('/', 1)[-1]} is not available yet")))
             except Exception:
                 outcome = "INTERNAL"
                 log.exception("unhandled error", extra=fields(method=method))

@@ -12,7 +12,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -101,7 +101,7 @@ class Service:
     close: Callable[[], Awaitable[None]]
 
 
-def servicers(*entries: tuple[Callable[[object, grpc.aio.Server], None], object, str]) -> Register:
+def servicers(*entries: tuple[Callable[[Any, grpc.aio.Server], None], object, str]) -> Register:
     """A Register for (add_XServicer_to_server, servicer, full service name) entries."""
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -127,7 +127,7 @@ def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable
 
 
 def internal_service(internal_token: str, db: Database,
-                     *entries: tuple[Callable[[object, grpc.aio.Server], None], object, str]) -> Service:
+                     *entries: tuple[Callable[[Any, grpc.aio.Server], None], object, str]) -> Service:
     """The Service of a context that only the gateway calls, on one database."""
 
     async def close() -> None:

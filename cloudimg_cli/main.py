@@ -6,6 +6,7 @@ Every call authenticates with the API key (--api-key or CLOUDIMG_API_KEY) and ha
 """
 
 import argparse
+from typing import Any
 import json
 import os
 import sys
@@ -53,10 +54,10 @@ class Api:
         self.accounts = account_grpc.AccountServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
 
-    def __call__(self, method, request: Message) -> Message:
+    def __call__(self, method: Any, request: Any) -> Any:
         return method(request, metadata=self._metadata, timeout=TIMEOUT_S)
 
-    def all_pages(self, method, request: Message, items: str) -> Message:
+    def all_pages(self, method: Any, request: Any, items: str) -> Any:
         """Follows next_page_token; returns the first response holding every page's items."""
         result = page = self(method, request)
         while page.next_page_token:
@@ -72,7 +73,7 @@ class Api:
 def list_images(api: Api, args: argparse.Namespace) -> Message:
     request = image_pb.ListImagesRequest(
         region=args.region,
-        image_types=[render.enum_number(IMAGE_TYPE, t) for t in args.types],
+        image_types=[render.enum_number(IMAGE_TYPE, t) for t in args.types],  # type: ignore[misc]
         platform=args.platform,
         name_filter=args.name,
         page_size=args.page_size,
@@ -83,7 +84,7 @@ def list_images(api: Api, args: argparse.Namespace) -> Message:
     return api(api.images.ListImages, request)
 
 
-def show_images(response: Message) -> str:
+def show_images(response: Any) -> str:
     text = render.columns(response.images, IMAGE_COLUMNS)
     if response.next_page_token:
         text += f"\n\nmore: --page-token {response.next_page_token} (or --all)"
@@ -110,7 +111,7 @@ def run_instances(api: Api, args: argparse.Namespace) -> Message:
     return api(api.instances.RunInstances, request)
 
 
-def show_run(response: Message) -> str:
+def show_run(response: Any) -> str:
     launched = (render.table([[i] for i in response.instance_ids], ["INSTANCE_ID"])
                 if response.instance_ids else "dry run: validated and priced, nothing launched")
     return launched + "\n\n" + render.quote(response.quote)

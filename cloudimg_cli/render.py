@@ -3,6 +3,7 @@
 import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
+from typing import Any
 
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -44,7 +45,7 @@ def cell(message: Message, name: str) -> str:
     field = message.DESCRIPTOR.fields_by_name[name]
     value = getattr(message, name)
     if field.enum_type is not None:
-        return enum_name(field.enum_type, value) if value else "-"
+        return enum_name(field.enum_type, value) if value else "-"  # type: ignore[arg-type]
     if field.message_type is not None:
         if not message.HasField(name):
             return "-"
@@ -78,7 +79,7 @@ def fields(message: Message, names: Sequence[str] = ()) -> str:
     return table([name, cell(message, name)] for name in names)
 
 
-def quote(q: Message) -> str:
+def quote(q: Any) -> str:
     """A cloudimg.gateway.v1.Quote: its itemized lines, then the total."""
     lines = columns(q.lines, ["kind", "description", "unit_price", "quantity", "unit", "amount"])
     return lines + "\n\n" + fields(q, ["total", "charge_type", "image_allowed"])

@@ -7,11 +7,10 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, select
 
-from billing_service.adapters.tables import ChargeRow
+from billing_service.adapters.tables import CHARGES
 from billing_service.domain.model import Charge, ChargeType, LineKind, Quote, QuoteLine
 from chassis.db import insert_ignoring_duplicates
 
-_charges = ChargeRow.__table__
 
 
 def _to_charge(row: object) -> tuple[int, Charge]:
@@ -32,7 +31,7 @@ class ChargeRepository:
     def add_unless_exists(self, charge: Charge) -> bool:
         """Records the charge; False when the account already has one with its idempotency key."""
         quote = charge.quote
-        statement = insert_ignoring_duplicates(self._connection, _charges).values(
+        statement = insert_ignoring_duplicates(self._connection, CHARGES).values(
             charge_id=charge.charge_id, account_id=charge.account_id, idempotency_key=charge.idempotency_key,
             request_fingerprint=charge.request_fingerprint, region=charge.region, currency=quote.currency,
             charge_type=quote.charge_type.value, total=str(quote.total),
@@ -46,12 +45,12 @@ class ChargeRepository:
         return self._connection.execute(statement).rowcount == 1
 
     def by_idempotency_key(self, account_id: str, key: str) -> Charge | None:
-        row = self._connection.execute(select(_charges).where(
-            _charges.c.account_id == account_id, _charges.c.idempotency_key == key)).first()
+        row = self._connection.execute(select(CHARGES).where(
+            CHARGES.c.account_id == account_id, CHARGES.c.idempotency_key == key)).first()
         return None if row is None else _to_charge(row)[1]
 
     def of_account(self, account_id: str, after_seq: int | None, limit: int) -> list[tuple[int, Charge]]:
-        statement = select(_charges).where(_charges.c.account_id == account_id)
+        statement = select(CHARGES).where(CHARGES.c.account_id == account_id)
         if after_seq is not None:
-            statement = statement.where(_charges.c.seq > after_seq)
-        return [_to_charge(r) for r in self._connection.execute(statement.order_by(_charges.c.seq).limit(limit))]
+            statement = statement.where(CHARGES.c.seq > after_seq)
+        return [_to_charge(r) for r in self._connection.execute(statement.order_by(CHARGES.c.seq).limit(limit))]

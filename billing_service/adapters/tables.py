@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Integer, Text, UniqueConstraint
+from sqlalchemy import Column, Integer, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -32,4 +32,5 @@ class ChargeRow(SQLModel, table=True):
     create_time: datetime
 
 
-TABLES = [ChargeRow.__table__]
+CHARGES: Table = ChargeRow.__table__  # type: ignore[attr-defined]
+TABLES = [CHARGES]

@@ -10,6 +10,7 @@ from billing_service.domain.model import (
 from billing_service.service_layer import handlers
 from billing_service.service_layer.handlers import UnitOfWorkFactory
 from chassis import context
+from chassis.errors import not_available_yet
 from chassis.convert import EnumMap, money, timestamp
 from cloudimg.billing.v1 import billing_service_pb2 as pb
 from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
@@ -84,3 +85,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         charges, token = handlers.list_charges(context.caller().account_id, request.page_size, request.page_token,
                                                new_uow=self._new_uow)
         return pb.ListChargesResponse(charges=[charge_to_proto(c) for c in charges], next_page_token=token)
+
+    # Built by a later issue; until then they answer UNIMPLEMENTED with an ErrorInfo.
+    async def ListPrices(self, request: pb.ListPricesRequest, ctx: grpc.aio.ServicerContext) -> pb.ListPricesResponse:
+        raise not_available_yet("ListPrices")

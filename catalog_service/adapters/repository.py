@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select
 
-from catalog_service.adapters.tables import ImageRow, RegionRow
+from catalog_service.adapters.tables import IMAGES, REGIONS
 from catalog_service.domain.model import (
     Architecture, Image, ImageQuery, ImageSource, ImageState, ImageType, OsType, Region,
 )
 from chassis.db import insert_ignoring_duplicates
 
-_images = ImageRow.__table__
-_regions = RegionRow.__table__
 _IMAGE_FIELDS = [f.name for f in dataclasses.fields(Image)]
 
 
@@ -40,31 +38,31 @@ class CatalogRepository:
         self._connection = connection
 
     def regions(self) -> list[Region]:
-        rows = self._connection.execute(select(_regions).order_by(_regions.c.region_id))
+        rows = self._connection.execute(select(REGIONS).order_by(REGIONS.c.region_id))
         return [Region(r.region_id, r.display_name, r.mainland, r.sync_enabled) for r in rows]
 
     def add_missing_regions(self, regions: Iterable[Region]) -> None:
         values = [dataclasses.asdict(r) for r in regions]
         if values:
-            self._connection.execute(insert_ignoring_duplicates(self._connection, _regions), values)
+            self._connection.execute(insert_ignoring_duplicates(self._connection, REGIONS), values)
 
     def add_missing_images(self, images: Iterable[Image]) -> None:
         values = [_to_row(i) for i in images]
         if values:
-            self._connection.execute(insert_ignoring_duplicates(self._connection, _images), values)
+            self._connection.execute(insert_ignoring_duplicates(self._connection, IMAGES), values)
 
     def get(self, image_id: str) -> Image | None:
-        row = self._connection.execute(select(_images).where(_images.c.image_id == image_id)).first()
+        row = self._connection.execute(select(IMAGES).where(IMAGES.c.image_id == image_id)).first()
         return None if row is None else _to_image(row)
 
     def get_many(self, image_ids: Iterable[str]) -> list[Image]:
-        rows = self._connection.execute(select(_images).where(_images.c.image_id.in_(list(image_ids))))
+        rows = self._connection.execute(select(IMAGES).where(IMAGES.c.image_id.in_(list(image_ids))))
         return [_to_image(r) for r in rows]
 
     def page(self, query: ImageQuery, after: str | None, limit: int) -> list[Image]:
         """Up to ``limit`` images of the query with ids above ``after``, in id order."""
-        c = _images.c
-        visible = []
+        c = IMAGES.c
+        visible: list[ColumnElement[bool]] = []
         official = [t.value for t in query.image_types if t is not ImageType.CUSTOM]
         if official:
             visible.append(c.image_type.in_(official))
@@ -74,12 +72,12 @@ class CatalogRepository:
         if query.shared_image_ids:
             visible.append(and_(c.image_type == ImageType.CUSTOM.value,
                                 c.image_id.in_(sorted(query.shared_image_ids))))
-        conditions = [c.region == query.region, or_(*visible) if visible else false()]
+        conditions: list[ColumnElement[bool]] = [c.region == query.region, or_(*visible) if visible else false()]
         if query.platform:
             conditions.append(func.lower(c.platform) == query.platform.lower())
         if query.name_filter:
             conditions.append(func.lower(c.name).contains(query.name_filter.lower(), autoescape=True))
         if after is not None:
             conditions.append(c.image_id > after)
-        statement = select(_images).where(*conditions).order_by(c.image_id).limit(limit)
+        statement = select(IMAGES).where(*conditions).order_by(c.image_id).limit(limit)
         return [_to_image(r) for r in self._connection.execute(statement)]

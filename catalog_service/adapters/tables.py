@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index
+from sqlalchemy import Index, Table
 from sqlmodel import Field, SQLModel
 
 
@@ -42,4 +42,6 @@ class ImageRow(SQLModel, table=True):
     marketplace_provider: str = Field(max_length=64)
 
 
-TABLES = [RegionRow.__table__, ImageRow.__table__]
+REGIONS: Table = RegionRow.__table__  # type: ignore[attr-defined]
+IMAGES: Table = ImageRow.__table__  # type: ignore[attr-defined]
+TABLES = [REGIONS, IMAGES]

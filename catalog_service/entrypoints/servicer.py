@@ -12,6 +12,7 @@ from catalog_service.domain.model import (
 from catalog_service.service_layer import handlers
 from catalog_service.service_layer.handlers import UnitOfWorkFactory
 from chassis import context
+from chassis.errors import not_available_yet
 from chassis.convert import EnumMap, timestamp
 from cloudimg.catalog.v1 import catalog_service_pb2 as pb
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
@@ -72,3 +73,27 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             query, request.page_size, request.page_token, regions=self._regions, new_uow=self._new_uow
         )
         return pb.ListImagesResponse(images=[image_to_proto(i) for i in images], next_page_token=next_token)
+
+    # Built by a later issue; until then they answer UNIMPLEMENTED with an ErrorInfo.
+    async def CreateImage(self, request: pb.CreateImageRequest, ctx: grpc.aio.ServicerContext
+                         ) -> pb.CreateImageResponse:
+        raise not_available_yet("CreateImage")
+
+    async def ImportImage(self, request: pb.ImportImageRequest, ctx: grpc.aio.ServicerContext
+                         ) -> pb.ImportImageResponse:
+        raise not_available_yet("ImportImage")
+
+    async def UpdateImage(self, request: pb.UpdateImageRequest, ctx: grpc.aio.ServicerContext
+                         ) -> pb.UpdateImageResponse:
+        raise not_available_yet("UpdateImage")
+
+    async def DeleteImage(self, request: pb.DeleteImageRequest, ctx: grpc.aio.ServicerContext
+                         ) -> pb.DeleteImageResponse:
+        raise not_available_yet("DeleteImage")
+
+    async def SyncImage(self, request: pb.SyncImageRequest, ctx: grpc.aio.ServicerContext) -> pb.SyncImageResponse:
+        raise not_available_yet("SyncImage")
+
+    async def GetImageQuota(self, request: pb.GetImageQuotaRequest, ctx: grpc.aio.ServicerContext
+                           ) -> pb.GetImageQuotaResponse:
+        raise not_available_yet("GetImageQuota")

@@ -11,16 +11,12 @@ from decimal import Decimal
 from sqlalchemy import Connection, delete, select, update
 
 from chassis.db import insert_ignoring_duplicates
-from gateway.adapters.tables import AccountRow, ApiKeyRow, InstanceRow, LaunchRow
+from gateway.adapters.tables import ACCOUNTS, API_KEYS, INSTANCES, LAUNCHES
 from gateway.domain.api_keys import Account, ApiKey
 from gateway.domain.model import (
     Architecture, ChargeType, Instance, InstanceState, Launch, LaunchRequest, LaunchState, OsType, Quote, QuoteLine,
 )
 
-_accounts = AccountRow.__table__
-_keys = ApiKeyRow.__table__
-_instances = InstanceRow.__table__
-_launches = LaunchRow.__table__
 
 
 class AccountRepository:
@@ -29,25 +25,25 @@ class AccountRepository:
 
     def add_missing(self, accounts: Iterable[Account], now: datetime) -> None:
         values = [{"account_id": a.account_id, "display_name": a.display_name, "create_time": now} for a in accounts]
-        self._connection.execute(insert_ignoring_duplicates(self._connection, _accounts), values)
+        self._connection.execute(insert_ignoring_duplicates(self._connection, ACCOUNTS), values)
 
     def existing(self, account_ids: Iterable[str]) -> set[str]:
-        wanted = _accounts.c.account_id.in_(list(account_ids))
-        rows = self._connection.execute(select(_accounts.c.account_id).where(wanted))
+        wanted = ACCOUNTS.c.account_id.in_(list(account_ids))
+        rows = self._connection.execute(select(ACCOUNTS.c.account_id).where(wanted))
         return {r[0] for r in rows}
 
     def get(self, account_id: str) -> Account | None:
-        row = self._connection.execute(select(_accounts).where(_accounts.c.account_id == account_id)).first()
+        row = self._connection.execute(select(ACCOUNTS).where(ACCOUNTS.c.account_id == account_id)).first()
         return None if row is None else Account(row.account_id, row.display_name)
 
     def key(self, key_id: str) -> ApiKey | None:
-        row = self._connection.execute(select(_keys).where(_keys.c.key_id == key_id)).first()
+        row = self._connection.execute(select(API_KEYS).where(API_KEYS.c.key_id == key_id)).first()
         return None if row is None else ApiKey(row.key_id, row.account_id, row.secret_hash)
 
     def replace_keys(self, account_id: str, key: ApiKey, now: datetime) -> None:
         """Revokes the account's keys and issues this one."""
-        self._connection.execute(delete(_keys).where(_keys.c.account_id == account_id))
-        self._connection.execute(_keys.insert().values(key_id=key.key_id, account_id=account_id,
+        self._connection.execute(delete(API_KEYS).where(API_KEYS.c.account_id == account_id))
+        self._connection.execute(API_KEYS.insert().values(key_id=key.key_id, account_id=account_id,
                                                     secret_hash=key.secret_hash, create_time=now))
 
 
@@ -69,16 +65,16 @@ class InstanceRepository:
         self._connection = connection
 
     def add(self, instances: list[Instance]) -> None:
-        self._connection.execute(_instances.insert(), [_instance_row(i) for i in instances])
+        self._connection.execute(INSTANCES.insert(), [_instance_row(i) for i in instances])
 
     def get(self, account_id: str, instance_id: str) -> Instance | None:
-        row = self._connection.execute(select(_instances).where(
-            _instances.c.instance_id == instance_id, _instances.c.account_id == account_id)).first()
+        row = self._connection.execute(select(INSTANCES).where(
+            INSTANCES.c.instance_id == instance_id, INSTANCES.c.account_id == account_id)).first()
         return None if row is None else _to_instance(row)
 
     def page(self, account_id: str, region: str, after: str | None, limit: int) -> list[Instance]:
-        c = _instances.c
-        statement = select(_instances).where(c.account_id == account_id)
+        c = INSTANCES.c
+        statement = select(INSTANCES).where(c.account_id == account_id)
         if region:
             statement = statement.where(c.region == region)
         if after is not None:
@@ -129,7 +125,7 @@ class LaunchRepository:
 
     def claim(self, launch: Launch) -> bool:
         """Records a PENDING launch; False when the account's client token is already taken."""
-        statement = insert_ignoring_duplicates(self._connection, _launches).values(
+        statement = insert_ignoring_duplicates(self._connection, LAUNCHES).values(
             launch_id=launch.launch_id, account_id=launch.account_id, client_token=launch.client_token,
             fingerprint=launch.fingerprint, state=launch.state.value, request=_request_json(launch),
             instance_ids=json.dumps(launch.instance_ids), create_time=launch.create_time,
@@ -137,24 +133,24 @@ class LaunchRepository:
         return self._connection.execute(statement).rowcount == 1
 
     def by_token(self, account_id: str, client_token: str) -> Launch | None:
-        row = self._connection.execute(select(_launches).where(
-            _launches.c.account_id == account_id, _launches.c.client_token == client_token)).first()
+        row = self._connection.execute(select(LAUNCHES).where(
+            LAUNCHES.c.account_id == account_id, LAUNCHES.c.client_token == client_token)).first()
         return None if row is None else _to_launch(row)
 
     def complete(self, launch_id: str, quote: Quote, charge_id: str) -> bool:
         """Marks a PENDING launch DONE; False when it is not pending any more (someone finished it)."""
-        result = self._connection.execute(update(_launches).where(
-            _launches.c.launch_id == launch_id, _launches.c.state == LaunchState.PENDING.value,
+        result = self._connection.execute(update(LAUNCHES).where(
+            LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state == LaunchState.PENDING.value,
         ).values(state=LaunchState.DONE.value, quote=_quote_json(quote), charge_id=charge_id))
         return result.rowcount == 1
 
     def forget(self, launch_id: str) -> None:
         """Drops a PENDING launch that failed before it was charged, freeing its client token."""
-        self._connection.execute(delete(_launches).where(
-            _launches.c.launch_id == launch_id, _launches.c.state == LaunchState.PENDING.value))
+        self._connection.execute(delete(LAUNCHES).where(
+            LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state == LaunchState.PENDING.value))
 
     def pending_before(self, moment: datetime, limit: int = 100) -> list[Launch]:
-        rows = self._connection.execute(select(_launches).where(
-            _launches.c.state == LaunchState.PENDING.value, _launches.c.create_time < moment,
-        ).order_by(_launches.c.create_time).limit(limit))
+        rows = self._connection.execute(select(LAUNCHES).where(
+            LAUNCHES.c.state == LaunchState.PENDING.value, LAUNCHES.c.create_time < moment,
+        ).order_by(LAUNCHES.c.create_time).limit(limit))
         return [_to_launch(r) for r in rows]

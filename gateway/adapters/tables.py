@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -64,4 +64,8 @@ class LaunchRow(SQLModel, table=True):
     create_time: datetime
 
 
-TABLES = [AccountRow.__table__, ApiKeyRow.__table__, InstanceRow.__table__, LaunchRow.__table__]
+ACCOUNTS: Table = AccountRow.__table__  # type: ignore[attr-defined]
+API_KEYS: Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
+INSTANCES: Table = InstanceRow.__table__  # type: ignore[attr-defined]
+LAUNCHES: Table = LaunchRow.__table__  # type: ignore[attr-defined]
+TABLES = [ACCOUNTS, API_KEYS, INSTANCES, LAUNCHES]

@@ -35,7 +35,7 @@ def image(i: Image, caller: Caller) -> image_pb.Image:
         os_type=OS_TYPES.to_proto(i.os_type), architecture=ARCHITECTURES.to_proto(i.architecture),
         size_gb=i.size_gb, source=image_pb.ImageSource.Value("IMAGE_SOURCE_" + i.source),
         base_image_id=i.base_image_id, progress_percent=i.progress_percent, create_time=timestamp(i.create_time),
-        share_state=SHARE_STATES.to_proto(i.share_state) if i.share_state else 0,
+        share_state=SHARE_STATES.to_proto(i.share_state),
         image_allowed=i.image_allowed, marketplace_provider=i.marketplace_provider,
     )
 

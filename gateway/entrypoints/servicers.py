@@ -1,11 +1,13 @@
-"""The public API's servicers: proto in, handler, proto out. RPCs that a later issue builds are left
-to the generated base classes, whose NotImplementedError the chassis answers as UNIMPLEMENTED."""
+"""The public API's servicers: proto in, handler, proto out."""
 
 from __future__ import annotations
+
+from typing import TypeAlias
 
 import grpc
 
 from chassis import context
+from chassis.errors import not_available_yet
 from cloudimg.gateway.v1 import account_service_pb2 as account_pb
 from cloudimg.gateway.v1 import account_service_pb2_grpc as account_grpc
 from cloudimg.gateway.v1 import image_service_pb2 as image_pb
@@ -18,7 +20,7 @@ from gateway.entrypoints import convert
 from gateway.service_layer import accounts, images, instances
 from gateway.service_layer.dependencies import Dependencies
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class ImageServicer(image_grpc.ImageServiceServicer):
@@ -42,6 +44,26 @@ class ImageServicer(image_grpc.ImageServiceServicer):
         found = await images.get_image(caller, request.image_id, self._deps)
         return image_pb.GetImageResponse(image=convert.image(found, caller))
 
+    # Built by a later issue; until then they answer UNIMPLEMENTED with an ErrorInfo.
+    async def CreateImage(self, request: image_pb.CreateImageRequest, ctx: Context) -> image_pb.CreateImageResponse:
+        raise not_available_yet("CreateImage")
+
+    async def ImportImage(self, request: image_pb.ImportImageRequest, ctx: Context) -> image_pb.ImportImageResponse:
+        raise not_available_yet("ImportImage")
+
+    async def UpdateImage(self, request: image_pb.UpdateImageRequest, ctx: Context) -> image_pb.UpdateImageResponse:
+        raise not_available_yet("UpdateImage")
+
+    async def DeleteImage(self, request: image_pb.DeleteImageRequest, ctx: Context) -> image_pb.DeleteImageResponse:
+        raise not_available_yet("DeleteImage")
+
+    async def SyncImage(self, request: image_pb.SyncImageRequest, ctx: Context) -> image_pb.SyncImageResponse:
+        raise not_available_yet("SyncImage")
+
+    async def GetImageQuota(self, request: image_pb.GetImageQuotaRequest, ctx: Context
+                           ) -> image_pb.GetImageQuotaResponse:
+        raise not_available_yet("GetImageQuota")
+
 
 class ImageShareServicer(share_grpc.ImageShareServiceServicer):
     def __init__(self, deps: Dependencies):
@@ -64,6 +86,23 @@ class ImageShareServicer(share_grpc.ImageShareServiceServicer):
                                                        request.page_token, self._deps)
         return share_pb.ListImageSharesResponse(shares=[convert.image_share(s) for s in shares],
                                                 next_page_token=token)
+
+    # Built by a later issue; until then they answer UNIMPLEMENTED with an ErrorInfo.
+    async def AcceptImageShare(self, request: share_pb.AcceptImageShareRequest, ctx: Context
+                              ) -> share_pb.AcceptImageShareResponse:
+        raise not_available_yet("AcceptImageShare")
+
+    async def RejectImageShare(self, request: share_pb.RejectImageShareRequest, ctx: Context
+                              ) -> share_pb.RejectImageShareResponse:
+        raise not_available_yet("RejectImageShare")
+
+    async def GetTrustPolicy(self, request: share_pb.GetTrustPolicyRequest, ctx: Context
+                            ) -> share_pb.GetTrustPolicyResponse:
+        raise not_available_yet("GetTrustPolicy")
+
+    async def UpdateTrustPolicy(self, request: share_pb.UpdateTrustPolicyRequest, ctx: Context
+                               ) -> share_pb.UpdateTrustPolicyResponse:
+        raise not_available_yet("UpdateTrustPolicy")
 
 
 class InstanceServicer(instance_grpc.InstanceServiceServicer):
@@ -97,6 +136,15 @@ class InstanceServicer(instance_grpc.InstanceServiceServicer):
                                                       request.page_token, self._deps)
         return instance_pb.ListInstancesResponse(instances=[convert.instance(i) for i in found],
                                                  next_page_token=token)
+
+    # Built by a later issue; until then they answer UNIMPLEMENTED with an ErrorInfo.
+    async def TerminateInstances(self, request: instance_pb.TerminateInstancesRequest, ctx: Context
+                                ) -> instance_pb.TerminateInstancesResponse:
+        raise not_available_yet("TerminateInstances")
+
+    async def ResetInstance(self, request: instance_pb.ResetInstanceRequest, ctx: Context
+                           ) -> instance_pb.ResetInstanceResponse:
+        raise not_available_yet("ResetInstance")
 
 
 class AccountServicer(account_grpc.AccountServiceServicer):

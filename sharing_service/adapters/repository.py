@@ -7,11 +7,9 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, delete, func, select
 
 from chassis.db import insert_ignoring_duplicates
-from sharing_service.adapters.tables import ImageShareLockRow, ShareRow
+from sharing_service.adapters.tables import IMAGE_LOCKS, SHARES
 from sharing_service.domain.model import Share, ShareState
 
-_shares = ShareRow.__table__
-_locks = ImageShareLockRow.__table__
 
 
 def _to_share(row: object) -> Share:
@@ -27,11 +25,12 @@ class ShareRepository:
     def lock_image(self, image_id: str) -> None:
         """Serializes share changes of one image (a row lock on PostgreSQL; SQLite's BEGIN IMMEDIATE
         already serializes every writer)."""
-        self._connection.execute(insert_ignoring_duplicates(self._connection, _locks), [{"image_id": image_id}])
-        self._connection.execute(select(_locks.c.image_id).where(_locks.c.image_id == image_id).with_for_update())
+        self._connection.execute(insert_ignoring_duplicates(self._connection, IMAGE_LOCKS), [{"image_id": image_id}])
+        lock = IMAGE_LOCKS.c.image_id
+        self._connection.execute(select(lock).where(lock == image_id).with_for_update())
 
     def recipients_of(self, image_id: str) -> set[str]:
-        rows = self._connection.execute(select(_shares.c.recipient_account_id).where(_shares.c.image_id == image_id))
+        rows = self._connection.execute(select(SHARES.c.recipient_account_id).where(SHARES.c.image_id == image_id))
         return {r[0] for r in rows}
 
     def add(self, shares: Iterable[Share]) -> None:
@@ -42,31 +41,31 @@ class ShareRepository:
             for s in shares
         ]
         if values:
-            self._connection.execute(_shares.insert(), values)
+            self._connection.execute(SHARES.insert(), values)
 
     def remove(self, image_id: str, recipient_account_ids: list[str]) -> None:
-        self._connection.execute(delete(_shares).where(
-            _shares.c.image_id == image_id, _shares.c.recipient_account_id.in_(recipient_account_ids)))
+        self._connection.execute(delete(SHARES).where(
+            SHARES.c.image_id == image_id, SHARES.c.recipient_account_id.in_(recipient_account_ids)))
 
     def count(self, image_id: str) -> int:
         return self._connection.execute(
-            select(func.count()).select_from(_shares).where(_shares.c.image_id == image_id)).scalar_one()
+            select(func.count()).select_from(SHARES).where(SHARES.c.image_id == image_id)).scalar_one()
 
     def of_image(self, image_id: str, after: str | None = None, limit: int | None = None) -> list[Share]:
-        statement = select(_shares).where(_shares.c.image_id == image_id)
+        statement = select(SHARES).where(SHARES.c.image_id == image_id)
         if after is not None:
-            statement = statement.where(_shares.c.recipient_account_id > after)
-        statement = statement.order_by(_shares.c.recipient_account_id).limit(limit)
+            statement = statement.where(SHARES.c.recipient_account_id > after)
+        statement = statement.order_by(SHARES.c.recipient_account_id).limit(limit)
         return [_to_share(r) for r in self._connection.execute(statement)]
 
     def received(self, recipient_account_id: str, region: str, after: str | None, limit: int) -> list[Share]:
-        c = _shares.c
-        statement = select(_shares).where(c.recipient_account_id == recipient_account_id, c.region == region)
+        c = SHARES.c
+        statement = select(SHARES).where(c.recipient_account_id == recipient_account_id, c.region == region)
         if after is not None:
             statement = statement.where(c.image_id > after)
         return [_to_share(r) for r in self._connection.execute(statement.order_by(c.image_id).limit(limit))]
 
     def get(self, image_id: str, recipient_account_id: str) -> Share | None:
-        row = self._connection.execute(select(_shares).where(
-            _shares.c.image_id == image_id, _shares.c.recipient_account_id == recipient_account_id)).first()
+        row = self._connection.execute(select(SHARES).where(
+            SHARES.c.image_id == image_id, SHARES.c.recipient_account_id == recipient_account_id)).first()
         return None if row is None else _to_share(row)

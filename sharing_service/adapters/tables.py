@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index
+from sqlalchemy import Index, Table
 from sqlmodel import Field, SQLModel
 
 
@@ -28,4 +28,6 @@ class ImageShareLockRow(SQLModel, table=True):
     image_id: str = Field(primary_key=True, max_length=12)
 
 
-TABLES = [ShareRow.__table__, ImageShareLockRow.__table__]
+SHARES: Table = ShareRow.__table__  # type: ignore[attr-defined]
+IMAGE_LOCKS: Table = ImageShareLockRow.__table__  # type: ignore[attr-defined]
+TABLES = [SHARES, IMAGE_LOCKS]

@@ -6,7 +6,7 @@ import grpc
 
 from chassis import context
 from chassis.convert import EnumMap, timestamp
-from chassis.errors import InvalidArgument
+from chassis.errors import InvalidArgument, not_available_yet
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
 from sharing_service.domain.model import ImageKind, ImageRef, LaunchBasis, Share, ShareState
@@ -65,6 +65,23 @@ class SharingServicer(pb_grpc.SharingServiceServicer):
                                                    new_uow=self._new_uow)
         return pb.CheckLaunchPermissionResponse(
             visible=verdict.visible, allowed=verdict.allowed, basis=BASES.to_proto(verdict.basis),
-            share_state=SHARE_STATES.to_proto(verdict.share_state) if verdict.share_state else 0,
+            share_state=SHARE_STATES.to_proto(verdict.share_state),
             image_allowed=verdict.image_allowed,
         )
+
+    # Built by a later issue; until then they answer UNIMPLEMENTED with an ErrorInfo.
+    async def AcceptImageShare(self, request: pb.AcceptImageShareRequest, ctx: grpc.aio.ServicerContext
+                              ) -> pb.AcceptImageShareResponse:
+        raise not_available_yet("AcceptImageShare")
+
+    async def RejectImageShare(self, request: pb.RejectImageShareRequest, ctx: grpc.aio.ServicerContext
+                              ) -> pb.RejectImageShareResponse:
+        raise not_available_yet("RejectImageShare")
+
+    async def GetTrustPolicy(self, request: pb.GetTrustPolicyRequest, ctx: grpc.aio.ServicerContext
+                            ) -> pb.GetTrustPolicyResponse:
+        raise not_available_yet("GetTrustPolicy")
+
+    async def UpdateTrustPolicy(self, request: pb.UpdateTrustPolicyRequest, ctx: grpc.aio.ServicerContext
+                               ) -> pb.UpdateTrustPolicyResponse:
+        raise not_available_yet("UpdateTrustPolicy")

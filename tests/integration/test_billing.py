@@ -10,7 +10,7 @@ import grpc
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from billing_service.adapters.tables import ChargeRow
+from billing_service.adapters.tables import CHARGES
 from billing_service.bootstrap import bootstrap
 from billing_service.settings import BillingSettings
 from chassis.convert import decimal_of
@@ -60,7 +60,7 @@ async def test_a_charge_is_recorded_once_per_key_even_when_retries_race(billing,
     assert len({c.charge.charge_id for c in charges}) == 1
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(ChargeRow.__table__)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(CHARGES)).scalar_one() == 1
     engine.dispose()
 
     with pytest.raises(grpc.aio.AioRpcError) as mismatch:

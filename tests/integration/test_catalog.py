@@ -147,7 +147,8 @@ def test_replicas_starting_at_once_on_one_postgres_database_all_serve(spawn, pos
     """Three catalogs start together on a new database: tables are created once, the seed is added once."""
     from sqlalchemy import create_engine, func, select
 
-    from catalog_service.adapters.tables import ImageRow, RegionRow
+    from catalog_service.adapters.tables import IMAGES
+    from catalog_service.adapters.tables import REGIONS as REGION_ROWS
     from catalog_service.domain.seed import REGIONS, demo_custom_images, seed_images
     from devtools.stack import wait_serving
 
@@ -157,7 +158,7 @@ def test_replicas_starting_at_once_on_one_postgres_database_all_serve(spawn, pos
         wait_serving(replica.addr, 60)
     engine = create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(RegionRow.__table__)).scalar_one() == len(REGIONS)
-        images = conn.execute(select(func.count()).select_from(ImageRow.__table__)).scalar_one()
+        assert conn.execute(select(func.count()).select_from(REGION_ROWS)).scalar_one() == len(REGIONS)
+        images = conn.execute(select(func.count()).select_from(IMAGES)).scalar_one()
     engine.dispose()
     assert images == len(seed_images()) + len(demo_custom_images())

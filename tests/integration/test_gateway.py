@@ -10,7 +10,7 @@ import grpc
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from billing_service.adapters.tables import ChargeRow
+from billing_service.adapters.tables import CHARGES
 from billing_service.bootstrap import bootstrap as billing_bootstrap
 from billing_service.settings import BillingSettings
 from catalog_service.bootstrap import bootstrap as catalog_bootstrap
@@ -20,7 +20,7 @@ from chassis.clients import Downstream
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import free_port
-from gateway.adapters.tables import InstanceRow, LaunchRow
+from gateway.adapters.tables import INSTANCES, LAUNCHES
 from gateway.bootstrap import bootstrap as gateway_bootstrap
 from gateway.bootstrap import open_database
 from gateway.service_layer.accounts import issue_demo_keys
@@ -100,8 +100,8 @@ async def test_a_launch_of_100_makes_as_many_downstream_calls_as_a_launch_of_1(c
     hundred = await cloud.instances.RunInstances(run_request(instance_count=100), metadata=cloud.auth())
     assert len(one.instance_ids) == 1 and len(hundred.instance_ids) == 100
     assert calls == calls_for_one == ["catalog", "sharing", "billing"]
-    assert cloud.count("gateway", InstanceRow.__table__) == 102
-    assert cloud.count("billing", ChargeRow.__table__) == 3
+    assert cloud.count("gateway", INSTANCES) == 102
+    assert cloud.count("billing", CHARGES) == 3
 
 
 async def test_dry_run_and_quote_create_nothing(cloud):
@@ -111,17 +111,17 @@ async def test_dry_run_and_quote_create_nothing(cloud):
                                     instance_count=5), metadata=cloud.auth())
     assert list(dry.instance_ids) == [] and dry.quote == quote.quote
     assert quote.quote.lines[0].quantity == 5
-    assert cloud.count("gateway", InstanceRow.__table__) == 0
-    assert cloud.count("billing", ChargeRow.__table__) == 0
+    assert cloud.count("gateway", INSTANCES) == 0
+    assert cloud.count("billing", CHARGES) == 0
 
 
 async def test_racing_calls_with_one_client_token_launch_once(cloud):
     request = run_request(instance_count=3, client_token="deploy-2026-11-27")
     results = await asyncio.gather(*(cloud.instances.RunInstances(request, metadata=cloud.auth()) for _ in range(20)))
     assert len({tuple(r.instance_ids) for r in results}) == 1
-    assert cloud.count("gateway", InstanceRow.__table__) == 3
-    assert cloud.count("gateway", LaunchRow.__table__) == 1
-    assert cloud.count("billing", ChargeRow.__table__) == 1
+    assert cloud.count("gateway", INSTANCES) == 3
+    assert cloud.count("gateway", LAUNCHES) == 1
+    assert cloud.count("billing", CHARGES) == 1
     again = await cloud.instances.RunInstances(request, metadata=cloud.auth())
     assert again.instance_ids == results[0].instance_ids and again.quote == results[0].quote
 
@@ -157,9 +157,9 @@ async def test_refused_launches_leave_nothing_behind(cloud, overrides, code, rea
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await cloud.instances.RunInstances(run_request(**overrides), metadata=cloud.auth())
     assert (refused.value.code(), rich_status(refused.value)[1].reason) == (code, reason)
-    assert cloud.count("gateway", InstanceRow.__table__) == 0
-    assert cloud.count("gateway", LaunchRow.__table__) == 0
-    assert cloud.count("billing", ChargeRow.__table__) == 0
+    assert cloud.count("gateway", INSTANCES) == 0
+    assert cloud.count("gateway", LAUNCHES) == 0
+    assert cloud.count("billing", CHARGES) == 0
 
 
 async def test_a_dependency_that_is_down_is_unavailable_not_internal(serve, tmp_path):
@@ -221,8 +221,8 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_finished_later(serve,
     with pytest.raises(grpc.aio.AioRpcError) as lost:
         await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"), metadata=cloud.auth())
     assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert cloud.count("gateway", InstanceRow.__table__) == 0
-    assert cloud.count("billing", ChargeRow.__table__) == 1
+    assert cloud.count("gateway", INSTANCES) == 0
+    assert cloud.count("billing", CHARGES) == 1
     monkeypatch.setattr(contexts.Billing, "charge", original)
     monkeypatch.setattr(instances, "STALE_LAUNCH_AFTER", instances.timedelta(0))
 
@@ -232,8 +232,8 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_finished_later(serve,
     assert await instances.reconcile_pending_launches(deps) == 1
     await downstream.close()
     db.dispose()
-    assert cloud.count("gateway", InstanceRow.__table__) == 2
-    assert cloud.count("billing", ChargeRow.__table__) == 1
+    assert cloud.count("gateway", INSTANCES) == 2
+    assert cloud.count("billing", CHARGES) == 1
     # the caller's retry now gets the finished launch
     retried = await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"),
                                                  metadata=cloud.auth())

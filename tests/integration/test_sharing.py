@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, func, select
 
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
-from sharing_service.adapters.tables import ShareRow
+from sharing_service.adapters.tables import SHARES
 from sharing_service.bootstrap import bootstrap
 from sharing_service.domain.model import MAX_SHARES_PER_IMAGE
 from sharing_service.settings import SharingSettings
@@ -119,8 +119,8 @@ async def _race_to_the_limit(stubs: list[pb_grpc.SharingServiceStub], database_u
     assert outcomes.count("RESOURCE_EXHAUSTED") == 80 - MAX_SHARES_PER_IMAGE
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        rows = conn.execute(select(func.count()).select_from(ShareRow.__table__)
-                            .where(ShareRow.__table__.c.image_id == IMAGE.image_id)).scalar_one()
+        rows = conn.execute(select(func.count()).select_from(SHARES)
+                            .where(SHARES.c.image_id == IMAGE.image_id)).scalar_one()
     engine.dispose()
     assert rows == MAX_SHARES_PER_IMAGE
 
