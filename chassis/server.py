@@ -85,6 +85,8 @@ async def serve(service: str, listen_addr: str, register: Register, authenticate
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
     log.info("stopping", extra=fields(service=service, grace_seconds=grace_seconds))
     await running.stop(grace_seconds)
     if on_stop is not None:

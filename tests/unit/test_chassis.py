@@ -144,3 +144,72 @@ async def test_downstream_calls_carry_the_remaining_budget_and_the_caller():
     finally:
         context.deadline.set(None)
         await downstream.close()
+
+
+async def test_downstream_calls_are_retried_on_unavailable_only():
+    attempts: dict[str, int] = {"flaky": 0, "refusing": 0}
+
+    async def flaky(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        attempts["flaky"] += 1
+        if attempts["flaky"] < 3:
+            await ctx.abort(grpc.StatusCode.UNAVAILABLE, "starting up")
+        return b"ok"
+
+    async def refusing(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        attempts["refusing"] += 1
+        await ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, "no")
+        return b""
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in
+                    (("Flaky", flaky), ("Refusing", refusing))}
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Retry", handlers)])
+        return ["test.Retry"]
+
+    running = await start_server("127.0.0.1:0", register, lambda md: context.Caller("100000000001"))
+    downstream = Downstream("test", f"127.0.0.1:{running.port}", "secret-token-0123456789", lambda channel: None)
+    try:
+        call = downstream.channel.unary_unary
+        assert await downstream.call(call("/test.Retry/Flaky"), b"") == b"ok"
+        assert attempts["flaky"] == 3  # two UNAVAILABLE answers, retried by the service config
+        with pytest.raises(errors.DomainError):
+            await downstream.call(call("/test.Retry/Refusing"), b"")
+        assert attempts["refusing"] == 1  # a domain refusal is never retried
+    finally:
+        await downstream.close()
+        await running.stop(None)
+
+
+async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones():
+    import asyncio
+    import os
+    import signal
+
+    from chassis.server import serve
+    from devtools.stack import free_port
+
+    started = asyncio.Event()
+
+    async def slow(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        started.set()
+        await asyncio.sleep(0.5)
+        return b"finished"
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        handler = grpc.unary_unary_rpc_method_handler(slow)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Call": handler})])
+        return ["test.Slow"]
+
+    addr = f"127.0.0.1:{free_port()}"
+    serving = asyncio.create_task(serve("test", addr, register, lambda md: context.Caller("100000000001"),
+                                        grace_seconds=5))
+    async with grpc.aio.insecure_channel(addr) as channel:
+        call = channel.unary_unary("/test.Slow/Call")
+        in_flight = asyncio.ensure_future(call(b"", wait_for_ready=True, timeout=10))
+        await asyncio.wait_for(started.wait(), 10)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await in_flight == b"finished"
+        await asyncio.wait_for(serving, 10)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(b"", timeout=1)
+        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
