@@ -45,3 +45,15 @@ def require_account_id(value: str, field: str) -> str:
         raise InvalidArgument("INVALID_ACCOUNT_ID", f"{field} {shown!r} is not an account id: expected 12 digits",
                               field=field)
     return value
+
+
+MAX_REQUEST_ID_LENGTH = 64
+
+
+def check_request_id(value: str) -> str:
+    """A request_id (idempotency key of a mutation) is at most 64 printable ASCII characters."""
+    if len(value) > MAX_REQUEST_ID_LENGTH or not (value.isascii() and value.isprintable()):
+        raise InvalidArgument("INVALID_REQUEST_ID",
+                              f"request_id must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters",
+                              field="request_id")
+    return value

@@ -71,6 +71,7 @@ async def _own_custom_image(caller: Caller, image_id: str, deps: Dependencies) -
 
 async def share_image(caller: Caller, image_id: str, account_ids: list[str], request_id: str,
                       deps: Dependencies) -> list[ImageShare]:
+    ids.check_request_id(request_id)
     if len(account_ids) > MAX_SHARES_PER_CALL:
         raise InvalidArgument("TOO_MANY_ACCOUNTS", f"at most {MAX_SHARES_PER_CALL} account ids per call",
                               field="account_ids")
@@ -88,6 +89,7 @@ async def share_image(caller: Caller, image_id: str, account_ids: list[str], req
 
 async def unshare_image(caller: Caller, image_id: str, account_ids: list[str], request_id: str,
                         deps: Dependencies) -> list[ImageShare]:
+    ids.check_request_id(request_id)
     image = await _own_custom_image(caller, image_id, deps)
     return await deps.sharing.unshare(image, account_ids, request_id)
 

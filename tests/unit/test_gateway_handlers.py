@@ -216,3 +216,16 @@ async def test_dry_run_creates_nothing(deps):
     assert instance_ids == [] and quote.lines[0].quantity == 2 and deps.billing.charges == {}
     found, _ = await instances.list_instances(ALICE, "", 0, "", deps)
     assert found == []
+
+
+async def test_share_requests_are_bounded(deps):
+    as_caller(ALICE)
+    for account_ids, request_id, reason in [
+        ([f"{300000000000 + i}" for i in range(51)], "", "TOO_MANY_ACCOUNTS"),
+        ([BOB.account_id], "r" * 65, "INVALID_REQUEST_ID"),
+        (["not-an-account"], "", "INVALID_ACCOUNT_ID"),
+    ]:
+        with pytest.raises(InvalidArgument) as refused:
+            await images.share_image(ALICE, ALICES.image_id, account_ids, request_id, deps)
+        assert refused.value.reason == reason
+    assert deps.sharing.calls == []
