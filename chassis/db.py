@@ -109,7 +109,11 @@ class UnitOfWork:
 
 
 def insert_ignoring_duplicates(connection: Connection, table: Table) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING for the connection's dialect (SQLite or PostgreSQL)."""
+    """INSERT ... ON CONFLICT DO NOTHING for the connection's dialect (SQLite or PostgreSQL).
+
+    To learn whether the row went in, add ``.returning(<a column>)`` and look for a row: psycopg
+    reports no rowcount (-1) for an INSERT.
+    """
     if connection.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -88,25 +89,38 @@ def postgres_server() -> str:
     return PG_URL
 
 
-@pytest.fixture
-def postgres_database(postgres_server: str) -> Iterator[Callable[[], str]]:
-    """A factory of new, empty PostgreSQL databases (SQLAlchemy URLs), dropped afterwards."""
+@contextlib.contextmanager
+def _databases(server: str) -> Iterator[Callable[[], str]]:
     import psycopg
 
     created: list[str] = []
 
     def create() -> str:
         name = f"cloudimg_test_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(postgres_server, autocommit=True) as conn:
+        with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         created.append(name)
-        base = postgres_server.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        base = server.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
         return f"{base}/{name}"
 
     yield create
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
+    with psycopg.connect(server, autocommit=True) as conn:
         for name in created:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """A factory of new, empty PostgreSQL databases (SQLAlchemy URLs), dropped after the test."""
+    with _databases(postgres_server) as create:
+        yield create
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """The same, for session-scoped fixtures: dropped at the end of the session."""
+    with _databases(postgres_server) as create:
+        yield create
 
 
 @pytest.fixture

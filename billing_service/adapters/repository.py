@@ -41,8 +41,8 @@ class ChargeRepository:
                 for l in quote.lines
             ]),
             instance_ids=json.dumps(list(charge.instance_ids)), create_time=charge.create_time,
-        )
-        return self._connection.execute(statement).rowcount == 1
+        ).returning(CHARGES.c.charge_id)
+        return self._connection.execute(statement).first() is not None
 
     def by_idempotency_key(self, account_id: str, key: str) -> Charge | None:
         row = self._connection.execute(select(CHARGES).where(

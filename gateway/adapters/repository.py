@@ -129,8 +129,8 @@ class LaunchRepository:
             launch_id=launch.launch_id, account_id=launch.account_id, client_token=launch.client_token,
             fingerprint=launch.fingerprint, state=launch.state.value, request=_request_json(launch),
             instance_ids=json.dumps(launch.instance_ids), create_time=launch.create_time,
-        )
-        return self._connection.execute(statement).rowcount == 1
+        ).returning(LAUNCHES.c.launch_id)
+        return self._connection.execute(statement).first() is not None
 
     def by_token(self, account_id: str, client_token: str) -> Launch | None:
         row = self._connection.execute(select(LAUNCHES).where(
