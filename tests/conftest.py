@@ -156,3 +156,11 @@ def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], Any]]:
             process.terminate()
     for process in processes:
         process.wait(30)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A new, empty database for one service: a SQLite file, then a PostgreSQL database."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_database")())
+    return f"sqlite:///{tmp_path}/service.db"

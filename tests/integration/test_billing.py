@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from pathlib import Path
 
 import grpc
 import pytest
@@ -25,11 +24,6 @@ def launch(**overrides) -> pb.LaunchPricing:
                   image=pb.ImagePricing(image_id="img-win00001", os_kind=pb.OS_KIND_WINDOWS))
     fields.update(overrides)
     return pb.LaunchPricing(**fields)
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/billing.db"
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import grpc
 import pytest
@@ -16,8 +15,8 @@ from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_s
 
 
 @pytest.fixture
-async def catalog(serve, tmp_path: Path) -> pb_grpc.CatalogServiceStub:
-    settings = CatalogSettings(database_url=f"sqlite:///{tmp_path}/catalog.db", internal_token=INTERNAL_TOKEN)
+async def catalog(serve, database_url: str) -> pb_grpc.CatalogServiceStub:
+    settings = CatalogSettings(database_url=database_url, internal_token=INTERNAL_TOKEN)
     addr = await serve(bootstrap, settings)
     channel = grpc.aio.insecure_channel(addr)
     yield pb_grpc.CatalogServiceStub(channel)

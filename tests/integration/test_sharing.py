@@ -35,8 +35,8 @@ async def replicas(serve, database_url: str, count: int) -> list[pb_grpc.Sharing
 
 
 @pytest.fixture
-async def sharing(serve, tmp_path: Path) -> pb_grpc.SharingServiceStub:
-    return (await replicas(serve, f"sqlite:///{tmp_path}/sharing.db", 1))[0]
+async def sharing(serve, database_url: str) -> pb_grpc.SharingServiceStub:
+    return (await replicas(serve, database_url, 1))[0]
 
 
 async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing):
