@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -34,23 +33,19 @@ def free_port() -> int:
 
 
 def wait_serving(addr: str, timeout: float) -> None:
-    """Waits until the server at addr answers health checks with SERVING."""
-    deadline = time.monotonic() + timeout
+    """Waits until the server at addr reports SERVING, watching its health (no polling)."""
     with grpc.insecure_channel(addr) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{addr} did not become SERVING within {timeout} s")
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=left, wait_for_ready=True)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                continue
-            if response.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            time.sleep(0.05)
+        updates = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=timeout,
+                                                            wait_for_ready=True)
+        try:
+            for update in updates:
+                if update.status == health_pb2.HealthCheckResponse.SERVING:
+                    updates.cancel()
+                    return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        raise TimeoutError(f"{addr} did not become SERVING within {timeout} s")
 
 
 @dataclass
@@ -109,12 +104,18 @@ class Stack:
         )
 
     def wait(self, service: str, timeout: float = 60.0) -> None:
-        try:
-            wait_serving(self.addr(service), timeout)
-        except TimeoutError:
-            process = self.processes[service]
-            raise RuntimeError(f"{service} did not start (exit code {process.poll()}); see "
-                               f"{self.data_dir / service}.log:\n{self.log_tail(service)}") from None
+        """Waits until the service is SERVING; fails at once, with its log, if its process ends."""
+        process = self.processes[service]
+        for _ in range(max(1, int(timeout))):
+            if process.poll() is not None:
+                break
+            try:
+                wait_serving(self.addr(service), 1.0)
+                return
+            except TimeoutError:
+                continue
+        raise RuntimeError(f"{service} did not start (exit code {process.poll()}); see "
+                           f"{self.data_dir / service}.log:\n{self.log_tail(service)}")
 
     def log_tail(self, service: str, lines: int = 30) -> str:
         path = self.data_dir / f"{service}.log"
