@@ -11,12 +11,12 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from chassis import logs
@@ -44,9 +44,8 @@ Register = Callable[[grpc.aio.Server], Iterable[str]]
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
-    health: HealthServicer
+    health: health_aio.HealthServicer
     port: int
-    service_names: list[str] = field(default_factory=list)
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -60,7 +59,7 @@ async def start_server(listen_addr: str, register: Register, authenticate: Authe
         interceptors=[ServiceInterceptor(authenticate, default_deadline_seconds)], options=_OPTIONS
     )
     names = list(register(server))
-    health = HealthServicer()
+    health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
@@ -71,7 +70,7 @@ async def start_server(listen_addr: str, register: Register, authenticate: Authe
     await server.start()
     for name in ["", *names]:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health, port, names)
+    return RunningServer(server, health, port)
 
 
 async def serve(service: str, listen_addr: str, register: Register, authenticate: Authenticate, *,
