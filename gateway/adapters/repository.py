@@ -103,7 +103,8 @@ def _request_json(launch: Launch) -> str:
     request["charge_type"] = launch.request.charge_type.value
     return json.dumps({"request": request, "image_os_type": launch.image_os_type.value,
                        "image_architecture": launch.image_architecture.value,
-                       "marketplace_product_id": launch.marketplace_product_id})
+                       "marketplace_product_id": launch.marketplace_product_id,
+                       "image_allowed": launch.image_allowed})
 
 
 def _to_launch(row: object) -> Launch:
@@ -114,7 +115,8 @@ def _to_launch(row: object) -> Launch:
         launch_id=m["launch_id"], account_id=m["account_id"], client_token=m["client_token"],
         fingerprint=m["fingerprint"], state=LaunchState(m["state"]), request=request,
         image_os_type=OsType(stored["image_os_type"]), image_architecture=Architecture(stored["image_architecture"]),
-        marketplace_product_id=stored["marketplace_product_id"], instance_ids=json.loads(m["instance_ids"]),
+        marketplace_product_id=stored["marketplace_product_id"], image_allowed=stored["image_allowed"],
+        instance_ids=json.loads(m["instance_ids"]),
         create_time=m["create_time"], quote=_quote_of(m["quote"]) if m["quote"] else None, charge_id=m["charge_id"],
     )
 

@@ -273,6 +273,8 @@ class Launch:
     image_os_type: OsType
     image_architecture: Architecture
     marketplace_product_id: str
+    # The caller's trust policy verdict on the image, which the quote reports.
+    image_allowed: bool
     instance_ids: list[str]
     create_time: datetime
     quote: Quote | None = None

@@ -80,7 +80,7 @@ async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, d
         launch_id=ids.new_id("lch"), account_id=caller.account_id, client_token=request.client_token or None,
         fingerprint=request.fingerprint(), state=LaunchState.PENDING, request=request,
         image_os_type=image.os_type, image_architecture=image.architecture,
-        marketplace_product_id=image.marketplace_product_id,
+        marketplace_product_id=image.marketplace_product_id, image_allowed=seen.image_allowed,
         instance_ids=[ids.new_id("ins") for _ in range(request.instance_count)], create_time=datetime.now(UTC),
     )
     with deps.new_uow() as uow:
@@ -92,15 +92,14 @@ async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, d
         if earlier is None:
             raise _concurrent_launch_failed()
         return await _result_of(earlier, request, deps)
-    instance_ids, quote = await finish_launch(launch, deps)
-    return instance_ids, replace(quote, image_allowed=seen.image_allowed)
+    return await finish_launch(launch, deps)
 
 
 async def finish_launch(launch: Launch, deps: Dependencies) -> tuple[list[str], Quote]:
     """Charges a PENDING launch and creates its instances. Safe to run more than once, also at once:
     billing charges a launch id once, and only one caller turns the launch DONE."""
     try:
-        charge_id, quote = await deps.billing.charge(launch)
+        charge_id, priced = await deps.billing.charge(launch)
     except RemoteError:
         # Billing refused the launch, and refuses before it writes: no charge exists, so the launch
         # is forgotten and its client token freed. Any other failure leaves the outcome unknown:
@@ -109,6 +108,7 @@ async def finish_launch(launch: Launch, deps: Dependencies) -> tuple[list[str], 
             uow.launches.forget(launch.launch_id)
             uow.commit()
         raise
+    quote = replace(priced, image_allowed=launch.image_allowed)
     with deps.new_uow() as uow:
         if uow.launches.complete(launch.launch_id, quote, charge_id):
             uow.instances.add(launch.instances(datetime.now(UTC)))
@@ -125,6 +125,7 @@ async def _result_of(launch: Launch, request: LaunchRequest, deps: Dependencies)
         remaining = context.remaining_seconds()
         if remaining is not None and remaining < 2 * _WAIT_STEP_SECONDS:
             raise Aborted("LAUNCH_IN_PROGRESS", "a launch with this client_token is still in progress; retry")
+        # Another call, maybe on another replica, is finishing it: look again shortly.
         await asyncio.sleep(_WAIT_STEP_SECONDS)
         with deps.new_uow(read_only=True) as uow:
             found = uow.launches.by_token(launch.account_id, request.client_token)
