@@ -159,5 +159,5 @@ class AccountServicer(account_grpc.AccountServiceServicer):
 
     async def ListCharges(self, request: account_pb.ListChargesRequest, ctx: Context
                           ) -> account_pb.ListChargesResponse:
-        charges, token = await instances.list_charges(request.page_size, request.page_token, self._deps)
+        charges, token = await accounts.list_charges(request.page_size, request.page_token, self._deps.billing)
         return account_pb.ListChargesResponse(charges=[convert.charge(c) for c in charges], next_page_token=token)

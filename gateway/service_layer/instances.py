@@ -20,7 +20,7 @@ from chassis.context import Caller
 from chassis.errors import Aborted, DomainError, NotFound, RemoteError
 from chassis.logs import fields
 from gateway.domain.model import (
-    Charge, Image, Instance, InstanceType, Launch, LaunchRequest, LaunchState, Quote, Verdict, check_launchable,
+    Image, Instance, InstanceType, Launch, LaunchRequest, LaunchState, Quote, Verdict, check_launchable,
     check_same_launch, offered_type,
 )
 from gateway.service_layer.dependencies import Dependencies
@@ -182,7 +182,3 @@ async def list_instances(caller: Caller, region: str, page_size: int, page_token
     if len(found) <= size:
         return found, ""
     return found[:size], pagination.encode_page_token(found[size - 1].instance_id, fingerprint)
-
-
-async def list_charges(page_size: int, page_token: str, deps: Dependencies) -> tuple[list[Charge], str]:
-    return await deps.billing.charges(page_size, page_token)
