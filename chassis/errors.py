@@ -118,3 +118,8 @@ class Aborted(DomainError):
 def not_available_yet(rpc: str) -> Unimplemented:
     """For an RPC that the contract declares and a later issue builds."""
     return Unimplemented("NOT_IMPLEMENTED_YET", f"{rpc} is not available yet")
+
+
+def clipped(value: str, limit: int = 64) -> str:
+    """A caller's value as an error message may quote it: long input is not echoed whole."""
+    return value if len(value) <= limit else value[:limit] + "..."

@@ -6,7 +6,7 @@ import re
 import secrets
 import string
 
-from chassis.errors import InvalidArgument
+from chassis.errors import InvalidArgument, clipped
 
 _ALPHABET = string.ascii_lowercase + string.digits
 _SHAPES: dict[str, re.Pattern[str]] = {}
@@ -26,10 +26,9 @@ def is_id(prefix: str, value: str) -> bool:
 def require_id(prefix: str, value: str, field: str) -> str:
     """The id itself, or INVALID_ARGUMENT naming the field when it is not of the right shape."""
     if not is_id(prefix, value):
-        shown = value if len(value) <= 64 else value[:64] + "..."
         raise InvalidArgument(
             "INVALID_ID",
-            f"{field} {shown!r} is not a valid id: expected {prefix}- and 8 lowercase letters or digits",
+            f"{field} {clipped(value)!r} is not a valid id: expected {prefix}- and 8 lowercase letters or digits",
             field=field,
         )
     return value
@@ -41,9 +40,8 @@ _ACCOUNT_ID = re.compile(r"[0-9]{12}")
 def require_account_id(value: str, field: str) -> str:
     """Account ids are 12 digits; anything else is INVALID_ARGUMENT naming the field."""
     if _ACCOUNT_ID.fullmatch(value) is None:
-        shown = value if len(value) <= 64 else value[:64] + "..."
-        raise InvalidArgument("INVALID_ACCOUNT_ID", f"{field} {shown!r} is not an account id: expected 12 digits",
-                              field=field)
+        raise InvalidArgument("INVALID_ACCOUNT_ID",
+                              f"{field} {clipped(value)!r} is not an account id: expected 12 digits", field=field)
     return value
 
 

@@ -10,6 +10,8 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 from chassis.errors import InvalidArgument
 
@@ -49,3 +51,14 @@ def decode_page_token(token: str, filters_fingerprint: str) -> str | None:
             "INVALID_PAGE_TOKEN", "page_token was made for other filters", field="page_token"
         )
     return key
+
+
+T = TypeVar("T")
+
+
+def page_of(items: list[T], size: int, filters_fingerprint: str, key: Callable[[T], str]) -> tuple[list[T], str]:
+    """One page from up to ``size + 1`` items read past the previous page's last key, and the token of
+    the next page ("" when this is the last)."""
+    if len(items) <= size:
+        return items, ""
+    return items[:size], encode_page_token(key(items[size - 1]), filters_fingerprint)

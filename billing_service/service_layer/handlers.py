@@ -56,6 +56,5 @@ def list_charges(account_id: str, page_size: int, page_token: str, *,
         raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token")
     with new_uow(read_only=True) as uow:
         rows = uow.charges.of_account(account_id, int(after) if after else None, size + 1)
-    charges = [charge for _, charge in rows[:size]]
-    next_token = pagination.encode_page_token(str(rows[size - 1][0]), fingerprint) if len(rows) > size else ""
-    return charges, next_token
+    page, next_token = pagination.page_of(rows, size, fingerprint, lambda row: str(row[0]))
+    return [charge for _, charge in page], next_token

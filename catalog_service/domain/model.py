@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from chassis.errors import InvalidArgument, NotFound
+from chassis.errors import InvalidArgument, NotFound, clipped
 
 PLATFORM_ACCOUNT_ID = "platform"
 
@@ -107,5 +107,4 @@ def image_not_found(image_id: str) -> NotFound:
 
 
 def unknown_region(region: str) -> InvalidArgument:
-    shown = region if len(region) <= 64 else region[:64] + "..."
-    return InvalidArgument("UNKNOWN_REGION", f"region {shown!r} does not exist", field="region")
+    return InvalidArgument("UNKNOWN_REGION", f"region {clipped(region)!r} does not exist", field="region")

@@ -47,6 +47,4 @@ def list_images(query: ImageQuery, page_size: int, page_token: str, *, regions: 
     after = pagination.decode_page_token(page_token, fingerprint)
     with new_uow(read_only=True) as uow:
         images = uow.images.page(query, after, size + 1)
-    if len(images) <= size:
-        return images, ""
-    return images[:size], pagination.encode_page_token(images[size - 1].image_id, fingerprint)
+    return pagination.page_of(images, size, fingerprint, lambda i: i.image_id)

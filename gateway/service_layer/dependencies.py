@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chassis.errors import InvalidArgument
+from chassis.errors import InvalidArgument, clipped
 from gateway.adapters.contexts import Billing, Catalog, Sharing
 from gateway.domain.model import InstanceType, Region
 from gateway.service_layer.unit_of_work import GatewayUnitOfWork
@@ -40,8 +40,7 @@ class ReferenceData:
     async def region(self, region_id: str) -> Region:
         found = (await self.regions()).get(region_id)
         if found is None:
-            shown = region_id if len(region_id) <= 64 else region_id[:64] + "..."
-            raise InvalidArgument("UNKNOWN_REGION", f"region {shown!r} does not exist", field="region")
+            raise InvalidArgument("UNKNOWN_REGION", f"region {clipped(region_id)!r} does not exist", field="region")
         return found
 
 

@@ -12,7 +12,6 @@ from gateway.domain.model import (
 )
 from gateway.service_layer.dependencies import Dependencies
 
-MAX_FILTER_LENGTH = 128
 # An image is shared with at most 50 accounts (the sharing context enforces the limit itself).
 MAX_SHARES_PER_CALL = 50
 
@@ -24,10 +23,6 @@ async def list_regions(deps: Dependencies) -> list[Region]:
 async def list_images(caller: Caller, region: str, image_types: set[ImageType], platform: str, name_filter: str,
                       page_size: int, page_token: str, deps: Dependencies) -> tuple[list[Image], str]:
     await deps.reference.region(region)
-    for field, value in (("platform", platform), ("name_filter", name_filter)):
-        if len(value) > MAX_FILTER_LENGTH:
-            raise InvalidArgument("FILTER_TOO_LONG", f"{field} is longer than {MAX_FILTER_LENGTH} characters",
-                                  field=field)
     wanted = image_types or set(ImageType)
     kinds = {CatalogKind(t.value) for t in wanted & {ImageType.PUBLIC, ImageType.MARKET}}
     if ImageType.PRIVATE in wanted:

@@ -179,6 +179,4 @@ async def list_instances(caller: Caller, region: str, page_size: int, page_token
     after = pagination.decode_page_token(page_token, fingerprint)
     with deps.new_uow(read_only=True) as uow:
         found = uow.instances.page(caller.account_id, region, after, size + 1)
-    if len(found) <= size:
-        return found, ""
-    return found[:size], pagination.encode_page_token(found[size - 1].instance_id, fingerprint)
+    return pagination.page_of(found, size, fingerprint, lambda i: i.instance_id)

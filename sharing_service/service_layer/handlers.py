@@ -50,7 +50,7 @@ def list_image_shares(image: ImageRef, caller_account_id: str, page_size: int, p
     after = pagination.decode_page_token(page_token, fingerprint)
     with new_uow(read_only=True) as uow:
         shares = uow.shares.of_image(image.image_id, after, size + 1)
-    return _page(shares, size, fingerprint, lambda s: s.recipient_account_id)
+    return pagination.page_of(shares, size, fingerprint, lambda s: s.recipient_account_id)
 
 
 def list_received_shares(caller_account_id: str, region: str, page_size: int, page_token: str, *,
@@ -62,7 +62,7 @@ def list_received_shares(caller_account_id: str, region: str, page_size: int, pa
     after = pagination.decode_page_token(page_token, fingerprint)
     with new_uow(read_only=True) as uow:
         shares = uow.shares.received(caller_account_id, region, after, size + 1)
-    return _page(shares, size, fingerprint, lambda s: s.image_id)
+    return pagination.page_of(shares, size, fingerprint, lambda s: s.image_id)
 
 
 def check_launch_permission(image: ImageRef, caller_account_id: str, *, new_uow: UnitOfWorkFactory) -> Verdict:
@@ -71,9 +71,3 @@ def check_launch_permission(image: ImageRef, caller_account_id: str, *, new_uow:
         with new_uow(read_only=True) as uow:
             share = uow.shares.get(image.image_id, caller_account_id)
     return model.launch_verdict(image, caller_account_id, share)
-
-
-def _page(shares: list[Share], size: int, fingerprint: str, key: Callable[[Share], str]) -> tuple[list[Share], str]:
-    if len(shares) <= size:
-        return shares, ""
-    return shares[:size], pagination.encode_page_token(key(shares[size - 1]), fingerprint)
