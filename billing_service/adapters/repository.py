@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from sqlalchemy import Connection, select
+from datetime import datetime
 
-from billing_service.adapters.tables import CHARGES
-from billing_service.domain.model import Charge, ChargeType, LineKind, Quote, QuoteLine
+from sqlalchemy import Connection, select, update
+
+from billing_service.adapters.tables import CHARGE_KEYS, CHARGES
+from billing_service.domain.model import Charge, ChargeType, KeyOutcome, LineKind, Quote, QuoteLine
 from chassis.db import insert_ignoring_duplicates
 
 
@@ -43,6 +45,23 @@ class ChargeRepository:
             instance_ids=json.dumps(list(charge.instance_ids)), create_time=charge.create_time,
         ).returning(CHARGES.c.charge_id)
         return self._connection.execute(statement).first() is not None
+
+    def claim_key(self, account_id: str, key: str, outcome: KeyOutcome, now: datetime) -> KeyOutcome:
+        """Records the key's outcome unless it has one; returns the outcome that holds (the first)."""
+        inserted = self._connection.execute(insert_ignoring_duplicates(self._connection, CHARGE_KEYS).values(
+            account_id=account_id, idempotency_key=key, outcome=outcome.value, create_time=now,
+        ).returning(CHARGE_KEYS.c.outcome)).first()
+        if inserted is not None:
+            return outcome
+        c = CHARGE_KEYS.c
+        return KeyOutcome(self._connection.execute(
+            select(c.outcome).where(c.account_id == account_id, c.idempotency_key == key)).scalar_one())
+
+    def mark_key_charged(self, account_id: str, key: str) -> None:
+        """For a charge recorded before keys were claimed (an older ledger)."""
+        c = CHARGE_KEYS.c
+        self._connection.execute(update(CHARGE_KEYS).where(c.account_id == account_id, c.idempotency_key == key)
+                                 .values(outcome=KeyOutcome.CHARGED.value))
 
     def by_idempotency_key(self, account_id: str, key: str) -> Charge | None:
         row = self._connection.execute(select(CHARGES).where(

@@ -32,5 +32,19 @@ class ChargeRow(SQLModel, table=True):
     create_time: datetime
 
 
+class ChargeKeyRow(SQLModel, table=True):
+    """The outcome of each idempotency key: CHARGED, or VOID when a launch whose caller lost the answer
+    was found never charged. CreateCharge and ResolveCharge both claim the key here first, so that
+    one of them wins, also between replicas (on PostgreSQL the loser waits on the primary key)."""
+
+    __tablename__ = "billing_charge_key"
+
+    account_id: str = Field(primary_key=True, max_length=32)
+    idempotency_key: str = Field(primary_key=True, max_length=64)
+    outcome: str = Field(max_length=16)
+    create_time: datetime
+
+
 CHARGES: Table = ChargeRow.__table__  # type: ignore[attr-defined]
-TABLES = [CHARGES]
+CHARGE_KEYS: Table = ChargeKeyRow.__table__  # type: ignore[attr-defined]
+TABLES = [CHARGES, CHARGE_KEYS]

@@ -76,6 +76,13 @@ class LaunchPricing:
     period_months: int
     image: ImagePricing
 
+    def fingerprint_fields(self) -> dict[str, object]:
+        """The named fields that make two charge requests the same request."""
+        return {"region": self.region, "instance_type": self.instance_type, "instance_count": self.instance_count,
+                "charge_type": self.charge_type.value, "period_months": self.period_months,
+                "image_id": self.image.image_id, "os_kind": self.image.os_kind.value,
+                "marketplace_product_id": self.image.marketplace_product_id}
+
     def quantity(self) -> int:
         """Instance-hours for an hour of use, or instance-months for the whole prepaid period."""
         return self.instance_count * (self.period_months if self.charge_type is ChargeType.PREPAID else 1)
@@ -103,6 +110,13 @@ class Quote:
     @property
     def total(self) -> Decimal:
         return sum((line.amount for line in self.lines), Decimal(0))
+
+
+class KeyOutcome(enum.StrEnum):
+    """What became of a launch's idempotency key: charged once, or void (never to be charged)."""
+
+    CHARGED = "CHARGED"
+    VOID = "VOID"
 
 
 @dataclass(frozen=True)

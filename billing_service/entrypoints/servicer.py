@@ -80,6 +80,14 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                                         context.caller().account_id, book=self._book, new_uow=self._new_uow)
         return pb.CreateChargeResponse(charge=charge_to_proto(charge))
 
+    async def ResolveCharge(self, request: pb.ResolveChargeRequest, ctx: grpc.aio.ServicerContext
+                            ) -> pb.ResolveChargeResponse:
+        charge = handlers.resolve_charge(request.idempotency_key, context.caller().account_id,
+                                         new_uow=self._new_uow)
+        if charge is None:
+            return pb.ResolveChargeResponse(voided=True)
+        return pb.ResolveChargeResponse(charge=charge_to_proto(charge))
+
     async def ListCharges(self, request: pb.ListChargesRequest, ctx: grpc.aio.ServicerContext
                           ) -> pb.ListChargesResponse:
         charges, token = handlers.list_charges(context.caller().account_id, request.page_size, request.page_token,

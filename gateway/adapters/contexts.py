@@ -17,7 +17,7 @@ from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
 from gateway.domain.model import (
     Architecture, CatalogKind, Charge, ChargeType, Image, ImageShare, InstanceType, Launch, LaunchRequest, OsType,
-    Quote, QuoteLine, Region, ShareState, Verdict, image_not_found,
+    Quote, QuoteLine, Region, ShareState, Verdict,
 )
 
 _KINDS = EnumMap(catalog_pb.ImageType, "IMAGE_TYPE", CatalogKind)
@@ -85,12 +85,13 @@ class Catalog:
         response = await self._d.call(self._stub.ListRegions, catalog_pb.ListRegionsRequest())
         return [Region(r.region_id, r.display_name, r.mainland, r.sync_enabled) for r in response.regions]
 
-    async def image(self, image_id: str) -> Image:
+    async def image(self, image_id: str, region: str = "") -> Image:
+        """The image, or its stand-in (``Image.missing``) when the catalog has no such image."""
         try:
             response = await self._d.call(self._stub.GetImage, catalog_pb.GetImageRequest(image_id=image_id))
         except RemoteError as exc:
             if exc.code == "NOT_FOUND":
-                raise image_not_found(image_id) from None
+                return Image.missing(image_id, region)
             raise
         return _image(response.image)
 
@@ -160,6 +161,12 @@ class Billing:
             idempotency_key=launch.launch_id, instance_ids=launch.instance_ids,
         ))
         return r.charge.charge_id, _quote(r.charge.quote)
+
+    async def resolve(self, launch: Launch) -> tuple[str, Quote] | None:
+        """The launch's charge if billing recorded one; None when it did not, and never will now."""
+        r = await self._d.call(self._stub.ResolveCharge,
+                               billing_pb.ResolveChargeRequest(idempotency_key=launch.launch_id))
+        return None if r.voided else (r.charge.charge_id, _quote(r.charge.quote))
 
     async def charges(self, page_size: int, page_token: str) -> tuple[list[Charge], str]:
         r = await self._d.call(self._stub.ListCharges,

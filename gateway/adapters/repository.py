@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, and_, delete, or_, select, tuple_, update
 
 from chassis.db import insert_ignoring_duplicates
 from gateway.adapters.tables import ACCOUNTS, API_KEYS, INSTANCES, LAUNCHES
@@ -126,33 +127,69 @@ class LaunchRepository:
         self._connection = connection
 
     def claim(self, launch: Launch) -> bool:
-        """Records a PENDING launch; False when the account's client token is already taken."""
+        """Records a PENDING launch with its PENDING instances; False (and nothing written) when the
+        account's client token is already taken. Writing the instances here, before anything is
+        charged, means that finishing a charged launch only flips states: it cannot fail on its data."""
         statement = insert_ignoring_duplicates(self._connection, LAUNCHES).values(
             launch_id=launch.launch_id, account_id=launch.account_id, client_token=launch.client_token,
             fingerprint=launch.fingerprint, state=launch.state.value, request=_request_json(launch),
             instance_ids=json.dumps(launch.instance_ids), create_time=launch.create_time,
         ).returning(LAUNCHES.c.launch_id)
-        return self._connection.execute(statement).first() is not None
+        if self._connection.execute(statement).first() is None:
+            return False
+        self._connection.execute(INSTANCES.insert(), [_instance_row(i) for i in launch.instances()])
+        return True
 
     def by_token(self, account_id: str, client_token: str) -> Launch | None:
         row = self._connection.execute(select(LAUNCHES).where(
             LAUNCHES.c.account_id == account_id, LAUNCHES.c.client_token == client_token)).first()
         return None if row is None else _to_launch(row)
 
-    def complete(self, launch_id: str, quote: Quote, charge_id: str) -> bool:
-        """Marks a PENDING launch DONE; False when it is not pending any more (someone finished it)."""
+    def complete(self, launch: Launch, quote: Quote, charge_id: str) -> bool:
+        """Marks an unsettled launch DONE and its instances RUNNING; False when it is settled already."""
         result = self._connection.execute(update(LAUNCHES).where(
-            LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state == LaunchState.PENDING.value,
+            LAUNCHES.c.launch_id == launch.launch_id, LAUNCHES.c.state.in_(_UNSETTLED),
         ).values(state=LaunchState.DONE.value, quote=_quote_json(quote), charge_id=charge_id))
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        running = self._connection.execute(update(INSTANCES).where(
+            INSTANCES.c.launch_id == launch.launch_id, INSTANCES.c.state == InstanceState.PENDING.value,
+        ).values(state=InstanceState.RUNNING.value))
+        if running.rowcount == 0:  # claimed by an older gateway, which wrote no instances at claim time
+            self._connection.execute(INSTANCES.insert(), [
+                _instance_row(replace(i, state=InstanceState.RUNNING)) for i in launch.instances()])
+        return True
+
+    def mark_in_doubt(self, launch_id: str) -> None:
+        self._connection.execute(update(LAUNCHES).where(
+            LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state == LaunchState.PENDING.value,
+        ).values(state=LaunchState.IN_DOUBT.value))
 
     def forget(self, launch_id: str) -> None:
-        """Drops a PENDING launch that failed before it was charged, freeing its client token."""
-        self._connection.execute(delete(LAUNCHES).where(
-            LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state == LaunchState.PENDING.value))
+        """Drops an unsettled launch that was never charged, with its instances, freeing its client token."""
+        deleted = self._connection.execute(delete(LAUNCHES).where(
+            LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state.in_(_UNSETTLED)))
+        if deleted.rowcount:
+            self._connection.execute(delete(INSTANCES).where(
+                INSTANCES.c.launch_id == launch_id, INSTANCES.c.state == InstanceState.PENDING.value))
 
-    def pending_before(self, moment: datetime, limit: int = 100) -> list[Launch]:
-        rows = self._connection.execute(select(LAUNCHES).where(
-            LAUNCHES.c.state == LaunchState.PENDING.value, LAUNCHES.c.create_time < moment,
-        ).order_by(LAUNCHES.c.create_time).limit(limit))
-        return [_to_launch(r) for r in rows]
+    def unsettled(self, pending_before: datetime, after: tuple[datetime, str] | None, limit: int
+                  ) -> list[tuple[datetime, str]]:
+        """Keys (create_time, launch_id) of the launches to resolve: IN_DOUBT ones, and PENDING ones
+        older than ``pending_before`` (their call is over), in order, after ``after``."""
+        c = LAUNCHES.c
+        statement = select(c.create_time, c.launch_id).where(or_(
+            c.state == LaunchState.IN_DOUBT.value,
+            and_(c.state == LaunchState.PENDING.value, c.create_time < pending_before),
+        ))
+        if after is not None:
+            statement = statement.where(tuple_(c.create_time, c.launch_id) > tuple_(*after))
+        rows = self._connection.execute(statement.order_by(c.create_time, c.launch_id).limit(limit))
+        return [(r.create_time, r.launch_id) for r in rows]
+
+    def get(self, launch_id: str) -> Launch | None:
+        row = self._connection.execute(select(LAUNCHES).where(LAUNCHES.c.launch_id == launch_id)).first()
+        return None if row is None else _to_launch(row)
+
+
+_UNSETTLED = (LaunchState.PENDING.value, LaunchState.IN_DOUBT.value)

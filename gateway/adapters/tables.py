@@ -48,7 +48,7 @@ class LaunchRow(SQLModel, table=True):
     """A RunInstances call: the claim on its client token, what it asked for and, once done, its result."""
 
     __tablename__ = "gateway_launch"
-    # NULL tokens (launches without one) never collide.
+    # A launch sent without a client token gets its own launch id as one, so it can be retried too.
     __table_args__ = (UniqueConstraint("account_id", "client_token", name="uq_gateway_launch_token"),)
 
     launch_id: str = Field(primary_key=True, max_length=16)

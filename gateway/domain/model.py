@@ -13,7 +13,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from chassis import ids
-from chassis.errors import FailedPrecondition, InvalidArgument, NotFound
+from chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from chassis.fingerprints import fingerprint
 
 MAX_INSTANCES_PER_LAUNCH = 100
 DEFAULT_SYSTEM_DISK_GB = 50
@@ -100,6 +101,16 @@ class Image:
     marketplace_provider: str = ""
     share_state: ShareState | None = None
     image_allowed: bool = True
+    # False for the stand-in of an image the catalog does not have (see ``missing``).
+    exists: bool = True
+
+    @classmethod
+    def missing(cls, image_id: str, region: str = "") -> Image:
+        """Stands in for an image the catalog does not have: a custom image of no account. It goes
+        through the same permission check as a stranger's private image, so that "missing" and "not
+        yours" cost the same calls and time and cannot be told apart; it is never visible."""
+        return cls(image_id, region, CatalogKind.CUSTOM, "MISSING", "", "", "", "", "", OsType.LINUX,
+                   Architecture.X86_64, 0, "", "", 0, datetime.fromtimestamp(0), exists=False)
 
     def type_for(self, account_id: str) -> ImageType:
         if self.kind is CatalogKind.CUSTOM:
@@ -182,6 +193,9 @@ class LaunchRequest:
         if len(self.instance_name) > MAX_NAME_LENGTH:
             raise InvalidArgument("INSTANCE_NAME_TOO_LONG",
                                   f"instance_name is longer than {MAX_NAME_LENGTH} characters", field="instance_name")
+        if not self.instance_name.isprintable():
+            raise InvalidArgument("INVALID_INSTANCE_NAME", "instance_name must not contain control characters",
+                                  field="instance_name")
         token = self.client_token
         if len(token) > MAX_CLIENT_TOKEN_LENGTH or not (token.isascii() and token.isprintable()):
             raise InvalidArgument("INVALID_CLIENT_TOKEN",
@@ -190,6 +204,13 @@ class LaunchRequest:
 
     def fingerprint(self) -> str:
         """What makes two launches with one client token the same launch."""
+        return fingerprint("launch", region=self.region, image_id=self.image_id, instance_type=self.instance_type,
+                           instance_count=self.instance_count, charge_type=self.charge_type.value,
+                           period_months=self.period_months, system_disk_gb=self.system_disk_gb,
+                           instance_name=self.instance_name)
+
+    def legacy_fingerprint(self) -> str:
+        """How launches recorded before named-field fingerprints were fingerprinted."""
         parts = (self.region, self.image_id, self.instance_type, self.instance_count, self.charge_type.value,
                  self.period_months, self.system_disk_gb, self.instance_name)
         return hashlib.sha256(repr(parts).encode()).hexdigest()
@@ -203,7 +224,7 @@ def image_not_found(image_id: str) -> NotFound:
 
 def check_launchable(request: LaunchRequest, image: Image, verdict: Verdict, instance_type: InstanceType) -> None:
     """The launch rules that need the answers of all three contexts."""
-    if not verdict.visible or image.region != request.region:
+    if not verdict.visible or not image.exists or image.region != request.region:
         raise image_not_found(image.image_id)
     if image.state != "NORMAL":
         raise FailedPrecondition("IMAGE_STATE_INVALID", f"image {image.image_id} is {image.state}; only NORMAL "
@@ -255,8 +276,11 @@ class Instance:
 
 
 class LaunchState(enum.StrEnum):
-    # Claimed (the client token is taken) but not yet charged and created.
+    # Claimed (the client token is taken, its instances written PENDING) and being charged.
     PENDING = "PENDING"
+    # The charge's outcome was lost (billing unreachable or too slow) and no call is finishing it:
+    # whoever finds it asks billing to resolve it (finish if charged, void and forget if not).
+    IN_DOUBT = "IN_DOUBT"
     DONE = "DONE"
 
 
@@ -280,18 +304,31 @@ class Launch:
     quote: Quote | None = None
     charge_id: str = ""
 
-    def instances(self, now: datetime) -> list[Instance]:
+    def instances(self) -> list[Instance]:
+        """Its instances, PENDING until the launch is charged."""
         r = self.request
         return [
             Instance(instance_id, self.account_id, r.region, r.instance_name or instance_id, r.instance_type,
-                     r.image_id, InstanceState.RUNNING, r.charge_type, r.system_disk_gb, self.image_architecture,
-                     self.launch_id, now)
+                     r.image_id, InstanceState.PENDING, r.charge_type, r.system_disk_gb, self.image_architecture,
+                     self.launch_id, self.create_time)
             for instance_id in self.instance_ids
         ]
 
 
+def launch_outcome_unknown(launch: Launch) -> Unavailable:
+    """The truth for a caller whose launch may or may not have been charged: a retry with the same
+    client token returns its instances if it was, or launches it if it was not; never both."""
+    token = launch.client_token or launch.launch_id
+    return Unavailable(
+        "LAUNCH_OUTCOME_UNKNOWN",
+        f"the outcome of launch {launch.launch_id} is not known yet (billing did not answer); retry with "
+        f"client_token {token!r} to get its instances; it is never launched or charged twice",
+        metadata={"launch_id": launch.launch_id, "client_token": token},
+    )
+
+
 def check_same_launch(launch: Launch, request: LaunchRequest) -> None:
-    if launch.fingerprint != request.fingerprint():
+    if launch.fingerprint not in (request.fingerprint(), request.legacy_fingerprint()):
         raise FailedPrecondition("IDEMPOTENCY_PARAMETER_MISMATCH",
                                  "client_token was used before with other parameters",
                                  subject=f"client_token:{request.client_token}")

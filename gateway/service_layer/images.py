@@ -43,8 +43,8 @@ def _seen(image: Image, caller: Caller, received: dict[str, ShareState]) -> Imag
 async def get_image(caller: Caller, image_id: str, deps: Dependencies) -> Image:
     ids.require_id("img", image_id, "image_id")
     image = await deps.catalog.image(image_id)
-    verdict = await deps.sharing.verdict(image)
-    if not verdict.visible:
+    verdict = await deps.sharing.verdict(image)  # asked for a missing image too: see Image.missing
+    if not verdict.visible or not image.exists:
         raise image_not_found(image_id)
     return image.seen_with(verdict)
 
@@ -56,8 +56,8 @@ async def _own_custom_image(caller: Caller, image_id: str, deps: Dependencies) -
     image = await deps.catalog.image(image_id)
     if image.kind is CatalogKind.CUSTOM and image.owner_account_id == caller.account_id:
         return image
-    verdict = await deps.sharing.verdict(image)
-    if not verdict.visible:
+    verdict = await deps.sharing.verdict(image)  # asked for a missing image too: see Image.missing
+    if not verdict.visible or not image.exists:
         raise image_not_found(image_id)
     reason = "SHARED_IMAGE_READ_ONLY" if image.kind is CatalogKind.CUSTOM else "NOT_IMAGE_OWNER"
     raise PermissionDenied(reason, f"only the owner of image {image_id} can change who it is shared with",

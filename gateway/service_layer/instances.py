@@ -1,11 +1,16 @@
 """Instance types, quotes, launches and instances.
 
 A launch validates the request, reads the image (catalog), asks whether the caller may launch it
-(sharing), then charges it once (billing) and creates its instances. Its client token is claimed
-first, in a PENDING launch row; the charge is idempotent on the launch id, and the instances are
-written in the same transaction that marks the launch DONE. So a launch ends with its instances and
-exactly one charge, or with neither: a launch whose charge failed is forgotten, and one whose
-outcome is unknown (billing unreachable) is finished later by a retry or the reconciler.
+(sharing), then charges it once (billing) and runs its instances. Its client token is claimed first,
+in a PENDING launch row written with its PENDING instances; the charge is idempotent on the launch
+id; finishing flips the launch to DONE and its instances to RUNNING. So a launch ends with its
+instances and exactly one charge, or with neither:
+- billing refuses → nothing was charged: the launch is forgotten and the refusal is the answer;
+- billing's answer is lost → the outcome is decided, not guessed: billing resolves the launch id
+  (its charge if one exists, else the id is voided so that no late charge can land). Charged → the
+  launch is finished; void → it is forgotten. When billing cannot even be asked, the launch is
+  IN_DOUBT and the caller is told so (LAUNCH_OUTCOME_UNKNOWN): a retry with the same client token,
+  or the reconciler, resolves it.
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ from chassis.errors import Aborted, DomainError, NotFound, RemoteError
 from chassis.logs import fields
 from gateway.domain.model import (
     Image, Instance, InstanceType, Launch, LaunchRequest, LaunchState, Quote, Verdict, check_launchable,
-    check_same_launch, offered_type,
+    check_same_launch, launch_outcome_unknown, offered_type,
 )
 from gateway.service_layer.dependencies import Dependencies
 
 log = logging.getLogger("gateway.launch")
 
-# A PENDING launch older than this is taken to have lost its caller; whoever finds it finishes it.
+# A PENDING launch older than this is taken to have lost its caller; whoever finds it resolves it.
 STALE_LAUNCH_AFTER = timedelta(seconds=10)
 _WAIT_STEP_SECONDS = 0.02
+# Billing's refusals that mean "charged" is still possible, so the launch must not be forgotten.
+_NOT_A_REFUSAL = {"IDEMPOTENCY_PARAMETER_MISMATCH"}
+_RECONCILE_BATCH = 100
 
 
 async def list_instance_types(region: str, deps: Dependencies) -> list[InstanceType]:
@@ -42,7 +50,7 @@ async def _image_and_type(request: LaunchRequest, deps: Dependencies) -> tuple[I
     request.validate()
     await deps.reference.region(request.region)
     instance_type = offered_type(await deps.reference.instance_types(), request.instance_type, request.region)
-    return await deps.catalog.image(request.image_id), instance_type
+    return await deps.catalog.image(request.image_id, request.region), instance_type
 
 
 def _checked(request: LaunchRequest, image: Image, verdict: Verdict, instance_type: InstanceType) -> Image:
@@ -73,11 +81,15 @@ async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, d
         with deps.new_uow(read_only=True) as uow:
             earlier = uow.launches.by_token(caller.account_id, request.client_token)
         if earlier is not None:
-            return await _result_of(earlier, request, deps)
+            result = await _result_of(earlier, request, deps)
+            if result is not None:
+                return result
+            # The earlier launch was never charged and is forgotten: this call launches afresh.
     image, instance_type = await _image_and_type(request, deps)
     seen = _checked(request, image, await deps.sharing.verdict(image), instance_type)
+    launch_id = ids.new_id("lch")
     launch = Launch(
-        launch_id=ids.new_id("lch"), account_id=caller.account_id, client_token=request.client_token or None,
+        launch_id=launch_id, account_id=caller.account_id, client_token=request.client_token or launch_id,
         fingerprint=request.fingerprint(), state=LaunchState.PENDING, request=request,
         image_os_type=image.os_type, image_architecture=image.architecture,
         marketplace_product_id=image.marketplace_product_id, image_allowed=seen.image_allowed,
@@ -89,51 +101,108 @@ async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, d
     if not claimed:  # a concurrent call with the same client token got there first
         with deps.new_uow(read_only=True) as uow:
             earlier = uow.launches.by_token(caller.account_id, request.client_token)
-        if earlier is None:
+        result = None if earlier is None else await _result_of(earlier, request, deps)
+        if result is None:
             raise _concurrent_launch_failed()
-        return await _result_of(earlier, request, deps)
+        return result
     return await finish_launch(launch, deps)
 
 
 async def finish_launch(launch: Launch, deps: Dependencies) -> tuple[list[str], Quote]:
-    """Charges a PENDING launch and creates its instances. Safe to run more than once, also at once:
-    billing charges a launch id once, and only one caller turns the launch DONE."""
+    """Charges a claimed launch and runs its instances, or forgets it when billing refuses. When
+    billing's answer is lost, the outcome is resolved at once if billing can be asked; if not, the
+    launch is left IN_DOUBT and the caller hears LAUNCH_OUTCOME_UNKNOWN."""
     try:
         charge_id, priced = await deps.billing.charge(launch)
-    except RemoteError:
-        # Billing refused the launch, and refuses before it writes: no charge exists, so the launch
-        # is forgotten and its client token freed. Any other failure leaves the outcome unknown:
-        # the launch stays PENDING for a retry or the reconciler to finish.
-        with deps.new_uow() as uow:
-            uow.launches.forget(launch.launch_id)
-            uow.commit()
-        raise
+    except RemoteError as exc:
+        if exc.reason not in _NOT_A_REFUSAL:
+            # Billing refused before it wrote anything (or the launch id is void): nothing is charged.
+            _forget(launch, deps)
+            raise
+        log.error("charge refused unexpectedly", extra=fields(launch_id=launch.launch_id, reason=exc.reason))
+        return await _resolve_or_doubt(launch, deps, exc)
+    except DomainError as exc:  # unavailable, too slow, or failed: the charge may or may not exist
+        return await _resolve_or_doubt(launch, deps, exc)
+    return _complete_or_doubt(launch, charge_id, priced, deps)
+
+
+async def _resolve_or_doubt(launch: Launch, deps: Dependencies, failure: DomainError) -> tuple[list[str], Quote]:
+    try:
+        settled = await settle_launch(launch, deps)
+    except DomainError:
+        _mark_in_doubt(launch, deps)
+        raise launch_outcome_unknown(launch) from None
+    if settled is None:  # never charged, now void and forgotten: the first failure is the truth
+        raise failure
+    return settled
+
+
+async def settle_launch(launch: Launch, deps: Dependencies) -> tuple[list[str], Quote] | None:
+    """Decides an unsettled launch by asking billing: finished if it was charged (its instances and
+    quote), forgotten if it was not (None; billing voids its id, so no late charge can land)."""
+    charged = await deps.billing.resolve(launch)
+    if charged is None:
+        _forget(launch, deps)
+        log.info("launch voided", extra=fields(launch_id=launch.launch_id))
+        return None
+    return _complete_or_doubt(launch, *charged, deps)
+
+
+def _complete_or_doubt(launch: Launch, charge_id: str, priced: Quote, deps: Dependencies
+                       ) -> tuple[list[str], Quote]:
     quote = replace(priced, image_allowed=launch.image_allowed)
-    with deps.new_uow() as uow:
-        if uow.launches.complete(launch.launch_id, quote, charge_id):
-            uow.instances.add(launch.instances(datetime.now(UTC)))
-        uow.commit()
+    try:
+        with deps.new_uow() as uow:
+            uow.launches.complete(launch, quote, charge_id)
+            uow.commit()
+    except Exception:  # charged, but the gateway's own database failed: the reconciler finishes it
+        log.exception("launch charged but not completed", extra=fields(launch_id=launch.launch_id))
+        raise launch_outcome_unknown(launch) from None
     return launch.instance_ids, quote
 
 
-async def _result_of(launch: Launch, request: LaunchRequest, deps: Dependencies) -> tuple[list[str], Quote]:
-    """The result of an earlier launch with the request's client token, once it is done."""
+def _forget(launch: Launch, deps: Dependencies) -> None:
+    with deps.new_uow() as uow:
+        uow.launches.forget(launch.launch_id)
+        uow.commit()
+
+
+def _mark_in_doubt(launch: Launch, deps: Dependencies) -> None:
+    try:
+        with deps.new_uow() as uow:
+            uow.launches.mark_in_doubt(launch.launch_id)
+            uow.commit()
+    except Exception:  # it stays PENDING, and the reconciler takes it once it is stale
+        log.exception("could not mark a launch in doubt", extra=fields(launch_id=launch.launch_id))
+
+
+async def _result_of(launch: Launch, request: LaunchRequest, deps: Dependencies
+                     ) -> tuple[list[str], Quote] | None:
+    """The result of an earlier launch with the request's client token, once it is settled; None when
+    it was never charged and is forgotten (then the caller's request launches afresh)."""
     check_same_launch(launch, request)
-    while launch.state is LaunchState.PENDING:
-        if datetime.now(UTC) - _aware(launch.create_time) > STALE_LAUNCH_AFTER:
-            return await finish_launch(launch, deps)
+    while launch.state is not LaunchState.DONE:
+        if launch.state is LaunchState.IN_DOUBT or _stale(launch):
+            try:
+                return await settle_launch(launch, deps)
+            except DomainError:
+                raise launch_outcome_unknown(launch) from None
         remaining = context.remaining_seconds()
         if remaining is not None and remaining < 2 * _WAIT_STEP_SECONDS:
             raise Aborted("LAUNCH_IN_PROGRESS", "a launch with this client_token is still in progress; retry")
         # Another call, maybe on another replica, is finishing it: look again shortly.
         await asyncio.sleep(_WAIT_STEP_SECONDS)
         with deps.new_uow(read_only=True) as uow:
-            found = uow.launches.by_token(launch.account_id, request.client_token)
+            found = uow.launches.get(launch.launch_id)
         if found is None:
-            raise _concurrent_launch_failed()
+            return None
         launch = found
     assert launch.quote is not None  # a DONE launch has its quote
     return launch.instance_ids, launch.quote
+
+
+def _stale(launch: Launch) -> bool:
+    return datetime.now(UTC) - _aware(launch.create_time) > STALE_LAUNCH_AFTER
 
 
 def _concurrent_launch_failed() -> Aborted:
@@ -145,19 +214,34 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def reconcile_pending_launches(deps: Dependencies) -> int:
-    """Finishes (or forgets) launches left PENDING by a gateway that died or lost billing mid-launch."""
-    with deps.new_uow(read_only=True) as uow:
-        stale = uow.launches.pending_before(datetime.now(UTC) - STALE_LAUNCH_AFTER)
-    finished = 0
-    for launch in stale:
+    """Resolves the launches whose outcome is open: IN_DOUBT ones, and PENDING ones whose call is
+    over (a gateway that died mid-launch). One launch that cannot be resolved never stops the others."""
+    settled, after = 0, None
+    while True:
+        with deps.new_uow(read_only=True) as uow:
+            keys = uow.launches.unsettled(datetime.now(UTC) - STALE_LAUNCH_AFTER, after, _RECONCILE_BATCH)
+        for key in keys:
+            settled += await _reconcile_one(key[1], deps)
+        if len(keys) < _RECONCILE_BATCH:
+            return settled
+        after = keys[-1]
+
+
+async def _reconcile_one(launch_id: str, deps: Dependencies) -> int:
+    try:
+        with deps.new_uow(read_only=True) as uow:
+            launch = uow.launches.get(launch_id)
+        if launch is None or launch.state is LaunchState.DONE:
+            return 0
         context.current_caller.set(Caller(launch.account_id))
         context.deadline.set(None)
-        try:
-            await finish_launch(launch, deps)
-            finished += 1
-        except DomainError as exc:
-            log.warning("launch not finished", extra=fields(launch_id=launch.launch_id, reason=exc.reason))
-    return finished
+        await settle_launch(launch, deps)
+        return 1
+    except DomainError as exc:
+        log.warning("launch not resolved", extra=fields(launch_id=launch_id, reason=exc.reason))
+    except Exception:  # a launch that cannot even be read: log it, and go on with the others
+        log.exception("launch not resolved", extra=fields(launch_id=launch_id))
+    return 0
 
 
 async def get_instance(caller: Caller, instance_id: str, deps: Dependencies) -> Instance:

@@ -96,3 +96,56 @@ async def test_bad_launches_are_refused(billing, overrides, reason):
         await billing.Quote(pb.QuoteRequest(launch=launch(**overrides)), metadata=internal_metadata())
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert rich_status(refused.value)[1].reason == reason
+
+
+async def test_resolving_a_key_returns_its_charge_or_voids_it_for_good(billing):
+    charged = pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-charged1", instance_ids=["ins-a"])
+    first = (await billing.CreateCharge(charged, metadata=internal_metadata())).charge
+    for _ in range(2):  # asking again gives the same answer
+        resolved = await billing.ResolveCharge(pb.ResolveChargeRequest(idempotency_key="lch-charged1"),
+                                               metadata=internal_metadata())
+        assert not resolved.voided and resolved.charge == first
+        void = await billing.ResolveCharge(pb.ResolveChargeRequest(idempotency_key="lch-nothing1"),
+                                           metadata=internal_metadata())
+        assert void.voided and not void.HasField("charge")
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await billing.CreateCharge(pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-nothing1"),
+                                   metadata=internal_metadata())
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rich_status(late.value)[1].reason == "LAUNCH_VOIDED"
+    # keys are per account: another account's key of the same name is its own
+    other = await billing.CreateCharge(pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-nothing1"),
+                                       metadata=internal_metadata(BOB))
+    assert other.charge.account_id == BOB
+
+
+async def test_a_charge_and_its_resolution_racing_on_two_replicas_never_both_win(spawn, database_url):
+    """Per launch id, either the charge lands and resolving returns it, or resolving voids it and the
+    charge is refused: never a charge that resolution said does not exist."""
+    env = {"BILLING_DATABASE_URL": database_url}
+    replicas = [pb_grpc.BillingServiceStub(grpc.aio.insecure_channel(spawn("billing", env).addr)) for _ in range(2)]
+    keys = [f"lch-rac{n:05d}" for n in range(40)]
+
+    async def charge(key: str, replica: int):
+        try:
+            return (await replicas[replica].CreateCharge(pb.CreateChargeRequest(launch=launch(), idempotency_key=key),
+                                                         metadata=internal_metadata(), timeout=30)).charge
+        except grpc.aio.AioRpcError as refused:
+            assert rich_status(refused)[1].reason == "LAUNCH_VOIDED"
+            return None
+
+    async def resolve(key: str, replica: int):
+        return await replicas[replica].ResolveCharge(pb.ResolveChargeRequest(idempotency_key=key),
+                                                     metadata=internal_metadata(), timeout=30)
+
+    answers = await asyncio.gather(*(
+        asyncio.gather(charge(key, n % 2), resolve(key, (n + 1) % 2)) for n, key in enumerate(keys)))
+    for charged, resolved in answers:
+        assert (charged is None) == resolved.voided
+        if charged is not None:
+            assert resolved.charge.charge_id == charged.charge_id
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(CHARGES)).scalar_one() == sum(
+            1 for charged, _ in answers if charged is not None)
+    engine.dispose()

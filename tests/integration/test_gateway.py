@@ -27,6 +27,7 @@ from gateway.service_layer.accounts import issue_demo_keys
 from gateway.settings import GatewaySettings
 from sharing_service.bootstrap import bootstrap as sharing_bootstrap
 from sharing_service.settings import SharingSettings
+from chassis.errors import Unavailable
 from tests.conftest import INTERNAL_TOKEN, rich_status
 
 UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
@@ -51,8 +52,9 @@ class Cloud:
         return found
 
 
-async def start_cloud(serve, tmp_path: Path, **addr_overrides: str) -> Cloud:
+async def start_cloud(serve, tmp_path: Path, gateway_url: str = "", **addr_overrides: str) -> Cloud:
     urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in ("catalog", "sharing", "billing", "gateway")}
+    urls["gateway"] = gateway_url or urls["gateway"]
     addrs = {
         "catalog": await serve(catalog_bootstrap, CatalogSettings(database_url=urls["catalog"],
                                                                   internal_token=INTERNAL_TOKEN)),
@@ -203,28 +205,36 @@ async def test_instances_are_the_callers_own_and_paged(cloud):
     assert (await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth("bob"))).instances == []
 
 
-async def test_a_launch_whose_charge_outcome_is_unknown_is_finished_later(serve, tmp_path, monkeypatch):
-    """Billing answers UNAVAILABLE after recording the charge: the launch stays PENDING, and the
-    reconciler finishes it with the one charge that exists."""
-    from chassis.errors import Unavailable
+async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guessed(serve, tmp_path, monkeypatch):
+    """Billing records the charge but its answer is lost, and billing cannot be asked either: the
+    caller hears LAUNCH_OUTCOME_UNKNOWN (with the launch id), the instances wait PENDING, and the
+    reconciler or a retry with the client token resolves it into exactly one charge and its instances."""
     from gateway.adapters import contexts
     from gateway.service_layer import instances
 
     cloud = await start_cloud(serve, tmp_path)
-    original = contexts.Billing.charge
+    charge, resolve = contexts.Billing.charge, contexts.Billing.resolve
 
     async def charged_then_lost(self, launch):
-        await original(self, launch)
+        await charge(self, launch)
+        raise Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
+
+    async def unreachable(self, launch):
         raise Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
 
     monkeypatch.setattr(contexts.Billing, "charge", charged_then_lost)
+    monkeypatch.setattr(contexts.Billing, "resolve", unreachable)
     with pytest.raises(grpc.aio.AioRpcError) as lost:
         await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"), metadata=cloud.auth())
     assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert cloud.count("gateway", INSTANCES) == 0
-    assert cloud.count("billing", CHARGES) == 1
-    monkeypatch.setattr(contexts.Billing, "charge", original)
-    monkeypatch.setattr(instances, "STALE_LAUNCH_AFTER", instances.timedelta(0))
+    _, info, _ = rich_status(lost.value)
+    assert info.reason == "LAUNCH_OUTCOME_UNKNOWN" and info.metadata["client_token"] == "t-1"
+    assert info.metadata["launch_id"].startswith("lch-") and "t-1" in lost.value.details()
+    assert cloud.count("gateway", INSTANCES) == 2 and cloud.count("billing", CHARGES) == 1
+    listed = await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth())
+    assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_PENDING}
+    monkeypatch.setattr(contexts.Billing, "charge", charge)
+    monkeypatch.setattr(contexts.Billing, "resolve", resolve)
 
     db, new_uow = open_database(cloud.urls["gateway"])
     downstream = Downstream("billing", cloud.addrs["billing"], INTERNAL_TOKEN, contexts.billing_grpc.BillingServiceStub)
@@ -232,12 +242,44 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_finished_later(serve,
     assert await instances.reconcile_pending_launches(deps) == 1
     await downstream.close()
     db.dispose()
-    assert cloud.count("gateway", INSTANCES) == 2
+    listed = await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth())
+    assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_RUNNING} and len(listed.instances) == 2
     assert cloud.count("billing", CHARGES) == 1
-    # the caller's retry now gets the finished launch
     retried = await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"),
                                                  metadata=cloud.auth())
-    assert len(retried.instance_ids) == 2
+    assert sorted(retried.instance_ids) == sorted(i.instance_id for i in listed.instances)
+
+
+async def test_a_launch_that_billing_never_charged_is_voided_and_a_retry_launches_it_once(serve, tmp_path,
+                                                                                         monkeypatch):
+    from gateway.adapters import contexts
+
+    cloud = await start_cloud(serve, tmp_path)
+    charge = contexts.Billing.charge
+
+    async def lost_on_the_way(self, launch):  # the charge request never reached billing, or timed out there
+        raise Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
+
+    monkeypatch.setattr(contexts.Billing, "charge", lost_on_the_way)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await cloud.instances.RunInstances(run_request(client_token="t-2"), metadata=cloud.auth())
+    assert rich_status(failed.value)[1].reason == "DEPENDENCY_UNAVAILABLE"  # resolved at once: nothing launched
+    assert cloud.count("gateway", INSTANCES) == 0 and cloud.count("gateway", LAUNCHES) == 0
+    monkeypatch.setattr(contexts.Billing, "charge", charge)
+    launched = await cloud.instances.RunInstances(run_request(client_token="t-2"), metadata=cloud.auth())
+    assert len(launched.instance_ids) == 1
+    assert cloud.count("billing", CHARGES) == 1 and cloud.count("gateway", INSTANCES) == 1
+
+
+@pytest.mark.parametrize("name", ["web\x00evil", "tab\tname", "esc\x1b[0m"])
+async def test_a_launch_named_with_control_characters_is_refused_and_charges_nothing(serve, tmp_path, database_url,
+                                                                                     name):
+    """On PostgreSQL a NUL byte once failed the instance INSERT after billing had charged."""
+    cloud = await start_cloud(serve, tmp_path, gateway_url=database_url)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cloud.instances.RunInstances(run_request(instance_name=name), metadata=cloud.auth())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert cloud.count("billing", CHARGES) == 0 and cloud.count("gateway", LAUNCHES) == 0
 
 
 async def test_rpcs_of_later_issues_answer_unimplemented_with_an_error_info(cloud):

@@ -20,7 +20,7 @@ from gateway.adapters.tables import TABLES
 from gateway.domain.api_keys import Account
 from gateway.domain.model import (
     Architecture, CatalogKind, ChargeType, Image, ImageShare, ImageType, InstanceType, Launch, LaunchRequest, OsType,
-    Quote, QuoteLine, Region, ShareState, Verdict, image_not_found,
+    LaunchState, Quote, QuoteLine, Region, ShareState, Verdict,
 )
 from gateway.service_layer import images, instances
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
@@ -43,14 +43,14 @@ class FakeCatalog:
     def __init__(self):
         self.known = {i.image_id: i for i in (PUBLIC, ALICES)}
         self.listed: list[tuple] = []
+        self.calls: list[str] = []
 
     async def regions(self):
         return [Region("ap-guangzhou", "Guangzhou", True, True)]
 
-    async def image(self, image_id):
-        if image_id not in self.known:
-            raise image_not_found(image_id)
-        return self.known[image_id]
+    async def image(self, image_id, region=""):
+        self.calls.append("image")
+        return self.known.get(image_id) or Image.missing(image_id, region)
 
     async def images(self, region, kinds, shared_image_ids, platform, name_filter, page_size, page_token):
         self.listed.append((frozenset(kinds), tuple(shared_image_ids)))
@@ -84,9 +84,18 @@ class FakeSharing:
 
 
 class FakeBilling:
+    """Billing's ledger semantics: a charge per launch id, resolution, void ids refused for good.
+
+    ``refuse``: CreateCharge fails before it writes; ``lose``: it writes, then the answer is lost;
+    ``down``: every call fails (also ResolveCharge)."""
+
     def __init__(self):
         self.charges: dict[str, Launch] = {}
+        self.voided: set[str] = set()
         self.refuse: Exception | None = None
+        self.lose: Exception | None = None
+        self.down: Exception | None = None
+        self.calls: list[str] = []
 
     async def instance_types(self):
         return [InstanceType("S5.MEDIUM4", "S5", Architecture.X86_64, 2, 4, frozenset({"ap-guangzhou"}))]
@@ -96,14 +105,29 @@ class FakeBilling:
         return Quote("USD", ChargeType.POSTPAID_BY_HOUR, (line,), line.amount)
 
     async def quote(self, request, img):
-        if self.refuse:
-            raise self.refuse
+        self.calls.append("quote")
+        if self.refuse or self.down:
+            raise self.refuse or self.down
         return self._quote(request.instance_count)
 
     async def charge(self, launch):
-        if self.refuse:
-            raise self.refuse
+        self.calls.append("charge")
+        if self.refuse or self.down:
+            raise self.refuse or self.down
+        if launch.launch_id in self.voided:
+            raise billing_refusal("FAILED_PRECONDITION", "LAUNCH_VOIDED")
         self.charges.setdefault(launch.launch_id, launch)
+        if self.lose:
+            raise self.lose
+        return f"chg-{launch.launch_id[4:]}", self._quote(launch.request.instance_count)
+
+    async def resolve(self, launch):
+        self.calls.append("resolve")
+        if self.down:
+            raise self.down
+        if launch.launch_id not in self.charges:
+            self.voided.add(launch.launch_id)
+            return None
         return f"chg-{launch.launch_id[4:]}", self._quote(launch.request.instance_count)
 
 
@@ -166,10 +190,10 @@ async def test_who_may_change_an_images_shares(deps):
     assert [s.recipient_account_id for s in shares] == [CAROL.account_id]
 
 
-def billing_refusal() -> RemoteError:
+def billing_refusal(code: str = "INVALID_ARGUMENT", reason: str = "INSTANCE_TYPE_NOT_OFFERED") -> RemoteError:
     """What the billing client raises when billing refuses a launch (as it does before it writes)."""
-    refusal = InvalidArgument("INSTANCE_TYPE_NOT_OFFERED", "no", field="instance_type")
-    return RemoteError("INVALID_ARGUMENT", refusal.reason, refusal.message, status_of(refusal).SerializeToString())
+    refusal = InvalidArgument(reason, "no", field="instance_type")
+    return RemoteError(code, refusal.reason, refusal.message, status_of(refusal).SerializeToString())
 
 
 async def test_a_launch_refused_by_billing_frees_its_client_token(deps):
@@ -184,21 +208,171 @@ async def test_a_launch_refused_by_billing_frees_its_client_token(deps):
     assert again == instance_ids and len(deps.billing.charges) == 1
 
 
-@pytest.mark.parametrize("failure", [Unavailable("DEPENDENCY_UNAVAILABLE", "down"),
-                                     DomainError("DEPENDENCY_FAILED", "billing failed")])
-async def test_a_launch_whose_charge_is_unknown_stays_pending_until_reconciled(deps, monkeypatch, failure):
+UNAVAILABLE = Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
+FAILED = DomainError("DEPENDENCY_FAILED", "the billing service failed")
+
+
+def stored_launch(deps, token: str):
+    with deps.new_uow(read_only=True) as uow:
+        return uow.launches.by_token(ALICE.account_id, token)
+
+
+async def states_of(deps) -> list[str]:
+    found, _ = await instances.list_instances(ALICE, "", 0, "", deps)
+    return sorted(i.state.value for i in found)
+
+
+@pytest.mark.parametrize("failure", [UNAVAILABLE, FAILED])
+async def test_a_lost_answer_for_a_launch_that_was_charged_is_resolved_into_its_instances(deps, failure):
+    as_caller(ALICE)
+    deps.billing.lose = failure
+    instance_ids, quote = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+    assert len(instance_ids) == 2 and quote.total == Decimal("0.116")
+    assert deps.billing.calls == ["charge", "resolve"] and len(deps.billing.charges) == 1
+    assert await states_of(deps) == ["RUNNING", "RUNNING"]
+    assert stored_launch(deps, "t").state is LaunchState.DONE
+
+
+@pytest.mark.parametrize("failure", [UNAVAILABLE, FAILED])
+async def test_a_lost_answer_for_a_launch_that_was_not_charged_is_a_plain_failure_and_is_void(deps, failure):
     as_caller(ALICE)
     deps.billing.refuse = failure
-    with pytest.raises(DomainError):
-        await instances.run_instances(ALICE, launch(client_token="later"), False, deps)
-    assert await instances.reconcile_pending_launches(deps) == 0  # not stale yet
-    monkeypatch.setattr(instances, "STALE_LAUNCH_AFTER", instances.timedelta(0))
-    assert await instances.reconcile_pending_launches(deps) == 0  # billing still down: stays pending
+    with pytest.raises(DomainError) as failed:
+        await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+    assert failed.value is failure  # the caller hears the truth: nothing was launched
+    assert stored_launch(deps, "t") is None and await states_of(deps) == []
+    assert deps.billing.charges == {} and len(deps.billing.voided) == 1
     deps.billing.refuse = None
+    instance_ids, _ = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)  # "try again"
+    assert len(instance_ids) == 2 and len(deps.billing.charges) == 1
+
+
+@pytest.mark.parametrize("charged", [True, False], ids=["charged", "not-charged"])
+async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unknown(deps, charged):
+    as_caller(ALICE)
+    if charged:
+        deps.billing.lose = UNAVAILABLE
+    deps.billing.down = None if charged else UNAVAILABLE
+
+    async def resolve_down(launch):
+        raise UNAVAILABLE
+
+    real_resolve = deps.billing.resolve
+    deps.billing.resolve = resolve_down
+    with pytest.raises(Unavailable) as unknown:
+        await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+    assert unknown.value.reason == "LAUNCH_OUTCOME_UNKNOWN"
+    launch_id = stored_launch(deps, "t").launch_id
+    assert unknown.value.metadata == {"launch_id": launch_id, "client_token": "t"}
+    assert stored_launch(deps, "t").state is LaunchState.IN_DOUBT
+    assert await states_of(deps) == ["PENDING", "PENDING"]
+    with pytest.raises(Unavailable) as still:  # a retry while billing is down: still unknown, still one launch
+        await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+    assert still.value.reason == "LAUNCH_OUTCOME_UNKNOWN"
+    assert await instances.reconcile_pending_launches(deps) == 0
+    deps.billing.resolve, deps.billing.down, deps.billing.lose = real_resolve, None, None
+    instance_ids, _ = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+    assert len(deps.billing.charges) == 1 and await states_of(deps) == ["RUNNING", "RUNNING"]
+    assert (stored_launch(deps, "t").launch_id == launch_id) is charged  # not charged: voided, launched afresh
+    assert (launch_id in deps.billing.voided) is not charged
+
+
+async def test_the_reconciler_resolves_launches_in_doubt_and_stale_pending_ones(deps, monkeypatch):
+    as_caller(ALICE)
+    deps.billing.down = UNAVAILABLE
+    for token in ("a", "b"):
+        with pytest.raises(Unavailable):
+            await instances.run_instances(ALICE, launch(client_token=token), False, deps)
+    deps.billing.down = None
+    deps.billing.charges[stored_launch(deps, "a").launch_id] = stored_launch(deps, "a")  # "a" was charged
+    # a gateway that died after its claim leaves a PENDING launch: resolved once it is stale
+    stale = instances.Launch(**{**vars(stored_launch(deps, "a")), "launch_id": "lch-died0000",
+                                "client_token": "c", "state": LaunchState.PENDING,
+                                "instance_ids": ["ins-died0000"]})
+    with deps.new_uow() as uow:
+        uow.launches.claim(stale)
+        uow.commit()
+    assert await instances.reconcile_pending_launches(deps) == 2  # the two in doubt; "c" is not stale yet
+    monkeypatch.setattr(instances, "STALE_LAUNCH_AFTER", instances.timedelta(0))
     assert await instances.reconcile_pending_launches(deps) == 1
-    with deps.new_uow(read_only=True) as uow:
-        done = uow.launches.by_token(ALICE.account_id, "later")
-        assert done.state.value == "DONE" and uow.instances.get(ALICE.account_id, done.instance_ids[0])
+    assert stored_launch(deps, "a").state is LaunchState.DONE
+    assert stored_launch(deps, "b") is None and stored_launch(deps, "c") is None
+    assert "lch-died0000" in deps.billing.voided
+    assert await states_of(deps) == ["RUNNING", "RUNNING"]
+    with pytest.raises(RemoteError) as late:  # a late charge of a void launch never lands
+        await deps.billing.charge(stale)
+    assert late.value.reason == "LAUNCH_VOIDED"
+
+
+async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_reconciler(deps):
+    as_caller(ALICE)
+    deps.billing.down = UNAVAILABLE
+    for token in ("poison", "corrupt", "fine"):
+        with pytest.raises(Unavailable):
+            await instances.run_instances(ALICE, launch(client_token=token), False, deps)
+    deps.billing.down = None
+    poison = stored_launch(deps, "poison").launch_id
+    real_resolve = deps.billing.resolve
+
+    async def resolve(launch):
+        if launch.launch_id == poison:
+            raise RuntimeError("not a domain error")
+        return await real_resolve(launch)
+
+    deps.billing.resolve = resolve
+    from sqlalchemy import update
+
+    from gateway.adapters.tables import LAUNCHES
+    with deps.new_uow() as uow:  # a row that cannot even be decoded
+        uow.connection.execute(update(LAUNCHES).where(LAUNCHES.c.client_token == "corrupt").values(request="{}"))
+        uow.commit()
+    assert await instances.reconcile_pending_launches(deps) == 1
+    assert stored_launch(deps, "fine") is None  # resolved: it was never charged
+    assert stored_launch(deps, "poison").state is LaunchState.IN_DOUBT
+
+
+async def test_a_launch_without_a_client_token_can_be_retried_with_its_launch_id(deps):
+    as_caller(ALICE)
+    deps.billing.down = UNAVAILABLE
+    with pytest.raises(Unavailable) as unknown:
+        await instances.run_instances(ALICE, launch(), False, deps)
+    token = unknown.value.metadata["client_token"]
+    assert token == unknown.value.metadata["launch_id"] and token in unknown.value.message
+    deps.billing.down = None
+    instance_ids, _ = await instances.run_instances(ALICE, launch(client_token=token), False, deps)
+    again, _ = await instances.run_instances(ALICE, launch(client_token=token), False, deps)
+    assert again == instance_ids and len(deps.billing.charges) == 1
+
+
+@pytest.mark.parametrize("name", ["web\x00evil", "line\nbreak", "bell\x07", "del\x7f"])
+async def test_an_instance_name_with_control_characters_is_refused_before_anything_is_charged(deps, name):
+    as_caller(ALICE)
+    with pytest.raises(InvalidArgument) as refused:
+        await instances.run_instances(ALICE, launch(instance_name=name), False, deps)
+    assert refused.value.reason == "INVALID_INSTANCE_NAME"
+    assert deps.billing.calls == [] and await states_of(deps) == []
+
+
+async def test_a_missing_image_and_a_strangers_private_one_cost_the_same_calls(deps):
+    """Existence must not leak through timing: both paths ask the catalog and sharing (and billing,
+    for a quote) exactly alike, and both answer the same NOT_FOUND."""
+    as_caller(BOB)
+    calls = {}
+    for image_id in (ALICES.image_id, "img-zz000000"):
+        deps.catalog.calls.clear(), deps.sharing.calls.clear(), deps.billing.calls.clear()
+        answers = []
+        for attempt in (
+            lambda: images.get_image(BOB, image_id, deps),
+            lambda: instances.quote_run_instances(launch(image_id=image_id), deps),
+            lambda: instances.run_instances(BOB, launch(image_id=image_id), False, deps),
+            lambda: images.share_image(BOB, image_id, [CAROL.account_id], "", deps),
+        ):
+            with pytest.raises(NotFound) as hidden:
+                await attempt()
+            answers.append(status_of(hidden.value).SerializeToString().replace(image_id.encode(), b"ID"))
+        calls[image_id] = (deps.catalog.calls[:], deps.sharing.calls[:], deps.billing.calls[:], answers)
+    assert calls[ALICES.image_id] == calls["img-zz000000"]
+    assert calls[ALICES.image_id][:3] == (["image"] * 4, ["verdict"] * 4, ["quote"])
 
 
 async def test_a_quote_reports_the_permission_problem_before_the_price_problem(deps):
