@@ -105,7 +105,11 @@ async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, d
         if result is None:
             raise _concurrent_launch_failed()
         return result
-    return await finish_launch(launch, deps)
+    try:
+        return await finish_launch(launch, deps)
+    except asyncio.CancelledError:  # the caller left (deadline, cancel): a retry or the reconciler resolves it
+        _mark_in_doubt(launch, deps)
+        raise
 
 
 async def finish_launch(launch: Launch, deps: Dependencies) -> tuple[list[str], Quote]:

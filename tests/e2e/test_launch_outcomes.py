@@ -1,0 +1,122 @@
+"""Kill billing for real, again and again, under a load of launches: no caller pays for a failure.
+
+Each call either succeeds, fails with a definite answer (then it was not charged, and a retry with
+its client token launches it once), or is told LAUNCH_OUTCOME_UNKNOWN with a client token (then a
+retry with that token returns its instances if it was charged). Afterwards the ledger holds exactly
+one charge per launch that some answer returned, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from catalog_service.domain.seed import seed_image_id
+from cloudimg.gateway.v1 import account_service_pb2, account_service_pb2_grpc
+from cloudimg.gateway.v1 import instance_service_pb2 as pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
+from devtools.stack import Stack
+from tests.conftest import rich_status
+
+GZ = "ap-guangzhou"
+CALLERS = 6
+CALLS_PER_CALLER = 25
+KILLS = 4
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, tmp_path: Path):
+    urls = {}
+    if request.param == "postgres":
+        new_database = request.getfixturevalue("postgres_database")
+        urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
+    with Stack(tmp_path, database_urls=urls, extra_env={"GATEWAY_RECONCILE_INTERVAL_SECONDS": "1"}) as running:
+        yield running
+
+
+def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    try:
+        _, info, _ = rich_status(error)
+    except AssertionError:  # a client-side status (deadline, cancel) carries no details
+        return error.code().name, {}
+    return info.reason, dict(info.metadata)
+
+
+async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack):
+    channel = grpc.aio.insecure_channel(stack.gateway_addr)
+    instances = pb_grpc.InstanceServiceStub(channel)
+    auth = (("authorization", f"Bearer {stack.api_keys['alice']}"),)
+    image = seed_image_id(GZ, "ubuntu-2204-x86")
+    rng = random.Random(10)
+    launched: list[frozenset[str]] = []  # the instance ids of every launch an answer returned
+    to_retry: list[tuple[pb.RunInstancesRequest, str]] = []  # (request, reason) of failures with a token
+    definite_failures = 0
+
+    async def caller(n: int) -> None:
+        nonlocal definite_failures
+        for i in range(CALLS_PER_CALLER):
+            token = f"c{n}-{i}" if i % 2 == 0 else ""  # half the calls carry a client token
+            request = pb.RunInstancesRequest(region=GZ, image_id=image, instance_type="S5.MEDIUM4",
+                                             instance_count=1 + i % 3, client_token=token)
+            try:
+                answer = await instances.RunInstances(request, metadata=auth, timeout=10)
+                launched.append(frozenset(answer.instance_ids))
+            except grpc.aio.AioRpcError as error:
+                reason, metadata = _reason(error)
+                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED), error
+                if reason == "LAUNCH_OUTCOME_UNKNOWN":
+                    assert metadata["client_token"] in error.details()
+                    request.client_token = metadata["client_token"]
+                if request.client_token:
+                    to_retry.append((request, reason))
+                else:
+                    definite_failures += 1
+            await asyncio.sleep(rng.uniform(0, 0.02))
+
+    async def chaos() -> None:
+        for _ in range(KILLS):
+            await asyncio.sleep(rng.uniform(0.3, 0.8))
+            stack.kill("billing")
+            await asyncio.sleep(rng.uniform(0.2, 0.8))
+            stack.start_service("billing")
+            await asyncio.to_thread(stack.wait, "billing")
+
+    started = time.monotonic()
+    await asyncio.gather(chaos(), *(caller(n) for n in range(CALLERS)))
+    assert time.monotonic() - started < 120
+    assert to_retry or definite_failures, "the kills hit no call: the test proved nothing"
+
+    # Billing is back: every failure that has a client token is retried with it, once or a few times.
+    for request, _ in to_retry:
+        for _attempt in range(20):
+            try:
+                answer = await instances.RunInstances(request, metadata=auth, timeout=10)
+                launched.append(frozenset(answer.instance_ids))
+                break
+            except grpc.aio.AioRpcError as error:
+                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED), error
+                await asyncio.sleep(0.25)
+        else:
+            pytest.fail(f"a retry with client token {request.client_token} never succeeded")
+
+    # Launches left open by failures without a token are resolved by the reconciler (every second).
+    accounts = account_service_pb2_grpc.AccountServiceStub(channel)
+    listed = pb.ListInstancesRequest(page_size=1000)
+    for _ in range(100):
+        found = (await instances.ListInstances(listed, metadata=auth, timeout=10)).instances
+        if all(i.state == pb.INSTANCE_STATE_RUNNING for i in found):
+            break
+        await asyncio.sleep(0.1)
+    charges = (await accounts.ListCharges(account_service_pb2.ListChargesRequest(page_size=1000), metadata=auth,
+                                          timeout=10)).charges
+    charged = [frozenset(c.instance_ids) for c in charges]
+    assert len(charged) == len(set(charged))
+    assert set(charged) == set(launched), "a charge without an answer that returned its instances"
+    running = {i.instance_id for i in found if i.state == pb.INSTANCE_STATE_RUNNING}
+    assert running == {i for ids in launched for i in ids} and len(found) == len(running)
+    await channel.close()
