@@ -24,7 +24,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from catalog_service.domain.seed import seed_image_id
-from cloudimg.gateway.v1 import instance_service_pb2, instance_service_pb2_grpc
+from cloudimg.gateway.v1 import (
+    image_service_pb2, image_service_pb2_grpc, instance_service_pb2, instance_service_pb2_grpc,
+)
 from devtools.loadgen import Report, run_load
 from devtools.stack import Stack
 
@@ -34,25 +36,45 @@ CALL_TIMEOUT = 10.0
 REGION = "ap-guangzhou"
 
 
-def targets(channel: grpc.aio.Channel, api_key: str) -> dict[str, Callable[[], Awaitable[object]]]:
+def targets(channel: grpc.aio.Channel, api_key: str, stranger_key: str) -> dict[str, Callable[[], Awaitable[object]]]:
     instances = instance_service_pb2_grpc.InstanceServiceStub(channel)
+    images = image_service_pb2_grpc.ImageServiceStub(channel)
     health = health_pb2_grpc.HealthStub(channel)
     launch = instance_service_pb2.RunInstancesRequest(
         region=REGION, image_id=seed_image_id(REGION, "ubuntu-2204-x86"), instance_type="S5.MEDIUM4",
         instance_count=1)
     metadata = (("authorization", f"Bearer {api_key}"),)
     check = health_pb2.HealthCheckRequest()
+    stranger = (("authorization", f"Bearer {stranger_key}"),)
+
+    def hidden(image_id: str) -> Callable[[], Awaitable[object]]:
+        """GetImage by a stranger, whose answer is NOT_FOUND (counted as OK here)."""
+        request = image_service_pb2.GetImageRequest(image_id=image_id)
+
+        async def call() -> object:
+            try:
+                return await images.GetImage(request, metadata=stranger, timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return error
+
+        return call
+
     return {
         "RunInstances": lambda: instances.RunInstances(launch, metadata=metadata, timeout=CALL_TIMEOUT),
         "Check": lambda: health.Check(check, timeout=CALL_TIMEOUT),
+        # An image that exists but is not the caller's must answer exactly as fast as a missing one.
+        "GetImage-private": hidden(seed_image_id(REGION, "alice-web")),
+        "GetImage-missing": hidden("img-zz000000"),
     }
 
 
-async def bench(addr: str, api_key: str, args: argparse.Namespace) -> list[Report]:
+async def bench(addr: str, api_key: str, stranger_key: str, args: argparse.Namespace) -> list[Report]:
     levels = sorted({1, args.concurrency})
     reports = []
     async with grpc.aio.insecure_channel(addr) as channel:
-        for name, call in targets(channel, api_key).items():
+        for name, call in targets(channel, api_key, stranger_key).items():
             for concurrency in levels:
                 total = args.total if concurrency > 1 else max(1, args.total // 10)
                 report = await run_load(call, concurrency=concurrency, total=total, duration=args.duration,
@@ -75,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concurrency and --total must be >= 1 and --duration > 0")
 
     with tempfile.TemporaryDirectory(prefix="cloudimg-bench-") as tmp, Stack(Path(tmp)) as stack:
-        reports = asyncio.run(bench(stack.gateway_addr, stack.api_keys["alice"], args))
+        reports = asyncio.run(bench(stack.gateway_addr, stack.api_keys["alice"], stack.api_keys["bob"], args))
 
     by_name = {r.name: r for r in reports}
     loaded = f"c={args.concurrency}"
@@ -92,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.json_only:
         print(f"\nRunInstances rps / Check rps at {loaded}: {ratio:.3f}")
+        private, missing = by_name["GetImage-private c=1"].p50, by_name["GetImage-missing c=1"].p50
+        print(f"NOT_FOUND p50 at c=1: another account's private image {private:.2f} ms, a missing id "
+              f"{missing:.2f} ms (ratio {private / missing if missing else 0:.2f}; 1.00 leaks nothing)")
         for r in reports:
             print(f"  {r.name:<18} {r.rps:8.1f} rps  p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms  "
                   f"failed {r.count - r.ok}/{r.count}")
