@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, func, select
 
 from chassis.db import insert_ignoring_duplicates
+from chassis.idempotency import ResponseFormat
 from sharing_service.adapters.tables import IMAGE_LOCKS, SHARES
 from sharing_service.domain.model import Share, ShareState
-
 
 
 def _to_share(row: object) -> Share:
@@ -69,3 +71,20 @@ class ShareRepository:
         row = self._connection.execute(select(SHARES).where(
             SHARES.c.image_id == image_id, SHARES.c.recipient_account_id == recipient_account_id)).first()
         return None if row is None else _to_share(row)
+
+
+def _shares_to_json(shares: list[Share]) -> list[dict[str, str]]:
+    return [{"image_id": s.image_id, "region": s.region, "owner_account_id": s.owner_account_id,
+             "recipient_account_id": s.recipient_account_id, "state": s.state.value,
+             "create_time": s.create_time.isoformat()} for s in shares]
+
+
+def _shares_from_json(version: int, shares: Any) -> list[Share]:
+    if version != 1:
+        raise ValueError(f"stored shares of unknown version {version}")
+    return [Share(s["image_id"], s["region"], s["owner_account_id"], s["recipient_account_id"],
+                  ShareState(s["state"]), datetime.fromisoformat(s["create_time"])) for s in shares]
+
+
+# What ShareImage and UnshareImage answered: the image's shares after the call.
+SHARES_ANSWER = ResponseFormat(version=1, encode=_shares_to_json, decode=_shares_from_json)

@@ -7,6 +7,8 @@ from datetime import datetime
 from sqlalchemy import Index, Table
 from sqlmodel import Field, SQLModel
 
+from chassis.idempotency import request_table
+
 
 class ShareRow(SQLModel, table=True):
     __tablename__ = "sharing_share"
@@ -30,4 +32,6 @@ class ImageShareLockRow(SQLModel, table=True):
 
 SHARES: Table = ShareRow.__table__  # type: ignore[attr-defined]
 IMAGE_LOCKS: Table = ImageShareLockRow.__table__  # type: ignore[attr-defined]
-TABLES = [SHARES, IMAGE_LOCKS]
+# ShareImage and UnshareImage by request_id: the image's shares that each call returned.
+REQUESTS = request_table("sharing")
+TABLES = [SHARES, IMAGE_LOCKS, REQUESTS]

@@ -38,13 +38,13 @@ class SharingServicer(pb_grpc.SharingServiceServicer):
     async def ShareImage(self, request: pb.ShareImageRequest, ctx: grpc.aio.ServicerContext
                          ) -> pb.ShareImageResponse:
         shares = handlers.share_image(image_ref(request.image), list(request.account_ids),
-                                      context.caller().account_id, new_uow=self._new_uow)
+                                      context.caller().account_id, request.request_id, new_uow=self._new_uow)
         return pb.ShareImageResponse(shares=[share_to_proto(s) for s in shares])
 
     async def UnshareImage(self, request: pb.UnshareImageRequest, ctx: grpc.aio.ServicerContext
                            ) -> pb.UnshareImageResponse:
         shares = handlers.unshare_image(image_ref(request.image), list(request.account_ids),
-                                        context.caller().account_id, new_uow=self._new_uow)
+                                        context.caller().account_id, request.request_id, new_uow=self._new_uow)
         return pb.UnshareImageResponse(shares=[share_to_proto(s) for s in shares])
 
     async def ListImageShares(self, request: pb.ListImageSharesRequest, ctx: grpc.aio.ServicerContext

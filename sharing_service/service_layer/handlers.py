@@ -14,11 +14,16 @@ from sharing_service.service_layer.unit_of_work import SharingUnitOfWork
 UnitOfWorkFactory = Callable[..., SharingUnitOfWork]
 
 
-def share_image(image: ImageRef, account_ids: list[str], caller_account_id: str, *,
+def share_image(image: ImageRef, account_ids: list[str], caller_account_id: str, request_id: str, *,
                 new_uow: UnitOfWorkFactory) -> list[Share]:
     model.check_owner_may_share(image, caller_account_id)
     requested = model.recipients(account_ids, image.owner_account_id)
     with new_uow() as uow:
+        # The accounts as a set: the same accounts in another order or repeated are the same request.
+        claim = uow.share_requests.claim(caller_account_id, request_id, "ShareImage",
+                                         image_id=image.image_id, account_ids=sorted(requested))
+        if claim.repeated:
+            return claim.response
         uow.shares.lock_image(image.image_id)
         added = model.new_recipients(image, requested, uow.shares.recipients_of(image.image_id))
         now = datetime.now(UTC)
@@ -26,18 +31,24 @@ def share_image(image: ImageRef, account_ids: list[str], caller_account_id: str,
         uow.shares.add(Share(image.image_id, image.region, image.owner_account_id, recipient,
                              ShareState.ACCEPTED, now) for recipient in added)
         shares = uow.shares.of_image(image.image_id)
+        claim.answer(shares)
         uow.commit()
     return shares
 
 
-def unshare_image(image: ImageRef, account_ids: list[str], caller_account_id: str, *,
+def unshare_image(image: ImageRef, account_ids: list[str], caller_account_id: str, request_id: str, *,
                   new_uow: UnitOfWorkFactory) -> list[Share]:
     model.check_owner_may_share(image, caller_account_id)
     requested = model.recipients(account_ids, image.owner_account_id)
     with new_uow() as uow:
+        claim = uow.share_requests.claim(caller_account_id, request_id, "UnshareImage",
+                                         image_id=image.image_id, account_ids=sorted(requested))
+        if claim.repeated:
+            return claim.response
         uow.shares.lock_image(image.image_id)
         uow.shares.remove(image.image_id, requested)
         shares = uow.shares.of_image(image.image_id)
+        claim.answer(shares)
         uow.commit()
     return shares
 

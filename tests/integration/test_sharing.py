@@ -1,9 +1,10 @@
-"""Sharing through real in-process servers: the share limit under concurrency, on SQLite and PostgreSQL,
-with one replica and with two replicas on one database."""
+"""Sharing through real in-process servers: the share limit and request_id idempotency under concurrency,
+on SQLite and PostgreSQL, with one replica and with two replicas on one database."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from pathlib import Path
 
 import grpc
@@ -12,11 +13,11 @@ from sqlalchemy import create_engine, func, select
 
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
-from sharing_service.adapters.tables import SHARES
+from sharing_service.adapters.tables import REQUESTS, SHARES
 from sharing_service.bootstrap import bootstrap
 from sharing_service.domain.model import MAX_SHARES_PER_IMAGE
 from sharing_service.settings import SharingSettings
-from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
+from tests.conftest import ALICE, BOB, CAROL, INTERNAL_TOKEN, internal_metadata, rich_status
 
 IMAGE = pb.ImageRef(image_id="img-share001", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
                     owner_account_id=ALICE, launchable_state=True)
@@ -140,3 +141,104 @@ async def test_the_limit_holds_under_concurrency_on_sqlite_across_replicas(spawn
 async def test_the_limit_holds_under_concurrency_on_postgres_across_replicas(spawn, postgres_database):
     url = postgres_database()
     await _race_to_the_limit(process_replicas(spawn, url, 2), url)
+
+
+async def test_a_delayed_retry_does_not_share_again_after_an_unshare(sharing):
+    """The finding: share with r1, unshare with r2, then a late retry of r1 must not grant access again."""
+    first = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r1"),
+                                     metadata=internal_metadata(ALICE))
+    await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r2"),
+                               metadata=internal_metadata(ALICE))
+    retry = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r1"),
+                                     metadata=internal_metadata(ALICE))
+    assert retry == first and [s.recipient_account_id for s in first.shares] == [BOB]
+    shares = await sharing.ListImageShares(pb.ListImageSharesRequest(image=IMAGE),
+                                           metadata=internal_metadata(ALICE))
+    assert list(shares.shares) == []
+    verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=IMAGE),
+                                                  metadata=internal_metadata(BOB))
+    assert not verdict.allowed
+
+
+async def test_the_same_accounts_in_another_order_are_the_same_request(sharing):
+    first = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, CAROL], request_id="r1"),
+                                     metadata=internal_metadata(ALICE))
+    await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[CAROL]),
+                               metadata=internal_metadata(ALICE))
+    again = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[CAROL, BOB, CAROL],
+                                                          request_id="r1"), metadata=internal_metadata(ALICE))
+    assert again == first and len(first.shares) == 2
+
+
+async def test_an_empty_request_id_asks_for_no_idempotency(sharing):
+    for call in ("ShareImage", "UnshareImage", "ShareImage"):
+        request = getattr(pb, f"{call}Request")(image=IMAGE, account_ids=[BOB])
+        response = await getattr(sharing, call)(request, metadata=internal_metadata(ALICE))
+    assert [s.recipient_account_id for s in response.shares] == [BOB]
+
+
+async def test_a_request_id_reused_with_other_parameters_is_refused(sharing):
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r1"),
+                             metadata=internal_metadata(ALICE))
+    other_image = pb.ImageRef(image_id="img-share002", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
+                              owner_account_id=ALICE, launchable_state=True)
+    reuses = [
+        sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[CAROL], request_id="r1"),
+                           metadata=internal_metadata(ALICE)),
+        sharing.ShareImage(pb.ShareImageRequest(image=other_image, account_ids=[BOB], request_id="r1"),
+                           metadata=internal_metadata(ALICE)),
+        # the same id on the other RPC is another request too
+        sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r1"),
+                             metadata=internal_metadata(ALICE)),
+    ]
+    for reuse in reuses:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await reuse
+        status, info, details = rich_status(refused.value)
+        assert (refused.value.code(), info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                       "IDEMPOTENCY_PARAMETER_MISMATCH")
+        assert details[0].violations[0].subject == "request_id:r1"
+    shares = await sharing.ListImageShares(pb.ListImageSharesRequest(image=IMAGE), metadata=internal_metadata(ALICE))
+    assert [s.recipient_account_id for s in shares.shares] == [BOB]
+
+
+async def _race_one_request_id(stubs: list[pb_grpc.SharingServiceStub], database_url: str) -> None:
+    """20 retries of one share (r-share) race 20 retries of one unshare (r-unshare) over the replicas: each
+    request runs once, so every retry of it hears the same answer, and the share is created at most once."""
+    async def call(n: int) -> object:
+        stub = stubs[n % len(stubs)]
+        if n % 2:
+            return await stub.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB],
+                                                                  request_id="r-unshare"),
+                                           metadata=internal_metadata(ALICE), timeout=60)
+        return await stub.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r-share"),
+                                     metadata=internal_metadata(ALICE), timeout=60)
+
+    answers = await asyncio.gather(*(call(n) for n in range(40)))
+    shared, unshared = answers[0::2], answers[1::2]
+    assert all(a == shared[0] for a in shared) and all(a == unshared[0] for a in unshared)
+    assert [s.recipient_account_id for s in shared[0].shares] == [BOB]  # type: ignore[attr-defined]
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        share_rows = conn.execute(select(SHARES.c.create_time).where(SHARES.c.image_id == IMAGE.image_id)).all()
+        request_rows = conn.execute(select(REQUESTS.c.request_id).where(REQUESTS.c.account_id == ALICE)).all()
+    engine.dispose()
+    assert sorted(r[0] for r in request_rows) == ["r-share", "r-unshare"]
+    # the unshare ran either before the share (which stays, created by the one ShareImage that ran) or after it
+    assert len(share_rows) <= 1
+    if share_rows:
+        created = share_rows[0][0]  # naive UTC from SQLite, aware from PostgreSQL
+        assert created.replace(tzinfo=created.tzinfo or UTC) == \
+            shared[0].shares[0].create_time.ToDatetime(UTC)  # type: ignore[attr-defined]
+    assert len(unshared[0].shares) == 0  # type: ignore[attr-defined]
+
+
+async def test_one_request_id_runs_once_across_replicas_on_sqlite(spawn, tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/sharing.db"
+    await _race_one_request_id(process_replicas(spawn, url, 2), url)
+
+
+@pytest.mark.postgres
+async def test_one_request_id_runs_once_across_replicas_on_postgres(spawn, postgres_database):
+    url = postgres_database()
+    await _race_one_request_id(process_replicas(spawn, url, 2), url)
