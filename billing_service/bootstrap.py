@@ -5,19 +5,23 @@ from __future__ import annotations
 from functools import partial
 
 from billing_service.adapters.tables import TABLES
-from billing_service.domain.price_book import load_price_book
+from billing_service.domain.price_book import PriceBookError, load_price_book
 from billing_service.entrypoints.servicer import BillingServicer
 from billing_service.service_layer.unit_of_work import BillingUnitOfWork
 from billing_service.settings import BillingSettings
 from chassis.db import Database
 from chassis.server import Service, internal_service
+from chassis.settings import SettingsError
 from cloudimg.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 
 SERVICE_NAME = billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
 
 
 async def bootstrap(settings: BillingSettings) -> Service:
-    book = load_price_book(settings.price_book_path)
+    try:
+        book = load_price_book(settings.price_book_path)
+    except PriceBookError as exc:
+        raise SettingsError(f"BILLING_PRICE_BOOK_PATH: {exc}") from exc
     db = Database(settings.database_url)
     db.create_tables(TABLES)
     servicer = BillingServicer(book, partial(BillingUnitOfWork, db))

@@ -3,14 +3,19 @@
     cloudimg [--endpoint HOST:PORT] [--api-key KEY] [--json] COMMAND ...
 
 Every call authenticates with the API key (--api-key or CLOUDIMG_API_KEY) and has a 10 s deadline.
+`run` always sends a client token (--client-token, or a new one), so a launch whose answer was lost is
+retried safely, and a failed one can be retried by hand with the token it names.
 """
 
 import argparse
-from typing import Any
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -32,6 +37,17 @@ from cloudimg_cli import render
 
 DEFAULT_ENDPOINT = "127.0.0.1:50050"
 TIMEOUT_S = 10.0
+INT32_MAX = 2**31 - 1  # what the requests' int32 fields hold
+MAX_PAGE_SIZE = 1000
+MAX_INSTANCES = 100  # per RunInstances call
+MAX_CLIENT_TOKEN = 64
+# A launch whose answer was lost is sent again with the same client token: it never launches twice.
+RETRY_ATTEMPTS = 3
+RETRY_BACKOFF_S = 0.5  # before the second attempt; doubled before each next one
+RETRY_WITHIN_S = 30.0
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+# Failures after which the launch may exist: the user should retry with the same client token.
+OUTCOME_UNKNOWN = (*RETRYABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 IMAGE_TYPE = image_pb.ImageType.DESCRIPTOR
 CHARGE_TYPE = instance_pb.ChargeType.DESCRIPTOR
 
@@ -54,8 +70,8 @@ class Api:
         self.accounts = account_grpc.AccountServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
 
-    def __call__(self, method: Any, request: Any) -> Any:
-        return method(request, metadata=self._metadata, timeout=TIMEOUT_S)
+    def __call__(self, method: Any, request: Any, timeout: float = TIMEOUT_S) -> Any:
+        return method(request, metadata=self._metadata, timeout=timeout)
 
     def all_pages(self, method: Any, request: Any, items: str) -> Any:
         """Follows next_page_token; returns the first response holding every page's items."""
@@ -105,10 +121,32 @@ def launch_fields(args: argparse.Namespace) -> dict:
     )
 
 
+class LaunchFailed(Exception):
+    """A launch that failed after its retries; retrying by hand with its client token is safe."""
+
+    def __init__(self, error: grpc.RpcError, client_token: str):
+        super().__init__(client_token)
+        self.error = error
+        self.client_token = client_token
+
+
 def run_instances(api: Api, args: argparse.Namespace) -> Message:
-    request = instance_pb.RunInstancesRequest(
-        **launch_fields(args), client_token=args.client_token, dry_run=args.dry_run)
-    return api(api.instances.RunInstances, request)
+    token = args.client_token or uuid.uuid4().hex
+    request = instance_pb.RunInstancesRequest(**launch_fields(args), client_token=token, dry_run=args.dry_run)
+    give_up = time.monotonic() + RETRY_WITHIN_S
+    attempts, delay = 1, RETRY_BACKOFF_S
+    while True:
+        try:
+            return api(api.instances.RunInstances, request, timeout=min(TIMEOUT_S, give_up - time.monotonic()))
+        except grpc.RpcError as err:
+            retry = err.code() in RETRYABLE or error_reason(err) == "LAUNCH_OUTCOME_UNKNOWN"
+            if retry and attempts < RETRY_ATTEMPTS and time.monotonic() + delay < give_up:
+                time.sleep(delay)
+                attempts, delay = attempts + 1, delay * 2
+                continue
+            if retry or err.code() in OUTCOME_UNKNOWN:
+                raise LaunchFailed(err, token) from err
+            raise
 
 
 def show_run(response: Any) -> str:
@@ -150,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(repeatable; default every type)")
     sub.add_argument("--platform", help="exact platform, case-insensitive (e.g. Ubuntu)")
     sub.add_argument("--name", help="substring of the image name, case-insensitive")
-    sub.add_argument("--page-size", type=int)
+    sub.add_argument("--page-size", type=bounded(1, MAX_PAGE_SIZE), help=f"1-{MAX_PAGE_SIZE} (default 50)")
     sub.add_argument("--page-token")
     sub.add_argument("--all", action="store_true", help="follow every page")
 
@@ -175,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("run", "Launch instances from an image.", run_instances, show_run)
     add_launch_flags(sub)
-    sub.add_argument("--client-token", help="idempotency token (up to 64 ASCII characters)")
+    sub.add_argument("--client-token", type=client_token,
+                     help=f"idempotency token (up to {MAX_CLIENT_TOKEN} ASCII characters; default a new one)")
     sub.add_argument("--dry-run", action="store_true", help="validate and price only")
 
     sub = command("instances", "List the caller's instances (every page).",
@@ -217,8 +256,8 @@ def global_flags(with_defaults: bool) -> argparse.ArgumentParser:
         return value if with_defaults else argparse.SUPPRESS
 
     flags = argparse.ArgumentParser(add_help=False)
-    flags.add_argument("--endpoint",
-                       default=default(os.environ.get("CLOUDIMG_ENDPOINT") or DEFAULT_ENDPOINT),
+    # None: CLOUDIMG_ENDPOINT or the default, checked in main() so that its errors name the variable.
+    flags.add_argument("--endpoint", type=endpoint, default=default(None),
                        help=f"HOST:PORT of the gateway (env CLOUDIMG_ENDPOINT, default "
                             f"{DEFAULT_ENDPOINT})")
     flags.add_argument("--api-key", default=default(os.environ.get("CLOUDIMG_API_KEY")),
@@ -232,12 +271,58 @@ def add_launch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", required=True)
     parser.add_argument("--image", required=True, metavar="IMAGE_ID")
     parser.add_argument("--type", required=True, metavar="INSTANCE_TYPE")
-    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--count", type=bounded(1, MAX_INSTANCES), default=1, help=f"1-{MAX_INSTANCES} (default 1)")
     parser.add_argument("--charge-type", type=str.upper, choices=render.enum_choices(CHARGE_TYPE),
                         help="default POSTPAID_BY_HOUR")
-    parser.add_argument("--period-months", type=int, help="PREPAID only")
-    parser.add_argument("--disk-gb", type=int, help="system disk size (default 50)")
+    parser.add_argument("--period-months", type=bounded(1, INT32_MAX), help="PREPAID only")
+    parser.add_argument("--disk-gb", type=bounded(1, INT32_MAX), help="system disk size (default 50)")
     parser.add_argument("--name", help="instance name")
+
+
+# Argument types: argparse turns their errors into a usage error (exit 2) naming the flag.
+
+def bounded(low: int, high: int) -> Callable[[str], int]:
+    """An integer from low to high."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high} (got {text!r})")
+        return value
+    return parse
+
+
+# The host a name, an IPv4 address or a bracketed IPv6 address; gRPC finds out whether it exists.
+_ENDPOINT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+def endpoint(text: str) -> str:
+    match = _ENDPOINT.fullmatch(text)
+    if match is None or not 1 <= int(match[1]) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port from 1 to 65535 (got {text[:80]!r})")
+    return text
+
+
+def client_token(text: str) -> str:
+    if not 0 < len(text) <= MAX_CLIENT_TOKEN or not (text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_CLIENT_TOKEN} printable ASCII characters")
+    return text
+
+
+def endpoint_from_env() -> str:
+    """CLOUDIMG_ENDPOINT if set (set but empty is a mistake, not the default), else the default."""
+    value = os.environ.get("CLOUDIMG_ENDPOINT")
+    if value is None:
+        return DEFAULT_ENDPOINT
+    if not value:
+        raise ValueError("CLOUDIMG_ENDPOINT is set but empty: set it to HOST:PORT or unset it "
+                         f"(default {DEFAULT_ENDPOINT})")
+    try:
+        return endpoint(value)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"CLOUDIMG_ENDPOINT {exc}") from None
 
 
 def describe_error(err: grpc.RpcError) -> str:
@@ -266,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # usage errors (2) and --help (0)
         return int(exit_.code or 0)
+    try:
+        args.endpoint = args.endpoint or endpoint_from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.api_key:
         print("error: no API key: pass --api-key or set CLOUDIMG_API_KEY", file=sys.stderr)
         return 2
@@ -274,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             response = args.call(Api(channel, args.api_key), args)
     except grpc.RpcError as err:
         print(describe_error(err), file=sys.stderr)
+        return 1
+    except LaunchFailed as failed:
+        print(f"{describe_error(failed.error)}; retry with --client-token {failed.client_token}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -7,6 +7,7 @@ import json
 import sys
 
 from chassis.server import run
+from chassis.settings import load_settings
 from gateway.bootstrap import bootstrap, open_database
 from gateway.service_layer.accounts import issue_demo_keys
 from gateway.settings import GatewayDatabaseSettings, GatewaySettings
@@ -14,7 +15,7 @@ from gateway.settings import GatewayDatabaseSettings, GatewaySettings
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["demo-accounts"]:
-        db, new_uow = open_database(GatewayDatabaseSettings().database_url)
+        db, new_uow = open_database(load_settings(GatewayDatabaseSettings).database_url)
         print(json.dumps(issue_demo_keys(new_uow), indent=2))
         db.dispose()
         return 0

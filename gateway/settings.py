@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chassis.settings import ServiceSettings
+from chassis.settings import DatabaseUrl, HostPort, Seconds, ServiceSettings
 
 DEFAULT_DATABASE_URL = "sqlite:///data/gateway.db"
 
@@ -11,21 +13,21 @@ DEFAULT_DATABASE_URL = "sqlite:///data/gateway.db"
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_")
 
-    listen_addr: str = "127.0.0.1:50050"
-    database_url: str = DEFAULT_DATABASE_URL
-    # The downstream contexts (host:port); required.
-    catalog_addr: str = Field(validation_alias="CATALOG_ADDR", min_length=1)
-    sharing_addr: str = Field(validation_alias="SHARING_ADDR", min_length=1)
-    billing_addr: str = Field(validation_alias="BILLING_ADDR", min_length=1)
-    # How long a verified API key is trusted before it is read again.
-    api_key_cache_seconds: float = 30.0
-    # How often launches left PENDING are finished.
-    reconcile_interval_seconds: float = 30.0
+    listen_addr: HostPort = "127.0.0.1:50050"
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL
+    # The downstream contexts; required.
+    catalog_addr: HostPort = Field(validation_alias="CATALOG_ADDR")
+    sharing_addr: HostPort = Field(validation_alias="SHARING_ADDR")
+    billing_addr: HostPort = Field(validation_alias="BILLING_ADDR")
+    # How long a verified API key is trusted before it is read again (0: read it on every call).
+    api_key_cache_seconds: Annotated[Seconds, Field(ge=0)] = 30.0
+    # How often launches left PENDING are finished; a floor, so that a tiny value cannot spin the loop.
+    reconcile_interval_seconds: Annotated[Seconds, Field(ge=0.1)] = 5.0
 
 
 class GatewayDatabaseSettings(BaseSettings):
     """Just the database, for administrative commands (demo-accounts)."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", hide_input_in_errors=True)
 
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL

@@ -22,7 +22,7 @@ from cloudimg.gateway.v1 import (
     instance_service_pb2 as instance_pb,
     instance_service_pb2_grpc as instance_grpc,
 )
-from cloudimg_cli import render
+from cloudimg_cli import main as cli_main, render
 from cloudimg_cli.main import main
 
 KEY = "ak-test-secret"
@@ -94,6 +94,7 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
     def __init__(self):
         self.requests = []
         self.time_remaining = None
+        self.run_failures = []  # each aborts one RunInstances call, in order
 
     def record(self, request, context):
         authorize(context)
@@ -136,6 +137,8 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
 
     def RunInstances(self, request, context):
         self.record(request, context)
+        if self.run_failures:
+            self.run_failures.pop(0)(context)
         ids = [] if request.dry_run else ["ins-aaaaaaaa", "ins-bbbbbbbb"]
         return instance_pb.RunInstancesResponse(instance_ids=ids, quote=QUOTE)
 
@@ -364,3 +367,113 @@ def test_runs_as_a_module_without_traceback():
 ])
 def test_money_is_exact(units, nanos, shown):
     assert render.money(usd(units, nanos)) == shown
+
+
+def test_an_empty_endpoint_variable_is_refused(cli, monkeypatch, fakes):
+    monkeypatch.setenv("CLOUDIMG_ENDPOINT", "")
+    code, out, err = cli("regions")
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert "CLOUDIMG_ENDPOINT" in err and "empty" in err
+    assert fakes.requests == []
+
+
+@pytest.mark.parametrize("endpoint", ["garbage", "127.0.0.1:99999", "127.0.0.1:0", "http://127.0.0.1:50050"])
+def test_a_bad_endpoint_is_refused(cli, monkeypatch, endpoint):
+    code, _, err = cli("--endpoint", endpoint, "regions")
+    assert code == 2
+    assert err.splitlines()[-1].startswith("cloudimg: error: argument --endpoint: must be HOST:PORT")
+    monkeypatch.setenv("CLOUDIMG_ENDPOINT", endpoint)
+    code, _, err = cli("regions")
+    assert (code, err.count("\n")) == (2, 1)
+    assert "CLOUDIMG_ENDPOINT" in err
+
+
+def test_an_ipv6_endpoint_is_taken(cli):
+    assert cli("--endpoint", "[::1]:1", "regions")[0] == 1  # a valid address where nothing listens
+
+
+LAUNCH = ("--region", "ap-guangzhou", "--image", "img-ubuntu22", "--type", "S5.MEDIUM4")
+
+
+@pytest.mark.parametrize("argv", [
+    ("images", "--region", "r", "--page-size", "99999999999"),
+    ("images", "--region", "r", "--page-size", "1001"),
+    ("images", "--region", "r", "--page-size", "-1"),
+    ("run", *LAUNCH, "--count", "3000000000"),
+    ("run", *LAUNCH, "--count", "0"),
+    ("run", *LAUNCH, "--count", "101"),
+    ("quote", *LAUNCH, "--count", "-2"),
+    ("quote", *LAUNCH, "--period-months", "99999999999"),
+    ("quote", *LAUNCH, "--disk-gb", "2147483648"),
+    ("quote", *LAUNCH, "--disk-gb", "ten"),
+    ("run", *LAUNCH, "--client-token", "x" * 65),
+    ("run", *LAUNCH, "--client-token", "caf\u00e9"),
+])
+def test_numbers_and_tokens_out_of_range_are_usage_errors(cli, fakes, argv):
+    code, out, err = cli(*argv)
+    assert (code, out) == (2, "")
+    assert "error: argument" in err and "Traceback" not in err
+    assert fakes.requests == []
+
+
+def test_the_largest_values_are_sent(cli, fakes):
+    assert cli("quote", *LAUNCH, "--count", "100", "--disk-gb", "2147483647")[0] == 0
+    assert cli("images", "--region", "r", "--page-size", "1000")[0] == 0
+    assert (fakes.requests[0].instance_count, fakes.requests[0].system_disk_gb) == (100, 2147483647)
+    assert fakes.requests[1].page_size == 1000
+
+
+def test_run_always_sends_a_client_token(cli, fakes):
+    assert cli("run", *LAUNCH)[0] == 0
+    assert cli("run", *LAUNCH)[0] == 0
+    first, second = (r.client_token for r in fakes.requests)
+    assert len(first) == 32 and first.isascii() and first != second
+
+
+def abort_with(code: grpc.StatusCode, reason: str = ""):
+    def abort(context):
+        if not reason:
+            context.abort(code, "try again")
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="cloudimg"))
+        context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+            code=code.value[0], message="the launch's outcome is unknown", details=[detail])))
+    return abort
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(cli_main, "RETRY_BACKOFF_S", 0.0)
+
+
+def test_run_retries_a_lost_launch_with_the_same_token(cli, fakes, no_backoff):
+    fakes.run_failures[:] = [abort_with(grpc.StatusCode.UNAVAILABLE),
+                             abort_with(grpc.StatusCode.ABORTED, "LAUNCH_IN_PROGRESS")]
+    code, out, _ = cli("run", *LAUNCH)
+    assert code == 0 and out.startswith("INSTANCE_ID\nins-aaaaaaaa")
+    tokens = [r.client_token for r in fakes.requests]
+    assert len(tokens) == 3 and len(set(tokens)) == 1 and tokens[0]
+
+
+def test_run_that_still_fails_names_the_token_to_retry_with(cli, fakes, no_backoff):
+    fakes.run_failures[:] = [abort_with(grpc.StatusCode.UNAVAILABLE, "LAUNCH_OUTCOME_UNKNOWN")] * 5
+    code, out, err = cli("run", *LAUNCH, "--client-token", "tok-7")
+    assert (code, out, err.count("\n")) == (1, "", 1)
+    assert err.startswith("error: UNAVAILABLE LAUNCH_OUTCOME_UNKNOWN: ")
+    assert err.endswith("retry with --client-token tok-7\n")
+    assert [r.client_token for r in fakes.requests] == ["tok-7"] * 3
+
+
+def test_run_refused_is_not_retried(cli, fakes, no_backoff):
+    fakes.run_failures[:] = [abort_with(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INSTANCE_COUNT")]
+    code, _, err = cli("run", *LAUNCH)
+    assert (code, len(fakes.requests)) == (1, 1)
+    assert "--client-token" not in err
+
+
+def test_bad_numbers_as_a_module_without_traceback():
+    env = {"PATH": "/usr/bin:/bin", "CLOUDIMG_API_KEY": KEY}
+    done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", "run", *LAUNCH, "--count", "3000000000"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--count" in done.stderr and "Traceback" not in done.stderr
