@@ -21,7 +21,8 @@ class GatewaySettings(ServiceSettings):
     billing_addr: HostPort = Field(validation_alias="BILLING_ADDR")
     # How long a verified API key is trusted before it is read again (0: read it on every call).
     api_key_cache_seconds: Annotated[Seconds, Field(ge=0)] = 30.0
-    # How often launches left PENDING are finished; a floor, so that a tiny value cannot spin the loop.
+    # How often open launches (IN_DOUBT, or PENDING with their call over) are resolved; the floor keeps
+    # a tiny value from spinning the loop.
     reconcile_interval_seconds: Annotated[Seconds, Field(ge=0.1)] = 5.0
 
 
