@@ -6,6 +6,7 @@ people, and the facts the matching google.rpc detail needs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -123,3 +124,13 @@ def not_available_yet(rpc: str) -> Unimplemented:
 def clipped(value: str, limit: int = 64) -> str:
     """A caller's value as an error message may quote it: long input is not echoed whole."""
     return value if len(value) <= limit else value[:limit] + "..."
+
+
+# What no caller's text needs: C0 controls but tab, newline and carriage return; DEL; C1 controls.
+# PostgreSQL refuses NUL in text outright, and the others corrupt logs and terminals.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def invalid_characters(field: str) -> InvalidArgument:
+    return InvalidArgument("INVALID_CHARACTERS", f"{field} must not contain NUL or other control characters",
+                           field=field)

@@ -1,20 +1,27 @@
-"""The server side of every call: authentication, request id, deadline, logs and rich errors.
+"""The server side of every call: authentication, request id, deadline, decoding, logs and rich errors.
 
-One interceptor wraps each unary handler. Domain exceptions become a google.rpc.Status with exactly
-one ErrorInfo plus the matching detail; anything unexpected becomes INTERNAL with a generic message
-(the traceback goes to the log, never to the caller).
+One interceptor wraps every handler. It decodes requests itself, so that a body that is not the method's
+message is MALFORMED_REQUEST (grpc would answer UNKNOWN with the parser's text), one over the size limit is
+MESSAGE_TOO_LARGE, and a string with NUL or another control character is INVALID_CHARACTERS, on every method
+of every service. Domain exceptions become a google.rpc.Status with exactly one ErrorInfo plus the matching
+detail; anything unexpected becomes INTERNAL with a generic message (the traceback goes to the log, never to
+the caller).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from chassis import context, errors
@@ -27,6 +34,9 @@ REQUEST_ID_KEY = "x-request-id"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Health and reflection answer anyone (probes, grpcurl); everything else needs a caller.
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# The largest request body read. The server lets bodies up to a few times larger through its transport, so
+# that those between get this rich error rather than grpc's own bare RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 1 * 1024 * 1024
 
 Authenticate = Callable[[Mapping[str, str]], context.Caller]
 
@@ -82,6 +92,124 @@ async def _abort(ctx: grpc.aio.ServicerContext, status: status_pb2.Status) -> No
     )
 
 
+def check_strings(message: Message) -> None:
+    """Refuses NUL and other control characters in any string field of a message, however deep."""
+    path = _control_character_path(message, "")
+    if path is not None:
+        raise errors.invalid_characters(path)
+
+
+def _control_character_path(message: Message, prefix: str) -> str | None:
+    """The path of the first string field holding a control character (``launch.image.image_id``,
+    ``account_ids[2]``, ``labels["env"]``), or None. Only the fields set are visited."""
+    search = errors.CONTROL_CHARACTERS.search
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        kind = _kind(field)
+        if kind == _STRING:
+            if search(value):
+                return path
+        elif kind == _STRINGS:
+            for i, item in enumerate(value):
+                if search(item):
+                    return f"{path}[{i}]"
+        elif kind == _MESSAGE:
+            found = _control_character_path(value, path + ".")
+            if found is not None:
+                return found
+        elif kind == _MESSAGES:
+            for i, item in enumerate(value):
+                found = _control_character_path(item, f"{path}[{i}].")
+                if found is not None:
+                    return found
+        elif kind == _MAP:
+            found = _map_path(cast(Descriptor, field.message_type), value, path)
+            if found is not None:
+                return found
+    return None
+
+
+def _map_path(entry: Descriptor, entries: Mapping[Any, Any], path: str) -> str | None:
+    search = errors.CONTROL_CHARACTERS.search
+    key_is_string = entry.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING
+    value_type = entry.fields_by_name["value"].type
+    for key, value in entries.items():
+        if key_is_string and search(key):
+            return path  # the key itself is refused: it is not quoted back
+        at = f'{path}["{errors.clipped(key)}"]' if key_is_string else f"{path}[{key}]"
+        if value_type == FieldDescriptor.TYPE_STRING and search(value):
+            return at
+        if value_type == FieldDescriptor.TYPE_MESSAGE:
+            found = _control_character_path(value, at + ".")
+            if found is not None:
+                return found
+    return None
+
+
+# What the walk does with a field, worked out once per field (descriptors live as long as the process): this
+# halves the cost of the walk.
+_STRING, _STRINGS, _MESSAGE, _MESSAGES, _MAP, _OTHER = range(6)
+_kinds: dict[FieldDescriptor, int] = {}
+
+
+def _kind(field: FieldDescriptor) -> int:
+    kind = _kinds.get(field)
+    if kind is None:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            kind = _STRINGS if field.is_repeated else _STRING
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if cast(Descriptor, field.message_type).GetOptions().map_entry:
+                kind = _MAP
+            else:
+                kind = _MESSAGES if field.is_repeated else _MESSAGE
+        else:
+            kind = _OTHER
+        _kinds[field] = kind
+    return kind
+
+
+Decode = Callable[[bytes], Any]
+
+
+def _decoder(deserializer: Callable[[bytes], Any] | None) -> Decode:
+    """Turns a request body into the method's message, or refuses it with a domain error."""
+
+    def decode(body: bytes) -> Any:
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise errors.ResourceExhausted(
+                "MESSAGE_TOO_LARGE", f"the request is {len(body)} bytes; at most {MAX_MESSAGE_BYTES} are accepted",
+                subject="request", metadata={"size_bytes": str(len(body)), "limit_bytes": str(MAX_MESSAGE_BYTES)},
+            )
+        if deserializer is None:
+            return body
+        try:
+            request = deserializer(body)
+        except DecodeError:
+            raise errors.InvalidArgument(
+                "MALFORMED_REQUEST", "the request body is not a valid message for this method",
+                violations=[errors.FieldViolation("", "the request body could not be decoded")],
+            ) from None
+        if isinstance(request, Message):
+            check_strings(request)
+        return request
+
+    return decode
+
+
+async def _decoded(bodies: AsyncIterable[bytes], decode: Decode) -> AsyncIterator[Any]:
+    async for body in bodies:
+        yield decode(body)
+
+
+async def _respond(responses: Any, ctx: grpc.aio.ServicerContext) -> None:
+    """Sends a streaming handler's answers, whether it yields them or writes them itself."""
+    if inspect.isasyncgen(responses):
+        async for response in responses:
+            await ctx.write(response)
+    else:
+        await responses
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticate: Authenticate, default_deadline_seconds: float):
         self._authenticate = authenticate
@@ -93,45 +221,74 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        method = details.method
-        if handler is None or handler.unary_unary is None or method.startswith(_OPEN_PREFIXES):
+        if handler is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        method = details.method
+        authenticate = None if method.startswith(_OPEN_PREFIXES) else self._authenticate
+        # grpc gets no deserializer: the behaviour receives the raw bytes and decodes them under the guard.
+        decode = _decoder(handler.request_deserializer)
+        serialize = handler.response_serializer
 
-    def _wrap(self, method: str, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-              ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-        authenticate = self._authenticate
-        default_deadline = self._default_deadline
+        if handler.unary_unary is not None:
+            unary_unary = handler.unary_unary
 
-        async def handle(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
-            started = time.monotonic()
-            metadata = {key: value for key, value in ctx.invocation_metadata() or () if isinstance(value, str)}
-            context.request_id.set(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
-            remaining = ctx.time_remaining()
-            context.deadline.set(started + (remaining if remaining is not None else default_deadline))
-            outcome = "OK"
-            try:
+            async def one_to_one(body: bytes, ctx: grpc.aio.ServicerContext) -> Any:
+                async with self._guarded(method, authenticate, ctx):
+                    return await unary_unary(decode(body), ctx)
+
+            return grpc.unary_unary_rpc_method_handler(one_to_one, response_serializer=serialize)
+        if handler.unary_stream is not None:
+            unary_stream = handler.unary_stream
+
+            async def one_to_many(body: bytes, ctx: grpc.aio.ServicerContext) -> None:
+                async with self._guarded(method, authenticate, ctx):
+                    await _respond(unary_stream(decode(body), ctx), ctx)
+
+            return grpc.unary_stream_rpc_method_handler(one_to_many, response_serializer=serialize)
+        if handler.stream_unary is not None:
+            stream_unary = handler.stream_unary
+
+            async def many_to_one(bodies: AsyncIterable[bytes], ctx: grpc.aio.ServicerContext) -> Any:
+                async with self._guarded(method, authenticate, ctx):
+                    return await stream_unary(_decoded(bodies, decode), ctx)
+
+            return grpc.stream_unary_rpc_method_handler(many_to_one, response_serializer=serialize)
+        stream_stream = handler.stream_stream
+
+        async def many_to_many(bodies: AsyncIterable[bytes], ctx: grpc.aio.ServicerContext) -> None:
+            async with self._guarded(method, authenticate, ctx):
+                await _respond(stream_stream(_decoded(bodies, decode), ctx), ctx)
+
+        return grpc.stream_stream_rpc_method_handler(many_to_many, response_serializer=serialize)
+
+    @contextlib.asynccontextmanager
+    async def _guarded(self, method: str, authenticate: Authenticate | None, ctx: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[None]:
+        """What every call runs under: request id, deadline, the caller (unless the method is open to anyone),
+        and the mapping of whatever it raises, decoding included, to a rich status."""
+        started = time.monotonic()
+        metadata = {key: value for key, value in ctx.invocation_metadata() or () if isinstance(value, str)}
+        context.request_id.set(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
+        remaining = ctx.time_remaining()
+        context.deadline.set(started + (remaining if remaining is not None else self._default_deadline))
+        outcome = "OK"
+        try:
+            if authenticate is not None:
                 context.current_caller.set(authenticate(metadata))
-                return await behaviour(request, ctx)
-            except grpc.aio.AbortError:
-                raise
-            except errors.DomainError as exc:
-                status = status_of(exc)
-                outcome = code_pb2.Code.Name(status.code)
-                if status is _INTERNAL:
-                    log.error("failure", extra=fields(method=method, reason=exc.reason, error=exc.message))
-                await _abort(ctx, status)
-            except Exception:
-                outcome = "INTERNAL"
-                log.exception("unhandled error", extra=fields(method=method))
-                await _abort(ctx, _INTERNAL)
-            finally:
-                if log.isEnabledFor(logging.DEBUG):
-                    elapsed_ms = round((time.monotonic() - started) * 1000, 2)
-                    log.debug("rpc", extra=fields(method=method, code=outcome, ms=elapsed_ms))
-
-        return handle
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except errors.DomainError as exc:
+            status = status_of(exc)
+            outcome = code_pb2.Code.Name(status.code)
+            if status is _INTERNAL:
+                log.error("failure", extra=fields(method=method, reason=exc.reason, error=exc.message))
+            await _abort(ctx, status)
+        except Exception:
+            outcome = "INTERNAL"
+            log.exception("unhandled error", extra=fields(method=method))
+            await _abort(ctx, _INTERNAL)
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                elapsed_ms = round((time.monotonic() - started) * 1000, 2)
+                log.debug("rpc", extra=fields(method=method, code=outcome, ms=elapsed_ms))

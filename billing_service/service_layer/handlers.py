@@ -89,10 +89,8 @@ def list_charges(account_id: str, page_size: int, page_token: str, *,
                  new_uow: UnitOfWorkFactory) -> tuple[list[Charge], str]:
     size = pagination.clamp_page_size(page_size)
     fingerprint = pagination.fingerprint("charges", account_id)
-    after = pagination.decode_page_token(page_token, fingerprint)
-    if after is not None and not after.isdigit():
-        raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token")
+    after = pagination.decode_int_page_token(page_token, fingerprint)
     with new_uow(read_only=True) as uow:
-        rows = uow.charges.of_account(account_id, int(after) if after else None, size + 1)
+        rows = uow.charges.of_account(account_id, after, size + 1)
     page, next_token = pagination.page_of(rows, size, fingerprint, lambda row: str(row[0]))
     return [charge for _, charge in page], next_token

@@ -362,10 +362,10 @@ async def test_a_missing_image_and_a_strangers_private_one_cost_the_same_calls(d
         deps.catalog.calls.clear(), deps.sharing.calls.clear(), deps.billing.calls.clear()
         answers = []
         for attempt in (
-            lambda: images.get_image(BOB, image_id, deps),
-            lambda: instances.quote_run_instances(launch(image_id=image_id), deps),
-            lambda: instances.run_instances(BOB, launch(image_id=image_id), False, deps),
-            lambda: images.share_image(BOB, image_id, [CAROL.account_id], "", deps),
+            lambda i=image_id: images.get_image(BOB, i, deps),
+            lambda i=image_id: instances.quote_run_instances(launch(image_id=i), deps),
+            lambda i=image_id: instances.run_instances(BOB, launch(image_id=i), False, deps),
+            lambda i=image_id: images.share_image(BOB, i, [CAROL.account_id], "", deps),
         ):
             with pytest.raises(NotFound) as hidden:
                 await attempt()
