@@ -96,6 +96,10 @@ class Unavailable(DomainError):
     code = "UNAVAILABLE"
 
 
+class Unreached(Unavailable):
+    """A call to a dependency that was never sent (no connection to it): it cannot have done anything."""
+
+
 class Unimplemented(DomainError):
     code = "UNIMPLEMENTED"
 

@@ -5,7 +5,8 @@ A launch validates the request, reads the image (catalog), asks whether the call
 in a PENDING launch row written with its PENDING instances; the charge is idempotent on the launch
 id; finishing flips the launch to DONE and its instances to RUNNING. So a launch ends with its
 instances and exactly one charge, or with neither:
-- billing refuses → nothing was charged: the launch is forgotten and the refusal is the answer;
+- billing refuses, or could not be reached at all → nothing was charged: the launch is forgotten and
+  the refusal is the answer;
 - billing's answer is lost → the outcome is decided, not guessed: billing resolves the launch id
   (its charge if one exists, else the id is voided so that no late charge can land). Charged → the
   launch is finished; void → it is forgotten. When billing cannot even be asked, the launch is
@@ -22,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from chassis import context, ids, pagination
 from chassis.context import Caller
-from chassis.errors import Aborted, DomainError, NotFound, RemoteError
+from chassis.errors import Aborted, DomainError, NotFound, RemoteError, Unreached
 from chassis.logs import fields
 from gateway.domain.model import (
     Image, Instance, InstanceType, Launch, LaunchRequest, LaunchState, Quote, Verdict, check_launchable,
@@ -118,6 +119,9 @@ async def finish_launch(launch: Launch, deps: Dependencies) -> tuple[list[str], 
     launch is left IN_DOUBT and the caller hears LAUNCH_OUTCOME_UNKNOWN."""
     try:
         charge_id, priced = await deps.billing.charge(launch)
+    except Unreached:  # the charge never left the gateway: certainly not charged, nothing in flight
+        _forget(launch, deps)
+        raise
     except RemoteError as exc:
         if exc.reason not in _NOT_A_REFUSAL:
             # Billing refused before it wrote anything (or the launch id is void): nothing is charged.

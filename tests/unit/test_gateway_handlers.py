@@ -14,6 +14,7 @@ from chassis.context import Caller
 from chassis.db import Database
 from chassis.errors import (
     DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
+    Unreached,
 )
 from chassis.rpc import status_of
 from gateway.adapters.tables import TABLES
@@ -245,6 +246,15 @@ async def test_a_lost_answer_for_a_launch_that_was_not_charged_is_a_plain_failur
     deps.billing.refuse = None
     instance_ids, _ = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)  # "try again"
     assert len(instance_ids) == 2 and len(deps.billing.charges) == 1
+
+
+async def test_a_charge_that_never_left_the_gateway_is_a_plain_failure(deps):
+    as_caller(ALICE)
+    deps.billing.refuse = Unreached("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
+    with pytest.raises(Unreached):
+        await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+    assert deps.billing.calls == ["charge"] and deps.billing.voided == set()  # nothing to resolve
+    assert stored_launch(deps, "t") is None and await states_of(deps) == []
 
 
 @pytest.mark.parametrize("charged", [True, False], ids=["charged", "not-charged"])
