@@ -4,12 +4,18 @@ Every call carries the internal credential, the caller's account and the request
 deadline: what is left of the inbound call's budget. Retries happen on UNAVAILABLE only, through
 the gRPC service config. Failures come back as domain exceptions: a downstream's domain error
 travels on as it is (RemoteError), a dependency that is down or too slow becomes UNAVAILABLE.
+
+A dependency that is down is retried for a connection every 100-500 ms; a call that finds its
+channel not connected waits up to a second for it (within its deadline), so a dependency that comes
+back is served at once, and one that stays down answers UNAVAILABLE after that second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,6 +46,26 @@ _SERVICE_CONFIG = json.dumps({
     }]
 })
 
+_CHANNEL_OPTIONS = [
+    ("grpc.service_config", _SERVICE_CONFIG),
+    ("grpc.enable_retries", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    # gRPC's default reconnect backoff (1 s, x1.6, up to 120 s) leaves a dependency that is back
+    # unused for seconds; retry every 100 ms growing to 500 ms instead (a refused connect costs little).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    # The connect timeout (default 20 s): give up an attempt that hangs (a dropped SYN) after 1 s.
+    ("grpc.min_reconnect_backoff_ms", 1_000),
+    # A replica that comes back under a new address (a Kubernetes pod) is found by asking DNS again,
+    # which gRPC does on a failed connection but at most every 30 s by default.
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
+]
+# How long a call waits for a channel that is not connected (reconnecting after a failure, or a
+# first connection under way): longer than one reconnect backoff step, so a dependency that is
+# SERVING again is never refused; short enough that one that stays down answers promptly.
+_READY_WAIT_SECONDS = 1.0
+_WAIT_FOR_READY = {grpc.ChannelConnectivity.CONNECTING, grpc.ChannelConnectivity.TRANSIENT_FAILURE}
+
 # Codes that carry a domain verdict the caller should see as it is.
 _PASSED_ON = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -50,7 +76,9 @@ _PASSED_ON = {
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.ABORTED,
 }
-_DEPENDENCY_DOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# CANCELLED: the dependency stopped (or was stopped) with our call in it; the caller did not leave,
+# or this gateway call would have been cancelled itself.
+_DEPENDENCY_DOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 # Leave the gateway a moment to answer its own caller after a downstream call runs out of time.
 _DEADLINE_MARGIN_SECONDS = 0.05
 
@@ -64,20 +92,23 @@ class Downstream:
     def __init__(self, name: str, addr: str, internal_token: str, stub_class: Callable[[grpc.aio.Channel], Any],
                  default_deadline_seconds: float = 10.0):
         self.name = name
-        self.channel = grpc.aio.insecure_channel(addr, options=[
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
-        ])
+        self.channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
         self.stub = stub_class(self.channel)
         self._token = internal_token
         self._default_deadline = default_deadline_seconds
+        self._connected: asyncio.Future[None] | None = None
 
     async def call(self, method: Callable[..., Awaitable[Resp]], request: Any) -> Resp:
         remaining = context.remaining_seconds()
         timeout = self._default_deadline if remaining is None else remaining - _DEADLINE_MARGIN_SECONDS
         if timeout <= 0:
             raise errors.Unavailable("DEADLINE_EXHAUSTED", "the call ran out of time before it could finish")
+        if self.channel.get_state() in _WAIT_FOR_READY:
+            # A call made now would fail at once (gRPC fails calls fast while it waits to reconnect).
+            started = time.monotonic()
+            if not await self._until_connected(min(_READY_WAIT_SECONDS, timeout)):
+                raise self._unavailable("NOT_CONNECTED", errors.Unreached)  # never sent: it did nothing
+            timeout -= time.monotonic() - started
         found = context.current_caller.get()
         metadata = (
             (INTERNAL_TOKEN_KEY, self._token),
@@ -85,18 +116,33 @@ class Downstream:
             (REQUEST_ID_KEY, context.request_id.get()),
         )
         try:
+            # Not wait_for_ready: a dependency that dies under this call answers UNAVAILABLE now,
+            # instead of holding the caller for its whole deadline.
             return await method(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc) from None
 
+    async def _until_connected(self, timeout: float) -> bool:
+        """Whether the channel is READY within timeout. One watch per channel, however many calls wait."""
+        if self._connected is None or self._connected.done():
+            self._connected = asyncio.ensure_future(self.channel.channel_ready())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _unavailable(self, code: str, kind: type[errors.Unavailable] = errors.Unavailable) -> errors.Unavailable:
+        log.warning("dependency unavailable", extra=fields(service=self.name, code=code))
+        return kind(
+            "DEPENDENCY_UNAVAILABLE", f"the {self.name} service is unavailable; try again",
+            metadata={"service": self.name},
+        )
+
     def _translate(self, exc: grpc.aio.AioRpcError) -> errors.DomainError:
         code = exc.code()
         if code in _DEPENDENCY_DOWN:
-            log.warning("dependency unavailable", extra=fields(service=self.name, code=code.name))
-            return errors.Unavailable(
-                "DEPENDENCY_UNAVAILABLE", f"the {self.name} service is unavailable; try again",
-                metadata={"service": self.name},
-            )
+            return self._unavailable(code.name)
         if code in _PASSED_ON:
             raw = dict(exc.trailing_metadata() or ()).get(STATUS_DETAILS_KEY)
             if isinstance(raw, bytes):
@@ -106,6 +152,8 @@ class Downstream:
         return errors.DomainError("DEPENDENCY_FAILED", f"the {self.name} service failed")
 
     async def close(self) -> None:
+        if self._connected is not None:
+            self._connected.cancel()
         await self.channel.close()
 
 

@@ -2,14 +2,19 @@
 
 A service hands over a function that adds its servicers to the server. Health reports SERVING only
 once the service's start-up (its database) is ready; on SIGTERM or SIGINT it turns NOT_SERVING,
-in-flight calls get ``shutdown_grace_seconds`` to finish, then the process exits.
+the server keeps serving for ``shutdown_drain_seconds`` (so that callers move away and the calls
+already on the wire reach a handler), then in-flight calls get ``shutdown_grace_seconds`` to finish,
+then the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,22 +23,25 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from chassis import logs
 from chassis.auth import internal_caller
 from chassis.db import Database
 from chassis.logs import fields
-from chassis.rpc import Authenticate, ServiceInterceptor
-from chassis.settings import ServiceSettings, load_settings
+from chassis.rpc import MAX_MESSAGE_BYTES, Authenticate, ServiceInterceptor
+from chassis.settings import ServiceSettings, SettingsError, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
 
 log = logging.getLogger("chassis.server")
 
-MAX_MESSAGE_BYTES = 1 * 1024 * 1024
+# The interceptor refuses a request over MAX_MESSAGE_BYTES with an ErrorInfo (MESSAGE_TOO_LARGE); the transport
+# lets through four times that so that it can, and beyond refuses the call itself (RESOURCE_EXHAUSTED, bare).
 _OPTIONS = [
     ("grpc.so_reuseport", 0),  # two servers must never share a port silently
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", 4 * MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
 ]
 
@@ -47,8 +55,17 @@ class RunningServer:
     health: health_aio.HealthServicer
     port: int
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, drain: float = 0.0) -> None:
+        """NOT_SERVING; serving on for ``drain`` seconds; then stopping, with ``grace`` for calls in flight.
+
+        The drain is what lets every call in flight finish: grpc.aio hands the calls that the core
+        has received to handlers one at a time, and stopping the server cancels (CANCELLED) each
+        call that has not reached a handler yet; under load that is most of them. Only calls in a
+        handler get the grace.
+        """
         await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(drain)
         await self.server.stop(grace)
 
 
@@ -74,9 +91,9 @@ async def start_server(listen_addr: str, register: Register, authenticate: Authe
 
 
 async def serve(service: str, listen_addr: str, register: Register, authenticate: Authenticate, *,
-                grace_seconds: float, default_deadline_seconds: float = 10.0,
+                grace_seconds: float, drain_seconds: float = 1.0, default_deadline_seconds: float = 10.0,
                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Runs a service until SIGTERM or SIGINT, then stops it gracefully."""
+    """Runs a service until SIGTERM or SIGINT, then stops it gracefully (see ``RunningServer.stop``)."""
     running = await start_server(listen_addr, register, authenticate, default_deadline_seconds)
     log.info("serving", extra=fields(service=service, addr=listen_addr, port=running.port))
     stopping = asyncio.Event()
@@ -86,8 +103,8 @@ async def serve(service: str, listen_addr: str, register: Register, authenticate
     await stopping.wait()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(signum)
-    log.info("stopping", extra=fields(service=service, grace_seconds=grace_seconds))
-    await running.stop(grace_seconds)
+    log.info("stopping", extra=fields(service=service, drain_seconds=drain_seconds, grace_seconds=grace_seconds))
+    await running.stop(grace_seconds, drain_seconds)
     if on_stop is not None:
         await on_stop()
     log.info("stopped", extra=fields(service=service))
@@ -113,18 +130,58 @@ def servicers(*entries: tuple[Callable[[Any, grpc.aio.Server], None], object, st
     return register
 
 
+def _check_can_listen(listen_addr: str) -> None:
+    """Binds the address once, before any start-up work: gRPC only says "Failed to bind" (and logs the
+    reason on a line of its own), the operating system says why."""
+    host, _, port = listen_addr.rpartition(":")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's listener does
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EAFNOSUPPORT:  # e.g. [::] without IPv6: gRPC falls back to IPv4 itself
+            return
+        raise OSError(f"cannot listen on {listen_addr}: {exc.strerror}") from exc
+
+
+def _reason(exc: Exception, database_url: str) -> str:
+    """Why a service could not start, in one line a person can act on."""
+    if isinstance(exc, DBAPIError):  # the driver's message says why; SQLAlchemy's adds SQL and a link
+        url = make_url(database_url).render_as_string(hide_password=True)
+        return f"database {url}: {exc.orig}"
+    if isinstance(exc, (SettingsError, OSError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable[[S], Awaitable[Service]]) -> None:
-    """The body of every ``python -m <service>``: settings, logs, bootstrap, serve until SIGTERM."""
+    """The body of every ``python -m <service>``: settings, logs, bootstrap, serve until SIGTERM.
+
+    A service that cannot start (a setting it cannot use, its database unreachable, its address taken)
+    says why in one line on stderr and exits 2 for a setting, 1 otherwise; the traceback is logged at
+    DEBUG only.
+    """
+    settings = load_settings(settings_class)
+    logs.configure(service, settings.log_level)
 
     async def main() -> None:
-        settings = load_settings(settings_class)
-        logs.configure(service, settings.log_level)
+        _check_can_listen(settings.listen_addr)
         built = await bootstrap(settings)  # type: ignore[arg-type]
         await serve(service, settings.listen_addr, built.register, built.authenticate,
-                    grace_seconds=settings.shutdown_grace_seconds,
+                    grace_seconds=settings.shutdown_grace_seconds, drain_seconds=settings.shutdown_drain_seconds,
                     default_deadline_seconds=settings.default_deadline_seconds, on_stop=built.close)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # Ctrl-C before serving (serving, SIGINT stops it gracefully)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        log.debug("cannot start", exc_info=True)
+        print(f"cloudimg: {service} cannot start: {' '.join(_reason(exc, settings.database_url).split())}",
+              file=sys.stderr)
+        raise SystemExit(2 if isinstance(exc, SettingsError) else 1) from None
 
 
 def internal_service(internal_token: str, db: Database,

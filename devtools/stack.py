@@ -24,6 +24,7 @@ SERVICES = ("catalog", "sharing", "billing", "gateway")
 _MODULES = {"catalog": "catalog_service", "sharing": "sharing_service", "billing": "billing_service",
             "gateway": "gateway"}
 _ROOT = Path(__file__).resolve().parent.parent
+_PROMPT_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
 
 
 def free_port() -> int:
@@ -34,7 +35,9 @@ def free_port() -> int:
 
 def wait_serving(addr: str, timeout: float) -> None:
     """Waits until the server at addr reports SERVING, watching its health (no polling)."""
-    with grpc.insecure_channel(addr) as channel:
+    # Retry connecting every 50-100 ms (not gRPC's 1 s, 1.6 s, ... backoff): a server that has just
+    # come up is seen at once, so "SERVING" here means SERVING now, not a second ago.
+    with grpc.insecure_channel(addr, options=_PROMPT_RECONNECT) as channel:
         updates = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=timeout,
                                                             wait_for_ready=True)
         try:
@@ -127,18 +130,31 @@ class Stack:
         process.kill()
         process.wait()
 
+    def send_signal(self, service: str, signum: int = signal.SIGTERM) -> None:
+        """Sends a signal and returns at once; ``wait_exit`` then waits for the process to end."""
+        self.processes[service].send_signal(signum)
+
+    def wait_exit(self, service: str, timeout: float = 30.0) -> int:
+        """Waits for a signalled service to exit; returns its exit code."""
+        code = self.processes[service].wait(timeout)
+        del self.processes[service]
+        return code
+
     def terminate(self, service: str, timeout: float = 30.0) -> int:
-        process = self.processes.pop(service)
-        process.send_signal(signal.SIGTERM)
-        return process.wait(timeout)
+        """SIGTERM, then the exit code once the service has drained and stopped."""
+        self.send_signal(service)
+        return self.wait_exit(service, timeout)
 
     def stop(self) -> None:
-        for service in reversed(SERVICES):
-            if service in self.processes:
-                try:
-                    self.terminate(service, 15)
-                except subprocess.TimeoutExpired:
-                    self.kill(service)
+        # All at once (the gateway first): each service drains for a moment after SIGTERM.
+        running = [service for service in reversed(SERVICES) if service in self.processes]
+        for service in running:
+            self.send_signal(service)
+        for service in running:
+            try:
+                self.wait_exit(service, 15)
+            except subprocess.TimeoutExpired:
+                self.kill(service)
         for log in self._logs.values():
             log.close()
 

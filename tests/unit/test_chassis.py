@@ -213,3 +213,91 @@ async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones():
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call(b"", timeout=1)
         assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _echo_register(server: grpc.aio.Server) -> list[str]:
+    async def echo(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {"Call": handler})])
+    return ["test.Echo"]
+
+
+async def test_a_dependency_that_is_back_is_served_at_once_and_one_that_is_down_answers_promptly():
+    import time
+
+    from devtools.stack import free_port
+
+    addr = f"127.0.0.1:{free_port()}"
+    allow = lambda md: context.Caller("100000000001")  # noqa: E731
+    running = await start_server(addr, _echo_register, allow)
+    downstream = Downstream("test", addr, "secret-token-0123456789", lambda channel: None)
+    echo = downstream.channel.unary_unary("/test.Echo/Call")
+    try:
+        context.deadline.set(time.monotonic() + 10)
+        assert await downstream.call(echo, b"up") == b"up"
+        await running.stop(None)
+        started = time.monotonic()
+        for _ in range(2):  # the channel now waits to reconnect (gRPC's backoff)
+            with pytest.raises(errors.Unavailable) as down:
+                await downstream.call(echo, b"down")
+            assert down.value.reason == "DEPENDENCY_UNAVAILABLE"
+        assert isinstance(down.value, errors.Unreached)  # not connected: the call was never sent
+        assert time.monotonic() - started < 4  # each within about a second, not the 10 s deadline
+        running = await start_server(addr, _echo_register, allow)
+        # SERVING again: the very next call is served, whatever step of its backoff the channel is at
+        assert await downstream.call(echo, b"back") == b"back"
+    finally:
+        context.deadline.set(None)
+        await downstream.close()
+        await running.stop(None)
+
+
+async def test_a_dependency_answering_cancelled_is_unavailable_not_internal():
+    async def stopping(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        await ctx.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+        return b""
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        handler = grpc.unary_unary_rpc_method_handler(stopping)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Stop", {"Call": handler})])
+        return ["test.Stop"]
+
+    running = await start_server("127.0.0.1:0", register, lambda md: context.Caller("100000000001"))
+    downstream = Downstream("test", f"127.0.0.1:{running.port}", "secret-token-0123456789", lambda channel: None)
+    try:
+        with pytest.raises(errors.Unavailable) as failed:
+            await downstream.call(downstream.channel.unary_unary("/test.Stop/Call"), b"")
+        assert failed.value.reason == "DEPENDENCY_UNAVAILABLE"
+        assert status_of(failed.value).code == code_pb2.UNAVAILABLE
+    finally:
+        await downstream.close()
+        await running.stop(None)
+
+
+async def test_stopping_drains_calls_on_the_wire_then_lets_them_finish():
+    """Calls sent just before the stop have not reached a handler yet; the drain lets every one in."""
+    import asyncio
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async def slow(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(0.2)
+        return b"finished"
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        handler = grpc.unary_unary_rpc_method_handler(slow)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Call": handler})])
+        return ["test.Slow"]
+
+    running = await start_server("127.0.0.1:0", register, lambda md: context.Caller("100000000001"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        await channel.channel_ready()
+        call = channel.unary_unary("/test.Slow/Call")
+        in_flight = [asyncio.ensure_future(call(b"", timeout=10)) for _ in range(50)]
+        stopping = asyncio.ensure_future(running.stop(5, drain=0.5))
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING  # and yet serving
+        assert await asyncio.gather(*in_flight) == [b"finished"] * 50
+        await stopping
