@@ -26,7 +26,8 @@ class AccountRepository:
 
     def add_missing(self, accounts: Iterable[Account], now: datetime) -> None:
         values = [{"account_id": a.account_id, "display_name": a.display_name, "create_time": now} for a in accounts]
-        self._connection.execute(insert_ignoring_duplicates(self._connection, ACCOUNTS), values)
+        if values:
+            self._connection.execute(insert_ignoring_duplicates(self._connection, ACCOUNTS), values)
 
     def existing(self, account_ids: Iterable[str]) -> set[str]:
         wanted = ACCOUNTS.c.account_id.in_(list(account_ids))

@@ -11,24 +11,16 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from billing_service.adapters.tables import CHARGES
-from billing_service.bootstrap import bootstrap as billing_bootstrap
-from billing_service.settings import BillingSettings
-from catalog_service.bootstrap import bootstrap as catalog_bootstrap
 from catalog_service.domain.seed import seed_image_id
-from catalog_service.settings import CatalogSettings
 from chassis.clients import Downstream
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import free_port
 from gateway.adapters.tables import INSTANCES, LAUNCHES
-from gateway.bootstrap import bootstrap as gateway_bootstrap
 from gateway.bootstrap import open_database
-from gateway.service_layer.accounts import issue_demo_keys
-from gateway.settings import GatewaySettings
-from sharing_service.bootstrap import bootstrap as sharing_bootstrap
-from sharing_service.settings import SharingSettings
 from chassis.errors import Unavailable
 from tests.conftest import INTERNAL_TOKEN, rich_status
+from tests.integration.cloud import SERVICES, start_services
 
 UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
 
@@ -53,24 +45,10 @@ class Cloud:
 
 
 async def start_cloud(serve, tmp_path: Path, gateway_url: str = "", **addr_overrides: str) -> Cloud:
-    urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in ("catalog", "sharing", "billing", "gateway")}
+    urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in SERVICES}
     urls["gateway"] = gateway_url or urls["gateway"]
-    addrs = {
-        "catalog": await serve(catalog_bootstrap, CatalogSettings(database_url=urls["catalog"],
-                                                                  internal_token=INTERNAL_TOKEN)),
-        "sharing": await serve(sharing_bootstrap, SharingSettings(database_url=urls["sharing"],
-                                                                  internal_token=INTERNAL_TOKEN)),
-        "billing": await serve(billing_bootstrap, BillingSettings(database_url=urls["billing"],
-                                                                  internal_token=INTERNAL_TOKEN)),
-    }
-    addrs.update(addr_overrides)
-    db, new_uow = open_database(urls["gateway"])
-    keys = {name: entry["api_key"] for name, entry in issue_demo_keys(new_uow).items()}
-    db.dispose()
-    settings = GatewaySettings(database_url=urls["gateway"], internal_token=INTERNAL_TOKEN,
-                               catalog_addr=addrs["catalog"], sharing_addr=addrs["sharing"],
-                               billing_addr=addrs["billing"], default_deadline_seconds=5)
-    channel = grpc.aio.insecure_channel(await serve(gateway_bootstrap, settings))
+    addrs, keys = await start_services(serve, urls, **addr_overrides)
+    channel = grpc.aio.insecure_channel(addrs["gateway"])
     return Cloud(channel, pb_grpc.InstanceServiceStub(channel), keys, urls, addrs)
 
 

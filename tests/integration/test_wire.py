@@ -8,7 +8,6 @@ import base64
 import json
 import logging
 import random
-from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,25 +19,16 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from billing_service.bootstrap import bootstrap as billing_bootstrap
-from billing_service.settings import BillingSettings
-from catalog_service.bootstrap import bootstrap as catalog_bootstrap
 from catalog_service.domain.seed import seed_image_id
-from catalog_service.settings import CatalogSettings
 from chassis.server import MAX_MESSAGE_BYTES
 from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from cloudimg.gateway.v1 import account_service_pb2 as account_pb
 from cloudimg.gateway.v1 import image_service_pb2 as image_pb
 from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
-from gateway.bootstrap import bootstrap as gateway_bootstrap
-from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
-from gateway.service_layer.accounts import issue_demo_keys
-from gateway.settings import GatewaySettings
-from sharing_service.bootstrap import bootstrap as sharing_bootstrap
-from sharing_service.settings import SharingSettings
-from tests.conftest import BOB, CAROL, INTERNAL_TOKEN, internal_metadata, rich_status
+from tests.conftest import BOB, CAROL, internal_metadata, rich_status
+from tests.integration.cloud import SERVICES, start_services
 
 UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
 ALICE_WEB = seed_image_id("ap-guangzhou", "alice-web")
@@ -63,28 +53,12 @@ class Stack:
 
 
 async def start_stack(serve, urls: dict[str, str]) -> Stack:
-    """The four services, each on its own database of one kind (SQLite or PostgreSQL)."""
-    addrs = {
-        "catalog": await serve(catalog_bootstrap, CatalogSettings(database_url=urls["catalog"],
-                                                                  internal_token=INTERNAL_TOKEN)),
-        "sharing": await serve(sharing_bootstrap, SharingSettings(database_url=urls["sharing"],
-                                                                  internal_token=INTERNAL_TOKEN)),
-        "billing": await serve(billing_bootstrap, BillingSettings(database_url=urls["billing"],
-                                                                  internal_token=INTERNAL_TOKEN)),
-    }
-    db, new_uow = open_database(urls["gateway"])
-    keys = {name: entry["api_key"] for name, entry in issue_demo_keys(new_uow).items()}
-    with new_uow() as uow:  # a third account, so that an image can have two shares and a second page
-        uow.accounts.add_missing([Account(CAROL, "carol")], datetime.now(UTC))
-        uow.commit()
-    db.dispose()
-    gateway = await serve(gateway_bootstrap, GatewaySettings(
-        database_url=urls["gateway"], internal_token=INTERNAL_TOKEN, catalog_addr=addrs["catalog"],
-        sharing_addr=addrs["sharing"], billing_addr=addrs["billing"], default_deadline_seconds=5))
-    return Stack(grpc.aio.insecure_channel(gateway), grpc.aio.insecure_channel(addrs["catalog"]), keys)
+    """The four services, each on its own database of one kind (SQLite or PostgreSQL); a third account,
+    so that an image can have two shares and a second page."""
+    addrs, keys = await start_services(serve, urls, [Account(CAROL, "carol")])
+    return Stack(grpc.aio.insecure_channel(addrs["gateway"]), grpc.aio.insecure_channel(addrs["catalog"]), keys)
 
 
-SERVICES = ("catalog", "sharing", "billing", "gateway")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -1,0 +1,47 @@
+"""The four services as real in-process servers, each on a database of its own, for integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from billing_service.bootstrap import bootstrap as billing_bootstrap
+from billing_service.settings import BillingSettings
+from catalog_service.bootstrap import bootstrap as catalog_bootstrap
+from catalog_service.settings import CatalogSettings
+from gateway.bootstrap import bootstrap as gateway_bootstrap
+from gateway.bootstrap import open_database
+from gateway.domain.api_keys import Account
+from gateway.service_layer.accounts import issue_demo_keys
+from gateway.settings import GatewaySettings
+from sharing_service.bootstrap import bootstrap as sharing_bootstrap
+from sharing_service.settings import SharingSettings
+from tests.conftest import INTERNAL_TOKEN
+
+SERVICES = ("catalog", "sharing", "billing", "gateway")
+
+
+async def start_services(serve, urls: dict[str, str], accounts: Iterable[Account] = (),
+                         **addr_overrides: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Starts catalog, sharing, billing and a gateway composing them (downstream addresses may be
+    overridden, e.g. with one where nothing listens); returns every address and the demo API keys.
+    ``accounts`` are added beside the demo accounts."""
+    addrs = {
+        "catalog": await serve(catalog_bootstrap, CatalogSettings(database_url=urls["catalog"],
+                                                                  internal_token=INTERNAL_TOKEN)),
+        "sharing": await serve(sharing_bootstrap, SharingSettings(database_url=urls["sharing"],
+                                                                  internal_token=INTERNAL_TOKEN)),
+        "billing": await serve(billing_bootstrap, BillingSettings(database_url=urls["billing"],
+                                                                  internal_token=INTERNAL_TOKEN)),
+    }
+    addrs.update(addr_overrides)
+    db, new_uow = open_database(urls["gateway"])
+    keys = {name: entry["api_key"] for name, entry in issue_demo_keys(new_uow).items()}
+    with new_uow() as uow:
+        uow.accounts.add_missing(list(accounts), datetime.now(UTC))
+        uow.commit()
+    db.dispose()
+    addrs["gateway"] = await serve(gateway_bootstrap, GatewaySettings(
+        database_url=urls["gateway"], internal_token=INTERNAL_TOKEN, catalog_addr=addrs["catalog"],
+        sharing_addr=addrs["sharing"], billing_addr=addrs["billing"], default_deadline_seconds=5))
+    return addrs, keys
