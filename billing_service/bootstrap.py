@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from functools import partial
 
 from billing_service.adapters.tables import TABLES
@@ -10,6 +11,7 @@ from billing_service.entrypoints.servicer import BillingServicer
 from billing_service.service_layer.unit_of_work import BillingUnitOfWork
 from billing_service.settings import BillingSettings
 from chassis.db import Database
+from chassis.migrations import migrate
 from chassis.server import Service, internal_service
 from chassis.settings import SettingsError
 from cloudimg.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
@@ -23,7 +25,7 @@ async def bootstrap(settings: BillingSettings) -> Service:
     except PriceBookError as exc:
         raise SettingsError(f"BILLING_PRICE_BOOK_PATH: {exc}") from exc
     db = Database(settings.database_url)
-    db.create_tables(TABLES)
+    migrate(db, Path(__file__).parent, "billing", TABLES)
     servicer = BillingServicer(book, partial(BillingUnitOfWork, db))
     return internal_service(
         settings.internal_token.get_secret_value(), db,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from functools import partial
 
 from catalog_service.adapters.tables import TABLES
@@ -10,6 +11,7 @@ from catalog_service.entrypoints.servicer import CatalogServicer
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork
 from catalog_service.settings import CatalogSettings
 from chassis.db import Database
+from chassis.migrations import migrate
 from chassis.server import Service, internal_service
 from cloudimg.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
 
@@ -17,9 +19,9 @@ SERVICE_NAME = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 
 
 async def bootstrap(settings: CatalogSettings) -> Service:
-    """Creates the tables, adds what is missing of the seed, and builds the servicer."""
+    """Migrates the tables, adds what is missing of the seed, and builds the servicer."""
     db = Database(settings.database_url)
-    db.create_tables(TABLES)
+    migrate(db, Path(__file__).parent, "catalog", TABLES)
     new_uow = partial(CatalogUnitOfWork, db)
     with new_uow() as uow:
         uow.images.add_missing_regions(seed.REGIONS)

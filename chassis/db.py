@@ -7,7 +7,6 @@ and break limits. Readers use ``read_only`` units of work, which start with a pl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -43,21 +42,6 @@ def create_db_engine(url: str) -> Engine:
     return engine
 
 
-# Any constant: replicas starting together take this PostgreSQL advisory lock to create tables in turn.
-_SCHEMA_LOCK = 7_326_001
-
-
-def create_tables(engine: Engine, tables: Iterable[Table]) -> None:
-    """Creates one context's missing tables (all contexts' SQLModel tables share one metadata object).
-    Replicas that start at once create them one after another, not in a race."""
-    from sqlmodel import SQLModel
-
-    with engine.begin() as connection:
-        if is_postgres(engine):
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
-        SQLModel.metadata.create_all(connection, tables=list(tables))
-
-
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
@@ -68,9 +52,6 @@ class Database:
     def __init__(self, url: str):
         self.engine = create_db_engine(url)
         self.read_engine = self.engine.execution_options(**{_BEGIN_OPTION: "BEGIN"})
-
-    def create_tables(self, tables: Iterable[Table]) -> None:
-        create_tables(self.engine, tables)
 
     def dispose(self) -> None:
         self.engine.dispose()

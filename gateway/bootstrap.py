@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import asyncio
 import contextlib
 import logging
@@ -9,6 +10,7 @@ from functools import partial
 
 from chassis.clients import Downstream
 from chassis.db import Database
+from chassis.migrations import migrate
 from chassis.server import Service, servicers
 from cloudimg.billing.v1 import billing_service_pb2_grpc
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc
@@ -35,7 +37,7 @@ def _name(module: object, service: str) -> str:
 
 def open_database(url: str) -> tuple[Database, partial[GatewayUnitOfWork]]:
     db = Database(url)
-    db.create_tables(TABLES)
+    migrate(db, Path(__file__).parent, "gateway", TABLES)
     return db, partial(GatewayUnitOfWork, db)
 
 

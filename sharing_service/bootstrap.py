@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from functools import partial
 
 from chassis.db import Database
+from chassis.migrations import migrate
 from chassis.server import Service, internal_service
 from cloudimg.sharing.v1 import sharing_service_pb2, sharing_service_pb2_grpc
 from sharing_service.adapters.tables import TABLES
@@ -17,7 +19,7 @@ SERVICE_NAME = sharing_service_pb2.DESCRIPTOR.services_by_name["SharingService"]
 
 async def bootstrap(settings: SharingSettings) -> Service:
     db = Database(settings.database_url)
-    db.create_tables(TABLES)
+    migrate(db, Path(__file__).parent, "sharing", TABLES)
     servicer = SharingServicer(partial(SharingUnitOfWork, db))
     return internal_service(
         settings.internal_token.get_secret_value(), db,

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from chassis import context
 from chassis.context import Caller
-from chassis.db import Database
 from chassis.errors import (
     DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
     Unreached,
 )
 from chassis.rpc import status_of
-from gateway.adapters.tables import TABLES
+from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
 from gateway.domain.model import (
     Architecture, CatalogKind, ChargeType, Image, ImageShare, ImageType, InstanceType, Launch, LaunchRequest, OsType,
@@ -25,7 +23,6 @@ from gateway.domain.model import (
 )
 from gateway.service_layer import images, instances
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
-from gateway.service_layer.unit_of_work import GatewayUnitOfWork
 
 ALICE, BOB, CAROL = Caller("100000000001"), Caller("100000000002"), Caller("100000000003")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -134,9 +131,7 @@ class FakeBilling:
 
 @pytest.fixture
 def deps(tmp_path: Path) -> Dependencies:
-    db = Database(f"sqlite:///{tmp_path}/gateway.db")
-    db.create_tables(TABLES)
-    new_uow = partial(GatewayUnitOfWork, db)
+    db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
     with new_uow() as uow:
         uow.accounts.add_missing([Account(c.account_id, "") for c in (ALICE, BOB, CAROL)], NOW)
         uow.commit()
