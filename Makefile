@@ -7,7 +7,7 @@ BUF := build/tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: all venv gen lint test unit integration e2e run bench clean
+.PHONY: all venv gen lint test unit integration e2e run bench revision clean
 
 all: gen
 
@@ -59,6 +59,10 @@ run: gen
 
 bench: gen
 	$(PY) -m devtools.bench
+
+# A new schema revision for one service: make revision SERVICE=billing MESSAGE="what changes"
+revision: gen
+	$(PY) -m devtools.revision "$(SERVICE)" "$(MESSAGE)"
 
 clean:
 	rm -rf $(VENV) gen build data
