@@ -10,12 +10,13 @@ then the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -90,12 +91,57 @@ async def start_server(listen_addr: str, register: Register, authenticate: Authe
     return RunningServer(server, health, port)
 
 
+# Work a service does beside answering calls (a reconciler, a job worker): it runs while the service
+# is SERVING and returns soon after the event it is given is set (SIGTERM).
+BackgroundWork = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+class Background:
+    """A service's background work, started once it is SERVING and drained when it stops."""
+
+    def __init__(self, works: Sequence[BackgroundWork]):
+        self._stopping = asyncio.Event()
+        self._tasks = [asyncio.create_task(work(self._stopping)) for work in works]
+
+    async def drain(self, grace: float | None) -> None:
+        """Asks every piece of work to stop and waits for it; what is still running after the grace
+        is cancelled."""
+        self._stopping.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("background work failed", exc_info=outcome)
+
+
+def every(seconds: float, name: str, work: Callable[[], Awaitable[object]]) -> BackgroundWork:
+    """Background work that runs ``work`` every ``seconds`` until the service stops; a round that
+    fails is logged, and the next one runs as planned."""
+
+    async def loop(stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await work()
+            except Exception:
+                log.exception("background work failed", extra=fields(work=name))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+
+    return loop
+
+
 async def serve(service: str, listen_addr: str, register: Register, authenticate: Authenticate, *,
                 grace_seconds: float, drain_seconds: float = 1.0, default_deadline_seconds: float = 10.0,
+                background: Sequence[BackgroundWork] = (),
                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Runs a service until SIGTERM or SIGINT, then stops it gracefully (see ``RunningServer.stop``)."""
+    """Runs a service until SIGTERM or SIGINT, then stops it gracefully (see ``RunningServer.stop``);
+    its background work starts once it is SERVING and is drained beside the server."""
     running = await start_server(listen_addr, register, authenticate, default_deadline_seconds)
     log.info("serving", extra=fields(service=service, addr=listen_addr, port=running.port))
+    working = Background(background)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -104,7 +150,7 @@ async def serve(service: str, listen_addr: str, register: Register, authenticate
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(signum)
     log.info("stopping", extra=fields(service=service, drain_seconds=drain_seconds, grace_seconds=grace_seconds))
-    await running.stop(grace_seconds, drain_seconds)
+    await asyncio.gather(running.stop(grace_seconds, drain_seconds), working.drain(grace_seconds))
     if on_stop is not None:
         await on_stop()
     log.info("stopped", extra=fields(service=service))
@@ -112,11 +158,13 @@ async def serve(service: str, listen_addr: str, register: Register, authenticate
 
 @dataclass
 class Service:
-    """What a context's bootstrap hands the chassis: its servicers, how it authenticates, how it closes."""
+    """What a context's bootstrap hands the chassis: its servicers, how it authenticates, its background
+    work, how it closes."""
 
     register: Register
     authenticate: Authenticate
     close: Callable[[], Awaitable[None]]
+    background: Sequence[BackgroundWork] = ()
 
 
 def servicers(*entries: tuple[Callable[[Any, grpc.aio.Server], None], object, str]) -> Register:
@@ -171,7 +219,8 @@ def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable
         built = await bootstrap(settings)  # type: ignore[arg-type]
         await serve(service, settings.listen_addr, built.register, built.authenticate,
                     grace_seconds=settings.shutdown_grace_seconds, drain_seconds=settings.shutdown_drain_seconds,
-                    default_deadline_seconds=settings.default_deadline_seconds, on_stop=built.close)
+                    default_deadline_seconds=settings.default_deadline_seconds, background=built.background,
+                    on_stop=built.close)
 
     try:
         asyncio.run(main())

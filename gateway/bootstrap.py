@@ -1,17 +1,15 @@
-"""Wires the gateway: database, the three downstream channels, servicers, API keys, reconciler."""
+"""Wires the gateway: database, the three downstream channels, servicers, API keys, the launch reconciler."""
 
 from __future__ import annotations
 
 from pathlib import Path
-import asyncio
-import contextlib
 import logging
 from functools import partial
 
 from chassis.clients import Downstream
 from chassis.db import Database
 from chassis.migrations import migrate
-from chassis.server import Service, servicers
+from chassis.server import Service, every, servicers
 from cloudimg.billing.v1 import billing_service_pb2_grpc
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc
 from cloudimg.gateway.v1 import (
@@ -41,15 +39,6 @@ def open_database(url: str) -> tuple[Database, partial[GatewayUnitOfWork]]:
     return db, partial(GatewayUnitOfWork, db)
 
 
-async def _reconcile_forever(deps: Dependencies, interval: float) -> None:
-    while True:
-        try:
-            await reconcile_pending_launches(deps)
-        except Exception:  # keep reconciling; the next round may succeed
-            log.exception("reconciling launches failed")
-        await asyncio.sleep(interval)
-
-
 async def bootstrap(settings: GatewaySettings) -> Service:
     db, new_uow = open_database(settings.database_url)
     token = settings.internal_token.get_secret_value()
@@ -61,12 +50,8 @@ async def bootstrap(settings: GatewaySettings) -> Service:
     ]
     catalog, sharing, billing = Catalog(downstreams[0]), Sharing(downstreams[1]), Billing(downstreams[2])
     deps = Dependencies(catalog, sharing, billing, ReferenceData(catalog, billing), new_uow)
-    reconciler = asyncio.create_task(_reconcile_forever(deps, settings.reconcile_interval_seconds))
 
     async def close() -> None:
-        reconciler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reconciler
         for downstream in downstreams:
             await downstream.close()
         db.dispose()
@@ -84,4 +69,6 @@ async def bootstrap(settings: GatewaySettings) -> Service:
         ),
         authenticate=ApiKeyAuthenticator(new_uow, settings.api_key_cache_seconds),
         close=close,
+        background=[every(settings.reconcile_interval_seconds, "reconcile launches",
+                          lambda: reconcile_pending_launches(deps))],
     )

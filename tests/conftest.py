@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -14,7 +15,7 @@ import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 
 from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY
-from chassis.server import RunningServer, Service, start_server
+from chassis.server import Background, RunningServer, Service, start_server
 
 INTERNAL_TOKEN = "test-internal-token-0123456789"
 ALICE, BOB, CAROL = "100000000001", "100000000002", "100000000003"
@@ -55,17 +56,17 @@ ServerFactory = Callable[[Callable[[Any], Awaitable[Service]], Any], Awaitable[s
 @pytest_asyncio.fixture
 async def serve() -> AsyncIterator[ServerFactory]:
     """Starts a context's real server in-process: ``addr = await serve(bootstrap, settings)``."""
-    started: list[tuple[RunningServer, Service]] = []
+    started: list[tuple[RunningServer, Background, Service]] = []
 
     async def start(bootstrap: Callable[[Any], Awaitable[Service]], settings: Any) -> str:
         service = await bootstrap(settings)
         running = await start_server("127.0.0.1:0", service.register, service.authenticate)
-        started.append((running, service))
+        started.append((running, Background(service.background), service))
         return f"127.0.0.1:{running.port}"
 
     yield start
-    for running, service in reversed(started):
-        await running.stop(None)
+    for running, background, service in reversed(started):
+        await asyncio.gather(running.stop(None), background.drain(5))
         await service.close()
 
 

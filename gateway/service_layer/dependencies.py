@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from chassis.clock import Clock, SystemClock
 from chassis.errors import InvalidArgument, clipped
 from gateway.adapters.contexts import Billing, Catalog, Sharing
 from gateway.domain.model import InstanceType, Region
@@ -51,3 +52,4 @@ class Dependencies:
     billing: Billing
     reference: ReferenceData
     new_uow: Callable[..., GatewayUnitOfWork]
+    clock: Clock = field(default_factory=SystemClock)

@@ -94,7 +94,7 @@ async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, d
         fingerprint=request.fingerprint(), state=LaunchState.PENDING, request=request,
         image_os_type=image.os_type, image_architecture=image.architecture,
         marketplace_product_id=image.marketplace_product_id, image_allowed=seen.image_allowed,
-        instance_ids=[ids.new_id("ins") for _ in range(request.instance_count)], create_time=datetime.now(UTC),
+        instance_ids=[ids.new_id("ins") for _ in range(request.instance_count)], create_time=deps.clock.now(),
     )
     with deps.new_uow() as uow:
         claimed = uow.launches.claim(launch)
@@ -190,7 +190,7 @@ async def _result_of(launch: Launch, request: LaunchRequest, deps: Dependencies
     it was never charged and is forgotten (then the caller's request launches afresh)."""
     check_same_launch(launch, request)
     while launch.state is not LaunchState.DONE:
-        if launch.state is LaunchState.IN_DOUBT or _stale(launch):
+        if launch.state is LaunchState.IN_DOUBT or _stale(launch, deps):
             try:
                 return await settle_launch(launch, deps)
             except DomainError:
@@ -209,8 +209,8 @@ async def _result_of(launch: Launch, request: LaunchRequest, deps: Dependencies
     return launch.instance_ids, launch.quote
 
 
-def _stale(launch: Launch) -> bool:
-    return datetime.now(UTC) - _aware(launch.create_time) > STALE_LAUNCH_AFTER
+def _stale(launch: Launch, deps: Dependencies) -> bool:
+    return deps.clock.now() - _aware(launch.create_time) > STALE_LAUNCH_AFTER
 
 
 def _concurrent_launch_failed() -> Aborted:
@@ -227,7 +227,7 @@ async def reconcile_pending_launches(deps: Dependencies) -> int:
     settled, after = 0, None
     while True:
         with deps.new_uow(read_only=True) as uow:
-            keys = uow.launches.unsettled(datetime.now(UTC) - STALE_LAUNCH_AFTER, after, _RECONCILE_BATCH)
+            keys = uow.launches.unsettled(deps.clock.now() - STALE_LAUNCH_AFTER, after, _RECONCILE_BATCH)
         for key in keys:
             settled += await _reconcile_one(key[1], deps)
         if len(keys) < _RECONCILE_BATCH:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import grpc
@@ -301,3 +302,33 @@ async def test_stopping_drains_calls_on_the_wire_then_lets_them_finish():
         assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING  # and yet serving
         assert await asyncio.gather(*in_flight) == [b"finished"] * 50
         await stopping
+
+
+async def test_background_work_starts_and_is_drained_not_just_cancelled():
+    from chassis.server import Background, every
+
+    rounds: list[int] = []
+    finished: list[str] = []
+
+    async def failing_then_counting() -> None:
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise RuntimeError("one bad round")
+
+    async def polite(stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        await asyncio.sleep(0.05)  # finishes what it was doing
+        finished.append("polite")
+
+    async def stubborn(stopping: asyncio.Event) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            finished.append("stubborn cancelled")
+            raise
+
+    background = Background([every(0.01, "counting", failing_then_counting), polite, stubborn])
+    await asyncio.sleep(0.1)
+    await background.drain(0.5)
+    assert len(rounds) >= 3  # a failed round does not stop the next ones
+    assert finished == ["polite", "stubborn cancelled"]  # drained within the grace; cancelled past it

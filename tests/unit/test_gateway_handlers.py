@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from chassis import context
+from chassis.clock import FakeClock
 from chassis.context import Caller
 from chassis.errors import (
-    DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
+    Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
     Unreached,
 )
 from chassis.rpc import status_of
@@ -136,7 +137,7 @@ def deps(tmp_path: Path) -> Dependencies:
         uow.accounts.add_missing([Account(c.account_id, "") for c in (ALICE, BOB, CAROL)], NOW)
         uow.commit()
     catalog, billing = FakeCatalog(), FakeBilling()
-    return Dependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow)
+    return Dependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow, FakeClock(NOW))
 
 
 def as_caller(caller: Caller) -> None:
@@ -282,7 +283,7 @@ async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unkn
     assert (launch_id in deps.billing.voided) is not charged
 
 
-async def test_the_reconciler_resolves_launches_in_doubt_and_stale_pending_ones(deps, monkeypatch):
+async def test_the_reconciler_resolves_launches_in_doubt_and_stale_pending_ones(deps):
     as_caller(ALICE)
     deps.billing.down = UNAVAILABLE
     for token in ("a", "b"):
@@ -298,7 +299,7 @@ async def test_the_reconciler_resolves_launches_in_doubt_and_stale_pending_ones(
         uow.launches.claim(stale)
         uow.commit()
     assert await instances.reconcile_pending_launches(deps) == 2  # the two in doubt; "c" is not stale yet
-    monkeypatch.setattr(instances, "STALE_LAUNCH_AFTER", instances.timedelta(0))
+    deps.clock.advance(seconds=instances.STALE_LAUNCH_AFTER.total_seconds() + 1)
     assert await instances.reconcile_pending_launches(deps) == 1
     assert stored_launch(deps, "a").state is LaunchState.DONE
     assert stored_launch(deps, "b") is None and stored_launch(deps, "c") is None
@@ -408,3 +409,26 @@ async def test_share_requests_are_bounded(deps):
             await images.share_image(ALICE, ALICES.image_id, account_ids, request_id, deps)
         assert refused.value.reason == reason
     assert deps.sharing.calls == []
+
+
+async def test_a_retry_finds_the_launch_of_a_gateway_that_died_and_resolves_it_once_it_is_stale(deps):
+    import time
+
+    as_caller(ALICE)
+    died = Launch("lch-died0001", ALICE.account_id, "t", launch(client_token="t").fingerprint(), LaunchState.PENDING,
+                  launch(client_token="t"), OsType.LINUX, Architecture.X86_64, "", True, ["ins-died0001"], NOW)
+    with deps.new_uow() as uow:
+        uow.launches.claim(died)
+        uow.commit()
+    context.deadline.set(time.monotonic() + 0.2)
+    try:  # its call may still be running (on another replica): the retry waits, then says so
+        with pytest.raises(Aborted) as busy:
+            await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+        assert busy.value.reason == "LAUNCH_IN_PROGRESS"
+        deps.clock.advance(seconds=instances.STALE_LAUNCH_AFTER.total_seconds() + 1)
+        instance_ids, _ = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+    finally:
+        context.deadline.set(None)
+    assert "lch-died0001" in deps.billing.voided  # never charged: voided, then launched afresh, once
+    assert instance_ids != ["ins-died0001"] and len(deps.billing.charges) == 1
+    assert stored_launch(deps, "t").state is LaunchState.DONE
