@@ -25,7 +25,7 @@ from tests.conftest import rich_status
 
 GZ = "ap-guangzhou"
 CALLERS = 6
-CALLS_PER_CALLER = 25
+MAX_CALLS_PER_CALLER = 400
 KILLS = 4
 
 
@@ -57,9 +57,15 @@ async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack):
     to_retry: list[tuple[pb.RunInstancesRequest, str]] = []  # (request, reason) of failures with a token
     definite_failures = 0
 
+    chaos_over = asyncio.Event()
+
     async def caller(n: int) -> None:
         nonlocal definite_failures
-        for i in range(CALLS_PER_CALLER):
+        # Callers keep launching until the last kill is over, so every kill finds calls in flight
+        # however fast this machine is.
+        for i in range(MAX_CALLS_PER_CALLER):
+            if chaos_over.is_set():
+                break
             token = f"c{n}-{i}" if i % 2 == 0 else ""  # half the calls carry a client token
             request = pb.RunInstancesRequest(region=GZ, image_id=image, instance_type="S5.MEDIUM4",
                                              instance_count=1 + i % 3, client_token=token)
@@ -81,12 +87,16 @@ async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack):
             await asyncio.sleep(rng.uniform(0, 0.02))
 
     async def chaos() -> None:
-        for _ in range(KILLS):
+        for kill in range(KILLS):
             await asyncio.sleep(rng.uniform(0.3, 0.8))
             stack.kill("billing")
-            await asyncio.sleep(rng.uniform(0.2, 0.8))
+            # Short outages end while callers still wait for the channel; long ones outlast that
+            # wait (about a second), so calls also fail before they reach billing.
+            await asyncio.sleep(rng.uniform(0.2, 0.8) if kill % 2 == 0 else rng.uniform(1.3, 1.8))
             stack.start_service("billing")
             await asyncio.to_thread(stack.wait, "billing")
+        await asyncio.sleep(0.3)
+        chaos_over.set()
 
     started = time.monotonic()
     await asyncio.gather(chaos(), *(caller(n) for n in range(CALLERS)))
