@@ -7,7 +7,7 @@ BUF := build/tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: all venv gen lint test unit integration e2e run bench revision clean
+.PHONY: all venv gen tools lint test unit integration e2e run bench revision clean
 
 all: gen
 
@@ -44,14 +44,19 @@ lint: gen/.stamp $(BUF)
 	$(VENV)/bin/ruff check --quiet .
 	$(VENV)/bin/mypy
 
-test: gen lint
+# qemu-img (Debian qemu-utils) builds the disk images that the import tests inspect.
+tools:
+	command -v qemu-img >/dev/null || apt-get install -y qemu-utils || (apt-get update && apt-get install -y qemu-utils) \
+	  || (sudo apt-get update && sudo apt-get install -y qemu-utils)
+
+test: gen lint tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-unit: gen
+unit: gen tools
 	$(PY) -m pytest -q tests/unit
-integration: gen
+integration: gen tools
 	$(PY) -m pytest -q tests/integration
-e2e: gen
+e2e: gen tools
 	$(PY) -m pytest -q tests/e2e
 
 run: gen
