@@ -1,13 +1,16 @@
-"""Wires the gateway: database, the three downstream channels, servicers, API keys, the launch reconciler."""
+"""Wires the gateway: database, the three downstream channels, servicers, API keys, the worker that
+settles launches."""
 
 from __future__ import annotations
 
-from pathlib import Path
 import logging
+from datetime import timedelta
 from functools import partial
+from pathlib import Path
 
 from chassis.clients import Downstream
 from chassis.db import Database
+from chassis.jobs import JobQueue
 from chassis.migrations import migrate
 from chassis.server import Service, every, servicers
 from cloudimg.billing.v1 import billing_service_pb2_grpc
@@ -18,15 +21,18 @@ from cloudimg.gateway.v1 import (
 )
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc
 from gateway.adapters.contexts import Billing, Catalog, Sharing
-from gateway.adapters.tables import TABLES
+from gateway.adapters.tables import LAUNCH_JOBS, TABLES
 from gateway.entrypoints.servicers import AccountServicer, ImageServicer, ImageShareServicer, InstanceServicer
+from gateway.service_layer import instances
 from gateway.service_layer.accounts import ApiKeyAuthenticator
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
-from gateway.service_layer.instances import reconcile_pending_launches
 from gateway.service_layer.unit_of_work import GatewayUnitOfWork
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway")
+
+# How often launches without a job are looked for and old jobs pruned (besides at start-up).
+_TEND_JOBS_SECONDS = 3600.0
 
 
 def _name(module: object, service: str) -> str:
@@ -50,6 +56,8 @@ async def bootstrap(settings: GatewaySettings) -> Service:
     ]
     catalog, sharing, billing = Catalog(downstreams[0]), Sharing(downstreams[1]), Billing(downstreams[2])
     deps = Dependencies(catalog, sharing, billing, ReferenceData(catalog, billing), new_uow)
+    launch_jobs = JobQueue(db, LAUNCH_JOBS, deps.clock, instances.REPLICA)
+    instances.adopt_unsettled_launches(deps)  # before serving: nothing left open by an older gateway is lost
 
     async def close() -> None:
         for downstream in downstreams:
@@ -69,6 +77,8 @@ async def bootstrap(settings: GatewaySettings) -> Service:
         ),
         authenticate=ApiKeyAuthenticator(new_uow, settings.api_key_cache_seconds),
         close=close,
-        background=[every(settings.reconcile_interval_seconds, "reconcile launches",
-                          lambda: reconcile_pending_launches(deps))],
+        background=[
+            instances.launch_settler(deps, launch_jobs, timedelta(seconds=settings.reconcile_interval_seconds)),
+            every(_TEND_JOBS_SECONDS, "tend launch jobs", lambda: instances.tend_launch_jobs(deps, launch_jobs)),
+        ],
     )

@@ -21,8 +21,9 @@ class GatewaySettings(ServiceSettings):
     billing_addr: HostPort = Field(validation_alias="BILLING_ADDR")
     # How long a verified API key is trusted before it is read again (0: read it on every call).
     api_key_cache_seconds: Annotated[Seconds, Field(ge=0)] = 30.0
-    # How often open launches (IN_DOUBT, or PENDING with their call over) are resolved; the floor keeps
-    # a tiny value from spinning the loop.
+    # The longest an open launch (IN_DOUBT, or PENDING with its call over) waits between two attempts to
+    # settle it: its job is retried after 1 s, 2 s, 4 s... up to this; the floor keeps a tiny value from
+    # spinning the worker.
     reconcile_interval_seconds: Annotated[Seconds, Field(ge=0.1)] = 5.0
 
 

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import replace
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Connection, and_, delete, or_, select, tuple_, update
+from sqlalchemy import Connection, delete, exists, select, update
 
+from chassis import jobs
 from chassis.db import insert_ignoring_duplicates
-from gateway.adapters.tables import ACCOUNTS, API_KEYS, INSTANCES, LAUNCHES
+from gateway.adapters.tables import ACCOUNTS, API_KEYS, INSTANCES, LAUNCH_JOBS, LAUNCHES
 from gateway.domain.api_keys import Account, ApiKey
 from gateway.domain.model import (
     Architecture, ChargeType, Instance, InstanceState, Launch, LaunchRequest, LaunchState, OsType, Quote, QuoteLine,
 )
 
+
+# The job that settles a launch its call could not settle; one per launch, keyed by the launch id.
+SETTLE_LAUNCH = "settle-launch"
+
+
+def settle_job_id(launch_id: str) -> str:
+    return f"settle-{launch_id}"
 
 
 class AccountRepository:
@@ -127,10 +135,12 @@ class LaunchRepository:
     def __init__(self, connection: Connection):
         self._connection = connection
 
-    def claim(self, launch: Launch) -> bool:
-        """Records a PENDING launch with its PENDING instances; False (and nothing written) when the
-        account's client token is already taken. Writing the instances here, before anything is
-        charged, means that finishing a charged launch only flips states: it cannot fail on its data."""
+    def claim(self, launch: Launch, holder: str, hold_until: datetime) -> bool:
+        """Records a PENDING launch with its PENDING instances, and the job that settles it, held by
+        ``holder`` (the call) until ``hold_until``: if the call dies, the job is due then. False (and
+        nothing written) when the account's client token is already taken. Writing the instances here,
+        before anything is charged, means that finishing a charged launch only flips states: it cannot
+        fail on its data."""
         statement = insert_ignoring_duplicates(self._connection, LAUNCHES).values(
             launch_id=launch.launch_id, account_id=launch.account_id, client_token=launch.client_token,
             fingerprint=launch.fingerprint, state=launch.state.value, request=_request_json(launch),
@@ -139,6 +149,8 @@ class LaunchRepository:
         if self._connection.execute(statement).first() is None:
             return False
         self._connection.execute(INSTANCES.insert(), [_instance_row(i) for i in launch.instances()])
+        jobs.enqueue(self._connection, LAUNCH_JOBS, SETTLE_LAUNCH, launch.launch_id, {}, launch.create_time,
+                     job_id=settle_job_id(launch.launch_id), lease_owner=holder, lease_until=hold_until)
         return True
 
     def by_token(self, account_id: str, client_token: str) -> Launch | None:
@@ -146,8 +158,9 @@ class LaunchRepository:
             LAUNCHES.c.account_id == account_id, LAUNCHES.c.client_token == client_token)).first()
         return None if row is None else _to_launch(row)
 
-    def complete(self, launch: Launch, quote: Quote, charge_id: str) -> bool:
-        """Marks an unsettled launch DONE and its instances RUNNING; False when it is settled already."""
+    def complete(self, launch: Launch, quote: Quote, charge_id: str, now: datetime) -> bool:
+        """Marks an unsettled launch DONE, its instances RUNNING and its job done; False when it is
+        settled already."""
         result = self._connection.execute(update(LAUNCHES).where(
             LAUNCHES.c.launch_id == launch.launch_id, LAUNCHES.c.state.in_(_UNSETTLED),
         ).values(state=LaunchState.DONE.value, quote=_quote_json(quote), charge_id=charge_id))
@@ -159,34 +172,42 @@ class LaunchRepository:
         if running.rowcount == 0:  # claimed by an older gateway, which wrote no instances at claim time
             self._connection.execute(INSTANCES.insert(), [
                 _instance_row(replace(i, state=InstanceState.RUNNING)) for i in launch.instances()])
+        jobs.finish(self._connection, LAUNCH_JOBS, settle_job_id(launch.launch_id), now)
         return True
 
-    def mark_in_doubt(self, launch_id: str) -> None:
-        self._connection.execute(update(LAUNCHES).where(
+    def mark_in_doubt(self, launch_id: str, holder: str, now: datetime) -> None:
+        """Marks a PENDING launch IN_DOUBT; its job, if ``holder`` (its call) still holds it, is due at once."""
+        marked = self._connection.execute(update(LAUNCHES).where(
             LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state == LaunchState.PENDING.value,
         ).values(state=LaunchState.IN_DOUBT.value))
+        if marked.rowcount:
+            jobs.release_hold(self._connection, LAUNCH_JOBS, settle_job_id(launch_id), holder, now)
 
-    def forget(self, launch_id: str) -> None:
-        """Drops an unsettled launch that was never charged, with its instances, freeing its client token."""
+    def forget(self, launch_id: str, now: datetime) -> None:
+        """Drops an unsettled launch that was never charged, with its instances, freeing its client token;
+        its job is done."""
         deleted = self._connection.execute(delete(LAUNCHES).where(
             LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state.in_(_UNSETTLED)))
         if deleted.rowcount:
             self._connection.execute(delete(INSTANCES).where(
                 INSTANCES.c.launch_id == launch_id, INSTANCES.c.state == InstanceState.PENDING.value))
+            jobs.finish(self._connection, LAUNCH_JOBS, settle_job_id(launch_id), now)
 
-    def unsettled(self, pending_before: datetime, after: tuple[datetime, str] | None, limit: int
-                  ) -> list[tuple[datetime, str]]:
-        """Keys (create_time, launch_id) of the launches to resolve: IN_DOUBT ones, and PENDING ones
-        older than ``pending_before`` (their call is over), in order, after ``after``."""
+    def add_missing_jobs(self, stale_after: timedelta, now: datetime) -> int:
+        """Gives each unsettled launch without a job (claimed by a gateway from before the jobs) its
+        job: due at once if it is IN_DOUBT, once its call is over (``stale_after``) if it is PENDING.
+        Enqueuing is idempotent, so replicas starting together add each job once. How many it found."""
         c = LAUNCHES.c
-        statement = select(c.create_time, c.launch_id).where(or_(
-            c.state == LaunchState.IN_DOUBT.value,
-            and_(c.state == LaunchState.PENDING.value, c.create_time < pending_before),
-        ))
-        if after is not None:
-            statement = statement.where(tuple_(c.create_time, c.launch_id) > tuple_(*after))
-        rows = self._connection.execute(statement.order_by(c.create_time, c.launch_id).limit(limit))
-        return [(r.create_time, r.launch_id) for r in rows]
+        orphans = self._connection.execute(select(c.launch_id, c.state, c.create_time).where(
+            c.state.in_(_UNSETTLED),
+            ~exists().where(LAUNCH_JOBS.c.subject == c.launch_id, LAUNCH_JOBS.c.kind == SETTLE_LAUNCH),
+        )).all()
+        for orphan in orphans:
+            created = orphan.create_time if orphan.create_time.tzinfo else orphan.create_time.replace(tzinfo=UTC)
+            due = None if orphan.state == LaunchState.IN_DOUBT.value else max(now, created + stale_after)
+            jobs.enqueue(self._connection, LAUNCH_JOBS, SETTLE_LAUNCH, orphan.launch_id, {}, now,
+                         job_id=settle_job_id(orphan.launch_id), lease_until=due)
+        return len(orphans)
 
     def get(self, launch_id: str) -> Launch | None:
         row = self._connection.execute(select(LAUNCHES).where(LAUNCHES.c.launch_id == launch_id)).first()

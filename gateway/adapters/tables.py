@@ -1,4 +1,5 @@
-"""The gateway's tables (SQLModel): accounts and API keys, instances, launches."""
+"""The gateway's tables (SQLModel): accounts and API keys, instances, launches, and the jobs that settle
+launches."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from datetime import datetime
 
 from sqlalchemy import Column, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from chassis.jobs import job_table
 
 
 class AccountRow(SQLModel, table=True):
@@ -68,4 +71,6 @@ ACCOUNTS: Table = AccountRow.__table__  # type: ignore[attr-defined]
 API_KEYS: Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
 INSTANCES: Table = InstanceRow.__table__  # type: ignore[attr-defined]
 LAUNCHES: Table = LaunchRow.__table__  # type: ignore[attr-defined]
-TABLES = [ACCOUNTS, API_KEYS, INSTANCES, LAUNCHES]
+# One job per launch, that settles it if its call does not (the call died, or billing could not be asked).
+LAUNCH_JOBS = job_table("gateway")
+TABLES = [ACCOUNTS, API_KEYS, INSTANCES, LAUNCHES, LAUNCH_JOBS]

@@ -11,7 +11,13 @@ instances and exactly one charge, or with neither:
   (its charge if one exists, else the id is voided so that no late charge can land). Charged → the
   launch is finished; void → it is forgotten. When billing cannot even be asked, the launch is
   IN_DOUBT and the caller is told so (LAUNCH_OUTCOME_UNKNOWN): a retry with the same client token,
-  or the reconciler, resolves it.
+  or the launch's job, resolves it.
+
+Each launch has a durable job (chassis.jobs) that settles it if its call does not. The claim writes
+it, held by the call (this replica) for STALE_LAUNCH_AFTER; settling the launch finishes it in the
+same transaction. A launch marked IN_DOUBT makes its job due at once; a call that dies leaves it due
+when the hold ends. Then a worker on any replica settles the launch, and retries, backing off, while
+billing cannot be asked.
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
-from chassis import context, ids, pagination
+from chassis import context, ids, jobs, pagination
 from chassis.context import Caller
 from chassis.errors import Aborted, DomainError, NotFound, RemoteError, Unreached
+from chassis.jobs import Job, JobQueue, JobRun, job_worker
 from chassis.logs import fields
+from chassis.server import BackgroundWork
+from gateway.adapters.repository import SETTLE_LAUNCH
 from gateway.domain.model import (
     Image, Instance, InstanceType, Launch, LaunchRequest, LaunchState, Quote, Verdict, check_launchable,
     check_same_launch, launch_outcome_unknown, offered_type,
@@ -38,7 +48,10 @@ STALE_LAUNCH_AFTER = timedelta(seconds=10)
 _WAIT_STEP_SECONDS = 0.02
 # Billing's refusals that mean "charged" is still possible, so the launch must not be forgotten.
 _NOT_A_REFUSAL = {"IDEMPOTENCY_PARAMETER_MISMATCH"}
-_RECONCILE_BATCH = 100
+# Who holds this process's launch jobs: those of the launches its calls run, and those its worker settles.
+REPLICA = jobs.new_owner("gateway")
+# How long the jobs of settled launches are kept (for diagnostics) before they are pruned.
+KEEP_SETTLED_JOBS_FOR = timedelta(days=1)
 
 
 async def list_instance_types(region: str, deps: Dependencies) -> list[InstanceType]:
@@ -97,7 +110,7 @@ async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, d
         instance_ids=[ids.new_id("ins") for _ in range(request.instance_count)], create_time=deps.clock.now(),
     )
     with deps.new_uow() as uow:
-        claimed = uow.launches.claim(launch)
+        claimed = uow.launches.claim(launch, REPLICA, launch.create_time + STALE_LAUNCH_AFTER)
         uow.commit()
     if not claimed:  # a concurrent call with the same client token got there first
         with deps.new_uow(read_only=True) as uow:
@@ -108,7 +121,7 @@ async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, d
         return result
     try:
         return await finish_launch(launch, deps)
-    except asyncio.CancelledError:  # the caller left (deadline, cancel): a retry or the reconciler resolves it
+    except asyncio.CancelledError:  # the caller left (deadline, cancel): a retry or the launch's job resolves it
         _mark_in_doubt(launch, deps)
         raise
 
@@ -161,9 +174,9 @@ def _complete_or_doubt(launch: Launch, charge_id: str, priced: Quote, deps: Depe
     quote = replace(priced, image_allowed=launch.image_allowed)
     try:
         with deps.new_uow() as uow:
-            uow.launches.complete(launch, quote, charge_id)
+            uow.launches.complete(launch, quote, charge_id, deps.clock.now())
             uow.commit()
-    except Exception:  # charged, but the gateway's own database failed: the reconciler finishes it
+    except Exception:  # charged, but the gateway's own database failed: the launch's job finishes it
         log.exception("launch charged but not completed", extra=fields(launch_id=launch.launch_id))
         raise launch_outcome_unknown(launch) from None
     return launch.instance_ids, quote
@@ -171,16 +184,16 @@ def _complete_or_doubt(launch: Launch, charge_id: str, priced: Quote, deps: Depe
 
 def _forget(launch: Launch, deps: Dependencies) -> None:
     with deps.new_uow() as uow:
-        uow.launches.forget(launch.launch_id)
+        uow.launches.forget(launch.launch_id, deps.clock.now())
         uow.commit()
 
 
 def _mark_in_doubt(launch: Launch, deps: Dependencies) -> None:
     try:
         with deps.new_uow() as uow:
-            uow.launches.mark_in_doubt(launch.launch_id)
+            uow.launches.mark_in_doubt(launch.launch_id, REPLICA, deps.clock.now())
             uow.commit()
-    except Exception:  # it stays PENDING, and the reconciler takes it once it is stale
+    except Exception:  # it stays PENDING, and its job is due once the call's hold ends
         log.exception("could not mark a launch in doubt", extra=fields(launch_id=launch.launch_id))
 
 
@@ -221,35 +234,42 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-async def reconcile_pending_launches(deps: Dependencies) -> int:
-    """Resolves the launches whose outcome is open: IN_DOUBT ones, and PENDING ones whose call is
-    over (a gateway that died mid-launch). One launch that cannot be resolved never stops the others."""
-    settled, after = 0, None
-    while True:
-        with deps.new_uow(read_only=True) as uow:
-            keys = uow.launches.unsettled(deps.clock.now() - STALE_LAUNCH_AFTER, after, _RECONCILE_BATCH)
-        for key in keys:
-            settled += await _reconcile_one(key[1], deps)
-        if len(keys) < _RECONCILE_BATCH:
-            return settled
-        after = keys[-1]
+async def settle_launch_job(job: Job, run: JobRun, deps: Dependencies) -> None:
+    """The job of a launch whose call did not settle it (it died, or billing could not be asked):
+    settles it. Raises while billing cannot be asked; the worker tries again later."""
+    with deps.new_uow(read_only=True) as uow:
+        launch = uow.launches.get(job.subject)
+    if launch is None or launch.state is LaunchState.DONE:
+        return  # settled meanwhile, by its call or a retry
+    context.current_caller.set(Caller(launch.account_id))
+    context.deadline.set(None)
+    await settle_launch(launch, deps)
 
 
-async def _reconcile_one(launch_id: str, deps: Dependencies) -> int:
-    try:
-        with deps.new_uow(read_only=True) as uow:
-            launch = uow.launches.get(launch_id)
-        if launch is None or launch.state is LaunchState.DONE:
-            return 0
-        context.current_caller.set(Caller(launch.account_id))
-        context.deadline.set(None)
-        await settle_launch(launch, deps)
-        return 1
-    except DomainError as exc:
-        log.warning("launch not resolved", extra=fields(launch_id=launch_id, reason=exc.reason))
-    except Exception:  # a launch that cannot even be read: log it, and go on with the others
-        log.exception("launch not resolved", extra=fields(launch_id=launch_id))
-    return 0
+def launch_settler(deps: Dependencies, queue: JobQueue, retry_at_most: timedelta,
+                   poll_seconds: float = 0.5) -> BackgroundWork:
+    """The background work that runs the launches' jobs. A launch is never given up on: while billing
+    cannot be asked, its job is retried, backing off from a second up to ``retry_at_most``; one launch
+    that cannot be settled never stops the others."""
+    return job_worker(queue, {SETTLE_LAUNCH: partial(settle_launch_job, deps=deps)}, poll_seconds=poll_seconds,
+                      max_attempts=None, max_backoff=retry_at_most)
+
+
+def adopt_unsettled_launches(deps: Dependencies) -> int:
+    """Gives a job to each unsettled launch that has none: those claimed by gateways from before the
+    jobs. Idempotent; run at start-up, and now and then (an older replica may outlive this one's start)."""
+    with deps.new_uow() as uow:
+        adopted = uow.launches.add_missing_jobs(STALE_LAUNCH_AFTER, deps.clock.now())
+        uow.commit()
+    if adopted:
+        log.info("unsettled launches adopted", extra=fields(launches=adopted))
+    return adopted
+
+
+async def tend_launch_jobs(deps: Dependencies, queue: JobQueue) -> None:
+    """Now and then: adopts launches without a job, and prunes the jobs of long-settled launches."""
+    await asyncio.to_thread(adopt_unsettled_launches, deps)
+    await asyncio.to_thread(queue.prune, KEEP_SETTLED_JOBS_FOR)
 
 
 async def get_instance(caller: Caller, instance_id: str, deps: Dependencies) -> Instance:

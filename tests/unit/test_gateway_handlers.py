@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, or_, select, update
 
 from chassis import context
 from chassis.clock import FakeClock
+from chassis.jobs import JobQueue, JobRecord
 from chassis.context import Caller
 from chassis.errors import (
     Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
     Unreached,
 )
 from chassis.rpc import status_of
+from chassis.server import Background
+from gateway.adapters.repository import settle_job_id
+from gateway.adapters.tables import LAUNCH_JOBS, LAUNCHES
 from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
 from gateway.domain.model import (
@@ -138,6 +145,40 @@ def deps(tmp_path: Path) -> Dependencies:
         uow.commit()
     catalog, billing = FakeCatalog(), FakeBilling()
     return Dependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow, FakeClock(NOW))
+
+
+def other_replica(deps: Dependencies) -> JobQueue:
+    """The launch jobs as another gateway replica (another owner) sees them."""
+    return JobQueue(deps.new_uow.args[0], LAUNCH_JOBS, deps.clock, "gateway-replica-b")  # type: ignore[attr-defined]
+
+
+def job_of(deps: Dependencies, token: str, launch_id: str = "") -> JobRecord:
+    found = other_replica(deps).get(settle_job_id(launch_id or stored_launch(deps, token).launch_id))
+    assert found is not None
+    return found
+
+
+async def settle_on_another_replica(deps: Dependencies) -> None:
+    """Runs another replica's launch worker until it has nothing due and nothing running (time stands
+    still meanwhile, so a job that failed waits for its retry)."""
+    replica = other_replica(deps)
+    c = LAUNCH_JOBS.c
+
+    def busy() -> int:
+        with deps.new_uow(read_only=True) as uow:
+            return uow.connection.execute(select(func.count()).select_from(LAUNCH_JOBS).where(
+                c.state == "PENDING",
+                or_(c.lease_until.is_(None), c.lease_until <= deps.clock.now(), c.lease_owner == replica.owner),
+            )).scalar_one()
+
+    background = Background([instances.launch_settler(deps, replica, timedelta(seconds=5), poll_seconds=0.01)])
+    try:
+        deadline = time.monotonic() + 5
+        while busy():
+            assert time.monotonic() < deadline, "the launch worker never finished"
+            await asyncio.sleep(0.01)
+    finally:
+        await background.drain(1)
 
 
 def as_caller(caller: Caller) -> None:
@@ -275,15 +316,37 @@ async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unkn
     with pytest.raises(Unavailable) as still:  # a retry while billing is down: still unknown, still one launch
         await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert still.value.reason == "LAUNCH_OUTCOME_UNKNOWN"
-    assert await instances.reconcile_pending_launches(deps) == 0
+    await settle_on_another_replica(deps)  # its job was due at once, and failed: billing cannot be asked
+    assert stored_launch(deps, "t").state is LaunchState.IN_DOUBT
+    job = job_of(deps, "t", launch_id)
+    assert (job.state, job.attempts, job.lease_owner) == ("PENDING", 1, "")
+    assert job.error == "Unavailable: the billing service is unavailable; try again"
     deps.billing.resolve, deps.billing.down, deps.billing.lose = real_resolve, None, None
     instance_ids, _ = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert len(deps.billing.charges) == 1 and await states_of(deps) == ["RUNNING", "RUNNING"]
     assert (stored_launch(deps, "t").launch_id == launch_id) is charged  # not charged: voided, launched afresh
     assert (launch_id in deps.billing.voided) is not charged
+    assert job_of(deps, "t", launch_id).state == "DONE"  # the retry settled it, and its job with it
 
 
-async def test_the_reconciler_resolves_launches_in_doubt_and_stale_pending_ones(deps):
+async def test_each_launch_has_a_job_held_by_its_call_and_finished_with_it(deps):
+    as_caller(ALICE)
+    await instances.run_instances(ALICE, launch(client_token="ok"), False, deps)
+    assert job_of(deps, "ok").state == "DONE" and job_of(deps, "ok").attempts == 0  # no worker was needed
+    deps.billing.refuse = billing_refusal()
+    with pytest.raises(RemoteError):
+        await instances.run_instances(ALICE, launch(client_token="refused"), False, deps)
+    with deps.new_uow(read_only=True) as uow:  # forgotten, and its job done in the same transaction
+        jobs = uow.connection.execute(select(LAUNCH_JOBS.c.state)).scalars().all()
+    assert sorted(jobs) == ["DONE", "DONE"]
+    deps.billing.refuse, deps.billing.down = None, UNAVAILABLE
+    with pytest.raises(Unavailable):
+        await instances.run_instances(ALICE, launch(client_token="doubt"), False, deps)
+    job = job_of(deps, "doubt")  # in doubt: its call gave its hold back, so a worker takes it at once
+    assert (job.state, job.lease_owner, job.lease_until, job.attempts) == ("PENDING", "", NOW, 0)
+
+
+async def test_another_replica_settles_launches_in_doubt_at_once_and_stranded_ones_once_their_hold_ends(deps):
     as_caller(ALICE)
     deps.billing.down = UNAVAILABLE
     for token in ("a", "b"):
@@ -291,26 +354,28 @@ async def test_the_reconciler_resolves_launches_in_doubt_and_stale_pending_ones(
             await instances.run_instances(ALICE, launch(client_token=token), False, deps)
     deps.billing.down = None
     deps.billing.charges[stored_launch(deps, "a").launch_id] = stored_launch(deps, "a")  # "a" was charged
-    # a gateway that died after its claim leaves a PENDING launch: resolved once it is stale
+    # a gateway that died after its claim leaves a PENDING launch, its job held by the dead call
     stale = instances.Launch(**{**vars(stored_launch(deps, "a")), "launch_id": "lch-died0000",
                                 "client_token": "c", "state": LaunchState.PENDING,
                                 "instance_ids": ["ins-died0000"]})
     with deps.new_uow() as uow:
-        uow.launches.claim(stale)
+        uow.launches.claim(stale, "gateway-died", NOW + instances.STALE_LAUNCH_AFTER)
         uow.commit()
-    assert await instances.reconcile_pending_launches(deps) == 2  # the two in doubt; "c" is not stale yet
-    deps.clock.advance(seconds=instances.STALE_LAUNCH_AFTER.total_seconds() + 1)
-    assert await instances.reconcile_pending_launches(deps) == 1
-    assert stored_launch(deps, "a").state is LaunchState.DONE
-    assert stored_launch(deps, "b") is None and stored_launch(deps, "c") is None
+    await settle_on_another_replica(deps)  # the two in doubt; "c" is still held by its call
+    assert stored_launch(deps, "a").state is LaunchState.DONE and stored_launch(deps, "b") is None
+    assert stored_launch(deps, "c").state is LaunchState.PENDING and "lch-died0000" not in deps.billing.voided
+    deps.clock.advance(seconds=instances.STALE_LAUNCH_AFTER.total_seconds())
+    await settle_on_another_replica(deps)
+    assert stored_launch(deps, "c") is None
     assert "lch-died0000" in deps.billing.voided
     assert await states_of(deps) == ["RUNNING", "RUNNING"]
+    assert job_of(deps, "", "lch-died0000").state == "DONE"
     with pytest.raises(RemoteError) as late:  # a late charge of a void launch never lands
         await deps.billing.charge(stale)
     assert late.value.reason == "LAUNCH_VOIDED"
 
 
-async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_reconciler(deps):
+async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_others_and_is_retried(deps):
     as_caller(ALICE)
     deps.billing.down = UNAVAILABLE
     for token in ("poison", "corrupt", "fine"):
@@ -318,6 +383,7 @@ async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_reconciler(d
             await instances.run_instances(ALICE, launch(client_token=token), False, deps)
     deps.billing.down = None
     poison = stored_launch(deps, "poison").launch_id
+    fine = stored_launch(deps, "fine").launch_id
     real_resolve = deps.billing.resolve
 
     async def resolve(launch):
@@ -326,15 +392,48 @@ async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_reconciler(d
         return await real_resolve(launch)
 
     deps.billing.resolve = resolve
-    from sqlalchemy import update
-
-    from gateway.adapters.tables import LAUNCHES
     with deps.new_uow() as uow:  # a row that cannot even be decoded
         uow.connection.execute(update(LAUNCHES).where(LAUNCHES.c.client_token == "corrupt").values(request="{}"))
+        corrupt = uow.connection.execute(select(LAUNCHES.c.launch_id).where(
+            LAUNCHES.c.client_token == "corrupt")).scalar_one()
         uow.commit()
-    assert await instances.reconcile_pending_launches(deps) == 1
+    await settle_on_another_replica(deps)
     assert stored_launch(deps, "fine") is None  # resolved: it was never charged
+    assert job_of(deps, "", fine).state == "DONE"
     assert stored_launch(deps, "poison").state is LaunchState.IN_DOUBT
+    for launch_id, error in ((poison, "RuntimeError: not a domain error"), (corrupt, "KeyError")):
+        job = job_of(deps, "", launch_id)  # failed, to be tried again a second later
+        assert (job.state, job.attempts, job.lease_until) == ("PENDING", 1, NOW + timedelta(seconds=1))
+        assert job.error.startswith(error)
+    deps.billing.resolve = real_resolve  # whatever poisoned it is fixed: the next attempt settles it
+    deps.clock.advance(seconds=1)
+    await settle_on_another_replica(deps)
+    assert stored_launch(deps, "poison") is None and job_of(deps, "", poison).state == "DONE"
+    assert job_of(deps, "", corrupt).attempts == 2  # still failing, still retried: never given up on
+
+
+async def test_launches_claimed_before_the_jobs_existed_are_adopted_once(deps):
+    as_caller(ALICE)
+    deps.billing.down = UNAVAILABLE
+    for token in ("doubt", "pending"):
+        with pytest.raises(Unavailable):
+            await instances.run_instances(ALICE, launch(client_token=token), False, deps)
+    with deps.new_uow() as uow:  # as an older gateway left them: no job, one still PENDING
+        uow.connection.execute(LAUNCH_JOBS.delete())
+        uow.connection.execute(update(LAUNCHES).where(LAUNCHES.c.client_token == "pending").values(
+            state=LaunchState.PENDING.value))
+        uow.commit()
+    deps.clock.advance(seconds=3)
+    assert instances.adopt_unsettled_launches(deps) == 2
+    assert instances.adopt_unsettled_launches(deps) == 0
+    assert job_of(deps, "doubt").lease_until is None  # due at once
+    assert job_of(deps, "pending").lease_until == NOW + instances.STALE_LAUNCH_AFTER  # once its call is over
+    deps.billing.down = None
+    await settle_on_another_replica(deps)
+    assert stored_launch(deps, "doubt") is None and stored_launch(deps, "pending") is not None
+    deps.clock.advance(seconds=instances.STALE_LAUNCH_AFTER.total_seconds())
+    await settle_on_another_replica(deps)
+    assert stored_launch(deps, "pending") is None and len(deps.billing.voided) == 2
 
 
 async def test_a_launch_without_a_client_token_can_be_retried_with_its_launch_id(deps):
@@ -412,13 +511,11 @@ async def test_share_requests_are_bounded(deps):
 
 
 async def test_a_retry_finds_the_launch_of_a_gateway_that_died_and_resolves_it_once_it_is_stale(deps):
-    import time
-
     as_caller(ALICE)
     died = Launch("lch-died0001", ALICE.account_id, "t", launch(client_token="t").fingerprint(), LaunchState.PENDING,
                   launch(client_token="t"), OsType.LINUX, Architecture.X86_64, "", True, ["ins-died0001"], NOW)
     with deps.new_uow() as uow:
-        uow.launches.claim(died)
+        uow.launches.claim(died, "gateway-died", NOW + instances.STALE_LAUNCH_AFTER)
         uow.commit()
     context.deadline.set(time.monotonic() + 0.2)
     try:  # its call may still be running (on another replica): the retry waits, then says so
@@ -432,3 +529,4 @@ async def test_a_retry_finds_the_launch_of_a_gateway_that_died_and_resolves_it_o
     assert "lch-died0001" in deps.billing.voided  # never charged: voided, then launched afresh, once
     assert instance_ids != ["ins-died0001"] and len(deps.billing.charges) == 1
     assert stored_launch(deps, "t").state is LaunchState.DONE
+    assert job_of(deps, "", "lch-died0001").state == "DONE"  # the retry settled it: no worker needed
