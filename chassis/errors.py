@@ -51,6 +51,16 @@ class NotFound(DomainError):
         self.resource_name = resource_name
 
 
+class AlreadyExists(DomainError):
+    code = "ALREADY_EXISTS"
+
+    def __init__(self, reason: str, message: str, *, resource_type: str, resource_name: str,
+                 metadata: dict[str, str] | None = None):
+        super().__init__(reason, message, metadata=metadata)
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+
 class PermissionDenied(DomainError):
     code = "PERMISSION_DENIED"
 

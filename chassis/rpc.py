@@ -60,7 +60,7 @@ def status_of(exc: errors.DomainError) -> status_pb2.Status:
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
             for v in exc.violations
         ])))
-    elif isinstance(exc, (errors.NotFound, errors.PermissionDenied)):
+    elif isinstance(exc, (errors.NotFound, errors.PermissionDenied, errors.AlreadyExists)):
         details.append(_pack(error_details_pb2.ResourceInfo(
             resource_type=exc.resource_type, resource_name=exc.resource_name, description=exc.message
         )))

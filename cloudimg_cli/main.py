@@ -3,8 +3,10 @@
     cloudimg [--endpoint HOST:PORT] [--api-key KEY] [--json] COMMAND ...
 
 Every call authenticates with the API key (--api-key or CLOUDIMG_API_KEY) and has a 10 s deadline.
-`run` always sends a client token (--client-token, or a new one), so a launch whose answer was lost is
-retried safely, and a failed one can be retried by hand with the token it names.
+`run` always sends a client token (--client-token, or a new one), and the image commands that change
+something a request id (--request-id, or a new one), so a call whose answer was lost is retried safely,
+and a failed one can be retried by hand with the token it names. `--wait` follows an image's background
+job (GetImage every half second, a progress bar on stderr) until it is NORMAL or has failed.
 """
 
 import argparse
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import field_mask_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -50,6 +53,15 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 OUTCOME_UNKNOWN = (*RETRYABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 IMAGE_TYPE = image_pb.ImageType.DESCRIPTOR
 CHARGE_TYPE = instance_pb.ChargeType.DESCRIPTOR
+IMAGE_FORMAT = image_pb.ImageFormat.DESCRIPTOR
+OS_TYPE = image_pb.OsType.DESCRIPTOR
+ARCHITECTURE = image_pb.Architecture.DESCRIPTOR
+# --wait: how often an image is looked at, and for how long by default.
+WAIT_POLL_S = 0.5
+WAIT_LIMIT_S = 3600
+MAX_WAIT_S = 86400
+BAR_WIDTH = 10
+FAILED_STATES = (image_pb.IMAGE_STATE_CREATE_FAILED, image_pb.IMAGE_STATE_IMPORT_FAILED)
 
 REGION_COLUMNS = ["region_id", "display_name", "mainland", "sync_enabled"]
 INSTANCE_TYPE_COLUMNS = ["instance_type", "family", "architecture", "vcpus", "memory_gb"]
@@ -58,6 +70,7 @@ IMAGE_COLUMNS = ["image_id", "name", "image_type", "state", "platform", "archite
 INSTANCE_COLUMNS = ["instance_id", "instance_name", "region", "instance_type", "image_id", "state",
                     "charge_type", "create_time"]
 SHARE_COLUMNS = ["image_id", "region", "recipient_account_id", "state", "create_time"]
+SYNC_COLUMNS = ["image_id", "region", "name", "state", "progress_percent"]
 
 
 class Api:
@@ -121,23 +134,25 @@ def launch_fields(args: argparse.Namespace) -> dict:
     )
 
 
-class LaunchFailed(Exception):
-    """A launch that failed after its retries; retrying by hand with its client token is safe."""
+class OutcomeUnknown(Exception):
+    """A change that failed after its retries and may have happened: retrying it by hand with the same token
+    (a client token or a request id) is safe, it never happens twice."""
 
-    def __init__(self, error: grpc.RpcError, client_token: str):
-        super().__init__(client_token)
+    def __init__(self, error: grpc.RpcError, flag: str, token: str):
+        super().__init__(token)
         self.error = error
-        self.client_token = client_token
+        self.flag = flag
+        self.token = token
 
 
-def run_instances(api: Api, args: argparse.Namespace) -> Message:
-    token = args.client_token or uuid.uuid4().hex
-    request = instance_pb.RunInstancesRequest(**launch_fields(args), client_token=token, dry_run=args.dry_run)
+def send_once(api: Api, method: Any, request: Message, flag: str, token: str) -> Any:
+    """Sends a change carrying its idempotency token, and sends it again (the same token) while its answer
+    is lost; when it still fails that way, OutcomeUnknown names the token to retry with."""
     give_up = time.monotonic() + RETRY_WITHIN_S
     attempts, delay = 1, RETRY_BACKOFF_S
     while True:
         try:
-            return api(api.instances.RunInstances, request, timeout=min(TIMEOUT_S, give_up - time.monotonic()))
+            return api(method, request, timeout=min(TIMEOUT_S, give_up - time.monotonic()))
         except grpc.RpcError as err:
             retry = err.code() in RETRYABLE or error_reason(err) == "LAUNCH_OUTCOME_UNKNOWN"
             if retry and attempts < RETRY_ATTEMPTS and time.monotonic() + delay < give_up:
@@ -145,8 +160,14 @@ def run_instances(api: Api, args: argparse.Namespace) -> Message:
                 attempts, delay = attempts + 1, delay * 2
                 continue
             if retry or err.code() in OUTCOME_UNKNOWN:
-                raise LaunchFailed(err, token) from err
+                raise OutcomeUnknown(err, flag, token) from err
             raise
+
+
+def run_instances(api: Api, args: argparse.Namespace) -> Message:
+    token = args.client_token or uuid.uuid4().hex
+    request = instance_pb.RunInstancesRequest(**launch_fields(args), client_token=token, dry_run=args.dry_run)
+    return send_once(api, api.instances.RunInstances, request, "--client-token", token)
 
 
 def show_run(response: Any) -> str:
@@ -163,16 +184,184 @@ def change_shares(rpc: str, request_type: type[Message]):
     return call
 
 
+# The image lifecycle. A change sends a request id (--request-id or a new one) and is retried with it.
+
+class UsageError(Exception):
+    """A command line that argparse accepts but that asks for nothing (exit 2, nothing sent)."""
+
+
+class ImageFailed(Exception):
+    """Images whose job ended CREATE_FAILED or IMPORT_FAILED."""
+
+    def __init__(self, images: list[Any]):
+        super().__init__(", ".join(i.image_id for i in images))
+        self.images = images
+
+
+class WaitExpired(Exception):
+    """--wait gave up on images still being made or copied."""
+
+    def __init__(self, images: list[Any], seconds: int):
+        super().__init__(", ".join(i.image_id for i in images))
+        self.images = images
+        self.seconds = seconds
+
+
+def request_id(args: argparse.Namespace) -> str:
+    return args.request_id or uuid.uuid4().hex
+
+
+def create_image(api: Api, args: argparse.Namespace) -> Message:
+    token = request_id(args)
+    request = image_pb.CreateImageRequest(instance_id=args.instance, name=args.name, description=args.description,
+                                          request_id=token, dry_run=args.dry_run)
+    response = send_once(api, api.images.CreateImage, request, "--request-id", token)
+    return image_pb.CreateImageResponse(image=waited(api, args, [response.image])[0])
+
+
+def import_image(api: Api, args: argparse.Namespace) -> Message:
+    token = request_id(args)
+    request = image_pb.ImportImageRequest(
+        region=args.region, name=args.name, description=args.description,
+        format=render.enum_number(IMAGE_FORMAT, args.format), os_name=args.os_name,  # type: ignore[arg-type]
+        os_type=render.enum_number(OS_TYPE, args.os_type),  # type: ignore[arg-type]
+        architecture=render.enum_number(ARCHITECTURE, args.arch),  # type: ignore[arg-type]
+        source_uri=args.source, request_id=token, dry_run=args.dry_run)
+    response = send_once(api, api.images.ImportImage, request, "--request-id", token)
+    return image_pb.ImportImageResponse(image=waited(api, args, [response.image])[0])
+
+
+def sync_image(api: Api, args: argparse.Namespace) -> Message:
+    token = request_id(args)
+    request = image_pb.SyncImageRequest(image_id=args.image_id, destination_regions=args.to, request_id=token,
+                                        dry_run=args.dry_run)
+    response = send_once(api, api.images.SyncImage, request, "--request-id", token)
+    return image_pb.SyncImageResponse(images=waited(api, args, list(response.images)))
+
+
+def update_image(api: Api, args: argparse.Namespace) -> Message:
+    paths = [name for name in ("name", "description") if getattr(args, name) is not None]
+    if not paths:
+        raise UsageError("update-image: give --name, --description or both")
+    token = request_id(args)
+    request = image_pb.UpdateImageRequest(
+        image=image_pb.Image(image_id=args.image_id, name=args.name or "", description=args.description or ""),
+        update_mask=field_mask_pb2.FieldMask(paths=paths), request_id=token)
+    return send_once(api, api.images.UpdateImage, request, "--request-id", token)
+
+
+def delete_image(api: Api, args: argparse.Namespace) -> Message:
+    token = request_id(args)
+    request = image_pb.DeleteImageRequest(image_id=args.image_id, request_id=token)
+    return send_once(api, api.images.DeleteImage, request, "--request-id", token)
+
+
+def waited(api: Api, args: argparse.Namespace, images: list[Any]) -> list[Any]:
+    """The images as they are once their jobs are over, with --wait (a dry run has nothing to wait for);
+    else as the call returned them."""
+    if not args.wait or args.dry_run or not images:
+        return images
+    return wait_for_images(api, images, args.wait_timeout, Progress(sys.stderr))
+
+
+def wait_for_images(api: Api, images: list[Any], limit_s: float, progress: "Progress") -> list[Any]:
+    """Looks at each image every WAIT_POLL_S until it is NORMAL or failed; ImageFailed if any failed."""
+    latest = {i.image_id: i for i in images}
+    give_up = time.monotonic() + limit_s
+    while True:
+        for image_id, image in latest.items():
+            if image.state == image_pb.IMAGE_STATE_NORMAL or image.state in FAILED_STATES:
+                continue
+            try:
+                latest[image_id] = api(api.images.GetImage, image_pb.GetImageRequest(image_id=image_id)).image
+            except grpc.RpcError as err:
+                if err.code() not in OUTCOME_UNKNOWN:  # a lost answer: look again next time
+                    progress.end()
+                    raise
+        progress.show(list(latest.values()))
+        running = [i for i in latest.values()
+                   if i.state != image_pb.IMAGE_STATE_NORMAL and i.state not in FAILED_STATES]
+        if not running:
+            break
+        if time.monotonic() + WAIT_POLL_S > give_up:
+            progress.end()
+            raise WaitExpired(running, int(limit_s))
+        time.sleep(WAIT_POLL_S)
+    progress.end()
+    failed = [i for i in latest.values() if i.state in FAILED_STATES]
+    if failed:
+        raise ImageFailed(failed)
+    return [latest[i.image_id] for i in images]
+
+
+class Progress:
+    """One line on stderr, e.g. "[#####-----] 50% IMPORTING img-1a2b3c4d": redrawn in place on a terminal,
+    a new line whenever it changes otherwise (logs)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._last = ""
+
+    def show(self, images: list[Any]) -> None:
+        percents = [100 if i.state == image_pb.IMAGE_STATE_NORMAL else max(0, min(100, i.progress_percent))
+                    for i in images]
+        percent = sum(percents) // len(percents)
+        filled = percent * BAR_WIDTH // 100
+        states = sorted({render.enum_name(image_pb.ImageState.DESCRIPTOR, i.state) for i in images})
+        line = (f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {percent}% {','.join(states)} "
+                + " ".join(i.image_id for i in images))
+        if line == self._last:
+            return
+        if self._tty:
+            self._stream.write("\r" + line.ljust(len(self._last)))
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+        self._last = line
+
+    def end(self) -> None:
+        if self._tty and self._last:
+            self._stream.write("\n")
+            self._stream.flush()
+        self._last = ""
+
+
+def show_made(response: Any, args: argparse.Namespace) -> str:
+    text = render.fields(response.image)
+    return "dry run: checked, nothing made\n\n" + text if args.dry_run else text
+
+
+def show_synced(response: Any, args: argparse.Namespace) -> str:
+    text = render.columns(response.images, SYNC_COLUMNS)
+    return "dry run: checked, nothing copied\n\n" + text if args.dry_run else text
+
+
+def add_change_flags(parser: argparse.ArgumentParser, dry_run: bool = True, wait: bool = True) -> None:
+    """--request-id of a change, and for the changes that start a job --dry-run and --wait."""
+    parser.add_argument("--request-id", type=client_token,
+                        help=f"idempotency key (up to {MAX_CLIENT_TOKEN} ASCII characters; default a new one)")
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true", help="check only: nothing is made or counted")
+    if wait:
+        parser.add_argument("--wait", action="store_true",
+                            help="follow the job until the image is NORMAL (exit 0) or failed (exit 1)")
+        parser.add_argument("--wait-timeout", type=bounded(1, MAX_WAIT_S), default=WAIT_LIMIT_S, metavar="SECONDS",
+                            help=f"give up waiting after this long (1-{MAX_WAIT_S}, default {WAIT_LIMIT_S})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloudimg", description="Client for the cloudimg image control plane.",
         parents=[global_flags(with_defaults=True)])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, summary: str, call, show) -> argparse.ArgumentParser:
+    def command(name: str, summary: str, call, show, show_with_args: bool = False) -> argparse.ArgumentParser:
+        """A subcommand: ``call(api, args)`` returns the response, ``show(response)`` (or, with
+        ``show_with_args``, ``show(response, args)``) renders it as text."""
         sub = commands.add_parser(name, help=summary, description=summary,
                                   parents=[global_flags(with_defaults=False)])
-        sub.set_defaults(call=call, show=show)
+        sub.set_defaults(call=call, show=show if show_with_args else lambda response, _args: show(response))
         return sub
 
     command("regions", "List the regions.",
@@ -239,6 +428,50 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command(name, summary, call, lambda r: render.columns(r.shares, SHARE_COLUMNS))
         sub.add_argument("image_id", metavar="IMAGE_ID")
         sub.add_argument("account_ids", metavar="ACCOUNT_ID", nargs="+")
+
+    sub = command("create-image", "Make a custom image from one of your instances.", create_image, show_made,
+                  show_with_args=True)
+    sub.add_argument("--instance", required=True, metavar="INSTANCE_ID")
+    sub.add_argument("--name", required=True)
+    sub.add_argument("--description", default="")
+    add_change_flags(sub)
+
+    sub = command("import-image", "Import a custom image from a disk image (qcow2, raw, vhd, vmdk).",
+                  import_image, show_made, show_with_args=True)
+    sub.add_argument("--region", required=True)
+    sub.add_argument("--name", required=True)
+    sub.add_argument("--description", default="")
+    sub.add_argument("--format", required=True, type=str.upper, choices=render.enum_choices(IMAGE_FORMAT))
+    sub.add_argument("--os-type", required=True, type=str.upper, choices=render.enum_choices(OS_TYPE))
+    sub.add_argument("--os-name", default="", help='e.g. "Debian 12"')
+    sub.add_argument("--arch", required=True, type=str.upper, choices=render.enum_choices(ARCHITECTURE))
+    sub.add_argument("--source", required=True, metavar="URI",
+                     help="where the catalog reads the disk image: an http(s) URL, or file:// under its import root")
+    add_change_flags(sub)
+
+    sub = command("sync-image", "Copy one of your custom images to other regions (one new image each).",
+                  sync_image, show_synced, show_with_args=True)
+    sub.add_argument("image_id", metavar="IMAGE_ID")
+    sub.add_argument("--to", required=True, action="append", metavar="REGION",
+                     help="a destination region (repeatable)")
+    add_change_flags(sub)
+
+    sub = command("update-image", "Rename or re-describe one of your custom images.", update_image,
+                  lambda r: render.fields(r.image))
+    sub.add_argument("image_id", metavar="IMAGE_ID")
+    sub.add_argument("--name", help="the new name")
+    sub.add_argument("--description", help="the new description")
+    add_change_flags(sub, dry_run=False, wait=False)
+
+    sub = command("delete-image", "Delete one of your custom images (not while it is shared).", delete_image,
+                  lambda r, args: f"deleted {args.image_id}", show_with_args=True)
+    sub.add_argument("image_id", metavar="IMAGE_ID")
+    add_change_flags(sub, dry_run=False, wait=False)
+
+    sub = command("quota", "Show your custom-image and daily image-operation quotas in a region.",
+                  lambda api, args: api(api.images.GetImageQuota, image_pb.GetImageQuotaRequest(region=args.region)),
+                  render.fields)
+    sub.add_argument("--region", required=True)
 
     command("whoami", "Show the account and API key the calls are made with.",
             lambda api, args: api(api.accounts.GetCallerIdentity,
@@ -365,15 +598,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as err:
         print(describe_error(err), file=sys.stderr)
         return 1
-    except LaunchFailed as failed:
-        print(f"{describe_error(failed.error)}; retry with --client-token {failed.client_token}", file=sys.stderr)
+    except OutcomeUnknown as failed:
+        print(f"{describe_error(failed.error)}; retry with {failed.flag} {failed.token}", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"cloudimg: error: {exc}", file=sys.stderr)
+        return 2
+    except ImageFailed as failed:
+        for image in failed.images:
+            state = render.enum_name(image_pb.ImageState.DESCRIPTOR, image.state)
+            print(f"error: image {image.image_id} is {state}: {image.state_reason or 'no reason given'}",
+                  file=sys.stderr)
+        return 1
+    except WaitExpired as expired:
+        print(f"error: gave up waiting after {expired.seconds} s; still working: {expired} "
+              "(look again with: cloudimg image IMAGE_ID)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     if args.json:
         print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
     else:
-        print(args.show(response))
+        print(args.show(response, args))
     return 0
 
 

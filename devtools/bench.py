@@ -1,4 +1,5 @@
-"""`make bench`: RunInstances against a bare Health/Check on the same gateway, at 1 and N calls in flight.
+"""`make bench`: RunInstances against a bare Health/Check on the same gateway, at 1 and N calls in flight;
+then GetImage while the catalog imports a 2 GiB disk, and the catalog's peak memory meanwhile.
 
 Starts the four services (devtools.stack) in a temporary folder and, for each target, runs a warmup
 and then a measured load over one long-lived channel: at concurrency 1 (total / 10 calls: a call's
@@ -16,6 +17,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from catalog_service.domain.seed import seed_image_id
+from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb2
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_pb2_grpc
 from cloudimg.gateway.v1 import (
     image_service_pb2, image_service_pb2_grpc, instance_service_pb2, instance_service_pb2_grpc,
 )
@@ -34,6 +38,7 @@ OUTPUT = Path(__file__).resolve().parent.parent / "build" / "bench.json"
 MAX_FAILURE_RATE = 0.01
 CALL_TIMEOUT = 10.0
 REGION = "ap-guangzhou"
+IMPORT_BYTES = 2 << 30
 
 
 def targets(channel: grpc.aio.Channel, api_key: str, stranger_key: str) -> dict[str, Callable[[], Awaitable[object]]]:
@@ -70,6 +75,62 @@ def targets(channel: grpc.aio.Channel, api_key: str, stranger_key: str) -> dict[
     }
 
 
+def _rss_mib(pid: int) -> float:
+    """The resident set of a process now, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def import_while_serving(stack: Stack, api_key: str, args: argparse.Namespace) -> dict[str, float]:
+    """GetImage at one call in flight, idle and while the catalog imports a sparse 2 GiB raw disk, and
+    the catalog's peak RSS meanwhile: a running job must neither stall calls nor hold the image in memory."""
+    disk = stack.imports_dir / "bench-2g.raw"
+    with open(disk, "wb") as sparse:
+        sparse.truncate(IMPORT_BYTES)
+    catalog_pid = stack.processes["catalog"].pid
+    meta = (("x-cloudimg-internal-token", stack.internal_token), ("x-cloudimg-account-id", "100000000002"))
+    get = image_service_pb2.GetImageRequest(image_id=seed_image_id(REGION, "ubuntu-2204-x86"))
+    auth = (("authorization", f"Bearer {api_key}"),)
+    async with grpc.aio.insecure_channel(stack.gateway_addr) as gateway, \
+            grpc.aio.insecure_channel(stack.addr("catalog")) as internal:
+        images = image_service_pb2_grpc.ImageServiceStub(gateway)
+        catalog = catalog_pb2_grpc.CatalogServiceStub(internal)
+        call = lambda: images.GetImage(get, metadata=auth, timeout=CALL_TIMEOUT)  # noqa: E731
+        idle = await run_load(call, concurrency=1, total=max(1, args.total // 10), duration=args.duration,
+                              warmup=20, name="GetImage idle c=1")
+        rss_before = _rss_mib(catalog_pid)
+        started = time.monotonic()
+        image = (await catalog.ImportImage(catalog_pb2.ImportImageRequest(
+            region=REGION, name="bench 2 GiB", format=catalog_pb2.IMAGE_FORMAT_RAW, os_name="Debian 12",
+            os_type=catalog_pb2.OS_TYPE_LINUX, architecture=catalog_pb2.ARCHITECTURE_X86_64,
+            source_uri=disk.resolve().as_uri()), metadata=meta)).image
+        peak = rss_before
+        busy = None
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, _rss_mib(catalog_pid))
+                state = (await catalog.GetImage(catalog_pb2.GetImageRequest(image_id=image.image_id),
+                                                metadata=meta)).image.state
+                if state != catalog_pb2.IMAGE_STATE_IMPORTING:
+                    done.set()
+                    return
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        busy = await run_load(call, concurrency=1, total=1_000_000, duration=args.duration, warmup=0,
+                              name="GetImage during import c=1")
+        await asyncio.wait_for(watcher, 600)
+        seconds = time.monotonic() - started
+    disk.unlink()
+    return {"getimage_idle_p50_ms": idle.p50, "getimage_during_import_p50_ms": busy.p50,
+            "catalog_rss_before_mib": rss_before, "catalog_rss_peak_mib": peak, "import_seconds": seconds}
+
+
 async def bench(addr: str, api_key: str, stranger_key: str, args: argparse.Namespace) -> list[Report]:
     levels = sorted({1, args.concurrency})
     reports = []
@@ -98,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="cloudimg-bench-") as tmp, Stack(Path(tmp)) as stack:
         reports = asyncio.run(bench(stack.gateway_addr, stack.api_keys["alice"], stack.api_keys["bob"], args))
+        importing = asyncio.run(import_while_serving(stack, stack.api_keys["alice"], args))
 
     by_name = {r.name: r for r in reports}
     loaded = f"c={args.concurrency}"
@@ -110,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "run_instances_to_check_rps_ratio": ratio,
         "runs": [r.to_ghz_json() for r in reports],
+        "import": importing,
     }, indent=2) + "\n")
 
     if not args.json_only:
@@ -117,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         private, missing = by_name["GetImage-private c=1"].p50, by_name["GetImage-missing c=1"].p50
         print(f"NOT_FOUND p50 at c=1: another account's private image {private:.2f} ms, a missing id "
               f"{missing:.2f} ms (ratio {private / missing if missing else 0:.2f}; 1.00 leaks nothing)")
+        idle, busy = importing["getimage_idle_p50_ms"], importing["getimage_during_import_p50_ms"]
+        print(f"GetImage p50 at c=1: idle {idle:.2f} ms, while a 2 GiB import runs {busy:.2f} ms "
+              f"(ratio {busy / idle if idle else 0:.2f}; goal <= 2)")
+        print(f"catalog RSS: {importing['catalog_rss_before_mib']:.0f} MiB before the import, peak "
+              f"{importing['catalog_rss_peak_mib']:.0f} MiB during it ({importing['import_seconds']:.1f} s)")
         for r in reports:
             print(f"  {r.name:<18} {r.rps:8.1f} rps  p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms  "
                   f"failed {r.count - r.ok}/{r.count}")

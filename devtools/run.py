@@ -28,6 +28,8 @@ def main() -> int:
         print(f"  export CLOUDIMG_ENDPOINT={stack.gateway_addr}")
         print(f"  export CLOUDIMG_API_KEY={stack.api_keys['alice']}")
         print("  .venv/bin/cloudimg images --region ap-guangzhou")
+        print(f"\nImports read disk images from {stack.imports_dir.resolve()}/ (file://...) and from")
+        print("http://127.0.0.1 and http://localhost URLs, which make run allows (CATALOG_IMPORT_ALLOWED_SOURCES).")
         print("\nCtrl-C stops everything.", flush=True)
         stopped.wait()
     finally:

@@ -78,12 +78,23 @@ class Stack:
             f"{prefix}_DATABASE_URL": self.database_urls.get(service, f"sqlite:///{self.data_dir / service}.db"),
             **self.extra_env,
         }
+        if service == "catalog":
+            # Images live beside the databases; imports read the imports/ folder and loopback URLs.
+            env.setdefault("CATALOG_IMAGE_STORE_DIR", str(self.data_dir / "images"))
+            env.setdefault("CATALOG_IMPORT_ROOT", str(self.imports_dir))
+            env.setdefault("CATALOG_IMPORT_ALLOWED_SOURCES", "http://127.0.0.1,http://localhost")
         if service == "gateway":
             env.update({f"{d.upper()}_ADDR": self.addr(d) for d in ("catalog", "sharing", "billing")})
         return env
 
+    @property
+    def imports_dir(self) -> Path:
+        """The folder file:// imports may read (CATALOG_IMPORT_ROOT)."""
+        return self.data_dir / "imports"
+
     def start(self, timeout: float = 60.0) -> Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.imports_dir.mkdir(exist_ok=True)
         for service in SERVICES:
             self.ports.setdefault(service, free_port())
         self.api_keys = self.issue_demo_keys()

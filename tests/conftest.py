@@ -1,4 +1,5 @@
-"""Shared fixtures: in-process servers on 127.0.0.1:0, PostgreSQL databases, the internal credential."""
+"""Shared fixtures: in-process servers on 127.0.0.1:0, PostgreSQL databases, the internal credential,
+real disk images (tests/fixtures/disk_images.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY
 from chassis.server import Background, RunningServer, Service, start_server
+
+pytest_plugins = ["tests.fixtures.disk_images"]
 
 INTERNAL_TOKEN = "test-internal-token-0123456789"
 ALICE, BOB, CAROL = "100000000001", "100000000002", "100000000003"

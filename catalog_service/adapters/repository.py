@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, delete, false, func, not_, or_, select, update
 
-from catalog_service.adapters.tables import IMAGES, REGIONS
+from catalog_service.adapters.tables import IMAGES, JOBS, QUOTA_USAGE, REGIONS
 from catalog_service.domain.model import (
     Architecture, Image, ImageQuery, ImageSource, ImageState, ImageType, OsType, Region,
 )
@@ -26,6 +27,7 @@ def _to_image(row: object) -> Image:
         source=ImageSource(m["source"]), base_image_id=m["base_image_id"],
         progress_percent=m["progress_percent"], create_time=m["create_time"],
         marketplace_product_id=m["marketplace_product_id"], marketplace_provider=m["marketplace_provider"],
+        checksum_sha256=m["checksum_sha256"], state_reason=m["state_reason"],
     )
 
 
@@ -51,9 +53,87 @@ class CatalogRepository:
         if values:
             self._connection.execute(insert_ignoring_duplicates(self._connection, IMAGES), values)
 
-    def get(self, image_id: str) -> Image | None:
-        row = self._connection.execute(select(IMAGES).where(IMAGES.c.image_id == image_id)).first()
+    def get(self, image_id: str, *, for_update: bool = False) -> Image | None:
+        """The image; ``for_update`` locks its row until the transaction ends (PostgreSQL; on SQLite the
+        writer's BEGIN IMMEDIATE already runs one writer at a time)."""
+        statement = select(IMAGES).where(IMAGES.c.image_id == image_id)
+        row = self._connection.execute(statement.with_for_update() if for_update else statement).first()
         return None if row is None else _to_image(row)
+
+    def add(self, image: Image) -> None:
+        self._connection.execute(IMAGES.insert().values(_to_row(image)))
+
+    def change(self, image_id: str, **values: object) -> None:
+        self._connection.execute(update(IMAGES).where(IMAGES.c.image_id == image_id).values(**values))
+
+    def delete(self, image_id: str) -> None:
+        self._connection.execute(delete(IMAGES).where(IMAGES.c.image_id == image_id))
+
+    def fill_missing_checksums(self, checksums: dict[str, str]) -> None:
+        """Records the bytes of seeded images that a catalog from before the image store made."""
+        c = IMAGES.c
+        for image_id, checksum in checksums.items():
+            self._connection.execute(update(IMAGES).where(c.image_id == image_id, c.checksum_sha256 == "")
+                                     .values(checksum_sha256=checksum))
+
+    def named(self, owner_account_id: str, region: str, name: str) -> str | None:
+        """The id of the account's image of that name in the region, if there is one."""
+        c = IMAGES.c
+        return self._connection.execute(select(c.image_id).where(
+            c.owner_account_id == owner_account_id, c.region == region, c.name == name)).scalar()
+
+    def count_custom(self, owner_account_id: str, region: str) -> int:
+        """The account's custom images in the region that count against its quota: all but failed ones."""
+        c = IMAGES.c
+        failed = [ImageState.CREATE_FAILED.value, ImageState.IMPORT_FAILED.value]
+        return self._connection.execute(select(func.count()).select_from(IMAGES).where(
+            c.owner_account_id == owner_account_id, c.region == region, c.image_type == ImageType.CUSTOM.value,
+            not_(c.state.in_(failed)))).scalar_one()
+
+    def syncs_from(self, image_id: str) -> int:
+        """How many copies of the image are being synced to other regions now."""
+        c = IMAGES.c
+        return self._connection.execute(select(func.count()).select_from(IMAGES).where(
+            c.base_image_id == image_id, c.state == ImageState.SYNCING.value)).scalar_one()
+
+    def stored_blobs(self) -> set[tuple[str, str]]:
+        """Every (region, checksum) that an image refers to."""
+        c = IMAGES.c
+        rows = self._connection.execute(select(c.region, c.checksum_sha256).where(c.checksum_sha256 != "").distinct())
+        return {(r[0], r[1]) for r in rows}
+
+    def blobs_jobs_will_read(self) -> set[tuple[str, str]]:
+        """Every (region, checksum) that a pending create or sync job is to copy."""
+        rows = self._connection.execute(select(JOBS.c.payload).where(JOBS.c.state == "PENDING"))
+        found = set()
+        for (payload,) in rows:
+            data = json.loads(payload).get("data", {})
+            if data.get("checksum") and data.get("region"):
+                found.add((data["region"], data["checksum"]))
+        return found
+
+    def lock_quota(self, account_id: str, regions: Iterable[str], today: str) -> dict[str, int]:
+        """Locks the account's quota rows of these regions (in one order, so two calls never deadlock)
+        until the transaction ends, and returns the operations each has used today."""
+        wanted = sorted(set(regions))
+        self._connection.execute(insert_ignoring_duplicates(self._connection, QUOTA_USAGE), [
+            {"account_id": account_id, "region": region, "day": today, "operations_used": 0} for region in wanted])
+        c = QUOTA_USAGE.c
+        rows = self._connection.execute(
+            select(c.region, c.day, c.operations_used).where(c.account_id == account_id, c.region.in_(wanted))
+            .order_by(c.region).with_for_update()).all()
+        return {r.region: (r.operations_used if r.day == today else 0) for r in rows}
+
+    def operations_used(self, account_id: str, region: str, today: str) -> int:
+        c = QUOTA_USAGE.c
+        row = self._connection.execute(select(c.day, c.operations_used).where(
+            c.account_id == account_id, c.region == region)).first()
+        return 0 if row is None or row.day != today else row.operations_used
+
+    def set_operations_used(self, account_id: str, region: str, today: str, used: int) -> None:
+        c = QUOTA_USAGE.c
+        self._connection.execute(update(QUOTA_USAGE).where(c.account_id == account_id, c.region == region)
+                                 .values(day=today, operations_used=used))
 
     def get_many(self, image_ids: Iterable[str]) -> list[Image]:
         rows = self._connection.execute(select(IMAGES).where(IMAGES.c.image_id.in_(list(image_ids))))

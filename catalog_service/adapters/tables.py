@@ -7,6 +7,9 @@ from datetime import datetime
 from sqlalchemy import Index, Table
 from sqlmodel import Field, SQLModel
 
+from chassis.idempotency import request_table
+from chassis.jobs import job_table
+
 
 class RegionRow(SQLModel, table=True):
     __tablename__ = "catalog_region"
@@ -20,7 +23,11 @@ class RegionRow(SQLModel, table=True):
 class ImageRow(SQLModel, table=True):
     __tablename__ = "catalog_image"
     # Keyset pagination walks a region's images in id order.
-    __table_args__ = (Index("ix_catalog_image_region_id", "region", "image_id"),)
+    __table_args__ = (
+        Index("ix_catalog_image_region_id", "region", "image_id"),
+        # An account's image names are unique per region; also what quotas count and syncs look for.
+        Index("uq_catalog_image_owner_name", "owner_account_id", "region", "name", unique=True),
+    )
 
     image_id: str = Field(primary_key=True, max_length=12)
     region: str = Field(max_length=64)
@@ -40,8 +47,28 @@ class ImageRow(SQLModel, table=True):
     create_time: datetime
     marketplace_product_id: str = Field(max_length=64)
     marketplace_provider: str = Field(max_length=64)
+    checksum_sha256: str = Field(default="", max_length=64)
+    state_reason: str = Field(default="", max_length=512)
+
+
+class QuotaUsageRow(SQLModel, table=True):
+    """An account's image operations in a region on its last day of use; the row is also the lock
+    that makes both image quotas exact under concurrency, on every replica."""
+
+    __tablename__ = "catalog_quota_usage"
+
+    account_id: str = Field(primary_key=True, max_length=32)
+    region: str = Field(primary_key=True, max_length=64)
+    # The UTC day ("2026-11-28") that operations_used counts; on another day none are used yet.
+    day: str = Field(max_length=10)
+    operations_used: int
 
 
 REGIONS: Table = RegionRow.__table__  # type: ignore[attr-defined]
 IMAGES: Table = ImageRow.__table__  # type: ignore[attr-defined]
-TABLES = [REGIONS, IMAGES]
+QUOTA_USAGE: Table = QuotaUsageRow.__table__  # type: ignore[attr-defined]
+# Create, import and sync: the durable jobs that put an image's bytes in its region's store.
+JOBS = job_table("catalog")
+# Every mutation by request_id: its first answer.
+REQUESTS = request_table("catalog")
+TABLES = [REGIONS, IMAGES, QUOTA_USAGE, JOBS, REQUESTS]

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from chassis.errors import InvalidArgument, NotFound, clipped
+from chassis.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, clipped
 
 PLATFORM_ACCOUNT_ID = "platform"
 
@@ -24,6 +24,15 @@ class ImageState(enum.StrEnum):
     IMPORTING = "IMPORTING"
     IMPORT_FAILED = "IMPORT_FAILED"
     SYNCING = "SYNCING"
+
+    @property
+    def failed(self) -> bool:
+        return self in (ImageState.CREATE_FAILED, ImageState.IMPORT_FAILED)
+
+    @property
+    def busy(self) -> bool:
+        """A job is making this image: it cannot be changed into anything else or deleted yet."""
+        return self in (ImageState.CREATING, ImageState.IMPORTING, ImageState.SYNCING)
 
 
 class OsType(enum.StrEnum):
@@ -71,6 +80,85 @@ class Image:
     create_time: datetime
     marketplace_product_id: str = ""
     marketplace_provider: str = ""
+    # The SHA-256 of its bytes in the region's image store; empty until a job has put them there.
+    checksum_sha256: str = ""
+    # Why it is CREATE_FAILED or IMPORT_FAILED ("FORMAT_MISMATCH: declared qcow2, found raw").
+    state_reason: str = ""
+
+
+class ImageFormat(enum.StrEnum):
+    RAW = "RAW"
+    VHD = "VHD"
+    QCOW2 = "QCOW2"
+    VMDK = "VMDK"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The two image quotas of an account in a region."""
+
+    custom_image_limit: int
+    custom_image_used: int
+    daily_operation_limit: int
+    daily_operation_used: int
+
+    def check(self, images: int, operations: int, region: str) -> None:
+        """RESOURCE_EXHAUSTED naming the quota, its limit and its use when ``images`` more custom images
+        and ``operations`` more operations today would exceed it."""
+        if self.custom_image_used + images > self.custom_image_limit:
+            raise ResourceExhausted(
+                "CUSTOM_IMAGE_QUOTA_EXCEEDED",
+                f"at most {self.custom_image_limit} custom images per account in {region}; "
+                f"{self.custom_image_used} in use", subject=f"custom-images:{region}",
+                metadata={"quota": "custom_images", "region": region, "limit": str(self.custom_image_limit),
+                          "used": str(self.custom_image_used)})
+        if self.daily_operation_used + operations > self.daily_operation_limit:
+            raise ResourceExhausted(
+                "DAILY_OPERATION_QUOTA_EXCEEDED",
+                f"at most {self.daily_operation_limit} image operations per account in {region} per UTC day; "
+                f"{self.daily_operation_used} used today", subject=f"daily-image-operations:{region}",
+                metadata={"quota": "daily_image_operations", "region": region,
+                          "limit": str(self.daily_operation_limit), "used": str(self.daily_operation_used)})
+
+
+MAX_NAME_LENGTH = 60
+MAX_DESCRIPTION_LENGTH = 256
+MAX_OS_NAME_LENGTH = 128
+MAX_SOURCE_URI_LENGTH = 2048
+MAX_SYNC_DESTINATIONS = 10
+
+
+def check_name(name: str, field: str = "name") -> str:
+    if not 1 <= len(name) <= MAX_NAME_LENGTH or name.strip() != name:
+        raise InvalidArgument("INVALID_IMAGE_NAME",
+                              f"{field} must be 1 to {MAX_NAME_LENGTH} characters, without leading or trailing "
+                              "spaces", field=field)
+    return name
+
+
+def check_description(description: str, field: str = "description") -> str:
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidArgument("INVALID_DESCRIPTION", f"{field} must be at most {MAX_DESCRIPTION_LENGTH} characters",
+                              field=field)
+    return description
+
+
+def name_taken(name: str, region: str) -> AlreadyExists:
+    return AlreadyExists("IMAGE_NAME_TAKEN", f"you already have an image named {clipped(name)!r} in {region}",
+                         resource_type="image", resource_name=name)
+
+
+def image_busy(image: Image) -> FailedPrecondition:
+    return FailedPrecondition("IMAGE_BUSY", f"image {image.image_id} is {image.state.value}: wait until it is "
+                              "NORMAL or failed", subject=f"image:{image.image_id}")
+
+
+def platform_of(os_name: str, os_type: OsType) -> str:
+    """The platform an imported image is listed under: the first word of its OS name ("Ubuntu")."""
+    words = os_name.split()
+    if words:
+        return words[0][:64]
+    return "Windows" if os_type is OsType.WINDOWS else "Linux"
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import UTC, datetime
 
@@ -47,6 +48,31 @@ _MARKET = [
 ]
 
 _SEED_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+SEED_DISK_BYTES = 64 << 10
+
+
+@functools.cache
+def seed_disk(key: str) -> bytes:
+    """The bytes of a seeded image's disk: small, generated, the same in every region and on every
+    replica, so that create, sync and launch run on real bytes from the first start."""
+    header = f"cloudimg seed disk {key}\n".encode().ljust(512, b"\0")
+    block = hashlib.sha256(key.encode()).digest() * 128  # 4 KiB
+    return (header + block * (SEED_DISK_BYTES // len(block)))[:SEED_DISK_BYTES]
+
+
+@functools.cache
+def seed_checksum(key: str) -> str:
+    return hashlib.sha256(seed_disk(key)).hexdigest()
+
+
+def seed_disks() -> list[tuple[str, str, bytes]]:
+    """(region, checksum, bytes) of every seeded image's disk."""
+    return [(region.region_id, seed_checksum(key), seed_disk(key))
+            for region in REGIONS for key in _keys_in(region)]
+
+
+def _keys_in(region: Region) -> list[str]:
+    return [p[0] for p in _PUBLIC] + ([m[0] for m in _MARKET] if region.mainland else [])
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -67,7 +93,7 @@ def seed_images() -> list[Image]:
             images.append(Image(
                 seed_image_id(region.region_id, key), region.region_id, ImageType.PUBLIC, ImageState.NORMAL,
                 name, f"{name}, provided by the platform", PLATFORM_ACCOUNT_ID, platform, os_name, os_type,
-                arch, size, ImageSource.OFFICIAL, "", 100, _SEED_TIME,
+                arch, size, ImageSource.OFFICIAL, "", 100, _SEED_TIME, checksum_sha256=seed_checksum(key),
             ))
         if not region.mainland:
             continue
@@ -76,12 +102,12 @@ def seed_images() -> list[Image]:
                 seed_image_id(region.region_id, key), region.region_id, ImageType.MARKET, ImageState.NORMAL,
                 name, f"{name}, by {provider}", MARKETPLACE_PROVIDERS[provider], platform, os_name, os_type,
                 Architecture.X86_64, size, ImageSource.OFFICIAL, "", 100, _SEED_TIME,
-                marketplace_product_id=product, marketplace_provider=provider,
+                marketplace_product_id=product, marketplace_provider=provider, checksum_sha256=seed_checksum(key),
             ))
     return images
 
 
-# The demo accounts' own custom images (until CreateImage arrives), in ap-guangzhou:
+# The demo accounts' own custom images, in ap-guangzhou:
 # (owner, key, name, base key, platform, os_name, os_type, architecture, size_gb, product, provider)
 DEMO_ACCOUNT_IDS = ("100000000001", "100000000002")
 _DEMO_CUSTOM = [
@@ -101,7 +127,7 @@ def demo_custom_images() -> list[Image]:
             seed_image_id(DEMO_REGION, key), DEMO_REGION, ImageType.CUSTOM, ImageState.NORMAL, name,
             f"{name} (demo)", owner, platform, os_name, os_type, arch, size, ImageSource.INSTANCE,
             seed_image_id(DEMO_REGION, base), 100, _SEED_TIME,
-            marketplace_product_id=product, marketplace_provider=provider,
+            marketplace_product_id=product, marketplace_provider=provider, checksum_sha256=seed_checksum(base),
         )
         for owner, key, name, base, platform, os_name, os_type, arch, size, product, provider in _DEMO_CUSTOM
     ]

@@ -16,13 +16,14 @@ from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
 from gateway.domain.model import (
-    Architecture, CatalogKind, Charge, ChargeType, Image, ImageShare, InstanceType, Launch, LaunchRequest, OsType,
-    Quote, QuoteLine, Region, ShareState, Verdict,
+    Architecture, CatalogKind, Charge, ChargeType, Image, ImageFormat, ImageImport, ImageQuota, ImageShare, Instance,
+    InstanceType, Launch, LaunchRequest, OsType, Quote, QuoteLine, Region, ShareState, Verdict,
 )
 
 _KINDS = EnumMap(catalog_pb.ImageType, "IMAGE_TYPE", CatalogKind)
 _ARCHITECTURES = EnumMap(catalog_pb.Architecture, "ARCHITECTURE", Architecture)
 _OS_TYPES = EnumMap(catalog_pb.OsType, "OS_TYPE", OsType)
+_FORMATS = EnumMap(catalog_pb.ImageFormat, "IMAGE_FORMAT", ImageFormat)
 _SHARE_KINDS = EnumMap(sharing_pb.ImageKind, "IMAGE_KIND", CatalogKind)
 _SHARE_STATES = EnumMap(sharing_pb.ShareState, "SHARE_STATE", ShareState)
 _CPU = EnumMap(billing_pb.CpuArchitecture, "CPU_ARCHITECTURE", Architecture)
@@ -40,6 +41,7 @@ def _image(p: catalog_pb.Image) -> Image:
         source=catalog_pb.ImageSource.Name(p.source).removeprefix("IMAGE_SOURCE_"), base_image_id=p.base_image_id,
         progress_percent=p.progress_percent, create_time=p.create_time.ToDatetime(),
         marketplace_product_id=p.marketplace_product_id, marketplace_provider=p.marketplace_provider,
+        checksum_sha256=p.checksum_sha256, state_reason=p.state_reason,
     )
 
 
@@ -104,6 +106,48 @@ class Catalog:
         ))
         return [_image(i) for i in response.images], response.next_page_token
 
+    async def create_image(self, instance: Instance, name: str, description: str, request_id: str,
+                           dry_run: bool) -> Image:
+        """An image of the instance's system disk; the catalog takes the os and pricing facts from the
+        instance's own image (its base)."""
+        response = await self._d.call(self._stub.CreateImage, catalog_pb.CreateImageRequest(
+            region=instance.region, instance_id=instance.instance_id, name=name, description=description,
+            base_image_id=instance.image_id, size_gb=instance.system_disk_gb,
+            architecture=_ARCHITECTURES.to_proto(instance.architecture), request_id=request_id, dry_run=dry_run,
+        ))
+        return _image(response.image)
+
+    async def import_image(self, spec: ImageImport, request_id: str, dry_run: bool) -> Image:
+        response = await self._d.call(self._stub.ImportImage, catalog_pb.ImportImageRequest(
+            region=spec.region, name=spec.name, description=spec.description, format=_FORMATS.to_proto(spec.format),
+            os_name=spec.os_name, os_type=_OS_TYPES.to_proto(spec.os_type),
+            architecture=_ARCHITECTURES.to_proto(spec.architecture), source_uri=spec.source_uri,
+            request_id=request_id, dry_run=dry_run,
+        ))
+        return _image(response.image)
+
+    async def update_image(self, image_id: str, name: str, description: str, paths: list[str],
+                           request_id: str) -> Image:
+        response = await self._d.call(self._stub.UpdateImage, catalog_pb.UpdateImageRequest(
+            image_id=image_id, name=name, description=description, update_paths=paths, request_id=request_id))
+        return _image(response.image)
+
+    async def delete_image(self, image_id: str, request_id: str, validate_only: bool = False) -> None:
+        """Deletes the image; with ``validate_only``, only asks whether it could be deleted now."""
+        await self._d.call(self._stub.DeleteImage, catalog_pb.DeleteImageRequest(
+            image_id=image_id, request_id=request_id, validate_only=validate_only))
+
+    async def sync_image(self, image_id: str, destination_regions: list[str], request_id: str,
+                         dry_run: bool) -> list[Image]:
+        response = await self._d.call(self._stub.SyncImage, catalog_pb.SyncImageRequest(
+            image_id=image_id, destination_regions=destination_regions, request_id=request_id, dry_run=dry_run))
+        return [_image(i) for i in response.images]
+
+    async def quota(self, region: str) -> ImageQuota:
+        r = await self._d.call(self._stub.GetImageQuota, catalog_pb.GetImageQuotaRequest(region=region))
+        return ImageQuota(region, r.custom_image_limit, r.custom_image_used, r.daily_operation_limit,
+                          r.daily_operation_used)
+
 
 class Sharing:
     def __init__(self, downstream: Downstream):
@@ -131,6 +175,14 @@ class Sharing:
         r = await self._d.call(self._stub.ListImageShares, sharing_pb.ListImageSharesRequest(
             image=_image_ref(image), page_size=page_size, page_token=page_token))
         return [_share(s) for s in r.shares], r.next_page_token
+
+    async def retire(self, image: Image) -> None:
+        """Holds the image for deletion: refused while it has shares, and no share is made during the hold."""
+        await self._d.call(self._stub.RetireImage, sharing_pb.RetireImageRequest(image=_image_ref(image)))
+
+    async def restore(self, image: Image) -> None:
+        """Ends the hold of ``retire`` when the image was not deleted after all."""
+        await self._d.call(self._stub.RestoreImage, sharing_pb.RestoreImageRequest(image=_image_ref(image)))
 
     async def received(self, region: str) -> dict[str, ShareState]:
         """The images shared with the caller in a region (the first 1000), and the state of each share."""

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from chassis import ids
-from chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, clipped
 from chassis.fingerprints import fingerprint
 
 MAX_INSTANCES_PER_LAUNCH = 100
@@ -54,6 +54,15 @@ class Architecture(enum.StrEnum):
 class OsType(enum.StrEnum):
     LINUX = "LINUX"
     WINDOWS = "WINDOWS"
+
+
+class ImageFormat(enum.StrEnum):
+    """The disk-image formats an import accepts."""
+
+    RAW = "RAW"
+    VHD = "VHD"
+    QCOW2 = "QCOW2"
+    VMDK = "VMDK"
 
 
 class ChargeType(enum.StrEnum):
@@ -101,6 +110,10 @@ class Image:
     marketplace_provider: str = ""
     share_state: ShareState | None = None
     image_allowed: bool = True
+    # The SHA-256 of the image's bytes (hex), once they are in the region's image store.
+    checksum_sha256: str = ""
+    # Why a job failed (CREATE_FAILED, IMPORT_FAILED), in words.
+    state_reason: str = ""
     # False for the stand-in of an image the catalog does not have (see ``missing``).
     exists: bool = True
 
@@ -216,6 +229,47 @@ class LaunchRequest:
         return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class ImageImport:
+    """What ImportImage asks the catalog to fetch, inspect and keep."""
+
+    region: str
+    name: str
+    description: str
+    format: ImageFormat
+    os_name: str
+    os_type: OsType
+    architecture: Architecture
+    source_uri: str
+
+
+@dataclass(frozen=True)
+class ImageQuota:
+    """The caller's two image quotas in a region (the catalog keeps the counts)."""
+
+    region: str
+    custom_image_limit: int
+    custom_image_used: int
+    daily_operation_limit: int
+    daily_operation_used: int
+
+
+# The fields of an image that its owner may change (UpdateImage's update_mask).
+IMAGE_UPDATE_PATHS = ("name", "description")
+
+
+def image_update_paths(paths: list[str]) -> list[str]:
+    """The update_mask's paths, each once; INVALID_ARGUMENT for an empty mask or any other field."""
+    if not paths:
+        raise InvalidArgument("UPDATE_MASK_REQUIRED", "update_mask must name the fields to change: "
+                              + ", ".join(IMAGE_UPDATE_PATHS), field="update_mask")
+    for path in paths:
+        if path not in IMAGE_UPDATE_PATHS:
+            raise InvalidArgument("INVALID_UPDATE_MASK", f"update_mask path {clipped(path)!r} cannot be changed; "
+                                  "only " + ", ".join(IMAGE_UPDATE_PATHS), field="update_mask")
+    return list(dict.fromkeys(paths))
+
+
 def image_not_found(image_id: str) -> NotFound:
     """The one answer for an image that does not exist and one the caller may not see."""
     return NotFound("IMAGE_NOT_FOUND", f"image {image_id} does not exist", resource_type="image",
@@ -273,6 +327,22 @@ class Instance:
     architecture: Architecture
     launch_id: str
     create_time: datetime
+
+
+# An image is made from an instance whose disk is there and settled: not one still launching (or
+# being reset), and not one that is gone.
+_IMAGEABLE_STATES = frozenset({InstanceState.RUNNING, InstanceState.STOPPED})
+
+
+def check_imageable(instance: Instance) -> None:
+    """May an image be made from this instance now (CreateImage)."""
+    if instance.state is InstanceState.TERMINATED:
+        raise FailedPrecondition("INSTANCE_TERMINATED", f"instance {instance.instance_id} is terminated; an image "
+                                 "cannot be made from it", subject=f"instance:{instance.instance_id}")
+    if instance.state not in _IMAGEABLE_STATES:
+        raise FailedPrecondition("INSTANCE_NOT_READY", f"instance {instance.instance_id} is "
+                                 f"{instance.state.value}; wait until it is RUNNING",
+                                 subject=f"instance:{instance.instance_id}")
 
 
 class LaunchState(enum.StrEnum):

@@ -9,14 +9,15 @@ from cloudimg.gateway.v1 import image_service_pb2 as image_pb
 from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
 from gateway.domain.model import (
-    DEFAULT_SYSTEM_DISK_GB, Architecture, Charge, ChargeType, Image, ImageShare, ImageType, Instance, InstanceState,
-    InstanceType, LaunchRequest, OsType, Quote, Region, ShareState,
+    DEFAULT_SYSTEM_DISK_GB, Architecture, Charge, ChargeType, Image, ImageFormat, ImageImport, ImageQuota, ImageShare,
+    ImageType, Instance, InstanceState, InstanceType, LaunchRequest, OsType, Quote, Region, ShareState,
 )
 
 IMAGE_TYPES = EnumMap(image_pb.ImageType, "IMAGE_TYPE", ImageType)
 SHARE_STATES = EnumMap(image_pb.ShareState, "SHARE_STATE", ShareState)
 ARCHITECTURES = EnumMap(image_pb.Architecture, "ARCHITECTURE", Architecture)
 OS_TYPES = EnumMap(image_pb.OsType, "OS_TYPE", OsType)
+IMAGE_FORMATS = EnumMap(image_pb.ImageFormat, "IMAGE_FORMAT", ImageFormat)
 CPU_ARCHITECTURES = EnumMap(instance_pb.CpuArchitecture, "CPU_ARCHITECTURE", Architecture)
 CHARGE_TYPES = EnumMap(instance_pb.ChargeType, "CHARGE_TYPE", ChargeType)
 INSTANCE_STATES = EnumMap(instance_pb.InstanceState, "INSTANCE_STATE", InstanceState)
@@ -37,6 +38,24 @@ def image(i: Image, caller: Caller) -> image_pb.Image:
         base_image_id=i.base_image_id, progress_percent=i.progress_percent, create_time=timestamp(i.create_time),
         share_state=SHARE_STATES.to_proto(i.share_state),
         image_allowed=i.image_allowed, marketplace_provider=i.marketplace_provider,
+        checksum_sha256=i.checksum_sha256, state_reason=i.state_reason,
+    )
+
+
+def image_import(r: image_pb.ImportImageRequest) -> ImageImport:
+    """The import a request asks for; format, os_type and architecture are required."""
+    return ImageImport(
+        region=r.region, name=r.name, description=r.description,
+        format=IMAGE_FORMATS.from_proto(r.format, "format"), os_name=r.os_name,
+        os_type=OS_TYPES.from_proto(r.os_type, "os_type"),
+        architecture=ARCHITECTURES.from_proto(r.architecture, "architecture"), source_uri=r.source_uri,
+    )
+
+
+def image_quota(q: ImageQuota) -> image_pb.GetImageQuotaResponse:
+    return image_pb.GetImageQuotaResponse(
+        region=q.region, custom_image_limit=q.custom_image_limit, custom_image_used=q.custom_image_used,
+        daily_operation_limit=q.daily_operation_limit, daily_operation_used=q.daily_operation_used,
     )
 
 

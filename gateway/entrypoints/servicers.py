@@ -17,7 +17,7 @@ from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as instance_grpc
 from gateway.entrypoints import convert
-from gateway.service_layer import accounts, images, instances
+from gateway.service_layer import accounts, image_lifecycle, images, instances
 from gateway.service_layer.dependencies import Dependencies
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -44,25 +44,38 @@ class ImageServicer(image_grpc.ImageServiceServicer):
         found = await images.get_image(caller, request.image_id, self._deps)
         return image_pb.GetImageResponse(image=convert.image(found, caller))
 
-    # Built by a later issue; until then they answer UNIMPLEMENTED with an ErrorInfo.
     async def CreateImage(self, request: image_pb.CreateImageRequest, ctx: Context) -> image_pb.CreateImageResponse:
-        raise not_available_yet("CreateImage")
+        caller = context.caller()
+        made = await image_lifecycle.create_image(caller, request.instance_id, request.name, request.description,
+                                                  request.request_id, request.dry_run, self._deps)
+        return image_pb.CreateImageResponse(image=convert.image(made, caller))
 
     async def ImportImage(self, request: image_pb.ImportImageRequest, ctx: Context) -> image_pb.ImportImageResponse:
-        raise not_available_yet("ImportImage")
+        caller = context.caller()
+        made = await image_lifecycle.import_image(convert.image_import(request), request.request_id, request.dry_run,
+                                                  self._deps)
+        return image_pb.ImportImageResponse(image=convert.image(made, caller))
 
     async def UpdateImage(self, request: image_pb.UpdateImageRequest, ctx: Context) -> image_pb.UpdateImageResponse:
-        raise not_available_yet("UpdateImage")
+        caller = context.caller()
+        changed = await image_lifecycle.update_image(caller, request.image.image_id, request.image.name,
+                                                     request.image.description, list(request.update_mask.paths),
+                                                     request.request_id, self._deps)
+        return image_pb.UpdateImageResponse(image=convert.image(changed, caller))
 
     async def DeleteImage(self, request: image_pb.DeleteImageRequest, ctx: Context) -> image_pb.DeleteImageResponse:
-        raise not_available_yet("DeleteImage")
+        await image_lifecycle.delete_image(context.caller(), request.image_id, request.request_id, self._deps)
+        return image_pb.DeleteImageResponse()
 
     async def SyncImage(self, request: image_pb.SyncImageRequest, ctx: Context) -> image_pb.SyncImageResponse:
-        raise not_available_yet("SyncImage")
+        caller = context.caller()
+        copies = await image_lifecycle.sync_image(caller, request.image_id, list(request.destination_regions),
+                                                  request.request_id, request.dry_run, self._deps)
+        return image_pb.SyncImageResponse(images=[convert.image(i, caller) for i in copies])
 
     async def GetImageQuota(self, request: image_pb.GetImageQuotaRequest, ctx: Context
                            ) -> image_pb.GetImageQuotaResponse:
-        raise not_available_yet("GetImageQuota")
+        return convert.image_quota(await image_lifecycle.get_image_quota(request.region, self._deps))
 
 
 class ImageShareServicer(share_grpc.ImageShareServiceServicer):

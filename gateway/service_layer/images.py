@@ -49,9 +49,11 @@ async def get_image(caller: Caller, image_id: str, deps: Dependencies) -> Image:
     return image.seen_with(verdict)
 
 
-async def _own_custom_image(caller: Caller, image_id: str, deps: Dependencies) -> Image:
-    """The caller's own custom image; NOT_FOUND when the caller cannot see it, PERMISSION_DENIED when it
-    can but may not change its shares (a public, marketplace or SHARED image)."""
+async def own_custom_image(caller: Caller, image_id: str, deps: Dependencies,
+                           action: str = "change who it is shared with") -> Image:
+    """The caller's own custom image, for a change only its owner may make (``action``, in words):
+    NOT_FOUND when the caller cannot see it, PERMISSION_DENIED when it can but may not change it (a
+    public, marketplace or SHARED image)."""
     ids.require_id("img", image_id, "image_id")
     image = await deps.catalog.image(image_id)
     if image.kind is CatalogKind.CUSTOM and image.owner_account_id == caller.account_id:
@@ -60,7 +62,7 @@ async def _own_custom_image(caller: Caller, image_id: str, deps: Dependencies) -
     if not verdict.visible or not image.exists:
         raise image_not_found(image_id)
     reason = "SHARED_IMAGE_READ_ONLY" if image.kind is CatalogKind.CUSTOM else "NOT_IMAGE_OWNER"
-    raise PermissionDenied(reason, f"only the owner of image {image_id} can change who it is shared with",
+    raise PermissionDenied(reason, f"only the owner of image {image_id} can {action}",
                            resource_type="image", resource_name=image_id)
 
 
@@ -72,7 +74,7 @@ async def share_image(caller: Caller, image_id: str, account_ids: list[str], req
                               field="account_ids")
     for index, account_id in enumerate(account_ids):
         ids.require_account_id(account_id, f"account_ids[{index}]")
-    image = await _own_custom_image(caller, image_id, deps)
+    image = await own_custom_image(caller, image_id, deps)
     with deps.new_uow(read_only=True) as uow:
         known = uow.accounts.existing(account_ids)
     unknown = [a for a in account_ids if a not in known]
@@ -85,11 +87,11 @@ async def share_image(caller: Caller, image_id: str, account_ids: list[str], req
 async def unshare_image(caller: Caller, image_id: str, account_ids: list[str], request_id: str,
                         deps: Dependencies) -> list[ImageShare]:
     ids.check_request_id(request_id)
-    image = await _own_custom_image(caller, image_id, deps)
+    image = await own_custom_image(caller, image_id, deps)
     return await deps.sharing.unshare(image, account_ids, request_id)
 
 
 async def list_image_shares(caller: Caller, image_id: str, page_size: int, page_token: str,
                             deps: Dependencies) -> tuple[list[ImageShare], str]:
-    image = await _own_custom_image(caller, image_id, deps)
+    image = await own_custom_image(caller, image_id, deps)
     return await deps.sharing.shares_of(image, page_size, page_token)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, select, update
 
 from chassis.db import insert_ignoring_duplicates
 from chassis.idempotency import ResponseFormat
@@ -24,12 +24,20 @@ class ShareRepository:
     def __init__(self, connection: Connection):
         self._connection = connection
 
-    def lock_image(self, image_id: str) -> None:
+    def lock_image(self, image_id: str) -> datetime | None:
         """Serializes share changes of one image (a row lock on PostgreSQL; SQLite's BEGIN IMMEDIATE
-        already serializes every writer)."""
+        already serializes every writer). Returns the image's delete hold: no share before that time."""
         self._connection.execute(insert_ignoring_duplicates(self._connection, IMAGE_LOCKS), [{"image_id": image_id}])
-        lock = IMAGE_LOCKS.c.image_id
-        self._connection.execute(select(lock).where(lock == image_id).with_for_update())
+        c = IMAGE_LOCKS.c
+        until = self._connection.execute(
+            select(c.retired_until).where(c.image_id == image_id).with_for_update()).scalar_one()
+        # SQLite hands back the naive UTC time that it stored.
+        return None if until is None else until.replace(tzinfo=until.tzinfo or UTC)
+
+    def hold_for_deletion(self, image_id: str, until: datetime | None) -> None:
+        """Sets (or with None ends) the delete hold of an image locked by ``lock_image``."""
+        self._connection.execute(update(IMAGE_LOCKS).where(IMAGE_LOCKS.c.image_id == image_id)
+                                 .values(retired_until=until))
 
     def recipients_of(self, image_id: str) -> set[str]:
         rows = self._connection.execute(select(SHARES.c.recipient_account_id).where(SHARES.c.image_id == image_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, Table
+from sqlalchemy import DateTime, Index, Table
 from sqlmodel import Field, SQLModel
 
 from chassis.idempotency import request_table
@@ -23,11 +23,13 @@ class ShareRow(SQLModel, table=True):
 
 
 class ImageShareLockRow(SQLModel, table=True):
-    """One row per shared image: locked while its shares change, so the limit holds across replicas."""
+    """One row per shared image: locked while its shares change, so the limit holds across replicas.
+    It also carries the image's delete hold (RetireImage): no share is made before ``retired_until``."""
 
     __tablename__ = "sharing_image_lock"
 
     image_id: str = Field(primary_key=True, max_length=12)
+    retired_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 SHARES: Table = ShareRow.__table__  # type: ignore[attr-defined]

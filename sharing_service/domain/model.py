@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from chassis import ids
 from chassis.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
 
 MAX_SHARES_PER_IMAGE = 50
+# How long RetireImage holds an image for its deletion: longer than any call's deadline, so that the
+# delete that asked for it has ended (done, refused or lost) before the hold runs out.
+DELETE_HOLD = timedelta(minutes=5)
 
 
 class ImageKind(enum.StrEnum):
@@ -71,6 +74,27 @@ def check_owner_may_share(image: ImageRef, caller_account_id: str) -> None:
     if image.kind is not ImageKind.CUSTOM:
         raise FailedPrecondition("IMAGE_NOT_SHAREABLE", f"image {image.image_id} is not a custom image; "
                                  "only custom images can be shared", subject=f"image:{image.image_id}")
+
+
+def check_owner_may_delete(image: ImageRef, caller_account_id: str) -> None:
+    if image.owner_account_id != caller_account_id:
+        raise PermissionDenied("NOT_IMAGE_OWNER", f"only the owner of image {image.image_id} can delete it",
+                               resource_type="image", resource_name=image.image_id)
+
+
+def check_unshared(image: ImageRef, share_count: int) -> None:
+    """An image that is shared (in any share state) cannot be deleted until its sharing is cancelled."""
+    if share_count:
+        accounts = "account" if share_count == 1 else "accounts"
+        raise FailedPrecondition("IMAGE_SHARED", f"image {image.image_id} is shared with {share_count} {accounts}; "
+                                 "unshare it first", subject=f"image:{image.image_id}")
+
+
+def check_not_being_deleted(image: ImageRef, retired_until: datetime | None, now: datetime) -> None:
+    """No share is made of an image held for its deletion."""
+    if retired_until is not None and now < retired_until:
+        raise FailedPrecondition("IMAGE_BEING_DELETED", f"image {image.image_id} is being deleted; it cannot be "
+                                 "shared", subject=f"image:{image.image_id}")
 
 
 def recipients(account_ids: list[str], owner_account_id: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from chassis import context
+from chassis.clock import Clock, SystemClock
 from chassis.convert import EnumMap, timestamp
 from chassis.errors import InvalidArgument, not_available_yet
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
@@ -32,13 +33,15 @@ def share_to_proto(share: Share) -> pb.Share:
 
 
 class SharingServicer(pb_grpc.SharingServiceServicer):
-    def __init__(self, new_uow: UnitOfWorkFactory):
+    def __init__(self, new_uow: UnitOfWorkFactory, clock: Clock | None = None):
         self._new_uow = new_uow
+        self._clock = clock or SystemClock()
 
     async def ShareImage(self, request: pb.ShareImageRequest, ctx: grpc.aio.ServicerContext
                          ) -> pb.ShareImageResponse:
         shares = handlers.share_image(image_ref(request.image), list(request.account_ids),
-                                      context.caller().account_id, request.request_id, new_uow=self._new_uow)
+                                      context.caller().account_id, request.request_id, new_uow=self._new_uow,
+                                      clock=self._clock)
         return pb.ShareImageResponse(shares=[share_to_proto(s) for s in shares])
 
     async def UnshareImage(self, request: pb.UnshareImageRequest, ctx: grpc.aio.ServicerContext
@@ -68,6 +71,17 @@ class SharingServicer(pb_grpc.SharingServiceServicer):
             share_state=SHARE_STATES.to_proto(verdict.share_state),
             image_allowed=verdict.image_allowed,
         )
+
+    async def RetireImage(self, request: pb.RetireImageRequest, ctx: grpc.aio.ServicerContext
+                          ) -> pb.RetireImageResponse:
+        handlers.retire_image(image_ref(request.image), context.caller().account_id, new_uow=self._new_uow,
+                              clock=self._clock)
+        return pb.RetireImageResponse()
+
+    async def RestoreImage(self, request: pb.RestoreImageRequest, ctx: grpc.aio.ServicerContext
+                           ) -> pb.RestoreImageResponse:
+        handlers.restore_image(image_ref(request.image), context.caller().account_id, new_uow=self._new_uow)
+        return pb.RestoreImageResponse()
 
     # Built by a later issue; until then they answer UNIMPLEMENTED with an ErrorInfo.
     async def AcceptImageShare(self, request: pb.AcceptImageShareRequest, ctx: grpc.aio.ServicerContext

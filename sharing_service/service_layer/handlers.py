@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
-
 from chassis import pagination
+from chassis.clock import Clock, SystemClock
 from chassis.errors import InvalidArgument
 from sharing_service.domain import model
 from sharing_service.domain.model import ImageRef, Share, ShareState, Verdict
 from sharing_service.service_layer.unit_of_work import SharingUnitOfWork
 
 UnitOfWorkFactory = Callable[..., SharingUnitOfWork]
+_SYSTEM_CLOCK = SystemClock()
 
 
 def share_image(image: ImageRef, account_ids: list[str], caller_account_id: str, request_id: str, *,
-                new_uow: UnitOfWorkFactory) -> list[Share]:
+                new_uow: UnitOfWorkFactory, clock: Clock = _SYSTEM_CLOCK) -> list[Share]:
     model.check_owner_may_share(image, caller_account_id)
     requested = model.recipients(account_ids, image.owner_account_id)
     with new_uow() as uow:
@@ -24,9 +24,10 @@ def share_image(image: ImageRef, account_ids: list[str], caller_account_id: str,
                                          image_id=image.image_id, account_ids=sorted(requested))
         if claim.repeated:
             return claim.response
-        uow.shares.lock_image(image.image_id)
+        retired_until = uow.shares.lock_image(image.image_id)
+        now = clock.now()
+        model.check_not_being_deleted(image, retired_until, now)
         added = model.new_recipients(image, requested, uow.shares.recipients_of(image.image_id))
-        now = datetime.now(UTC)
         # Trust policies arrive with the sharing issue; until then every share is accepted at once.
         uow.shares.add(Share(image.image_id, image.region, image.owner_account_id, recipient,
                              ShareState.ACCEPTED, now) for recipient in added)
@@ -51,6 +52,28 @@ def unshare_image(image: ImageRef, account_ids: list[str], caller_account_id: st
         claim.answer(shares)
         uow.commit()
     return shares
+
+
+def retire_image(image: ImageRef, caller_account_id: str, *, new_uow: UnitOfWorkFactory,
+                 clock: Clock = _SYSTEM_CLOCK) -> None:
+    """Holds an image that has no shares for its deletion; on the image's lock, so that a ShareImage
+    runs wholly before (and this is refused: IMAGE_SHARED) or wholly after (and it is refused:
+    IMAGE_BEING_DELETED). Retiring a retired image again extends its hold."""
+    model.check_owner_may_delete(image, caller_account_id)
+    with new_uow() as uow:
+        uow.shares.lock_image(image.image_id)
+        model.check_unshared(image, uow.shares.count(image.image_id))
+        uow.shares.hold_for_deletion(image.image_id, clock.now() + model.DELETE_HOLD)
+        uow.commit()
+
+
+def restore_image(image: ImageRef, caller_account_id: str, *, new_uow: UnitOfWorkFactory) -> None:
+    """Ends the delete hold of an image that was not deleted after all (nothing to do without one)."""
+    model.check_owner_may_delete(image, caller_account_id)
+    with new_uow() as uow:
+        uow.shares.lock_image(image.image_id)
+        uow.shares.hold_for_deletion(image.image_id, None)
+        uow.commit()
 
 
 def list_image_shares(image: ImageRef, caller_account_id: str, page_size: int, page_token: str, *,

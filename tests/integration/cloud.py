@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -27,8 +30,9 @@ async def start_services(serve, urls: dict[str, str], accounts: Iterable[Account
     overridden, e.g. with one where nothing listens); returns every address and the demo API keys.
     ``accounts`` are added beside the demo accounts."""
     addrs = {
-        "catalog": await serve(catalog_bootstrap, CatalogSettings(database_url=urls["catalog"],
-                                                                  internal_token=INTERNAL_TOKEN)),
+        "catalog": await serve(catalog_bootstrap, CatalogSettings(
+            database_url=urls["catalog"], internal_token=INTERNAL_TOKEN,
+            image_store_dir=Path(tempfile.mkdtemp(prefix="cloudimg-store-")))),
         "sharing": await serve(sharing_bootstrap, SharingSettings(database_url=urls["sharing"],
                                                                   internal_token=INTERNAL_TOKEN)),
         "billing": await serve(billing_bootstrap, BillingSettings(database_url=urls["billing"],

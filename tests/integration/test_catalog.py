@@ -134,13 +134,6 @@ async def test_calls_without_the_internal_credential_are_refused(catalog):
         assert rich_status(refused.value)[1].reason == "INTERNAL_CREDENTIAL_INVALID"
 
 
-async def test_later_rpcs_answer_unimplemented_with_error_info(catalog):
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await catalog.SyncImage(pb.SyncImageRequest(image_id="img-00000000"), metadata=internal_metadata())
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert rich_status(refused.value)[1].reason == "NOT_IMPLEMENTED_YET"
-
-
 @pytest.mark.postgres
 def test_replicas_starting_at_once_on_one_postgres_database_all_serve(spawn, postgres_database):
     """Three catalogs start together on a new database: tables are created once, the seed is added once."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -16,10 +19,10 @@ from chassis.clients import Downstream
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import free_port
-from gateway.adapters.tables import INSTANCES, LAUNCHES
+from gateway.adapters.tables import INSTANCES, LAUNCH_JOBS, LAUNCHES
 from gateway.bootstrap import open_database
 from chassis.errors import Unavailable
-from tests.conftest import INTERNAL_TOKEN, rich_status
+from tests.conftest import rich_status
 from tests.integration.cloud import SERVICES, start_services
 
 UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
@@ -36,12 +39,20 @@ class Cloud:
     def auth(self, who: str = "alice") -> tuple[tuple[str, str]]:
         return (("authorization", f"Bearer {self.keys[who]}"),)
 
-    def count(self, service: str, table) -> int:
+    def count(self, service: str, table, *where) -> int:
         engine = create_engine(self.urls[service])
         with engine.connect() as conn:
-            found = conn.execute(select(func.count()).select_from(table)).scalar_one()
+            found = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
         engine.dispose()
         return found
+
+
+async def until(condition: Callable[[], bool], seconds: float = 15.0) -> None:
+    """Waits for the gateway's background work to get somewhere."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the gateway's launch worker never got there"
+        await asyncio.sleep(0.05)
 
 
 async def start_cloud(serve, tmp_path: Path, gateway_url: str = "", **addr_overrides: str) -> Cloud:
@@ -186,9 +197,9 @@ async def test_instances_are_the_callers_own_and_paged(cloud):
 async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guessed(serve, tmp_path, monkeypatch):
     """Billing records the charge but its answer is lost, and billing cannot be asked either: the
     caller hears LAUNCH_OUTCOME_UNKNOWN (with the launch id), the instances wait PENDING, and the
-    reconciler or a retry with the client token resolves it into exactly one charge and its instances."""
+    launch's job (retried while billing cannot be asked) or a retry with the client token resolves it
+    into exactly one charge and its instances."""
     from gateway.adapters import contexts
-    from gateway.service_layer import instances
 
     cloud = await start_cloud(serve, tmp_path)
     charge, resolve = contexts.Billing.charge, contexts.Billing.resolve
@@ -211,21 +222,46 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guesse
     assert cloud.count("gateway", INSTANCES) == 2 and cloud.count("billing", CHARGES) == 1
     listed = await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth())
     assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_PENDING}
+    await until(lambda: cloud.count("gateway", LAUNCH_JOBS, LAUNCH_JOBS.c.attempts >= 1) == 1)  # tried, failed
     monkeypatch.setattr(contexts.Billing, "charge", charge)
     monkeypatch.setattr(contexts.Billing, "resolve", resolve)
 
-    db, new_uow = open_database(cloud.urls["gateway"])
-    downstream = Downstream("billing", cloud.addrs["billing"], INTERNAL_TOKEN, contexts.billing_grpc.BillingServiceStub)
-    deps = instances.Dependencies(None, None, contexts.Billing(downstream), None, new_uow)  # type: ignore[arg-type]
-    assert await instances.reconcile_pending_launches(deps) == 1
-    await downstream.close()
-    db.dispose()
+    # Billing can be asked again: the gateway's own worker settles the launch (no call needed).
+    await until(lambda: cloud.count("gateway", LAUNCH_JOBS, LAUNCH_JOBS.c.state == "DONE") == 1)
     listed = await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth())
     assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_RUNNING} and len(listed.instances) == 2
     assert cloud.count("billing", CHARGES) == 1
     retried = await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"),
                                                  metadata=cloud.auth())
     assert sorted(retried.instance_ids) == sorted(i.instance_id for i in listed.instances)
+
+
+async def test_launches_left_open_by_gateways_that_died_are_settled_by_the_one_that_runs(serve, tmp_path,
+                                                                                          database_url):
+    """A launch left PENDING by a call that died (its job held by that call until the hold ran out) and
+    an IN_DOUBT one claimed by a gateway from before the launch jobs (no job at all): the gateway that
+    starts settles both, never charged, so both are voided and forgotten."""
+    from gateway.domain.model import Architecture, ChargeType, Launch, LaunchRequest, LaunchState, OsType
+
+    db, new_uow = open_database(database_url)
+    request = LaunchRequest(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4", instance_count=1,
+                            charge_type=ChargeType.POSTPAID_BY_HOUR, period_months=0, system_disk_gb=50,
+                            client_token="t-dead")
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    died, old = (Launch(launch_id, "100000000001", launch_id, request.fingerprint(), LaunchState.PENDING, request,
+                        OsType.LINUX, Architecture.X86_64, "", True, [instance_id], long_ago)
+                 for launch_id, instance_id in (("lch-died0001", "ins-died0001"), ("lch-old00001", "ins-old00001")))
+    with new_uow() as uow:
+        uow.launches.claim(died, "gateway-died", long_ago + timedelta(seconds=10))
+        uow.launches.claim(old, "gateway-old", long_ago + timedelta(seconds=10))
+        uow.launches.mark_in_doubt(old.launch_id, "gateway-old", long_ago)
+        uow.connection.execute(LAUNCH_JOBS.delete().where(LAUNCH_JOBS.c.subject == old.launch_id))
+        uow.commit()
+    db.dispose()
+    cloud = await start_cloud(serve, tmp_path, gateway_url=database_url)
+    await until(lambda: cloud.count("gateway", LAUNCHES) == 0)
+    assert cloud.count("gateway", INSTANCES) == 0 and cloud.count("billing", CHARGES) == 0
+    assert cloud.count("gateway", LAUNCH_JOBS, LAUNCH_JOBS.c.state == "DONE") == 2
 
 
 async def test_a_launch_that_billing_never_charged_is_voided_and_a_retry_launches_it_once(serve, tmp_path,
@@ -261,12 +297,8 @@ async def test_a_launch_named_with_control_characters_is_refused_and_charges_not
 
 
 async def test_rpcs_of_later_issues_answer_unimplemented_with_an_error_info(cloud):
-    from cloudimg.gateway.v1 import image_service_pb2, image_service_pb2_grpc
-
-    images = image_service_pb2_grpc.ImageServiceStub(cloud.channel)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await images.CreateImage(image_service_pb2.CreateImageRequest(instance_id="ins-00000000"),
-                                 metadata=cloud.auth())
+        await cloud.instances.TerminateInstances(pb.TerminateInstancesRequest(), metadata=cloud.auth())
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert rich_status(refused.value)[1].reason == "NOT_IMPLEMENTED_YET"
     with pytest.raises(grpc.aio.AioRpcError) as refused:

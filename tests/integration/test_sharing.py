@@ -1,5 +1,5 @@
-"""Sharing through real in-process servers: the share limit and request_id idempotency under concurrency,
-on SQLite and PostgreSQL, with one replica and with two replicas on one database."""
+"""Sharing through real in-process servers: the share limit, request_id idempotency and the delete hold under
+concurrency, on SQLite and PostgreSQL, with one replica and with two replicas on one database."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, func, select
 
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
-from sharing_service.adapters.tables import REQUESTS, SHARES
+from sharing_service.adapters.tables import IMAGE_LOCKS, REQUESTS, SHARES
 from sharing_service.bootstrap import bootstrap
 from sharing_service.domain.model import MAX_SHARES_PER_IMAGE
 from sharing_service.settings import SharingSettings
@@ -242,3 +242,86 @@ async def test_one_request_id_runs_once_across_replicas_on_sqlite(spawn, tmp_pat
 async def test_one_request_id_runs_once_across_replicas_on_postgres(spawn, postgres_database):
     url = postgres_database()
     await _race_one_request_id(process_replicas(spawn, url, 2), url)
+
+
+def expect_refusal(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
+    return error.code(), rich_status(error)[1].reason
+
+
+async def test_an_image_is_retired_only_without_shares_and_is_not_shared_while_held(sharing):
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sharing.RetireImage(pb.RetireImageRequest(image=IMAGE), metadata=internal_metadata(ALICE))
+    status, info, details = rich_status(refused.value)
+    assert (refused.value.code(), info.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_SHARED")
+    assert status.message == f"image {IMAGE.image_id} is shared with 1 account; unshare it first"
+    assert details[0].violations[0].subject == f"image:{IMAGE.image_id}"
+
+    await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB]),
+                               metadata=internal_metadata(ALICE))
+    for _ in range(2):  # retiring an image without shares again changes nothing
+        await sharing.RetireImage(pb.RetireImageRequest(image=IMAGE), metadata=internal_metadata(ALICE))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]),
+                                 metadata=internal_metadata(ALICE))
+    assert expect_refusal(refused.value) == (grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_BEING_DELETED")
+
+    for call, request in (("RetireImage", pb.RetireImageRequest(image=IMAGE)),
+                          ("RestoreImage", pb.RestoreImageRequest(image=IMAGE))):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # only the owner
+            await getattr(sharing, call)(request, metadata=internal_metadata(BOB))
+        assert expect_refusal(refused.value) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_IMAGE_OWNER")
+
+    await sharing.RestoreImage(pb.RestoreImageRequest(image=IMAGE), metadata=internal_metadata(ALICE))
+    shared = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]),
+                                      metadata=internal_metadata(ALICE))
+    assert [s.recipient_account_id for s in shared.shares] == [BOB]
+
+
+def race_image(n: int) -> pb.ImageRef:
+    return pb.ImageRef(image_id=f"img-race{n:04d}", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
+                       owner_account_id=ALICE, launchable_state=True)
+
+
+async def _race_share_and_retire(stubs: list[pb_grpc.SharingServiceStub], database_url: str) -> None:
+    """50 rounds, each on a fresh image: a ShareImage and a RetireImage race on two replicas. One of them
+    goes first, and the other is refused; never do both succeed, and the rows agree with the answers."""
+    async def outcome(call: object) -> str:
+        try:
+            await call  # type: ignore[misc]
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            code, reason = expect_refusal(exc)
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            return reason
+
+    winners = {}
+    for n in range(50):
+        image = race_image(n)
+        share, retire = await asyncio.gather(
+            outcome(stubs[n % 2].ShareImage(pb.ShareImageRequest(image=image, account_ids=[BOB]),
+                                            metadata=internal_metadata(ALICE), timeout=60)),
+            outcome(stubs[(n + 1) % 2].RetireImage(pb.RetireImageRequest(image=image),
+                                                   metadata=internal_metadata(ALICE), timeout=60)),
+        )
+        assert (share, retire) in {("OK", "IMAGE_SHARED"), ("IMAGE_BEING_DELETED", "OK")}
+        winners[image.image_id] = "share" if share == "OK" else "retire"
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        shared = dict(conn.execute(select(SHARES.c.image_id, func.count()).group_by(SHARES.c.image_id)).all())
+        held = {r[0] for r in conn.execute(select(IMAGE_LOCKS.c.image_id)
+                                           .where(IMAGE_LOCKS.c.retired_until.is_not(None)))}
+    engine.dispose()
+    assert shared == {i: 1 for i, w in winners.items() if w == "share"}
+    assert held == {i for i, w in winners.items() if w == "retire"}
+
+
+async def test_a_share_and_a_delete_never_both_win_on_sqlite_across_replicas(spawn, tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/sharing.db"
+    await _race_share_and_retire(process_replicas(spawn, url, 2), url)
+
+
+@pytest.mark.postgres
+async def test_a_share_and_a_delete_never_both_win_on_postgres_across_replicas(spawn, postgres_database):
+    url = postgres_database()
+    await _race_share_and_retire(process_replicas(spawn, url, 2), url)

@@ -1,5 +1,6 @@
 """The `cloudimg` CLI against a real gRPC server with small fake gateway servicers."""
 
+import io
 import json
 import subprocess
 import sys
@@ -75,6 +76,13 @@ INSTANCES = [
 ]
 
 
+def job_image(image_id: str, state: str, percent: int, **more) -> image_pb.Image:
+    """A custom image whose job is at ``percent`` (state by its short name: "CREATING", "NORMAL", ...)."""
+    return image_pb.Image(image_id=image_id, image_type=image_pb.IMAGE_TYPE_PRIVATE,
+                          state=image_pb.ImageState.Value(f"IMAGE_STATE_{state}"), progress_percent=percent,
+                          **more)
+
+
 def authorize(context: grpc.ServicerContext) -> None:
     if dict(context.invocation_metadata()).get("authorization") != f"Bearer {KEY}":
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
@@ -95,6 +103,8 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
         self.requests = []
         self.time_remaining = None
         self.run_failures = []  # each aborts one RunInstances call, in order
+        self.failures = {}  # method name -> aborts of its next calls, in order
+        self.jobs = {}  # image id -> what GetImage answers for it, one after the other (the last one stays)
 
     def record(self, request, context):
         authorize(context)
@@ -115,6 +125,9 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
 
     def GetImage(self, request, context):
         self.record(request, context)
+        states = self.jobs.get(request.image_id)
+        if states:
+            return image_pb.GetImageResponse(image=states.pop(0) if len(states) > 1 else states[0])
         for image in IMAGES:
             if image.image_id == request.image_id:
                 return image_pb.GetImageResponse(image=image)
@@ -165,6 +178,39 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
     def UnshareImage(self, request, context):
         return share_pb.UnshareImageResponse(
             shares=self.shares(request, context, image_pb.SHARE_STATE_UNSPECIFIED))
+
+    def fail_maybe(self, method, context):
+        if self.failures.get(method):
+            self.failures[method].pop(0)(context)
+
+    def CreateImage(self, request, context):
+        self.record(request, context)
+        self.fail_maybe("CreateImage", context)
+        return image_pb.CreateImageResponse(image=job_image("img-new00001", "CREATING", 0, name=request.name))
+
+    def ImportImage(self, request, context):
+        self.record(request, context)
+        return image_pb.ImportImageResponse(image=job_image("img-imp00001", "IMPORTING", 0, name=request.name))
+
+    def SyncImage(self, request, context):
+        self.record(request, context)
+        return image_pb.SyncImageResponse(images=[
+            job_image(f"img-syn0000{n}", "SYNCING", 0, region=region)
+            for n, region in enumerate(request.destination_regions)])
+
+    def UpdateImage(self, request, context):
+        self.record(request, context)
+        return image_pb.UpdateImageResponse(image=request.image)
+
+    def DeleteImage(self, request, context):
+        self.record(request, context)
+        self.fail_maybe("DeleteImage", context)
+        return image_pb.DeleteImageResponse()
+
+    def GetImageQuota(self, request, context):
+        self.record(request, context)
+        return image_pb.GetImageQuotaResponse(region=request.region, custom_image_limit=10, custom_image_used=3,
+                                              daily_operation_limit=5, daily_operation_used=5)
 
     def GetCallerIdentity(self, request, context):
         self.record(request, context)
@@ -477,3 +523,179 @@ def test_bad_numbers_as_a_module_without_traceback():
                           env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "--count" in done.stderr and "Traceback" not in done.stderr
+
+
+# The image lifecycle
+
+@pytest.fixture
+def no_wait(monkeypatch):
+    monkeypatch.setattr(cli_main, "WAIT_POLL_S", 0.0)
+
+
+def sent(fakes, kind) -> list:
+    return [r for r in fakes.requests if isinstance(r, kind)]
+
+
+def test_create_image_sends_a_request_id_and_shows_the_new_image(cli, fakes):
+    code, out, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--description", "v1")
+    assert (code, err) == (0, "")
+    assert "image_id              img-new00001\n" in out and "state                 CREATING\n" in out
+    (request,) = fakes.requests
+    assert (request.instance_id, request.name, request.description, request.dry_run) == (
+        "ins-00000000", "web", "v1", False)
+    assert len(request.request_id) == 32 and request.request_id.isascii()
+
+
+def test_create_image_wait_follows_the_job_with_a_progress_bar(cli, fakes, no_wait):
+    fakes.jobs["img-new00001"] = [job_image("img-new00001", "CREATING", 0), job_image("img-new00001", "CREATING", 50),
+                                  job_image("img-new00001", "NORMAL", 100, checksum_sha256="ab" * 32)]
+    code, out, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--wait")
+    assert code == 0
+    assert err.splitlines() == ["[----------] 0% CREATING img-new00001", "[#####-----] 50% CREATING img-new00001",
+                                "[##########] 100% NORMAL img-new00001"]
+    assert "state                 NORMAL\n" in out and "ab" * 32 in out
+    assert [r.image_id for r in sent(fakes, image_pb.GetImageRequest)] == ["img-new00001"] * 3
+
+
+def test_a_dry_run_waits_for_nothing(cli, fakes):
+    code, out, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--dry-run", "--wait")
+    assert (code, err) == (0, "")
+    assert out.startswith("dry run: checked, nothing made\n")
+    assert fakes.requests[0].dry_run and sent(fakes, image_pb.GetImageRequest) == []
+
+
+def test_import_image_that_fails_prints_its_reason_and_exits_1(cli, fakes, no_wait):
+    fakes.jobs["img-imp00001"] = [
+        job_image("img-imp00001", "IMPORTING", 30),
+        job_image("img-imp00001", "IMPORT_FAILED", 30, state_reason="FORMAT_MISMATCH: the bytes are raw, not qcow2")]
+    code, out, err = cli("import-image", "--region", "ap-guangzhou", "--name", "disk", "--format", "qcow2",
+                         "--os-type", "linux", "--os-name", "Debian 12", "--arch", "arm64",
+                         "--source", "file:///srv/imports/disk.qcow2", "--wait")
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == ("error: image img-imp00001 is IMPORT_FAILED: FORMAT_MISMATCH: the bytes are raw, "
+                                    "not qcow2")
+    assert "[###-------] 30% IMPORTING img-imp00001" in err.splitlines()
+    request = fakes.requests[0]
+    assert (request.format, request.os_type, request.architecture, request.os_name, request.source_uri) == (
+        image_pb.IMAGE_FORMAT_QCOW2, image_pb.OS_TYPE_LINUX, image_pb.ARCHITECTURE_ARM64, "Debian 12",
+        "file:///srv/imports/disk.qcow2")
+    assert request.request_id
+
+
+def test_sync_image_waits_for_every_new_image(cli, fakes, no_wait):
+    fakes.jobs["img-syn00000"] = [job_image("img-syn00000", "SYNCING", 40, region="ap-beijing"),
+                                  job_image("img-syn00000", "NORMAL", 100, region="ap-beijing")]
+    fakes.jobs["img-syn00001"] = [job_image("img-syn00001", "SYNCING", 20, region="ap-shanghai"),
+                                  job_image("img-syn00001", "SYNCING", 80, region="ap-shanghai"),
+                                  job_image("img-syn00001", "NORMAL", 100, region="ap-shanghai")]
+    code, out, err = cli("sync-image", "img-custom01", "--to", "ap-beijing", "--to", "ap-shanghai", "--wait",
+                         "--request-id", "sync-1")
+    assert code == 0
+    assert err.splitlines() == ["[###-------] 30% SYNCING img-syn00000 img-syn00001",
+                                "[#########-] 90% NORMAL,SYNCING img-syn00000 img-syn00001",
+                                "[##########] 100% NORMAL img-syn00000 img-syn00001"]
+    assert [row.split()[:2] + row.split()[-2:] for row in out.splitlines()[1:]] == [
+        ["img-syn00000", "ap-beijing", "NORMAL", "100"], ["img-syn00001", "ap-shanghai", "NORMAL", "100"]]
+    request = sent(fakes, image_pb.SyncImageRequest)[0]
+    assert (list(request.destination_regions), request.request_id) == (["ap-beijing", "ap-shanghai"], "sync-1")
+    # once an image is NORMAL it is not looked at again
+    assert [r.image_id for r in sent(fakes, image_pb.GetImageRequest)] == [
+        "img-syn00000", "img-syn00001", "img-syn00000", "img-syn00001", "img-syn00001"]
+
+
+def test_wait_gives_up_after_its_timeout(cli, fakes, monkeypatch):
+    monkeypatch.setattr(cli_main, "WAIT_POLL_S", 0.3)
+    fakes.jobs["img-new00001"] = [job_image("img-new00001", "CREATING", 10)]
+    code, _, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--wait", "--wait-timeout", "1")
+    assert code == 1
+    assert err.splitlines()[-1].startswith("error: gave up waiting after 1 s; still working: img-new00001")
+    assert 2 <= len(sent(fakes, image_pb.GetImageRequest)) <= 5
+
+
+def test_progress_redraws_one_line_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    progress = cli_main.Progress(stream)
+    for percent in (10, 10, 100):
+        progress.show([job_image("img-a0000001", "NORMAL" if percent == 100 else "IMPORTING", percent)])
+    progress.end()
+    assert stream.getvalue() == ("\r[#---------] 10% IMPORTING img-a0000001"
+                                 "\r[##########] 100% NORMAL img-a0000001  \n")  # padded over the longer line
+
+
+@pytest.mark.parametrize("flags, paths, name, description", [
+    (("--name", "web-2"), ["name"], "web-2", ""),
+    (("--description", ""), ["description"], "", ""),
+    (("--name", "web-2", "--description", "v2"), ["name", "description"], "web-2", "v2"),
+])
+def test_update_image_masks_the_fields_it_is_given(cli, fakes, flags, paths, name, description):
+    code, out, _ = cli("update-image", "img-custom01", *flags)
+    assert code == 0 and "image_id              img-custom01\n" in out
+    request = fakes.requests[0]
+    assert list(request.update_mask.paths) == paths
+    assert (request.image.image_id, request.image.name, request.image.description) == (
+        "img-custom01", name, description)
+    assert request.request_id
+
+
+def test_update_image_without_a_change_is_a_usage_error(cli, fakes):
+    code, out, err = cli("update-image", "img-custom01")
+    assert (code, out) == (2, "") and "--name, --description" in err
+    assert fakes.requests == []
+
+
+def test_delete_image_is_retried_with_its_request_id(cli, fakes, no_backoff):
+    fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.UNAVAILABLE)]
+    assert cli("delete-image", "img-custom01") == (0, "deleted img-custom01\n", "")
+    ids = [r.request_id for r in fakes.requests]
+    assert len(ids) == 2 and len(set(ids)) == 1 and ids[0]
+
+
+def test_a_delete_that_still_fails_names_the_request_id_to_retry_with(cli, fakes, no_backoff):
+    fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.UNAVAILABLE)] * 5
+    code, out, err = cli("delete-image", "img-custom01", "--request-id", "del-1")
+    assert (code, out) == (1, "")
+    assert err.endswith("retry with --request-id del-1\n")
+    assert [r.request_id for r in fakes.requests] == ["del-1"] * 3
+
+
+def test_a_refused_delete_is_not_retried(cli, fakes, no_backoff):
+    fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_SHARED")]
+    code, _, err = cli("delete-image", "img-custom01")
+    assert (code, len(fakes.requests)) == (1, 1)
+    assert err.startswith("error: FAILED_PRECONDITION IMAGE_SHARED: ") and "--request-id" not in err
+
+
+def test_quota(cli, fakes):
+    code, out, _ = cli("quota", "--region", "ap-guangzhou")
+    assert code == 0
+    assert out == ("region                 ap-guangzhou\ncustom_image_limit     10\ncustom_image_used      3\n"
+                   "daily_operation_limit  5\ndaily_operation_used   5\n")
+    code, out, _ = cli("--json", "quota", "--region", "ap-guangzhou")
+    assert json.loads(out)["daily_operation_used"] == 5
+
+
+IMPORT = ("import-image", "--region", "r", "--name", "n", "--format", "qcow2", "--os-type", "linux", "--arch",
+          "x86_64", "--source", "https://example.com/disk.qcow2")
+
+
+@pytest.mark.parametrize("argv", [
+    ("import-image", "--region", "r", "--name", "n", "--format", "iso", "--os-type", "linux", "--arch", "x86_64",
+     "--source", "s"),
+    ("import-image", "--region", "r", "--name", "n", "--format", "raw", "--os-type", "linux", "--source", "s"),
+    (*IMPORT, "--os-type", "beos"),
+    ("create-image", "--instance", "ins-00000000", "--name", "n", "--wait-timeout", "0"),
+    ("create-image", "--instance", "ins-00000000", "--name", "n", "--request-id", "x" * 65),
+    ("create-image", "--name", "n"),
+    ("sync-image", "img-custom01"),
+    ("delete-image",),
+    ("quota",),
+])
+def test_image_command_usage_errors_send_nothing(cli, fakes, argv):
+    code, out, err = cli(*argv)
+    assert (code, out) == (2, "")
+    assert "error:" in err and "Traceback" not in err
+    assert fakes.requests == []

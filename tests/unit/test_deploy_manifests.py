@@ -281,7 +281,15 @@ def test_k8s_deployment_runs_the_service_with_replicas_and_limits(k8s, service):
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     assert pod["terminationGracePeriodSeconds"] > 0
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert "volumes" not in pod, "replicas share state through their database only"
+    if service.name == "catalog":
+        # Image bytes: every replica mounts the one ReadWriteMany image store.
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+        store = one(k8s, "PersistentVolumeClaim", claims["image-store"])
+        assert store["spec"]["accessModes"] == ["ReadWriteMany"]
+        mounts = {m["name"]: m["mountPath"] for m in container_of(deployment)["volumeMounts"]}
+        assert env_of(container_of(deployment))["CATALOG_IMAGE_STORE_DIR"]["value"] == mounts["image-store"]
+    else:
+        assert "volumes" not in pod, "replicas share state through their database only"
     container = container_of(deployment)
     assert container["command"] == service.command
     for kind in ("requests", "limits"):

@@ -1,0 +1,250 @@
+"""The image lifecycle over the real processes, through the public API: an image made from an instance,
+copied to other regions, shared, priced by its ancestry, deleted; hostile imports refused with their
+reasons; ShareImage racing DeleteImage 200 times without ever leaving a share of a deleted image."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import grpc
+import pytest
+
+from catalog_service.domain.seed import seed_image_id
+from cloudimg.gateway.v1 import image_service_pb2 as pb
+from cloudimg.gateway.v1 import image_service_pb2_grpc as pb_grpc
+from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
+from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
+from cloudimg.gateway.v1 import instance_service_pb2 as ins_pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as ins_grpc
+from devtools.stack import Stack
+from tests.conftest import BOB, rich_status
+from tests.fixtures.disk_images import CASES, QEMU_MADE, QEMU_MISSING, TOO_LARGE_LIMIT
+
+GZ, SH, HK = "ap-guangzhou", "ap-shanghai", "ap-hongkong"
+BUSY = {pb.IMAGE_STATE_CREATING, pb.IMAGE_STATE_IMPORTING, pb.IMAGE_STATE_SYNCING}
+FORMATS = {"raw": pb.IMAGE_FORMAT_RAW, "qcow2": pb.IMAGE_FORMAT_QCOW2, "vhd": pb.IMAGE_FORMAT_VHD,
+           "vmdk": pb.IMAGE_FORMAT_VMDK}
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    urls = {}
+    if request.param == "postgres":
+        new_database = request.getfixturevalue("postgres_databases")
+        urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
+    env = {"CATALOG_DAILY_OPERATION_QUOTA": "1000", "CATALOG_CUSTOM_IMAGE_QUOTA": "1000",
+           "CATALOG_IMPORT_MAX_BYTES": str(TOO_LARGE_LIMIT), "CATALOG_JOB_CONCURRENCY": "4"}
+    with Stack(tmp_path_factory.mktemp(f"lifecycle-{request.param}"), database_urls=urls, extra_env=env) as running:
+        yield running
+
+
+class Api:
+    def __init__(self, channel: grpc.aio.Channel, key: str):
+        self.images = pb_grpc.ImageServiceStub(channel)
+        self.shares = share_grpc.ImageShareServiceStub(channel)
+        self.instances = ins_grpc.InstanceServiceStub(channel)
+        self.meta = (("authorization", f"Bearer {key}"),)
+
+    async def wait(self, image_id: str, timeout: float = 60) -> pb.Image:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            image = (await self.images.GetImage(pb.GetImageRequest(image_id=image_id), metadata=self.meta)).image
+            if image.state not in BUSY:
+                return image
+            assert asyncio.get_running_loop().time() < deadline, f"{image_id} still {image.state}"
+            await asyncio.sleep(0.05)
+
+    async def launch(self, image_id: str, region: str = GZ) -> str:
+        response = await self.instances.RunInstances(ins_pb.RunInstancesRequest(
+            region=region, image_id=image_id, instance_type="S5.MEDIUM4", instance_count=1), metadata=self.meta)
+        return response.instance_ids[0]
+
+    async def image_of(self, instance_id: str, name: str) -> pb.Image:
+        made = (await self.images.CreateImage(pb.CreateImageRequest(instance_id=instance_id, name=name),
+                                              metadata=self.meta)).image
+        return await self.wait(made.image_id)
+
+
+@pytest.fixture
+async def apis(stack: Stack):
+    channel = grpc.aio.insecure_channel(stack.gateway_addr)
+    yield Api(channel, stack.api_keys["alice"]), Api(channel, stack.api_keys["bob"])
+    await channel.close()
+
+
+async def test_the_lifecycle_of_an_image_made_from_an_instance(apis):
+    alice, bob = apis
+    instance = await alice.launch(seed_image_id(GZ, "wordpress"))
+    image = await alice.image_of(instance, "blog golden")
+    assert image.state == pb.IMAGE_STATE_NORMAL and image.image_type == pb.IMAGE_TYPE_PRIVATE
+    assert image.source == pb.IMAGE_SOURCE_INSTANCE and len(image.checksum_sha256) == 64
+
+    copies = (await alice.images.SyncImage(pb.SyncImageRequest(image_id=image.image_id, destination_regions=[SH]),
+                                           metadata=alice.meta)).images
+    copy = await alice.wait(copies[0].image_id)
+    assert copy.state == pb.IMAGE_STATE_NORMAL and copy.checksum_sha256 == image.checksum_sha256
+    assert copy.region == SH and copy.base_image_id == image.image_id and copy.source == pb.IMAGE_SOURCE_SYNC
+
+    # A synced copy of a custom image of a marketplace image still pays the marketplace product.
+    quote = (await alice.instances.QuoteRunInstances(ins_pb.QuoteRunInstancesRequest(
+        region=SH, image_id=copy.image_id, instance_type="S5.MEDIUM4", instance_count=1),
+        metadata=alice.meta)).quote
+    kinds = [line.kind for line in quote.lines]
+    assert ins_pb.QUOTE_LINE_KIND_MARKETPLACE in kinds and ins_pb.QUOTE_LINE_KIND_INSTANCE in kinds
+
+    # Shared, it cannot be deleted; its recipient can neither rename, sync nor delete it.
+    await alice.shares.ShareImage(share_pb.ShareImageRequest(image_id=image.image_id, account_ids=[BOB]),
+                                  metadata=alice.meta)
+    seen = (await bob.images.GetImage(pb.GetImageRequest(image_id=image.image_id), metadata=bob.meta)).image
+    assert seen.image_type == pb.IMAGE_TYPE_SHARED
+    with pytest.raises(grpc.aio.AioRpcError) as shared:
+        await alice.images.DeleteImage(pb.DeleteImageRequest(image_id=image.image_id), metadata=alice.meta)
+    assert shared.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rich_status(shared.value)[1].reason == "IMAGE_SHARED" and "1" in shared.value.details()
+    for call in (partial(bob.images.DeleteImage, pb.DeleteImageRequest(image_id=image.image_id)),
+                 partial(bob.images.SyncImage, pb.SyncImageRequest(image_id=image.image_id,
+                                                                   destination_regions=[HK]))):
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await call(metadata=bob.meta)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    renamed = (await alice.images.UpdateImage(pb.UpdateImageRequest(
+        image=pb.Image(image_id=image.image_id, name="blog v2"), update_mask={"paths": ["name"]}),
+        metadata=alice.meta)).image
+    assert renamed.name == "blog v2"
+
+    await alice.shares.UnshareImage(share_pb.UnshareImageRequest(image_id=image.image_id, account_ids=[BOB]),
+                                    metadata=alice.meta)
+    await alice.images.DeleteImage(pb.DeleteImageRequest(image_id=image.image_id, request_id="del-blog"),
+                                   metadata=alice.meta)
+    await alice.images.DeleteImage(pb.DeleteImageRequest(image_id=image.image_id, request_id="del-blog"),
+                                   metadata=alice.meta)  # a replay answers as the first call did
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await alice.images.GetImage(pb.GetImageRequest(image_id=image.image_id), metadata=alice.meta)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    # The instance it was made from runs on; so does the copy.
+    running = (await alice.instances.GetInstance(ins_pb.GetInstanceRequest(instance_id=instance),
+                                                 metadata=alice.meta)).instance
+    assert running.state == ins_pb.INSTANCE_STATE_RUNNING
+    assert (await alice.wait(copy.image_id)).state == pb.IMAGE_STATE_NORMAL
+
+    quota = await alice.images.GetImageQuota(pb.GetImageQuotaRequest(region=SH), metadata=alice.meta)
+    assert quota.custom_image_used >= 1 and quota.daily_operation_used >= 1
+
+
+async def test_a_windows_image_pays_the_license_wherever_its_copies_go_overseas(apis):
+    alice, _ = apis
+    instance = await alice.launch(seed_image_id(GZ, "windows-2022-x86"))
+    image = await alice.image_of(instance, "windows golden")
+    copy = await alice.wait((await alice.images.SyncImage(pb.SyncImageRequest(
+        image_id=image.image_id, destination_regions=[HK]), metadata=alice.meta)).images[0].image_id)
+    quote = (await alice.instances.QuoteRunInstances(ins_pb.QuoteRunInstancesRequest(
+        region=HK, image_id=copy.image_id, instance_type="S5.MEDIUM4", instance_count=1),
+        metadata=alice.meta)).quote
+    assert ins_pb.QUOTE_LINE_KIND_IMAGE_LICENSE in [line.kind for line in quote.lines]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_imports_are_inspected_and_hostile_images_refused_with_their_reason(case, apis, stack, disk_images):
+    alice, _ = apis
+    spec = CASES[case]
+    if spec.image in QEMU_MADE and spec.image not in disk_images:
+        pytest.skip(QEMU_MISSING)
+    source = stack.imports_dir / f"{case}-{Path(disk_images[spec.image]).name}"
+    shutil.copyfile(disk_images[spec.image], source)
+    made = (await alice.images.ImportImage(pb.ImportImageRequest(
+        region=GZ, name=f"import {case}", format=FORMATS[spec.declared], os_name="Debian 12",
+        os_type=pb.OS_TYPE_LINUX, architecture=pb.ARCHITECTURE_X86_64, source_uri=source.as_uri()),
+        metadata=alice.meta)).image
+    done = await alice.wait(made.image_id)
+    if spec.refused is None:
+        assert done.state == pb.IMAGE_STATE_NORMAL, done.state_reason
+        assert len(done.checksum_sha256) == 64 and done.size_gb >= 1
+    else:
+        assert done.state == pb.IMAGE_STATE_IMPORT_FAILED
+        assert done.state_reason.startswith(spec.refused + ":"), done.state_reason
+
+
+async def test_an_import_over_http_and_the_sources_refused_at_once(apis, stack, disk_images):
+    alice, _ = apis
+    served = stack.imports_dir / "served"
+    served.mkdir(exist_ok=True)
+    shutil.copyfile(disk_images["raw"], served / "disk.raw")
+    shutil.copyfile(disk_images["too_large"], served / "big.raw")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        request = pb.ImportImageRequest(region=GZ, name="over http", format=pb.IMAGE_FORMAT_RAW,
+                                        os_type=pb.OS_TYPE_LINUX, architecture=pb.ARCHITECTURE_X86_64,
+                                        source_uri=f"{base}/disk.raw")
+        done = await alice.wait((await alice.images.ImportImage(request, metadata=alice.meta)).image.image_id)
+        assert done.state == pb.IMAGE_STATE_NORMAL, done.state_reason
+        request.name, request.source_uri = "too big", f"{base}/big.raw"
+        big = await alice.wait((await alice.images.ImportImage(request, metadata=alice.meta)).image.image_id)
+        assert big.state == pb.IMAGE_STATE_IMPORT_FAILED and big.state_reason.startswith("SOURCE_TOO_LARGE")
+    finally:
+        server.shutdown()
+    for uri in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/disk.raw", "file:///etc/passwd"):
+        request.name, request.source_uri = "refused", uri
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await alice.images.ImportImage(request, metadata=alice.meta)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert rich_status(refused.value)[1].reason == "SOURCE_NOT_ALLOWED", uri
+
+
+async def test_share_and_delete_raced_200_times_never_leave_a_share_of_a_deleted_image(apis):
+    alice, bob = apis
+    instance = await alice.launch(seed_image_id(GZ, "debian-12-x86"))
+    made = await asyncio.gather(*(alice.images.CreateImage(pb.CreateImageRequest(
+        instance_id=instance, name=f"race {n}"), metadata=alice.meta) for n in range(200)))
+    images = [m.image.image_id for m in made]
+    for image_id in images:
+        await alice.wait(image_id)
+
+    async def race(image_id: str) -> tuple[bool, bool]:
+        share, delete = await asyncio.gather(
+            alice.shares.ShareImage(share_pb.ShareImageRequest(image_id=image_id, account_ids=[BOB]),
+                                    metadata=alice.meta),
+            alice.images.DeleteImage(pb.DeleteImageRequest(image_id=image_id), metadata=alice.meta),
+            return_exceptions=True)
+        for outcome in (share, delete):
+            if isinstance(outcome, BaseException):
+                assert isinstance(outcome, grpc.aio.AioRpcError), outcome
+                assert outcome.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND), outcome
+        return not isinstance(share, BaseException), not isinstance(delete, BaseException)
+
+    outcomes = []
+    for start in range(0, len(images), 20):
+        outcomes += await asyncio.gather(*(race(i) for i in images[start:start + 20]))
+    assert not any(shared and deleted for shared, deleted in outcomes)
+    assert any(shared for shared, _ in outcomes) and any(deleted for _, deleted in outcomes)
+    listed = []
+    token = ""
+    while True:
+        page = await bob.images.ListImages(pb.ListImagesRequest(region=GZ, image_types=[pb.IMAGE_TYPE_SHARED],
+                                                                page_size=1000, page_token=token), metadata=bob.meta)
+        listed += [i.image_id for i in page.images]
+        token = page.next_page_token
+        if not token:
+            break
+    # Every image bob received still exists, and every share made is one he sees.
+    for image_id, (shared, deleted) in zip(images, outcomes, strict=True):
+        exists = True
+        try:
+            await alice.images.GetImage(pb.GetImageRequest(image_id=image_id), metadata=alice.meta)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            exists = False
+        assert exists != deleted
+        assert (image_id in listed) == shared
+        if not exists:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await bob.images.GetImage(pb.GetImageRequest(image_id=image_id), metadata=bob.meta)
