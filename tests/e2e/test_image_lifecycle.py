@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import random
+from collections import Counter
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -224,22 +226,36 @@ async def test_share_and_delete_raced_200_times_never_leave_a_share_of_a_deleted
     for image_id in images:
         await alice.wait(image_id, timeout=120)
 
+    rng = random.Random(5)
+    errors: Counter[str] = Counter()
+
+    async def after(seconds: float, call: Callable[[], Awaitable[object]]) -> object:
+        await asyncio.sleep(seconds)  # before the call starts: a gRPC call starts when it is made
+        return await call()
+
     async def race(image_id: str) -> tuple[bool, bool]:
+        # A delete makes three calls and a share two, so started together the share nearly always wins;
+        # a head start of a few milliseconds for one or the other lets both orders happen.
+        head_start = rng.uniform(0, 0.02)
+        share_delay, delete_delay = (head_start, 0.0) if rng.random() < 0.5 else (0.0, head_start)
         share, delete = await asyncio.gather(
-            alice.shares.ShareImage(share_pb.ShareImageRequest(image_id=image_id, account_ids=[BOB]),
-                                    metadata=alice.meta),
-            alice.images.DeleteImage(pb.DeleteImageRequest(image_id=image_id), metadata=alice.meta),
+            after(share_delay, partial(alice.shares.ShareImage, share_pb.ShareImageRequest(
+                image_id=image_id, account_ids=[BOB]), metadata=alice.meta)),
+            after(delete_delay, partial(alice.images.DeleteImage, pb.DeleteImageRequest(image_id=image_id),
+                                        metadata=alice.meta)),
             return_exceptions=True)
         for outcome in (share, delete):
             if isinstance(outcome, BaseException):
                 assert isinstance(outcome, grpc.aio.AioRpcError), outcome
                 assert outcome.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND), outcome
+                errors[rich_status(outcome)[1].reason] += 1
         return not isinstance(share, BaseException), not isinstance(delete, BaseException)
 
     outcomes = []
     for start in range(0, len(images), 20):
         outcomes += await asyncio.gather(*(race(i) for i in images[start:start + 20]))
     assert not any(shared and deleted for shared, deleted in outcomes)
+    print("race outcomes (shared, deleted):", Counter(outcomes), errors)
     assert any(shared for shared, _ in outcomes) and any(deleted for _, deleted in outcomes)
     listed = []
     token = ""
