@@ -3,10 +3,14 @@
     cloudimg [--endpoint HOST:PORT] [--api-key KEY] [--json] COMMAND ...
 
 Every call authenticates with the API key (--api-key or CLOUDIMG_API_KEY) and has a 10 s deadline.
-`run` always sends a client token (--client-token, or a new one), and the image commands that change
-something a request id (--request-id, or a new one), so a call whose answer was lost is retried safely,
-and a failed one can be retried by hand with the token it names. `--wait` follows an image's background
-job (GetImage every half second, a progress bar on stderr) until it is NORMAL or has failed.
+`run` always sends a client token (--client-token, or a new one), and every other command that changes
+something (the image lifecycle, sharing, answering a share, the trust policy, terminating and
+resetting instances) a request id (--request-id, or a new one), so a call whose answer was lost is
+retried safely, and a failed one can be retried by hand with the token it names. `--wait` follows an
+image's background job (GetImage every half second, a progress bar on stderr) until it is NORMAL or has
+failed. The listings that page (images, charges, prices) show one page and the token of the next, or
+every page with --all; times are RFC 3339 (2026-12-01T00:00:00Z). `--json` prints the response message.
+Exit status: 0 done, 1 the call failed (one line on stderr), 2 a usage error (nothing sent).
 """
 
 import argparse
@@ -20,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -56,6 +60,9 @@ CHARGE_TYPE = instance_pb.ChargeType.DESCRIPTOR
 IMAGE_FORMAT = image_pb.ImageFormat.DESCRIPTOR
 OS_TYPE = image_pb.OsType.DESCRIPTOR
 ARCHITECTURE = image_pb.Architecture.DESCRIPTOR
+SHARE_STATE = image_pb.ShareState.DESCRIPTOR
+INSTANCE_STATE = instance_pb.InstanceState.DESCRIPTOR
+TRUST_POLICY_MODE = share_pb.TrustPolicyMode.DESCRIPTOR
 # --wait: how often an image is looked at, and for how long by default.
 WAIT_POLL_S = 0.5
 WAIT_LIMIT_S = 3600
@@ -65,11 +72,24 @@ FAILED_STATES = (image_pb.IMAGE_STATE_CREATE_FAILED, image_pb.IMAGE_STATE_IMPORT
 
 REGION_COLUMNS = ["region_id", "display_name", "mainland", "sync_enabled"]
 INSTANCE_TYPE_COLUMNS = ["instance_type", "family", "architecture", "vcpus", "memory_gb"]
-IMAGE_COLUMNS = ["image_id", "name", "image_type", "state", "platform", "architecture", "size_gb",
+IMAGE_COLUMNS = ["image_id", "name", "image_type", "state", "share_state", "platform", "architecture", "size_gb",
                  "create_time"]
 INSTANCE_COLUMNS = ["instance_id", "instance_name", "region", "instance_type", "image_id", "state",
-                    "charge_type", "create_time"]
+                    "charge_type", "create_time", "update_time"]
+TERMINATED_COLUMNS = ["instance_id", "instance_name", "region", "state", "terminate_time"]
 SHARE_COLUMNS = ["image_id", "region", "recipient_account_id", "state", "create_time"]
+IMAGE_SHARE_COLUMNS = ["recipient_account_id", "state", "create_time"]  # `shares`: one image's
+# The trust policy as `trust-policy` shows it.
+TRUST_POLICY_FIELDS = ["mode", "allow_platform_images", "trusted_account_ids", "allowed_marketplace_providers",
+                       "allowed_account_ids", "update_time"]
+# The fields `trust-policy update` may name in update_mask, in this order; each is set by the flag whose dest
+# is the field's name.
+TRUST_POLICY_PATHS = ["trusted_account_ids", "mode", "allow_platform_images", "allowed_marketplace_providers",
+                      "allowed_account_ids"]
+CHARGE_HEADERS = ["KIND", "CHARGE_ID", "REGION", "INSTANCES", "USAGE_START_TIME", "USAGE_END_TIME", "TOTAL",
+                  "CREATE_TIME"]
+CHARGE_INSTANCES_SHOWN = 3  # a charge's instances in the table, then "+N" (--json has them all)
+PRICE_HEADERS = ["REGION", "KIND", "INSTANCE_TYPE/PRODUCT", "CHARGE_TYPE", "UNIT_PRICE", "UNIT"]
 SYNC_COLUMNS = ["image_id", "region", "name", "state", "progress_percent"]
 
 
@@ -99,6 +119,17 @@ class Api:
 
 # Commands: each takes (api, args) and returns the response message; its `show` renders it as text.
 
+def listed(api: Api, args: argparse.Namespace, method: Any, request: Message, items: str) -> Any:
+    """One page of a paginated listing (from --page-token), or every page with --all."""
+    return api.all_pages(method, request, items) if args.all else api(method, request)
+
+
+def with_next_page(text: str, response: Any) -> str:
+    if response.next_page_token:
+        text += f"\n\nmore: --page-token {response.next_page_token} (or --all)"
+    return text
+
+
 def list_images(api: Api, args: argparse.Namespace) -> Message:
     request = image_pb.ListImagesRequest(
         region=args.region,
@@ -107,17 +138,62 @@ def list_images(api: Api, args: argparse.Namespace) -> Message:
         name_filter=args.name,
         page_size=args.page_size,
         page_token=args.page_token,
+        share_states=[render.enum_number(SHARE_STATE, s) for s in args.share_states],  # type: ignore[misc]
     )
-    if args.all:
-        return api.all_pages(api.images.ListImages, request, "images")
-    return api(api.images.ListImages, request)
+    return listed(api, args, api.images.ListImages, request, "images")
 
 
 def show_images(response: Any) -> str:
-    text = render.columns(response.images, IMAGE_COLUMNS)
-    if response.next_page_token:
-        text += f"\n\nmore: --page-token {response.next_page_token} (or --all)"
-    return text
+    return with_next_page(render.columns(response.images, IMAGE_COLUMNS), response)
+
+
+def list_instances(api: Api, args: argparse.Namespace) -> Message:
+    request = instance_pb.ListInstancesRequest(
+        region=args.region,
+        states=[render.enum_number(INSTANCE_STATE, s) for s in args.states])  # type: ignore[misc]
+    return api.all_pages(api.instances.ListInstances, request, "instances")
+
+
+def list_charges(api: Api, args: argparse.Namespace) -> Message:
+    request = account_pb.ListChargesRequest(instance_id=args.instance, page_size=args.page_size,
+                                            page_token=args.page_token)
+    if args.since is not None:
+        request.start_time.CopyFrom(args.since)
+    if args.until is not None:
+        request.end_time.CopyFrom(args.until)
+    return listed(api, args, api.accounts.ListCharges, request, "charges")
+
+
+def show_charges(response: Any) -> str:
+    """One row a charge; the usage accrued so far (ACCRUED_USAGE) has no charge id."""
+    rows = [[render.cell(c, "kind"), render.cell(c, "charge_id"), render.cell(c, "region"),
+             charged_instances(c.instance_ids), render.cell(c, "usage_start_time"), render.cell(c, "usage_end_time"),
+             render.cell(c.quote, "total"), render.cell(c, "create_time")]
+            for c in response.charges]
+    return with_next_page(render.table(rows, CHARGE_HEADERS), response)
+
+
+def charged_instances(ids: Sequence[str]) -> str:
+    """The first few instance ids of a charge, then how many more: "ins-1,ins-2,ins-3 +97"."""
+    text = ",".join(ids[:CHARGE_INSTANCES_SHOWN]) or "-"
+    return f"{text} +{len(ids) - CHARGE_INSTANCES_SHOWN}" if len(ids) > CHARGE_INSTANCES_SHOWN else text
+
+
+def list_prices(api: Api, args: argparse.Namespace) -> Message:
+    request = instance_pb.ListPricesRequest(
+        region=args.region, instance_type=args.instance_type, page_size=args.page_size, page_token=args.page_token,
+        charge_type=render.enum_number(CHARGE_TYPE, args.charge_type) if args.charge_type else 0)  # type: ignore[arg-type]
+    return listed(api, args, api.instances.ListPrices, request, "prices")
+
+
+def show_prices(response: Any) -> str:
+    """One row a price; what it prices is the instance type, the marketplace product or, for a license, its
+    description."""
+    rows = [[render.cell(p, "region"), render.cell(p, "kind"),
+             p.instance_type or p.marketplace_product_id or p.description or "-",
+             render.cell(p, "charge_type"), render.cell(p, "unit_price"), render.cell(p, "unit")]
+            for p in response.prices]
+    return with_next_page(render.table(rows, PRICE_HEADERS), response)
 
 
 def launch_fields(args: argparse.Namespace) -> dict:
@@ -176,15 +252,7 @@ def show_run(response: Any) -> str:
     return launched + "\n\n" + render.quote(response.quote)
 
 
-def change_shares(rpc: str, request_type: type[Message]):
-    """The call of `share` or `unshare`: one image, one or more accounts."""
-    def call(api: Api, args: argparse.Namespace) -> Message:
-        request = request_type(image_id=args.image_id, account_ids=args.account_ids)
-        return api(getattr(api.shares, rpc), request)
-    return call
-
-
-# The image lifecycle. A change sends a request id (--request-id or a new one) and is retried with it.
+# The changes other than a launch send a request id (--request-id or a new one) and are retried with it.
 
 class UsageError(Exception):
     """A command line that argparse accepts but that asks for nothing (exit 2, nothing sent)."""
@@ -254,6 +322,67 @@ def delete_image(api: Api, args: argparse.Namespace) -> Message:
     token = request_id(args)
     request = image_pb.DeleteImageRequest(image_id=args.image_id, request_id=token)
     return send_once(api, api.images.DeleteImage, request, "--request-id", token)
+
+
+def change_shares(rpc: str, request_type: type[Message]):
+    """The call of `share` or `unshare`: one image, one or more accounts."""
+    def call(api: Api, args: argparse.Namespace) -> Message:
+        token = request_id(args)
+        request = request_type(image_id=args.image_id, account_ids=args.account_ids, request_id=token)
+        return send_once(api, getattr(api.shares, rpc), request, "--request-id", token)
+    return call
+
+
+def answer_share(rpc: str, request_type: type[Message]):
+    """The call of `accept-share` or `reject-share`: the caller's share of one image."""
+    def call(api: Api, args: argparse.Namespace) -> Message:
+        token = request_id(args)
+        request = request_type(image_id=args.image_id, request_id=token)
+        return send_once(api, getattr(api.shares, rpc), request, "--request-id", token)
+    return call
+
+
+def update_trust_policy(api: Api, args: argparse.Namespace) -> Message:
+    """Sends the fields whose flags were given, and names exactly those in update_mask."""
+    paths = [name for name in TRUST_POLICY_PATHS if getattr(args, name) is not None]
+    if not paths:
+        raise UsageError("trust-policy update: give at least one of --mode, --trusted-accounts, "
+                         "--allow-platform-images, --allowed-providers, --allowed-accounts")
+    policy = share_pb.TrustPolicy()
+    for name in paths:
+        value = getattr(args, name)
+        if name == "mode":
+            policy.mode = render.enum_number(TRUST_POLICY_MODE, value)  # type: ignore[assignment]
+        elif name == "allow_platform_images":
+            policy.allow_platform_images = value == "yes"
+        else:
+            getattr(policy, name).extend(value)
+    token = request_id(args)
+    request = share_pb.UpdateTrustPolicyRequest(policy=policy, update_mask=field_mask_pb2.FieldMask(paths=paths),
+                                                request_id=token)
+    return send_once(api, api.shares.UpdateTrustPolicy, request, "--request-id", token)
+
+
+def show_policy(response: Any) -> str:
+    return render.fields(response.policy, TRUST_POLICY_FIELDS)
+
+
+def terminate_instances(api: Api, args: argparse.Namespace) -> Message:
+    token = request_id(args)
+    request = instance_pb.TerminateInstancesRequest(instance_ids=args.instance_ids, request_id=token)
+    return send_once(api, api.instances.TerminateInstances, request, "--request-id", token)
+
+
+def reset_instance(api: Api, args: argparse.Namespace) -> Message:
+    token = request_id(args)
+    request = instance_pb.ResetInstanceRequest(instance_id=args.instance_id, image_id=args.image, request_id=token,
+                                               dry_run=args.dry_run)
+    return send_once(api, api.instances.ResetInstance, request, "--request-id", token)
+
+
+def show_reset(response: Any, args: argparse.Namespace) -> str:
+    text = render.fields(response.instance) + "\n\n" + render.quote(response.quote)
+    return "dry run: validated and priced, nothing changed\n\n" + text if args.dry_run else text
 
 
 def waited(api: Api, args: argparse.Namespace, images: list[Any]) -> list[Any]:
@@ -356,11 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[global_flags(with_defaults=True)])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, summary: str, call, show, show_with_args: bool = False) -> argparse.ArgumentParser:
-        """A subcommand: ``call(api, args)`` returns the response, ``show(response)`` (or, with
-        ``show_with_args``, ``show(response, args)``) renders it as text."""
-        sub = commands.add_parser(name, help=summary, description=summary,
-                                  parents=[global_flags(with_defaults=False)])
+    def command(name: str, summary: str, call, show, show_with_args: bool = False, under: Any = commands,
+                description: str = "") -> argparse.ArgumentParser:
+        """A subcommand (of ``under``, by default a top-level one): ``call(api, args)`` returns the response,
+        ``show(response)`` (or, with ``show_with_args``, ``show(response, args)``) renders it as text."""
+        sub = under.add_parser(name, help=summary, description=description or summary,
+                               parents=[global_flags(with_defaults=False)])
         sub.set_defaults(call=call, show=show if show_with_args else lambda response, _args: show(response))
         return sub
 
@@ -368,18 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
             lambda api, args: api(api.images.ListRegions, image_pb.ListRegionsRequest()),
             lambda r: render.columns(r.regions, REGION_COLUMNS))
 
-    sub = command("images", "List the images of a region that the caller may see.",
+    sub = command("images", "List the images of a region that the caller may see (one page, or --all).",
                   list_images, show_images)
     sub.add_argument("--region", required=True)
-    sub.add_argument("--type", dest="types", action="extend", nargs="+", default=[],
-                     type=str.upper, choices=render.enum_choices(IMAGE_TYPE), metavar="TYPE",
-                     help=f"image types to list, of {', '.join(render.enum_choices(IMAGE_TYPE))} "
-                          "(repeatable; default every type)")
+    add_enum_list_flag(sub, "--type", "types", IMAGE_TYPE, "image types to list", "default every type")
+    add_enum_list_flag(sub, "--share-state", "share_states", SHARE_STATE, "SHARED images: the share states to list",
+                       "default PENDING and ACCEPTED; a REJECTED share is listed only when asked for")
     sub.add_argument("--platform", help="exact platform, case-insensitive (e.g. Ubuntu)")
     sub.add_argument("--name", help="substring of the image name, case-insensitive")
-    sub.add_argument("--page-size", type=bounded(1, MAX_PAGE_SIZE), help=f"1-{MAX_PAGE_SIZE} (default 50)")
-    sub.add_argument("--page-token")
-    sub.add_argument("--all", action="store_true", help="follow every page")
+    add_page_flags(sub)
 
     sub = command("image", "Show one image.",
                   lambda api, args: api(api.images.GetImage,
@@ -392,6 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         instance_pb.ListInstanceTypesRequest(region=args.region)),
                   lambda r: render.columns(r.instance_types, INSTANCE_TYPE_COLUMNS))
     sub.add_argument("--region", required=True)
+
+    sub = command("prices", "List the published price book: instance, Windows license and marketplace prices "
+                  "(one page, or --all).", list_prices, show_prices)
+    sub.add_argument("--region", help="default every region")
+    sub.add_argument("--charge-type", type=str.upper, choices=render.enum_choices(CHARGE_TYPE),
+                     help="default every charge type")
+    sub.add_argument("--instance-type", metavar="INSTANCE_TYPE",
+                     help="only the instance prices of this type (default every price)")
+    add_page_flags(sub)
 
     sub = command("quote", "Price a launch without creating anything.",
                   lambda api, args: api(
@@ -406,12 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"idempotency token (up to {MAX_CLIENT_TOKEN} ASCII characters; default a new one)")
     sub.add_argument("--dry-run", action="store_true", help="validate and price only")
 
-    sub = command("instances", "List the caller's instances (every page).",
-                  lambda api, args: api.all_pages(
-                      api.instances.ListInstances,
-                      instance_pb.ListInstancesRequest(region=args.region), "instances"),
-                  lambda r: render.columns(r.instances, INSTANCE_COLUMNS))
+    sub = command("instances", "List the caller's instances with their states (every page).",
+                  list_instances, lambda r: render.columns(r.instances, INSTANCE_COLUMNS))
     sub.add_argument("--region", help="default every region")
+    add_enum_list_flag(sub, "--state", "states", INSTANCE_STATE, "instance states to list", "default every state")
 
     sub = command("instance", "Show one instance.",
                   lambda api, args: api(
@@ -419,6 +553,33 @@ def build_parser() -> argparse.ArgumentParser:
                       instance_pb.GetInstanceRequest(instance_id=args.instance_id)),
                   lambda r: render.fields(r.instance))
     sub.add_argument("instance_id", metavar="INSTANCE_ID")
+
+    sub = command("terminate", f"Terminate 1 to {MAX_INSTANCES} of your instances, all or none.",
+                  terminate_instances, lambda r: render.columns(r.instances, TERMINATED_COLUMNS),
+                  description=f"Terminate 1 to {MAX_INSTANCES} of your instances, all or none (terminating a "
+                              "terminated one changes nothing; a PENDING or RESETTING one is refused). Hourly "
+                              "instances are charged for their usage up to now.")
+    sub.add_argument("instance_ids", metavar="INSTANCE_ID", nargs="+", action=at_most(MAX_INSTANCES),
+                     help=f"1 to {MAX_INSTANCES} instance ids")
+    add_change_flags(sub, dry_run=False, wait=False)
+
+    sub = command("reset", "Reinstall one of your RUNNING instances from an image; prints it and its new price.",
+                  reset_instance, show_reset, show_with_args=True,
+                  description="Reinstall one of your RUNNING instances from an image (in its region, of its "
+                              "architecture, no larger than its system disk, one you may launch); it is RESETTING "
+                              "until done, then RUNNING the image, priced from then on by the quote printed.")
+    sub.add_argument("instance_id", metavar="INSTANCE_ID")
+    sub.add_argument("--image", required=True, metavar="IMAGE_ID", help="the image to reinstall it from")
+    sub.add_argument("--dry-run", action="store_true", help="validate and price only: nothing changes")
+    add_change_flags(sub, dry_run=False, wait=False)
+
+    sub = command("quote-reset", "Price a reset of one of your instances without changing anything.",
+                  lambda api, args: api(
+                      api.instances.QuoteResetInstance,
+                      instance_pb.QuoteResetInstanceRequest(instance_id=args.instance_id, image_id=args.image)),
+                  lambda r: render.quote(r.quote))
+    sub.add_argument("instance_id", metavar="INSTANCE_ID")
+    sub.add_argument("--image", required=True, metavar="IMAGE_ID", help="the image to reinstall it from")
 
     for name, summary, call in (
             ("share", "Share one of your custom images with other accounts.",
@@ -428,6 +589,49 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command(name, summary, call, lambda r: render.columns(r.shares, SHARE_COLUMNS))
         sub.add_argument("image_id", metavar="IMAGE_ID")
         sub.add_argument("account_ids", metavar="ACCOUNT_ID", nargs="+")
+        add_change_flags(sub, dry_run=False, wait=False)
+
+    sub = command("shares", "List who one of your custom images is shared with, and each share's state.",
+                  lambda api, args: api.all_pages(
+                      api.shares.ListImageShares, share_pb.ListImageSharesRequest(image_id=args.image_id), "shares"),
+                  lambda r: render.columns(r.shares, IMAGE_SHARE_COLUMNS))
+    sub.add_argument("image_id", metavar="IMAGE_ID")
+
+    for name, summary, call in (
+            ("accept-share", "Accept an image shared with you (pending or rejected) so that you can launch it.",
+             answer_share("AcceptImageShare", share_pb.AcceptImageShareRequest)),
+            ("reject-share", "Reject an image shared with you: it is no longer listed or launchable until accepted.",
+             answer_share("RejectImageShare", share_pb.RejectImageShareRequest))):
+        sub = command(name, summary, call, lambda r: render.fields(r.share))
+        sub.add_argument("image_id", metavar="IMAGE_ID")
+        add_change_flags(sub, dry_run=False, wait=False)
+
+    sub = command("trust-policy", "Show your image trust policy, or change it (trust-policy update).",
+                  lambda api, args: api(api.shares.GetTrustPolicy, share_pb.GetTrustPolicyRequest()), show_policy,
+                  description="Show your image trust policy: shares from trusted accounts are accepted at once, "
+                              "others arrive PENDING; in ENFORCE mode only your own images and those the allow-list "
+                              "names can be launched or reset to, in AUDIT mode the others are flagged "
+                              "image_allowed=no, in OFF mode nothing is restricted. "
+                              "`cloudimg trust-policy update` changes it.")
+    # Without an action it shows the policy: the usage line says the action is optional.
+    sub.usage = "%(prog)s [-h] [--endpoint ENDPOINT] [--api-key API_KEY] [--json] [update ...]"
+    actions = sub.add_subparsers(dest="trust_policy_action", metavar="ACTION")
+    sub = command("update", "Change the fields of your trust policy given as flags (the others stay); prints it.",
+                  update_trust_policy, show_policy, under=actions,
+                  description="Change the fields of your trust policy given as flags, and only those; prints the "
+                              "policy after the change, which applies to your very next call. A list flag "
+                              "replaces the whole list; \"\" empties it.")
+    sub.add_argument("--mode", type=str.upper, choices=render.enum_choices(TRUST_POLICY_MODE),
+                     help="ENFORCE: refuse launches outside the allow-list; AUDIT: flag them; OFF: neither")
+    sub.add_argument("--trusted-accounts", dest="trusted_account_ids", type=name_list, metavar="ACCOUNT,...",
+                     help="accounts whose shares are accepted at once")
+    sub.add_argument("--allow-platform-images", dest="allow_platform_images", type=str.lower, choices=["yes", "no"],
+                     help="allow-list: platform (PUBLIC) images")
+    sub.add_argument("--allowed-providers", dest="allowed_marketplace_providers", type=name_list,
+                     metavar="PROVIDER,...", help="allow-list: marketplace images of these providers (e.g. Bitnami)")
+    sub.add_argument("--allowed-accounts", dest="allowed_account_ids", type=name_list, metavar="ACCOUNT,...",
+                     help="allow-list: custom images shared with you by these accounts")
+    add_change_flags(sub, dry_run=False, wait=False)
 
     sub = command("create-image", "Make a custom image from one of your instances.", create_image, show_made,
                   show_with_args=True)
@@ -477,6 +681,17 @@ def build_parser() -> argparse.ArgumentParser:
             lambda api, args: api(api.accounts.GetCallerIdentity,
                                   account_pb.GetCallerIdentityRequest()),
             render.fields)
+
+    sub = command("charges", "List what you have been charged, then the usage accrued so far (one page, or --all).",
+                  list_charges, show_charges,
+                  description="List your charges in the order they were made (launches, resets and the settled "
+                              "usage of hourly instances), then the usage accrued so far and not settled yet "
+                              "(ACCRUED_USAGE, no charge id).")
+    sub.add_argument("--instance", metavar="INSTANCE_ID", help="only the charges of this instance")
+    sub.add_argument("--since", type=rfc3339, metavar="TIME",
+                     help="only charges made at or after this RFC 3339 time, e.g. 2026-12-01T00:00:00Z")
+    sub.add_argument("--until", type=rfc3339, metavar="TIME", help="only charges made before this RFC 3339 time")
+    add_page_flags(sub)
     return parser
 
 
@@ -498,6 +713,21 @@ def global_flags(with_defaults: bool) -> argparse.ArgumentParser:
     flags.add_argument("--json", action="store_true", default=default(False),
                        help="print the response as JSON")
     return flags
+
+
+def add_page_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--page-size", type=bounded(1, MAX_PAGE_SIZE), help=f"1-{MAX_PAGE_SIZE} (default 50)")
+    parser.add_argument("--page-token", help="the page to show, as the previous one named it")
+    parser.add_argument("--all", action="store_true", help="follow every page")
+
+
+def add_enum_list_flag(parser: argparse.ArgumentParser, flag: str, dest: str, enum: Any, what: str,
+                       default: str) -> None:
+    """A repeatable flag of an enum's short names, any case (--state running --state PENDING)."""
+    choices = render.enum_choices(enum)
+    parser.add_argument(flag, dest=dest, action="extend", nargs="+", default=[], type=str.upper, choices=choices,
+                        metavar=flag.removeprefix("--").replace("-", "_").upper(),
+                        help=f"{what}, of {', '.join(choices)} (repeatable; {default})")
 
 
 def add_launch_flags(parser: argparse.ArgumentParser) -> None:
@@ -536,6 +766,37 @@ def endpoint(text: str) -> str:
     if match is None or not 1 <= int(match[1]) <= 65535:
         raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port from 1 to 65535 (got {text[:80]!r})")
     return text
+
+
+def rfc3339(text: str) -> timestamp_pb2.Timestamp:
+    """An RFC 3339 time with its offset: 2026-12-01T00:00:00Z, 2026-12-01T08:00:00+08:00."""
+    stamp = timestamp_pb2.Timestamp()
+    try:
+        stamp.FromJsonString(text.upper())  # RFC 3339 allows a lowercase "t" and "z"
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an RFC 3339 time with an offset, e.g. 2026-12-01T00:00:00Z (got {text[:80]!r})") from None
+    return stamp
+
+
+def name_list(text: str) -> list[str]:
+    """Comma-separated names ("a,b" or "a, b"); "" is the empty list."""
+    if not text.strip():
+        return []
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be comma-separated names, none of them empty (got {text[:80]!r})")
+    return names
+
+
+def at_most(limit: int) -> type[argparse.Action]:
+    """The action of a positional taking 1 or more values (nargs="+") but no more than limit."""
+    class AtMost(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if len(values) > limit:
+                raise argparse.ArgumentError(self, f"at most {limit} (got {len(values)})")
+            setattr(namespace, self.dest, values)
+    return AtMost
 
 
 def client_token(text: str) -> str:

@@ -41,9 +41,11 @@ def money(amount: money_pb2.Money) -> str:
 
 
 def cell(message: Message, name: str) -> str:
-    """One field of a message as table text."""
+    """One field of a message as table text; a repeated field's values joined by commas."""
     field = message.DESCRIPTOR.fields_by_name[name]
     value = getattr(message, name)
+    if field.is_repeated:
+        return ",".join(entries(message, name)) or "-"
     if field.enum_type is not None:
         return enum_name(field.enum_type, value) if value else "-"  # type: ignore[arg-type]
     if field.message_type is not None:
@@ -73,10 +75,27 @@ def columns(messages: Iterable[Message], names: Sequence[str]) -> str:
     return table(([cell(m, n) for n in names] for m in messages), [n.upper() for n in names])
 
 
+def entries(message: Message, name: str) -> list[str]:
+    """The values of a repeated field of scalars or enums, as text."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    values = getattr(message, name)
+    if field.enum_type is not None:
+        return [enum_name(field.enum_type, v) for v in values]  # type: ignore[arg-type]
+    return [str(v) for v in values]
+
+
 def fields(message: Message, names: Sequence[str] = ()) -> str:
-    """A two-column "field value" listing of one message (every field unless names are given)."""
+    """A two-column "field value" listing of one message (every field unless names are given); a repeated
+    field has one value a line ("-" when it has none)."""
     names = names or [field.name for field in message.DESCRIPTOR.fields]
-    return table([name, cell(message, name)] for name in names)
+    rows = []
+    for name in names:
+        if message.DESCRIPTOR.fields_by_name[name].is_repeated:
+            values = entries(message, name) or ["-"]
+            rows += [[name, values[0]], *[["", v] for v in values[1:]]]
+        else:
+            rows.append([name, cell(message, name)])
+    return table(rows)
 
 
 def quote(q: Any) -> str:

@@ -71,8 +71,48 @@ INSTANCES = [
                          region="ap-guangzhou", instance_type="S5.MEDIUM4", image_id="img-ubuntu22",
                          state=instance_pb.INSTANCE_STATE_RUNNING,
                          charge_type=instance_pb.CHARGE_TYPE_POSTPAID_BY_HOUR,
-                         create_time=ts("2024-06-01T00:00:00Z"))
+                         create_time=ts("2024-06-01T00:00:00Z"), update_time=ts(f"2024-06-0{n + 1}T00:05:00Z"))
     for n in range(3)
+]
+
+
+SHARES = [
+    share_pb.ImageShare(image_id="img-custom01", region="ap-guangzhou", owner_account_id="100000000001",
+                        recipient_account_id=recipient, state=state, create_time=ts(created))
+    for recipient, state, created in [
+        ("100000000002", image_pb.SHARE_STATE_ACCEPTED, "2026-11-01T10:00:00Z"),
+        ("100000000003", image_pb.SHARE_STATE_PENDING, "2026-11-02T10:00:00Z"),
+        ("100000000004", image_pb.SHARE_STATE_REJECTED, "2026-11-03T10:00:00Z")]
+]
+
+POLICY = share_pb.TrustPolicy(trusted_account_ids=["100000000002", "100000000003"],
+                              mode=share_pb.TRUST_POLICY_MODE_ENFORCE, allow_platform_images=True,
+                              allowed_marketplace_providers=["Bitnami"], update_time=ts("2026-11-20T09:00:00Z"))
+
+CHARGES = [
+    account_pb.Charge(charge_id="chg-launch01", region="ap-guangzhou", kind=account_pb.CHARGE_KIND_LAUNCH,
+                      instance_ids=[f"ins-0000000{n}" for n in range(5)], quote=QUOTE,
+                      create_time=ts("2026-12-01T08:00:00Z")),
+    account_pb.Charge(charge_id="chg-usage001", region="ap-guangzhou", kind=account_pb.CHARGE_KIND_USAGE,
+                      instance_ids=["ins-00000001"], quote=instance_pb.Quote(total=usd(0, 360_000_000)),
+                      usage_start_time=ts("2026-12-01T09:00:00Z"), usage_end_time=ts("2026-12-01T12:00:00Z"),
+                      create_time=ts("2026-12-01T12:00:00Z")),
+    account_pb.Charge(region="ap-guangzhou", kind=account_pb.CHARGE_KIND_ACCRUED_USAGE,
+                      instance_ids=["ins-00000002", "ins-00000003"], quote=instance_pb.Quote(total=usd(0, 240_000_000)),
+                      usage_start_time=ts("2026-12-01T09:00:00Z"), usage_end_time=ts("2026-12-01T10:00:00Z"),
+                      create_time=ts("2026-12-01T09:30:00Z")),
+]
+
+PRICES = [
+    instance_pb.Price(region="ap-guangzhou", kind=instance_pb.QUOTE_LINE_KIND_INSTANCE, instance_type="S5.MEDIUM4",
+                      charge_type=instance_pb.CHARGE_TYPE_POSTPAID_BY_HOUR, unit_price=usd(0, 120_000_000),
+                      unit="instance-hour", description="S5.MEDIUM4 in ap-guangzhou"),
+    instance_pb.Price(region="ap-singapore", kind=instance_pb.QUOTE_LINE_KIND_IMAGE_LICENSE,
+                      charge_type=instance_pb.CHARGE_TYPE_PREPAID, unit_price=usd(4, 500_000_000),
+                      unit="instance-month", description="Windows Server license"),
+    instance_pb.Price(region="ap-guangzhou", kind=instance_pb.QUOTE_LINE_KIND_MARKETPLACE,
+                      charge_type=instance_pb.CHARGE_TYPE_POSTPAID_BY_HOUR, unit_price=usd(0, 20_000_000),
+                      unit="instance-hour", description="WordPress by Bitnami", marketplace_product_id="bitnami-wp"),
 ]
 
 
@@ -172,12 +212,14 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
                 for account in request.account_ids]
 
     def ShareImage(self, request, context):
-        return share_pb.ShareImageResponse(
-            shares=self.shares(request, context, image_pb.SHARE_STATE_PENDING))
+        shares = self.shares(request, context, image_pb.SHARE_STATE_PENDING)
+        self.fail_maybe("ShareImage", context)
+        return share_pb.ShareImageResponse(shares=shares)
 
     def UnshareImage(self, request, context):
-        return share_pb.UnshareImageResponse(
-            shares=self.shares(request, context, image_pb.SHARE_STATE_UNSPECIFIED))
+        shares = self.shares(request, context, image_pb.SHARE_STATE_UNSPECIFIED)
+        self.fail_maybe("UnshareImage", context)
+        return share_pb.UnshareImageResponse(shares=shares)
 
     def fail_maybe(self, method, context):
         if self.failures.get(method):
@@ -211,6 +253,78 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
         self.record(request, context)
         return image_pb.GetImageQuotaResponse(region=request.region, custom_image_limit=10, custom_image_used=3,
                                               daily_operation_limit=5, daily_operation_used=5)
+
+    def ListImageShares(self, request, context):
+        self.record(request, context)
+        shares, token = page(SHARES, request)
+        return share_pb.ListImageSharesResponse(shares=shares, next_page_token=token)
+
+    def answered_share(self, method, request, context, state):
+        self.record(request, context)
+        self.fail_maybe(method, context)
+        return share_pb.ImageShare(image_id=request.image_id, region="ap-guangzhou", owner_account_id="100000000001",
+                                   recipient_account_id="100000000002", state=state,
+                                   create_time=ts("2026-11-01T10:00:00Z"))
+
+    def AcceptImageShare(self, request, context):
+        return share_pb.AcceptImageShareResponse(
+            share=self.answered_share("AcceptImageShare", request, context, image_pb.SHARE_STATE_ACCEPTED))
+
+    def RejectImageShare(self, request, context):
+        return share_pb.RejectImageShareResponse(
+            share=self.answered_share("RejectImageShare", request, context, image_pb.SHARE_STATE_REJECTED))
+
+    def GetTrustPolicy(self, request, context):
+        self.record(request, context)
+        return share_pb.GetTrustPolicyResponse(policy=POLICY)
+
+    def UpdateTrustPolicy(self, request, context):
+        """POLICY with the fields named in update_mask taken from the request's policy."""
+        self.record(request, context)
+        self.fail_maybe("UpdateTrustPolicy", context)
+        policy = share_pb.TrustPolicy()
+        policy.CopyFrom(POLICY)
+        for path in request.update_mask.paths:
+            if share_pb.TrustPolicy.DESCRIPTOR.fields_by_name[path].is_repeated:
+                del getattr(policy, path)[:]
+                getattr(policy, path).extend(getattr(request.policy, path))
+            else:
+                setattr(policy, path, getattr(request.policy, path))
+        policy.update_time.CopyFrom(ts("2026-12-01T10:00:00Z"))
+        return share_pb.UpdateTrustPolicyResponse(policy=policy)
+
+    def TerminateInstances(self, request, context):
+        self.record(request, context)
+        self.fail_maybe("TerminateInstances", context)
+        return instance_pb.TerminateInstancesResponse(instances=[
+            instance_pb.Instance(instance_id=i, instance_name=f"web-{n}", region="ap-guangzhou",
+                                 state=instance_pb.INSTANCE_STATE_TERMINATED, terminate_time=ts("2026-12-01T11:00:00Z"))
+            for n, i in enumerate(request.instance_ids)])
+
+    def ResetInstance(self, request, context):
+        self.record(request, context)
+        self.fail_maybe("ResetInstance", context)
+        instance = instance_pb.Instance()
+        instance.CopyFrom(INSTANCES[0])
+        if not request.dry_run:
+            instance.image_id = request.image_id
+            instance.update_time.CopyFrom(ts("2026-12-01T11:00:00Z"))
+        return instance_pb.ResetInstanceResponse(instance=instance, quote=QUOTE)
+
+    def QuoteResetInstance(self, request, context):
+        self.record(request, context)
+        return instance_pb.QuoteResetInstanceResponse(quote=QUOTE)
+
+    def ListPrices(self, request, context):
+        self.record(request, context)
+        self.fail_maybe("ListPrices", context)
+        prices, token = page(PRICES, request)
+        return instance_pb.ListPricesResponse(prices=prices, next_page_token=token)
+
+    def ListCharges(self, request, context):
+        self.record(request, context)
+        charges, token = page(CHARGES, request)
+        return account_pb.ListChargesResponse(charges=charges, next_page_token=token)
 
     def GetCallerIdentity(self, request, context):
         self.record(request, context)
@@ -268,11 +382,12 @@ def test_images_all_follows_every_page(cli, fakes):
                        "--platform", "Ubuntu", "--page-size", "2", "--all")
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["IMAGE_ID", "NAME", "IMAGE_TYPE", "STATE", "PLATFORM",
+    assert header.split() == ["IMAGE_ID", "NAME", "IMAGE_TYPE", "STATE", "SHARE_STATE", "PLATFORM",
                               "ARCHITECTURE", "SIZE_GB", "CREATE_TIME"]
     assert [row.split()[0] for row in rows] == ["img-ubuntu22", "img-debian12", "img-shared01"]
     assert rows[0].endswith(
-        "PUBLIC      NORMAL  Ubuntu    X86_64        20       2024-05-01T08:30:00Z")
+        "PUBLIC      NORMAL  -            Ubuntu    X86_64        20       2024-05-01T08:30:00Z")
+    assert rows[2].endswith("SHARED      NORMAL  ACCEPTED     Ubuntu    -             50       -")
     assert "more:" not in out
     assert [r.page_token for r in fakes.requests] == ["", "2"]
     first = fakes.requests[0]
@@ -351,7 +466,9 @@ def test_instances_lists_every_page_and_one_instance(cli, fakes):
     code, out, _ = cli("instances", "--region", "ap-guangzhou")
     assert code == 0
     assert [row.split()[0] for row in out.splitlines()[1:]] == [i.instance_id for i in INSTANCES]
-    assert "RUNNING  POSTPAID_BY_HOUR  2024-06-01T00:00:00Z" in out
+    assert "RUNNING  POSTPAID_BY_HOUR  2024-06-01T00:00:00Z  2024-06-01T00:05:00Z\n" in out
+    assert out.splitlines()[0].split()[-3:] == ["CHARGE_TYPE", "CREATE_TIME", "UPDATE_TIME"]
+    assert list(fakes.requests[0].states) == []
     code, out, _ = cli("instance", "ins-00000000")
     assert code == 0
     assert "instance_name   web-0\n" in out
@@ -364,6 +481,7 @@ def test_share_and_unshare(cli, fakes, command, state):
     rows = [row.split() for row in out.splitlines()[1:]]
     assert [(r[2], r[3]) for r in rows] == [("acc-11111111", state), ("acc-22222222", state)]
     assert list(fakes.requests[0].account_ids) == ["acc-11111111", "acc-22222222"]
+    assert len(fakes.requests[0].request_id) == 32
 
 
 def test_whoami_sends_the_key_with_a_deadline(cli, fakes):
@@ -476,14 +594,14 @@ def test_run_always_sends_a_client_token(cli, fakes):
     assert len(first) == 32 and first.isascii() and first != second
 
 
-def abort_with(code: grpc.StatusCode, reason: str = ""):
+def abort_with(code: grpc.StatusCode, reason: str = "", message: str = "the launch's outcome is unknown"):
     def abort(context):
         if not reason:
             context.abort(code, "try again")
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="cloudimg"))
         context.abort_with_status(rpc_status.to_status(status_pb2.Status(
-            code=code.value[0], message="the launch's outcome is unknown", details=[detail])))
+            code=code.value[0], message=message, details=[detail])))
     return abort
 
 
@@ -699,3 +817,341 @@ def test_image_command_usage_errors_send_nothing(cli, fakes, argv):
     assert (code, out) == (2, "")
     assert "error:" in err and "Traceback" not in err
     assert fakes.requests == []
+
+
+# Shares, the trust policy, terminate, reset, charges and prices
+
+def test_shares_lists_every_page_of_one_images_shares(cli, fakes):
+    assert cli("shares", "img-custom01") == (0, (
+        "RECIPIENT_ACCOUNT_ID  STATE     CREATE_TIME\n"
+        "100000000002          ACCEPTED  2026-11-01T10:00:00Z\n"
+        "100000000003          PENDING   2026-11-02T10:00:00Z\n"
+        "100000000004          REJECTED  2026-11-03T10:00:00Z\n"), "")
+    assert [(r.image_id, r.page_token) for r in fakes.requests] == [("img-custom01", ""), ("img-custom01", "2")]
+    code, out, _ = cli("--json", "shares", "img-custom01")
+    body = json.loads(out)
+    assert code == 0 and "next_page_token" not in body
+    assert [(s["recipient_account_id"], s["state"]) for s in body["shares"]] == [
+        ("100000000002", "SHARE_STATE_ACCEPTED"), ("100000000003", "SHARE_STATE_PENDING"),
+        ("100000000004", "SHARE_STATE_REJECTED")]
+
+
+@pytest.mark.parametrize("command, request_type, state", [
+    ("accept-share", share_pb.AcceptImageShareRequest, "ACCEPTED"),
+    ("reject-share", share_pb.RejectImageShareRequest, "REJECTED"),
+])
+def test_accept_and_reject_a_share_print_it(cli, fakes, command, request_type, state):
+    code, out, err = cli(command, "img-shared01")
+    assert (code, err) == (0, "")
+    assert out == ("image_id              img-shared01\nregion                ap-guangzhou\n"
+                   "owner_account_id      100000000001\nrecipient_account_id  100000000002\n"
+                   f"state                 {state}\ncreate_time           2026-11-01T10:00:00Z\n")
+    (request,) = fakes.requests
+    assert isinstance(request, request_type) and request.image_id == "img-shared01"
+    assert len(request.request_id) == 32 and request.request_id.isascii()
+    code, out, _ = cli("--json", command, "img-shared01", "--request-id", "answer-1")
+    assert (code, json.loads(out)["share"]["state"]) == (0, f"SHARE_STATE_{state}")
+    assert fakes.requests[-1].request_id == "answer-1"
+
+
+def test_accepting_a_share_that_is_not_there_is_one_line(cli, fakes, no_backoff):
+    fakes.failures["AcceptImageShare"] = [abort_with(grpc.StatusCode.NOT_FOUND, "SHARE_NOT_FOUND",
+                                                     "image img-nothere0 is not shared with you")]
+    assert cli("accept-share", "img-nothere0") == (
+        1, "", "error: NOT_FOUND SHARE_NOT_FOUND: image img-nothere0 is not shared with you\n")
+    assert len(fakes.requests) == 1
+
+
+POLICY_TEXT = ("mode                           ENFORCE\n"
+               "allow_platform_images          yes\n"
+               "trusted_account_ids            100000000002\n"
+               "                               100000000003\n"
+               "allowed_marketplace_providers  Bitnami\n"
+               "allowed_account_ids            -\n"
+               "update_time                    2026-11-20T09:00:00Z\n")
+
+
+def test_trust_policy_alone_shows_the_policy(cli, fakes):
+    assert cli("trust-policy") == (0, POLICY_TEXT, "")
+    assert fakes.requests == [share_pb.GetTrustPolicyRequest()]
+    code, out, _ = cli("trust-policy", "--json")
+    assert (code, json.loads(out)) == (0, {"policy": {
+        "trusted_account_ids": ["100000000002", "100000000003"], "mode": "TRUST_POLICY_MODE_ENFORCE",
+        "allow_platform_images": True, "allowed_marketplace_providers": ["Bitnami"],
+        "update_time": "2026-11-20T09:00:00Z"}})
+
+
+def test_a_policy_never_changed_shows_empty_lists_and_no_time():
+    policy = share_pb.GetTrustPolicyResponse(policy=share_pb.TrustPolicy(
+        mode=share_pb.TRUST_POLICY_MODE_OFF, allow_platform_images=True))
+    assert cli_main.show_policy(policy) == (
+        "mode                           OFF\nallow_platform_images          yes\ntrusted_account_ids            -\n"
+        "allowed_marketplace_providers  -\nallowed_account_ids            -\nupdate_time                    -")
+
+
+@pytest.mark.parametrize("flags, paths, policy", [
+    (("--mode", "audit"), ["mode"], share_pb.TrustPolicy(mode=share_pb.TRUST_POLICY_MODE_AUDIT)),
+    (("--allow-platform-images", "NO"), ["allow_platform_images"], share_pb.TrustPolicy()),
+    (("--allow-platform-images", "yes"), ["allow_platform_images"], share_pb.TrustPolicy(allow_platform_images=True)),
+    (("--trusted-accounts", ""), ["trusted_account_ids"], share_pb.TrustPolicy()),
+    (("--allowed-accounts", "100000000005, 100000000006", "--allowed-providers", "Bitnami,WordPress Inc",
+      "--trusted-accounts", "100000000007", "--mode", "OFF"),
+     ["trusted_account_ids", "mode", "allowed_marketplace_providers", "allowed_account_ids"],
+     share_pb.TrustPolicy(trusted_account_ids=["100000000007"], mode=share_pb.TRUST_POLICY_MODE_OFF,
+                          allowed_marketplace_providers=["Bitnami", "WordPress Inc"],
+                          allowed_account_ids=["100000000005", "100000000006"])),
+])
+def test_trust_policy_update_masks_only_the_flags_given(cli, fakes, flags, paths, policy):
+    code, out, err = cli("trust-policy", "update", *flags)
+    assert (code, err) == (0, "")
+    (request,) = fakes.requests
+    assert list(request.update_mask.paths) == paths
+    assert request.policy == policy
+    assert len(request.request_id) == 32
+
+
+def test_trust_policy_update_prints_the_policy_after_the_change(cli, fakes):
+    assert cli("trust-policy", "update", "--trusted-accounts", "", "--allowed-accounts", "100000000005") == (0, (
+        "mode                           ENFORCE\n"
+        "allow_platform_images          yes\n"
+        "trusted_account_ids            -\n"
+        "allowed_marketplace_providers  Bitnami\n"
+        "allowed_account_ids            100000000005\n"
+        "update_time                    2026-12-01T10:00:00Z\n"), "")
+    code, out, _ = cli("--json", "trust-policy", "update", "--mode", "audit", "--request-id", "policy-1")
+    assert (code, json.loads(out)["policy"]["mode"]) == (0, "TRUST_POLICY_MODE_AUDIT")
+    assert fakes.requests[-1].request_id == "policy-1"
+
+
+def test_trust_policy_update_without_a_flag_sends_nothing(cli, fakes):
+    code, out, err = cli("trust-policy", "update")
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert err.startswith("cloudimg: error: trust-policy update: give at least one of --mode")
+    assert fakes.requests == []
+
+
+# The changes retried with their request id: (argv, the RPC)
+CHANGES = [
+    (("share", "img-custom01", "100000000002"), "ShareImage"),
+    (("unshare", "img-custom01", "100000000002"), "UnshareImage"),
+    (("accept-share", "img-shared01"), "AcceptImageShare"),
+    (("reject-share", "img-shared01"), "RejectImageShare"),
+    (("trust-policy", "update", "--mode", "enforce"), "UpdateTrustPolicy"),
+    (("terminate", "ins-00000001", "ins-00000002"), "TerminateInstances"),
+    (("reset", "ins-00000000", "--image", "img-new00001"), "ResetInstance"),
+]
+
+
+@pytest.mark.parametrize("argv, method", CHANGES)
+def test_a_change_is_retried_with_its_request_id(cli, fakes, no_backoff, argv, method):
+    fakes.failures[method] = [abort_with(grpc.StatusCode.UNAVAILABLE)]
+    code, _, err = cli(*argv)
+    assert (code, err) == (0, "")
+    first, second = fakes.requests
+    assert first.request_id and first == second  # the same request, the same id
+
+
+@pytest.mark.parametrize("argv, method", CHANGES)
+def test_a_change_that_still_fails_names_its_request_id(cli, fakes, no_backoff, argv, method):
+    fakes.failures[method] = [abort_with(grpc.StatusCode.UNAVAILABLE)] * 5
+    code, out, err = cli(*argv, "--request-id", "chg-1")
+    assert (code, out, err) == (1, "", "error: UNAVAILABLE: try again; retry with --request-id chg-1\n")
+    assert [r.request_id for r in fakes.requests] == ["chg-1"] * 3
+
+
+@pytest.mark.parametrize("argv, method", CHANGES)
+def test_a_refused_change_is_one_line_and_not_retried(cli, fakes, no_backoff, argv, method):
+    fakes.failures[method] = [abort_with(grpc.StatusCode.FAILED_PRECONDITION, "IDEMPOTENCY_PARAMETER_MISMATCH",
+                                         "request_id chg-1 was used with other parameters")]
+    assert cli(*argv, "--request-id", "chg-1") == (
+        1, "", "error: FAILED_PRECONDITION IDEMPOTENCY_PARAMETER_MISMATCH: request_id chg-1 was used with other "
+               "parameters\n")  # a refusal, not a lost answer: no "retry with"
+    assert len(fakes.requests) == 1
+
+
+def test_terminate_prints_the_instances_and_their_states(cli, fakes):
+    assert cli("terminate", "ins-00000002", "ins-00000001", "--request-id", "term-1") == (0, (
+        "INSTANCE_ID   INSTANCE_NAME  REGION        STATE       TERMINATE_TIME\n"
+        "ins-00000002  web-0          ap-guangzhou  TERMINATED  2026-12-01T11:00:00Z\n"
+        "ins-00000001  web-1          ap-guangzhou  TERMINATED  2026-12-01T11:00:00Z\n"), "")
+    assert fakes.requests == [instance_pb.TerminateInstancesRequest(
+        instance_ids=["ins-00000002", "ins-00000001"], request_id="term-1")]
+    code, out, _ = cli("--json", "terminate", "ins-00000003")
+    assert (code, [(i["instance_id"], i["state"]) for i in json.loads(out)["instances"]]) == (
+        0, [("ins-00000003", "INSTANCE_STATE_TERMINATED")])
+
+
+def test_terminate_takes_up_to_100_ids(cli, fakes):
+    ids = [f"ins-{n:08d}" for n in range(100)]
+    assert cli("terminate", *ids)[0] == 0
+    assert list(fakes.requests[0].instance_ids) == ids
+
+
+def test_reset_prints_the_instance_and_its_new_quote(cli, fakes):
+    code, out, err = cli("reset", "ins-00000000", "--image", "img-new00001", "--request-id", "reset-1")
+    assert (code, err) == (0, "")
+    assert out.startswith("instance_id     ins-00000000\n")
+    assert "image_id        img-new00001\nstate           RUNNING\n" in out
+    assert "update_time     2026-12-01T11:00:00Z\n" in out
+    assert out.endswith("\n\nKIND           DESCRIPTION             UNIT_PRICE   QUANTITY  UNIT           AMOUNT\n"
+                        "INSTANCE       S5.MEDIUM4              USD 0.12     2         instance-hour  USD 0.24\n"
+                        "IMAGE_LICENSE  Windows Server license  USD 0.00625  2         instance-hour  USD 0.0125\n"
+                        "\ntotal          USD 0.2525\ncharge_type    POSTPAID_BY_HOUR\nimage_allowed  yes\n")
+    assert fakes.requests == [instance_pb.ResetInstanceRequest(
+        instance_id="ins-00000000", image_id="img-new00001", request_id="reset-1")]
+    code, out, _ = cli("--json", "reset", "ins-00000000", "--image", "img-new00001")
+    body = json.loads(out)
+    assert (code, body["instance"]["image_id"], body["quote"]["total"]["nanos"]) == (0, "img-new00001", 252500000)
+
+
+def test_reset_dry_run_says_nothing_changed(cli, fakes):
+    code, out, _ = cli("reset", "ins-00000000", "--image", "img-new00001", "--dry-run")
+    assert code == 0
+    assert out.startswith("dry run: validated and priced, nothing changed\n\ninstance_id     ins-00000000\n")
+    assert "image_id        img-ubuntu22\n" in out
+    assert fakes.requests[0].dry_run and fakes.requests[0].request_id
+
+
+def test_quote_reset_prints_the_quote(cli, fakes):
+    code, out, _ = cli("quote-reset", "ins-00000000", "--image", "img-new00001")
+    assert code == 0
+    assert out.startswith("KIND           DESCRIPTION") and out.endswith("image_allowed  yes\n")
+    assert fakes.requests == [instance_pb.QuoteResetInstanceRequest(instance_id="ins-00000000",
+                                                                    image_id="img-new00001")]
+
+
+CHARGES_TEXT = [
+    "KIND           CHARGE_ID     REGION        INSTANCES                                  USAGE_START_TIME      "
+    "USAGE_END_TIME        TOTAL       CREATE_TIME",
+    "LAUNCH         chg-launch01  ap-guangzhou  ins-00000000,ins-00000001,ins-00000002 +2  -                     "
+    "-                     USD 0.2525  2026-12-01T08:00:00Z",
+    "USAGE          chg-usage001  ap-guangzhou  ins-00000001                               2026-12-01T09:00:00Z  "
+    "2026-12-01T12:00:00Z  USD 0.36    2026-12-01T12:00:00Z",
+    "ACCRUED_USAGE  -             ap-guangzhou  ins-00000002,ins-00000003                  2026-12-01T09:00:00Z  "
+    "2026-12-01T10:00:00Z  USD 0.24    2026-12-01T09:30:00Z",
+]
+
+
+def test_charges_all_shows_the_ledger_then_the_accrued_usage(cli, fakes):
+    assert cli("charges", "--all") == (0, "\n".join(CHARGES_TEXT) + "\n", "")
+    assert [r.page_token for r in fakes.requests] == ["", "2"]
+    assert not fakes.requests[0].HasField("start_time") and not fakes.requests[0].HasField("end_time")
+
+
+def test_charges_one_page_names_the_next_token(cli, fakes):
+    code, out, _ = cli("charges", "--page-size", "2")
+    assert code == 0
+    assert out.splitlines()[1].startswith("LAUNCH ") and "ACCRUED_USAGE" not in out
+    assert out.endswith("\n\nmore: --page-token 2 (or --all)\n")
+
+
+def test_charges_filters_are_sent(cli, fakes):
+    code, _, _ = cli("charges", "--instance", "ins-00000001", "--since", "2026-12-01T08:00:00+08:00",
+                     "--until", "2026-12-02t00:00:00.5z", "--page-size", "1000", "--page-token", "2")
+    assert code == 0
+    assert fakes.requests == [account_pb.ListChargesRequest(
+        instance_id="ins-00000001", start_time=ts("2026-12-01T00:00:00Z"), end_time=ts("2026-12-02T00:00:00.500Z"),
+        page_size=1000, page_token="2")]
+
+
+def test_charges_as_json(cli):
+    code, out, _ = cli("--json", "charges", "--all")
+    charges = json.loads(out)["charges"]
+    assert code == 0
+    assert [(c.get("charge_id"), c["kind"]) for c in charges] == [
+        ("chg-launch01", "CHARGE_KIND_LAUNCH"), ("chg-usage001", "CHARGE_KIND_USAGE"),
+        (None, "CHARGE_KIND_ACCRUED_USAGE")]
+    assert len(charges[0]["instance_ids"]) == 5 and charges[2]["usage_end_time"] == "2026-12-01T10:00:00Z"
+
+
+PRICES_TEXT = ("REGION        KIND           INSTANCE_TYPE/PRODUCT   CHARGE_TYPE       UNIT_PRICE  UNIT\n"
+               "ap-guangzhou  INSTANCE       S5.MEDIUM4              POSTPAID_BY_HOUR  USD 0.12    instance-hour\n"
+               "ap-singapore  IMAGE_LICENSE  Windows Server license  PREPAID           USD 4.50    instance-month\n"
+               "ap-guangzhou  MARKETPLACE    bitnami-wp              POSTPAID_BY_HOUR  USD 0.02    instance-hour\n")
+
+
+def test_prices_all(cli, fakes):
+    assert cli("prices", "--all") == (0, PRICES_TEXT, "")
+    assert [r.page_token for r in fakes.requests] == ["", "2"]
+    assert fakes.requests[0] == instance_pb.ListPricesRequest()
+
+
+def test_prices_filters_and_one_page(cli, fakes):
+    code, out, _ = cli("prices", "--region", "ap-guangzhou", "--charge-type", "spotpaid", "--instance-type",
+                       "S5.MEDIUM4", "--page-size", "2")
+    assert code == 0
+    assert out == "\n".join(PRICES_TEXT.splitlines()[:3]) + "\n\nmore: --page-token 2 (or --all)\n"
+    assert fakes.requests == [instance_pb.ListPricesRequest(
+        region="ap-guangzhou", charge_type=instance_pb.CHARGE_TYPE_SPOTPAID, instance_type="S5.MEDIUM4", page_size=2)]
+    code, out, _ = cli("--json", "prices", "--all")
+    prices = json.loads(out)["prices"]
+    assert (code, prices[2]["marketplace_product_id"], prices[1]["unit_price"]) == (
+        0, "bitnami-wp", {"currency_code": "USD", "units": "4", "nanos": 500000000})
+
+
+def test_prices_refused_is_one_line(cli, fakes):
+    fakes.failures["ListPrices"] = [abort_with(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+                                               "page_token does not match the request")]
+    assert cli("prices", "--page-token", "bogus") == (
+        1, "", "error: INVALID_ARGUMENT INVALID_PAGE_TOKEN: page_token does not match the request\n")
+
+
+def test_instances_by_state(cli, fakes):
+    assert cli("instances", "--state", "running", "--state", "RESETTING", "PENDING")[0] == 0
+    assert list(fakes.requests[0].states) == [instance_pb.INSTANCE_STATE_RUNNING, instance_pb.INSTANCE_STATE_RESETTING,
+                                              instance_pb.INSTANCE_STATE_PENDING]
+    assert all(list(r.states) == list(fakes.requests[0].states) for r in fakes.requests)  # on every page
+
+
+def test_images_by_share_state(cli, fakes):
+    assert cli("images", "--region", "ap-guangzhou", "--share-state", "rejected", "--share-state", "PENDING")[0] == 0
+    assert list(fakes.requests[0].share_states) == [image_pb.SHARE_STATE_REJECTED, image_pb.SHARE_STATE_PENDING]
+    assert cli("images", "--region", "ap-guangzhou")[0] == 0
+    assert list(fakes.requests[1].share_states) == []
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (("charges", "--since", "2026-12-01"), "--since"),
+    (("charges", "--since", "2026-12-01T00:00:00"), "--since"),  # no offset
+    (("charges", "--until", "yesterday"), "--until"),
+    (("charges", "--until", "2026-13-01T00:00:00Z"), "--until"),
+    (("charges", "--page-size", "0"), "--page-size"),
+    (("prices", "--charge-type", "monthly"), "--charge-type"),
+    (("prices", "--page-size", "1001"), "--page-size"),
+    (("terminate", "--request-id", "x" * 65, "ins-00000001"), "--request-id"),
+    (("terminate", *[f"ins-{n:08d}" for n in range(101)]), "INSTANCE_ID"),
+    (("terminate",), "INSTANCE_ID"),
+    (("reset", "ins-00000000"), "--image"),
+    (("reset", "--image", "img-new00001"), "INSTANCE_ID"),
+    (("quote-reset", "ins-00000000"), "--image"),
+    (("shares",), "IMAGE_ID"),
+    (("accept-share",), "IMAGE_ID"),
+    (("reject-share", "img-shared01", "--request-id", "caf\u00e9"), "--request-id"),
+    (("trust-policy", "update", "--mode", "strict"), "--mode"),
+    (("trust-policy", "update", "--allow-platform-images", "maybe"), "--allow-platform-images"),
+    (("trust-policy", "update", "--trusted-accounts", "100000000002,,100000000003"), "--trusted-accounts"),
+    (("trust-policy", "update", "--allowed-accounts", "100000000002,"), "--allowed-accounts"),
+    (("trust-policy", "delete"), "ACTION"),
+    (("instances", "--state", "sleeping"), "--state"),
+    (("images", "--region", "r", "--share-state", "declined"), "--share-state"),
+])
+def test_new_command_usage_errors_name_the_argument_and_send_nothing(cli, fakes, argv, flag):
+    code, out, err = cli(*argv)
+    assert (code, out) == (2, "")
+    assert f"error: argument {flag}" in err or f"required: {flag}" in err, err
+    assert "Traceback" not in err
+    assert fakes.requests == []
+
+
+def test_help_names_every_command(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for name in ("shares", "accept-share", "reject-share", "trust-policy", "terminate", "reset", "quote-reset",
+                 "charges", "prices", "instances"):
+        assert f"\n    {name} " in out
+    code, out, _ = cli("trust-policy", "--help")
+    assert code == 0 and "[update ...]" in out.splitlines()[0] and "update" in out
+    code, out, _ = cli("trust-policy", "update", "--help")
+    assert code == 0
+    assert all(flag in out for flag in ("--mode {OFF,AUDIT,ENFORCE}", "--trusted-accounts", "--allow-platform-images "
+                                        "{yes,no}", "--allowed-providers", "--allowed-accounts", "--request-id"))
