@@ -68,9 +68,22 @@ class ShareRepository:
         statement = statement.order_by(SHARES.c.recipient_account_id).limit(limit)
         return [_to_share(r) for r in self._connection.execute(statement)]
 
-    def received(self, recipient_account_id: str, region: str, after: str | None, limit: int) -> list[Share]:
+    def lock_shared_image(self, image_id: str) -> None:
+        """Serializes a recipient's decision with the share changes of the image (``lock_image``) without
+        making a lock row: an image with a share has one, and strangers' calls leave nothing behind."""
+        c = IMAGE_LOCKS.c
+        self._connection.execute(select(c.image_id).where(c.image_id == image_id).with_for_update()).first()
+
+    def set_state(self, image_id: str, recipient_account_id: str, state: ShareState) -> None:
+        self._connection.execute(update(SHARES).where(
+            SHARES.c.image_id == image_id, SHARES.c.recipient_account_id == recipient_account_id,
+        ).values(state=state.value))
+
+    def received(self, recipient_account_id: str, region: str, states: Iterable[ShareState], after: str | None,
+                 limit: int) -> list[Share]:
         c = SHARES.c
-        statement = select(SHARES).where(c.recipient_account_id == recipient_account_id, c.region == region)
+        statement = select(SHARES).where(c.recipient_account_id == recipient_account_id, c.region == region,
+                                         c.state.in_(sorted(s.value for s in states)))
         if after is not None:
             statement = statement.where(c.image_id > after)
         return [_to_share(r) for r in self._connection.execute(statement.order_by(c.image_id).limit(limit))]
@@ -79,6 +92,13 @@ class ShareRepository:
         row = self._connection.execute(select(SHARES).where(
             SHARES.c.image_id == image_id, SHARES.c.recipient_account_id == recipient_account_id)).first()
         return None if row is None else _to_share(row)
+
+    def received_of(self, recipient_account_id: str, image_ids: Iterable[str]) -> dict[str, Share]:
+        """The recipient's shares of any of these images (in one query, whatever their number), by image."""
+        c = SHARES.c
+        rows = self._connection.execute(select(SHARES).where(c.recipient_account_id == recipient_account_id,
+                                                             c.image_id.in_(sorted(set(image_ids)))))
+        return {share.image_id: share for share in map(_to_share, rows)}
 
 
 def _shares_to_json(shares: list[Share]) -> list[dict[str, str]]:
@@ -96,3 +116,6 @@ def _shares_from_json(version: int, shares: Any) -> list[Share]:
 
 # What ShareImage and UnshareImage answered: the image's shares after the call.
 SHARES_ANSWER = ResponseFormat(version=1, encode=_shares_to_json, decode=_shares_from_json)
+# What AcceptImageShare and RejectImageShare answered: the share after the call (kept as a list of one).
+SHARE_ANSWER = ResponseFormat(version=1, encode=lambda share: _shares_to_json([share]),
+                              decode=lambda version, stored: _shares_from_json(version, stored)[0])

@@ -32,8 +32,35 @@ class ImageShareLockRow(SQLModel, table=True):
     retired_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
+class TrustPolicyRow(SQLModel, table=True):
+    """An account's trust policy, but for its lists (TrustEntryRow). No row: the default policy. The row is
+    also the account's lock while its policy changes, so that updates of different fields never lose one."""
+
+    __tablename__ = "sharing_trust_policy"
+
+    account_id: str = Field(primary_key=True, max_length=32)
+    mode: str = Field(max_length=16)
+    allow_platform_images: bool
+    update_time: datetime = Field(sa_type=DateTime(timezone=True))
+
+
+class TrustEntryRow(SQLModel, table=True):
+    """One value of one of a policy's lists, so that "does this recipient trust the owner" and "is this
+    provider or account allowed" are lookups on the primary key; ``ordinal`` keeps each list's order."""
+
+    __tablename__ = "sharing_trust_entry"
+
+    account_id: str = Field(primary_key=True, max_length=32)
+    list_name: str = Field(primary_key=True, max_length=16)
+    value: str = Field(primary_key=True, max_length=64)
+    ordinal: int
+
+
 SHARES: Table = ShareRow.__table__  # type: ignore[attr-defined]
 IMAGE_LOCKS: Table = ImageShareLockRow.__table__  # type: ignore[attr-defined]
-# ShareImage and UnshareImage by request_id: the image's shares that each call returned.
+TRUST_POLICIES: Table = TrustPolicyRow.__table__  # type: ignore[attr-defined]
+TRUST_ENTRIES: Table = TrustEntryRow.__table__  # type: ignore[attr-defined]
+# The mutations by request_id (ShareImage, UnshareImage, Accept/RejectImageShare, UpdateTrustPolicy): what
+# each call returned.
 REQUESTS = request_table("sharing")
-TABLES = [SHARES, IMAGE_LOCKS, REQUESTS]
+TABLES = [SHARES, IMAGE_LOCKS, TRUST_POLICIES, TRUST_ENTRIES, REQUESTS]

@@ -1,13 +1,13 @@
-"""The sharing context's domain: shares, the share limit and the launch-permission verdict."""
+"""The sharing context's domain: shares, their state, the share limit and the delete hold."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from chassis import ids
-from chassis.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
+from chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 MAX_SHARES_PER_IMAGE = 50
 # How long RetireImage holds an image for its deletion: longer than any call's deadline, so that the
@@ -27,13 +27,15 @@ class ShareState(enum.StrEnum):
     REJECTED = "REJECTED"
 
 
-class LaunchBasis(enum.StrEnum):
-    OWNER = "OWNER"
-    PUBLIC = "PUBLIC"
-    MARKETPLACE = "MARKETPLACE"
-    SHARED = "SHARED"
-    SHARE_PENDING = "SHARE_PENDING"
-    NONE = "NONE"
+# What ListReceivedShares answers when no state is asked for: the shares a recipient can act on or launch.
+DEFAULT_RECEIVED_STATES = frozenset({ShareState.PENDING, ShareState.ACCEPTED})
+
+
+class ShareDecision(enum.StrEnum):
+    """What a recipient does with a share it received (AcceptImageShare / RejectImageShare)."""
+
+    ACCEPT = "ACCEPT"
+    REJECT = "REJECT"
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,6 @@ class Share:
     recipient_account_id: str
     state: ShareState
     create_time: datetime
-
-
-@dataclass(frozen=True)
-class Verdict:
-    visible: bool
-    allowed: bool
-    basis: LaunchBasis
-    share_state: ShareState | None = None
-    image_allowed: bool = True
 
 
 def check_owner_may_share(image: ImageRef, caller_account_id: str) -> None:
@@ -129,16 +122,24 @@ def new_recipients(image: ImageRef, requested: list[str], existing: set[str]) ->
     return added
 
 
-def launch_verdict(image: ImageRef, caller_account_id: str, share: Share | None) -> Verdict:
-    """May the caller launch the image: its own, public, marketplace, or shared with it in the region."""
-    if image.owner_account_id == caller_account_id and image.kind is ImageKind.CUSTOM:
-        return Verdict(True, True, LaunchBasis.OWNER)
-    if image.kind is ImageKind.PUBLIC:
-        return Verdict(True, True, LaunchBasis.PUBLIC)
-    if image.kind is ImageKind.MARKET:
-        return Verdict(True, True, LaunchBasis.MARKETPLACE)
-    if share is None or share.region != image.region or share.state is ShareState.REJECTED:
-        return Verdict(False, False, LaunchBasis.NONE)
-    if share.state is ShareState.PENDING:
-        return Verdict(True, False, LaunchBasis.SHARE_PENDING, share.state)
-    return Verdict(True, True, LaunchBasis.SHARED, share.state)
+def new_share_state(recipient_trusts_owner: bool) -> ShareState:
+    """A new share is accepted at once when its recipient's trust policy trusts the image's owner; otherwise it
+    waits for the recipient (shared images are not reviewed, so nobody is handed one unasked)."""
+    return ShareState.ACCEPTED if recipient_trusts_owner else ShareState.PENDING
+
+
+def decided(share: Share, decision: ShareDecision) -> Share:
+    """The share after its recipient's decision: either decision may be taken, or taken again, in any state."""
+    state = ShareState.ACCEPTED if decision is ShareDecision.ACCEPT else ShareState.REJECTED
+    return share if share.state is state else replace(share, state=state)
+
+
+def share_not_found(image_id: str) -> NotFound:
+    """The one answer for an image that does not exist and one that is not shared with the caller."""
+    return NotFound("SHARE_NOT_FOUND", f"image {image_id} is not shared with you", resource_type="image",
+                    resource_name=image_id)
+
+
+def received_states(states: list[ShareState]) -> frozenset[ShareState]:
+    """The share states a ListReceivedShares asks for: exactly those named, or by default PENDING and ACCEPTED."""
+    return frozenset(states) if states else DEFAULT_RECEIVED_STATES

@@ -1,16 +1,15 @@
-"""The sharing context's use cases."""
+"""The sharing context's use cases of shares: an owner shares and unshares, a recipient accepts or rejects,
+both list them; and the delete hold of an image. Trust policies and verdicts have their own modules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from chassis import pagination
+from chassis import ids, pagination
 from chassis.clock import Clock, SystemClock
 from chassis.errors import InvalidArgument
 from sharing_service.domain import model
-from sharing_service.domain.model import ImageRef, Share, ShareState, Verdict
-from sharing_service.service_layer.unit_of_work import SharingUnitOfWork
+from sharing_service.domain.model import ImageRef, Share, ShareDecision, ShareState
+from sharing_service.service_layer.unit_of_work import UnitOfWorkFactory
 
-UnitOfWorkFactory = Callable[..., SharingUnitOfWork]
 _SYSTEM_CLOCK = SystemClock()
 
 
@@ -28,9 +27,9 @@ def share_image(image: ImageRef, account_ids: list[str], caller_account_id: str,
         now = clock.now()
         model.check_not_being_deleted(image, retired_until, now)
         added = model.new_recipients(image, requested, uow.shares.recipients_of(image.image_id))
-        # Trust policies arrive with the sharing issue; until then every share is accepted at once.
+        trusting = uow.trust.trusting(image.owner_account_id, added)
         uow.shares.add(Share(image.image_id, image.region, image.owner_account_id, recipient,
-                             ShareState.ACCEPTED, now) for recipient in added)
+                             model.new_share_state(recipient in trusting), now) for recipient in added)
         shares = uow.shares.of_image(image.image_id)
         claim.answer(shares)
         uow.commit()
@@ -87,21 +86,37 @@ def list_image_shares(image: ImageRef, caller_account_id: str, page_size: int, p
     return pagination.page_of(shares, size, fingerprint, lambda s: s.recipient_account_id)
 
 
-def list_received_shares(caller_account_id: str, region: str, page_size: int, page_token: str, *,
-                         new_uow: UnitOfWorkFactory) -> tuple[list[Share], str]:
+def list_received_shares(caller_account_id: str, region: str, states: list[ShareState], page_size: int,
+                         page_token: str, *, new_uow: UnitOfWorkFactory) -> tuple[list[Share], str]:
     if not region:
         raise InvalidArgument("REGION_REQUIRED", "region is required", field="region")
+    wanted = model.received_states(states)
     size = pagination.clamp_page_size(page_size)
-    fingerprint = pagination.fingerprint("received", caller_account_id, region)
+    fingerprint = pagination.fingerprint("received", caller_account_id, region, sorted(s.value for s in wanted))
     after = pagination.decode_page_token(page_token, fingerprint)
     with new_uow(read_only=True) as uow:
-        shares = uow.shares.received(caller_account_id, region, after, size + 1)
+        shares = uow.shares.received(caller_account_id, region, wanted, after, size + 1)
     return pagination.page_of(shares, size, fingerprint, lambda s: s.image_id)
 
 
-def check_launch_permission(image: ImageRef, caller_account_id: str, *, new_uow: UnitOfWorkFactory) -> Verdict:
-    share = None
-    if image.kind is model.ImageKind.CUSTOM and image.owner_account_id != caller_account_id:
-        with new_uow(read_only=True) as uow:
-            share = uow.shares.get(image.image_id, caller_account_id)
-    return model.launch_verdict(image, caller_account_id, share)
+def decide_share(image_id: str, decision: ShareDecision, caller_account_id: str, request_id: str, *,
+                 new_uow: UnitOfWorkFactory) -> Share:
+    """The recipient accepts or rejects the share of an image with it. A missing image and one not shared with
+    the caller get the same answer, at the same cost (the lock row and the share are read either way)."""
+    ids.require_id("img", image_id, "image_id")
+    method = "AcceptImageShare" if decision is ShareDecision.ACCEPT else "RejectImageShare"
+    with new_uow() as uow:
+        claim = uow.decision_requests.claim(caller_account_id, request_id, method, image_id=image_id)
+        if claim.repeated:
+            return claim.response
+        # On the image's lock, so that the decision lands wholly before or after a share or unshare of it.
+        uow.shares.lock_shared_image(image_id)
+        share = uow.shares.get(image_id, caller_account_id)
+        if share is None:
+            raise model.share_not_found(image_id)
+        decided = model.decided(share, decision)
+        if decided.state is not share.state:
+            uow.shares.set_state(image_id, caller_account_id, decided.state)
+        claim.answer(decided)
+        uow.commit()
+    return decided

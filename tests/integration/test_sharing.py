@@ -1,5 +1,6 @@
-"""Sharing through real in-process servers: the share limit, request_id idempotency and the delete hold under
-concurrency, on SQLite and PostgreSQL, with one replica and with two replicas on one database."""
+"""Sharing through real in-process servers: share acceptance by trust, the recipient's decisions, the share
+limit, request_id idempotency and the delete hold under concurrency, on SQLite and PostgreSQL, with one replica
+and with two replicas on one database."""
 
 from __future__ import annotations
 
@@ -40,7 +41,15 @@ async def sharing(serve, database_url: str) -> pb_grpc.SharingServiceStub:
     return (await replicas(serve, database_url, 1))[0]
 
 
+async def trust(stub: pb_grpc.SharingServiceStub, recipient: str, *owners: str) -> None:
+    """The recipient's trust policy trusts these owners: their shares arrive ACCEPTED."""
+    await stub.UpdateTrustPolicy(pb.UpdateTrustPolicyRequest(policy=pb.TrustPolicy(trusted_account_ids=owners),
+                                                             update_paths=["trusted_account_ids"]),
+                                 metadata=internal_metadata(recipient))
+
+
 async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing):
+    await trust(sharing, BOB, ALICE)
     for _ in range(2):
         response = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, BOB]),
                                             metadata=internal_metadata(ALICE))
@@ -105,7 +114,21 @@ async def test_the_51st_account_is_refused_and_nothing_is_half_written(sharing):
 
 
 async def _race_to_the_limit(stubs: list[pb_grpc.SharingServiceStub], database_url: str) -> None:
-    """80 concurrent calls, each sharing with a new account: exactly 50 succeed, 30 are refused."""
+    """The image has 10 shares, PENDING, ACCEPTED and REJECTED; then 80 concurrent calls, each sharing with a new
+    account (some of which trust the owner): exactly 40 succeed, 40 are refused, and no share changes state."""
+    stub = stubs[0]
+    earlier = [account(1000 + i) for i in range(10)]
+    for recipient in earlier[:3]:
+        await trust(stub, recipient, ALICE)
+    for n in range(0, 80, 4):
+        await trust(stubs[n % len(stubs)], account(n), ALICE)
+    await stub.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=earlier), metadata=internal_metadata(ALICE))
+    for recipient in earlier[3:6]:
+        await stub.RejectImageShare(pb.RejectImageShareRequest(image_id=IMAGE.image_id),
+                                    metadata=internal_metadata(recipient))
+    before = {account_id: "ACCEPTED" if i < 3 else "REJECTED" if i < 6 else "PENDING"
+              for i, account_id in enumerate(earlier)}
+
     async def share(n: int) -> str:
         stub = stubs[n % len(stubs)]
         try:
@@ -116,14 +139,18 @@ async def _race_to_the_limit(stubs: list[pb_grpc.SharingServiceStub], database_u
             return exc.code().name
 
     outcomes = await asyncio.gather(*(share(n) for n in range(80)))
-    assert outcomes.count("OK") == MAX_SHARES_PER_IMAGE
-    assert outcomes.count("RESOURCE_EXHAUSTED") == 80 - MAX_SHARES_PER_IMAGE
+    assert outcomes.count("OK") == MAX_SHARES_PER_IMAGE - len(earlier)
+    assert outcomes.count("RESOURCE_EXHAUSTED") == 80 - (MAX_SHARES_PER_IMAGE - len(earlier))
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        rows = conn.execute(select(func.count()).select_from(SHARES)
-                            .where(SHARES.c.image_id == IMAGE.image_id)).scalar_one()
+        states = dict(conn.execute(select(SHARES.c.recipient_account_id, SHARES.c.state)
+                                   .where(SHARES.c.image_id == IMAGE.image_id)).all())
     engine.dispose()
-    assert rows == MAX_SHARES_PER_IMAGE
+    assert len(states) == MAX_SHARES_PER_IMAGE
+    assert {a: states[a] for a in earlier} == before
+    winners = [n for n, outcome in enumerate(outcomes) if outcome == "OK"]
+    assert {states[account(n)] for n in winners} <= {"ACCEPTED", "PENDING"}
+    assert all(states[account(n)] == ("ACCEPTED" if n % 4 == 0 else "PENDING") for n in winners)
 
 
 def process_replicas(spawn, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
@@ -325,3 +352,178 @@ async def test_a_share_and_a_delete_never_both_win_on_sqlite_across_replicas(spa
 async def test_a_share_and_a_delete_never_both_win_on_postgres_across_replicas(spawn, postgres_database):
     url = postgres_database()
     await _race_share_and_retire(process_replicas(spawn, url, 2), url)
+
+
+def states_of(shares) -> dict[str, str]:
+    return {s.recipient_account_id: pb.ShareState.Name(s.state).removeprefix("SHARE_STATE_") for s in shares}
+
+
+async def decide(stub: pb_grpc.SharingServiceStub, rpc: str, caller: str, image_id: str = IMAGE.image_id,
+                 request_id: str = "", **call) -> pb.Share:
+    request = getattr(pb, f"{rpc}Request")(image_id=image_id, request_id=request_id)
+    return (await getattr(stub, rpc)(request, metadata=internal_metadata(caller), **call)).share
+
+
+async def test_a_share_arrives_accepted_from_a_trusted_owner_and_pending_from_anyone_else(sharing):
+    await trust(sharing, BOB, CAROL, ALICE)
+    await trust(sharing, CAROL, account(1))  # trusts someone else
+    shared = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, CAROL, account(2)]),
+                                      metadata=internal_metadata(ALICE))
+    assert states_of(shared.shares) == {BOB: "ACCEPTED", CAROL: "PENDING", account(2): "PENDING"}
+    verdicts = [await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=IMAGE),
+                                                    metadata=internal_metadata(caller)) for caller in (BOB, CAROL)]
+    assert [(v.visible, v.allowed, v.basis, v.share_state) for v in verdicts] == [
+        (True, True, pb.LAUNCH_BASIS_SHARED, pb.SHARE_STATE_ACCEPTED),
+        (True, False, pb.LAUNCH_BASIS_SHARE_PENDING, pb.SHARE_STATE_PENDING)]
+
+
+async def test_sharing_again_keeps_every_share_s_state(sharing):
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, CAROL]),
+                             metadata=internal_metadata(ALICE))
+    await decide(sharing, "RejectImageShare", CAROL)
+    await trust(sharing, BOB, ALICE)  # trusting the owner afterwards does not accept the share it has
+    await trust(sharing, CAROL, ALICE)
+    again = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[CAROL, BOB, account(1)]),
+                                     metadata=internal_metadata(ALICE))
+    assert states_of(again.shares) == {BOB: "PENDING", CAROL: "REJECTED", account(1): "PENDING"}
+
+
+async def test_the_recipient_accepts_and_rejects_a_share(sharing):
+    shared = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]),
+                                      metadata=internal_metadata(ALICE))
+    created = shared.shares[0].create_time
+    steps = [("AcceptImageShare", pb.SHARE_STATE_ACCEPTED, pb.LAUNCH_BASIS_SHARED, True),
+             ("AcceptImageShare", pb.SHARE_STATE_ACCEPTED, pb.LAUNCH_BASIS_SHARED, True),
+             ("RejectImageShare", pb.SHARE_STATE_REJECTED, pb.LAUNCH_BASIS_SHARE_REJECTED, False),
+             ("RejectImageShare", pb.SHARE_STATE_REJECTED, pb.LAUNCH_BASIS_SHARE_REJECTED, False),
+             ("AcceptImageShare", pb.SHARE_STATE_ACCEPTED, pb.LAUNCH_BASIS_SHARED, True)]
+    for rpc, state, basis, allowed in steps:
+        share = await decide(sharing, rpc, BOB)
+        assert share == pb.Share(image_id=IMAGE.image_id, region=IMAGE.region, owner_account_id=ALICE,
+                                 recipient_account_id=BOB, state=state, create_time=created)
+        verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=IMAGE),
+                                                      metadata=internal_metadata(BOB))
+        # a rejected share is still visible: its recipient can change its mind
+        assert (verdict.visible, verdict.allowed, verdict.basis, verdict.share_state) == (True, allowed, basis, state)
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[CAROL]),
+                             metadata=internal_metadata(ALICE))
+    assert (await decide(sharing, "RejectImageShare", CAROL)).state == pb.SHARE_STATE_REJECTED  # from PENDING
+    owners_view = await sharing.ListImageShares(pb.ListImageSharesRequest(image=IMAGE),
+                                                metadata=internal_metadata(ALICE))
+    assert states_of(owners_view.shares) == {BOB: "ACCEPTED", CAROL: "REJECTED"}
+
+
+async def test_a_decision_is_idempotent_by_request_id(sharing):
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
+    other = pb.ImageRef(image_id="img-share002", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
+                        owner_account_id=ALICE, launchable_state=True)
+    await sharing.ShareImage(pb.ShareImageRequest(image=other, account_ids=[BOB]), metadata=internal_metadata(ALICE))
+    first = await decide(sharing, "AcceptImageShare", BOB, request_id="d1")
+    await decide(sharing, "RejectImageShare", BOB, request_id="d2")
+    assert await decide(sharing, "AcceptImageShare", BOB, request_id="d1") == first
+    shares = await sharing.ListImageShares(pb.ListImageSharesRequest(image=IMAGE), metadata=internal_metadata(ALICE))
+    assert states_of(shares.shares) == {BOB: "REJECTED"}  # the replay changed nothing
+    for rpc, image_id in (("RejectImageShare", IMAGE.image_id), ("AcceptImageShare", other.image_id)):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await decide(sharing, rpc, BOB, image_id, request_id="d1")
+        status, info, details = rich_status(refused.value)
+        assert (refused.value.code(), info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                       "IDEMPOTENCY_PARAMETER_MISMATCH")
+        assert details[0].violations[0].subject == "request_id:d1"
+
+
+async def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_not_found(sharing):
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
+    missing = "img-missing1"
+
+    async def refusal(rpc: str, caller: str, image_id: str) -> bytes:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await decide(sharing, rpc, caller, image_id, request_id="n1")
+        status, info, details = rich_status(refused.value)
+        assert (refused.value.code(), info.reason) == (grpc.StatusCode.NOT_FOUND, "SHARE_NOT_FOUND")
+        assert refused.value.details() == f"image {image_id} is not shared with you"
+        assert (details[0].resource_type, details[0].resource_name) == ("image", image_id)
+        # everything else byte for byte (the two ids have the same length)
+        return status.SerializeToString().replace(image_id.encode(), b"<image id>")
+
+    for rpc in ("AcceptImageShare", "RejectImageShare"):
+        answers = {await refusal(rpc, CAROL, IMAGE.image_id), await refusal(rpc, CAROL, missing),
+                   await refusal(rpc, ALICE, IMAGE.image_id)}  # the owner is no recipient either
+        assert len(answers) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await decide(sharing, "AcceptImageShare", BOB, "img-BAD")
+    status, info, details = rich_status(refused.value)
+    assert (refused.value.code(), info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID")
+    assert details[0].field_violations[0].field == "image_id"
+
+
+async def test_an_unshared_image_is_gone_for_its_recipient_at_once(sharing):
+    await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
+    await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB]),
+                               metadata=internal_metadata(ALICE))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await decide(sharing, "AcceptImageShare", BOB)
+    assert expect_refusal(refused.value) == (grpc.StatusCode.NOT_FOUND, "SHARE_NOT_FOUND")
+    received = await sharing.ListReceivedShares(pb.ListReceivedSharesRequest(region="ap-guangzhou",
+                                                                             states=list(pb.ShareState.values())[1:]),
+                                                metadata=internal_metadata(BOB))
+    assert list(received.shares) == []
+
+
+async def test_received_shares_are_listed_by_state(sharing):
+    images = [pb.ImageRef(image_id=f"img-recv000{n}", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
+                          owner_account_id=ALICE, launchable_state=True) for n in range(3)]
+    for image in images:
+        await sharing.ShareImage(pb.ShareImageRequest(image=image, account_ids=[BOB]),
+                                 metadata=internal_metadata(ALICE))
+    await decide(sharing, "AcceptImageShare", BOB, images[1].image_id)
+    await decide(sharing, "RejectImageShare", BOB, images[2].image_id)
+
+    async def received(states, page_size=0, page_token=""):
+        r = await sharing.ListReceivedShares(pb.ListReceivedSharesRequest(
+            region="ap-guangzhou", states=states, page_size=page_size, page_token=page_token),
+            metadata=internal_metadata(BOB))
+        return [(s.image_id, s.state) for s in r.shares], r.next_page_token
+
+    pending, accepted, rejected = [(i.image_id, s) for i, s in zip(images, (
+        pb.SHARE_STATE_PENDING, pb.SHARE_STATE_ACCEPTED, pb.SHARE_STATE_REJECTED), strict=True)]
+    assert await received([]) == ([pending, accepted], "")
+    assert await received([pb.SHARE_STATE_REJECTED]) == ([rejected], "")
+    assert await received([pb.SHARE_STATE_ACCEPTED, pb.SHARE_STATE_REJECTED]) == ([accepted, rejected], "")
+    everything = [pb.SHARE_STATE_PENDING, pb.SHARE_STATE_ACCEPTED, pb.SHARE_STATE_REJECTED]
+    page, token = await received(everything, page_size=2)
+    assert page == [pending, accepted] and await received(everything, 2, token) == ([rejected], "")
+    for states, page_token, field in (([pb.SHARE_STATE_PENDING], token, "page_token"),
+                                      ([pb.SHARE_STATE_UNSPECIFIED], "", "states[0]"),
+                                      ([pb.SHARE_STATE_PENDING, 9], "", "states[1]")):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await received(states, 2, page_token)
+        status, info, details = rich_status(refused.value)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details[0].field_violations[0].field == field
+
+
+async def _race_one_accept(stubs: list[pb_grpc.SharingServiceStub], database_url: str) -> None:
+    """20 retries of one AcceptImageShare over two replicas: it runs once, every retry hears its answer."""
+    await stubs[0].ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
+    answers = await asyncio.gather(*(decide(stubs[n % len(stubs)], "AcceptImageShare", BOB, request_id="a-1",
+                                            timeout=60) for n in range(20)))
+    assert all(a == answers[0] for a in answers) and answers[0].state == pb.SHARE_STATE_ACCEPTED
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        ledger = conn.execute(select(REQUESTS.c.request_id, REQUESTS.c.method)
+                              .where(REQUESTS.c.account_id == BOB)).all()
+        state = conn.execute(select(SHARES.c.state).where(SHARES.c.image_id == IMAGE.image_id)).scalar_one()
+    engine.dispose()
+    assert [tuple(r) for r in ledger] == [("a-1", "AcceptImageShare")] and state == "ACCEPTED"
+
+
+async def test_one_accept_request_id_runs_once_across_replicas_on_sqlite(spawn, tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/sharing.db"
+    await _race_one_accept(process_replicas(spawn, url, 2), url)
+
+
+@pytest.mark.postgres
+async def test_one_accept_request_id_runs_once_across_replicas_on_postgres(spawn, postgres_database):
+    url = postgres_database()
+    await _race_one_accept(process_replicas(spawn, url, 2), url)
