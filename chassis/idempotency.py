@@ -127,8 +127,25 @@ class RequestLedger(Generic[T]):
         ).first()
         if claimed is not None:
             return Claim(self, account_id, request_id)
-        row = self._connection.execute(select(t.c.method, t.c.fingerprint, t.c.response).where(
+        row = self._connection.execute(select(t.c.account_id, t.c.method, t.c.fingerprint, t.c.response).where(
             t.c.account_id == account_id, t.c.request_id == request_id)).one()
+        return self._earlier(row, request_id, method, print_)
+
+    def answered(self, account_id: str, request_id: str, method: str, **fields: Any) -> Claim[T] | None:
+        """Reads, without claiming anything, whether ``request_id`` was answered before for this call (then
+        the claim is ``repeated``; other parameters are IDEMPOTENCY_PARAMETER_MISMATCH): for a mutation whose
+        checks must not run again on a repeat. None when it was not (or no request_id is given)."""
+        if not request_id:
+            return None
+        check_request_id(request_id)
+        t = self._table
+        row = self._connection.execute(select(t.c.account_id, t.c.method, t.c.fingerprint, t.c.response).where(
+            t.c.account_id == account_id, t.c.request_id == request_id)).first()
+        if row is None or row.response is None:
+            return None
+        return self._earlier(row, request_id, method, fingerprint(method, **fields))
+
+    def _earlier(self, row: Any, request_id: str, method: str, print_: str) -> Claim[T]:
         if (row.method, row.fingerprint) != (method, print_):
             raise FailedPrecondition("IDEMPOTENCY_PARAMETER_MISMATCH",
                                      "request_id was used before with other parameters"
@@ -137,7 +154,7 @@ class RequestLedger(Generic[T]):
         if row.response is None:  # claimed and committed without an answer: a bug in the calling handler
             raise RuntimeError(f"{method} claimed a request_id and never answered it")
         stored = json.loads(row.response)
-        return Claim(self, account_id, request_id, (self._format.decode(stored["v"], stored["response"]),))
+        return Claim(self, row.account_id, request_id, (self._format.decode(stored["v"], stored["response"]),))
 
     def record(self, account_id: str, request_id: str, response: T) -> None:
         t = self._table

@@ -186,6 +186,16 @@ def release_hold(connection: Connection, table: Table, job_id: str, holder: str,
     return released.rowcount == 1
 
 
+def read(connection: Connection, table: Table, job_id: str) -> JobRecord | None:
+    """A job's row, in the caller's transaction (None when there is no such job)."""
+    row = connection.execute(select(table).where(table.c.job_id == job_id)).first()
+    if row is None:
+        return None
+    return JobRecord(row.job_id, row.kind, row.subject, _data_of(row.payload), row.state, row.lease_owner,
+                     None if row.lease_until is None else _utc(row.lease_until), row.attempts, row.progress,
+                     row.error, _utc(row.create_time), _utc(row.update_time))
+
+
 class JobQueue:
     """One owner's view of a context's job table: claim due jobs, hold them, finish them."""
 
@@ -275,12 +285,7 @@ class JobQueue:
 
     def get(self, job_id: str) -> JobRecord | None:
         with self.db.read_engine.begin() as connection:
-            row = connection.execute(select(self.table).where(self.table.c.job_id == job_id)).first()
-        if row is None:
-            return None
-        return JobRecord(row.job_id, row.kind, row.subject, _data_of(row.payload), row.state, row.lease_owner,
-                         None if row.lease_until is None else _utc(row.lease_until), row.attempts, row.progress,
-                         row.error, _utc(row.create_time), _utc(row.update_time))
+            return read(connection, self.table, job_id)
 
     def prune(self, older_than: timedelta) -> int:
         """Deletes the DONE and FAILED jobs last changed more than ``older_than`` ago; how many."""

@@ -1,5 +1,5 @@
-"""Wires the gateway: database, the three downstream channels, servicers, API keys, the worker that
-settles launches."""
+"""Wires the gateway: database, the three downstream channels, servicers, API keys, the worker of its durable
+operations."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from chassis.clients import Downstream
+from chassis.clock import Clock, SystemClock
 from chassis.db import Database
 from chassis.jobs import JobQueue
 from chassis.migrations import migrate
@@ -21,11 +22,12 @@ from cloudimg.gateway.v1 import (
 )
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc
 from gateway.adapters.contexts import Billing, Catalog, Sharing
-from gateway.adapters.tables import LAUNCH_JOBS, TABLES
+from gateway.adapters.tables import JOBS, TABLES
 from gateway.entrypoints.servicers import AccountServicer, ImageServicer, ImageShareServicer, InstanceServicer
-from gateway.service_layer import instances
+from gateway.service_layer import background, launches
 from gateway.service_layer.accounts import ApiKeyAuthenticator
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
+from gateway.service_layer.operations import REPLICA
 from gateway.service_layer.unit_of_work import GatewayUnitOfWork
 from gateway.settings import GatewaySettings
 
@@ -45,7 +47,7 @@ def open_database(url: str) -> tuple[Database, partial[GatewayUnitOfWork]]:
     return db, partial(GatewayUnitOfWork, db)
 
 
-async def bootstrap(settings: GatewaySettings) -> Service:
+async def bootstrap(settings: GatewaySettings, clock: Clock | None = None) -> Service:
     db, new_uow = open_database(settings.database_url)
     token = settings.internal_token.get_secret_value()
     deadline = settings.default_deadline_seconds
@@ -55,9 +57,9 @@ async def bootstrap(settings: GatewaySettings) -> Service:
         Downstream("billing", settings.billing_addr, token, billing_service_pb2_grpc.BillingServiceStub, deadline),
     ]
     catalog, sharing, billing = Catalog(downstreams[0]), Sharing(downstreams[1]), Billing(downstreams[2])
-    deps = Dependencies(catalog, sharing, billing, ReferenceData(catalog, billing), new_uow)
-    launch_jobs = JobQueue(db, LAUNCH_JOBS, deps.clock, instances.REPLICA)
-    instances.adopt_unsettled_launches(deps)  # before serving: nothing left open by an older gateway is lost
+    deps = Dependencies(catalog, sharing, billing, ReferenceData(catalog, billing), new_uow, clock or SystemClock())
+    queue = JobQueue(db, JOBS, deps.clock, REPLICA)
+    launches.adopt_unsettled_launches(deps)  # before serving: nothing left open by an older gateway is lost
 
     async def close() -> None:
         for downstream in downstreams:
@@ -78,7 +80,7 @@ async def bootstrap(settings: GatewaySettings) -> Service:
         authenticate=ApiKeyAuthenticator(new_uow, settings.api_key_cache_seconds),
         close=close,
         background=[
-            instances.launch_settler(deps, launch_jobs, timedelta(seconds=settings.reconcile_interval_seconds)),
-            every(_TEND_JOBS_SECONDS, "tend launch jobs", lambda: instances.tend_launch_jobs(deps, launch_jobs)),
+            background.operations_worker(deps, queue, timedelta(seconds=settings.reconcile_interval_seconds)),
+            every(_TEND_JOBS_SECONDS, "tend jobs", lambda: background.tend_jobs(deps, queue)),
         ],
     )

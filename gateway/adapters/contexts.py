@@ -6,8 +6,13 @@ domain, so that handlers see neither protobuf nor gRPC.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
 from chassis.clients import Downstream
-from chassis.convert import EnumMap, decimal_of
+from chassis.convert import EnumMap, decimal_of, timestamp
 from chassis.errors import RemoteError
 from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
 from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
@@ -15,30 +20,38 @@ from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
+from gateway.domain.instances import Instance, Launch, LaunchRequest, Reset
 from gateway.domain.model import (
-    Architecture, CatalogKind, Charge, ChargeType, Image, ImageFormat, ImageImport, ImageQuota, ImageShare, Instance,
-    InstanceType, Launch, LaunchRequest, OsType, Quote, QuoteLine, Region, ShareState, Verdict,
+    Architecture, CatalogKind, Charge, ChargeFilter, ChargeKind, ChargeType, Image, ImageFormat, ImageImport,
+    ImageQuota, ImageShare, ImageSource, ImageState, InstanceType, OsType, Price, Quote, QuoteLine, QuoteLineKind,
+    Region, ShareState, TrustPolicy, TrustPolicyMode, Verdict, VerdictBasis,
 )
 
 _KINDS = EnumMap(catalog_pb.ImageType, "IMAGE_TYPE", CatalogKind)
+_IMAGE_STATES = EnumMap(catalog_pb.ImageState, "IMAGE_STATE", ImageState)
+_SOURCES = EnumMap(catalog_pb.ImageSource, "IMAGE_SOURCE", ImageSource)
 _ARCHITECTURES = EnumMap(catalog_pb.Architecture, "ARCHITECTURE", Architecture)
 _OS_TYPES = EnumMap(catalog_pb.OsType, "OS_TYPE", OsType)
 _FORMATS = EnumMap(catalog_pb.ImageFormat, "IMAGE_FORMAT", ImageFormat)
 _SHARE_KINDS = EnumMap(sharing_pb.ImageKind, "IMAGE_KIND", CatalogKind)
 _SHARE_STATES = EnumMap(sharing_pb.ShareState, "SHARE_STATE", ShareState)
+_BASES = EnumMap(sharing_pb.LaunchBasis, "LAUNCH_BASIS", VerdictBasis)
+_MODES = EnumMap(sharing_pb.TrustPolicyMode, "TRUST_POLICY_MODE", TrustPolicyMode)
 _CPU = EnumMap(billing_pb.CpuArchitecture, "CPU_ARCHITECTURE", Architecture)
 _CHARGE_TYPES = EnumMap(billing_pb.ChargeType, "CHARGE_TYPE", ChargeType)
 _OS_KINDS = EnumMap(billing_pb.OsKind, "OS_KIND", OsType)
+_LINE_KINDS = EnumMap(billing_pb.LineKind, "LINE_KIND", QuoteLineKind)
+_CHARGE_KINDS = EnumMap(billing_pb.ChargeKind, "CHARGE_KIND", ChargeKind)
 
 
 def _image(p: catalog_pb.Image) -> Image:
     return Image(
         image_id=p.image_id, region=p.region, kind=_KINDS.from_proto(p.image_type, "image_type"),
-        state=catalog_pb.ImageState.Name(p.state).removeprefix("IMAGE_STATE_"), name=p.name,
+        state=_IMAGE_STATES.from_proto(p.state, "state"), name=p.name,
         description=p.description, owner_account_id=p.owner_account_id, platform=p.platform, os_name=p.os_name,
         os_type=_OS_TYPES.from_proto(p.os_type, "os_type"),
         architecture=_ARCHITECTURES.from_proto(p.architecture, "architecture"), size_gb=p.size_gb,
-        source=catalog_pb.ImageSource.Name(p.source).removeprefix("IMAGE_SOURCE_"), base_image_id=p.base_image_id,
+        source=_SOURCES.from_proto(p.source, "source"), base_image_id=p.base_image_id,
         progress_percent=p.progress_percent, create_time=p.create_time.ToDatetime(),
         marketplace_product_id=p.marketplace_product_id, marketplace_provider=p.marketplace_provider,
         checksum_sha256=p.checksum_sha256, state_reason=p.state_reason,
@@ -49,7 +62,7 @@ def _image_ref(image: Image) -> sharing_pb.ImageRef:
     return sharing_pb.ImageRef(
         image_id=image.image_id, region=image.region, kind=_SHARE_KINDS.to_proto(image.kind),
         owner_account_id=image.owner_account_id, marketplace_provider=image.marketplace_provider,
-        launchable_state=image.state == "NORMAL",
+        launchable_state=image.state is ImageState.NORMAL,
     )
 
 
@@ -58,23 +71,66 @@ def _share(p: sharing_pb.Share) -> ImageShare:
                       _SHARE_STATES.from_proto(p.state, "state"), p.create_time.ToDatetime())
 
 
-def _quote(p: billing_pb.Quote, image_allowed: bool = True) -> Quote:
+def _verdict(r: sharing_pb.CheckLaunchPermissionResponse) -> Verdict:
+    share_state = _SHARE_STATES.from_proto(r.share_state, "share_state") if r.share_state else None
+    return Verdict(r.visible, r.allowed, _BASES.from_proto(r.basis, "basis"), share_state, r.image_allowed,
+                   _MODES.from_proto(r.policy_mode, "policy_mode", TrustPolicyMode.OFF), r.policy_rule)
+
+
+def _trust_policy(p: sharing_pb.TrustPolicy) -> TrustPolicy:
+    return TrustPolicy(
+        trusted_account_ids=tuple(p.trusted_account_ids),
+        mode=_MODES.from_proto(p.mode, "mode", TrustPolicyMode.OFF),
+        allow_platform_images=p.allow_platform_images,
+        allowed_marketplace_providers=tuple(p.allowed_marketplace_providers),
+        allowed_account_ids=tuple(p.allowed_account_ids),
+        update_time=p.update_time.ToDatetime() if p.HasField("update_time") else None,
+    )
+
+
+def _quote(p: billing_pb.Quote) -> Quote:
+    """Billing's price; the caller's trust policy verdict (image_allowed) is the gateway's to add."""
     lines = tuple(
-        QuoteLine(billing_pb.LineKind.Name(l.kind).removeprefix("LINE_KIND_"), l.description,
-                  decimal_of(l.unit_price), l.quantity, l.unit, decimal_of(l.amount))
+        QuoteLine(_LINE_KINDS.from_proto(l.kind, "kind"), l.description, decimal_of(l.unit_price), l.quantity, l.unit,
+                  decimal_of(l.amount))
         for l in p.lines
     )
-    return Quote(p.currency_code, _CHARGE_TYPES.from_proto(p.charge_type, "charge_type"), lines, decimal_of(p.total),
-                 image_allowed)
+    return Quote(p.currency_code, _CHARGE_TYPES.from_proto(p.charge_type, "charge_type"), lines, decimal_of(p.total))
+
+
+def _time(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return stamp.ToDatetime() if present else None
+
+
+def _charge(c: billing_pb.Charge) -> Charge:
+    return Charge(c.charge_id, c.region, _quote(c.quote), tuple(c.instance_ids), c.create_time.ToDatetime(),
+                  _CHARGE_KINDS.from_proto(c.kind, "kind", ChargeKind.LAUNCH),
+                  _time(c.usage_start_time, c.HasField("usage_start_time")),
+                  _time(c.usage_end_time, c.HasField("usage_end_time")))
+
+
+def _pricing(region: str, instance_type: str, count: int, charge_type: ChargeType, period_months: int,
+             image_id: str, os_type: OsType, marketplace_product_id: str) -> billing_pb.LaunchPricing:
+    return billing_pb.LaunchPricing(
+        region=region, instance_type=instance_type, instance_count=count,
+        charge_type=_CHARGE_TYPES.to_proto(charge_type), period_months=period_months,
+        image=billing_pb.ImagePricing(image_id=image_id, os_kind=_OS_KINDS.to_proto(os_type),
+                                      marketplace_product_id=marketplace_product_id),
+    )
 
 
 def _launch_pricing(request: LaunchRequest, os_type: OsType, marketplace_product_id: str
                     ) -> billing_pb.LaunchPricing:
-    return billing_pb.LaunchPricing(
-        region=request.region, instance_type=request.instance_type, instance_count=request.instance_count,
-        charge_type=_CHARGE_TYPES.to_proto(request.charge_type), period_months=request.period_months,
-        image=billing_pb.ImagePricing(image_id=request.image_id, os_kind=_OS_KINDS.to_proto(os_type),
-                                      marketplace_product_id=marketplace_product_id),
+    return _pricing(request.region, request.instance_type, request.instance_count, request.charge_type,
+                    request.period_months, request.image_id, os_type, marketplace_product_id)
+
+
+def _reset_pricing(reset: Reset) -> billing_pb.ResetPricing:
+    return billing_pb.ResetPricing(
+        instance_id=reset.instance_id,
+        launch=_pricing(reset.region, reset.instance_type, 1, reset.charge_type, reset.period_months, reset.image_id,
+                        reset.image_os_type, reset.marketplace_product_id),
+        launch_time=timestamp(reset.launch_time), effective_time=timestamp(reset.effective_time),
     )
 
 
@@ -155,11 +211,15 @@ class Sharing:
         self._stub: sharing_grpc.SharingServiceStub = downstream.stub
 
     async def verdict(self, image: Image) -> Verdict:
-        r = await self._d.call(self._stub.CheckLaunchPermission,
-                               sharing_pb.CheckLaunchPermissionRequest(image=_image_ref(image)))
-        share_state = _SHARE_STATES.from_proto(r.share_state, "share_state") if r.share_state else None
-        return Verdict(r.visible, r.allowed, sharing_pb.LaunchBasis.Name(r.basis).removeprefix("LAUNCH_BASIS_"),
-                       share_state, r.image_allowed)
+        return _verdict(await self._d.call(self._stub.CheckLaunchPermission,
+                                           sharing_pb.CheckLaunchPermissionRequest(image=_image_ref(image))))
+
+    async def verdicts(self, images: list[Image]) -> list[Verdict]:
+        if not images:
+            return []
+        r = await self._d.call(self._stub.CheckLaunchPermissions, sharing_pb.CheckLaunchPermissionsRequest(
+            images=[_image_ref(i) for i in images]))
+        return [_verdict(v) for v in r.verdicts]
 
     async def share(self, image: Image, account_ids: list[str], request_id: str) -> list[ImageShare]:
         r = await self._d.call(self._stub.ShareImage, sharing_pb.ShareImageRequest(
@@ -184,11 +244,36 @@ class Sharing:
         """Ends the hold of ``retire`` when the image was not deleted after all."""
         await self._d.call(self._stub.RestoreImage, sharing_pb.RestoreImageRequest(image=_image_ref(image)))
 
-    async def received(self, region: str) -> dict[str, ShareState]:
-        """The images shared with the caller in a region (the first 1000), and the state of each share."""
-        r = await self._d.call(self._stub.ListReceivedShares,
-                               sharing_pb.ListReceivedSharesRequest(region=region, page_size=1000))
+    async def received(self, region: str, states: Collection[ShareState]) -> dict[str, ShareState]:
+        """The images shared with the caller in a region in these states (the first 1000), and the state of each."""
+        r = await self._d.call(self._stub.ListReceivedShares, sharing_pb.ListReceivedSharesRequest(
+            region=region, page_size=1000, states=[_SHARE_STATES.to_proto(s) for s in sorted(states)]))
         return {s.image_id: _SHARE_STATES.from_proto(s.state, "state") for s in r.shares}
+
+    async def accept(self, image_id: str, request_id: str) -> ImageShare:
+        r = await self._d.call(self._stub.AcceptImageShare, sharing_pb.AcceptImageShareRequest(
+            image_id=image_id, request_id=request_id))
+        return _share(r.share)
+
+    async def reject(self, image_id: str, request_id: str) -> ImageShare:
+        r = await self._d.call(self._stub.RejectImageShare, sharing_pb.RejectImageShareRequest(
+            image_id=image_id, request_id=request_id))
+        return _share(r.share)
+
+    async def trust_policy(self) -> TrustPolicy:
+        r = await self._d.call(self._stub.GetTrustPolicy, sharing_pb.GetTrustPolicyRequest())
+        return _trust_policy(r.policy)
+
+    async def update_trust_policy(self, policy: TrustPolicy, paths: list[str], request_id: str) -> TrustPolicy:
+        r = await self._d.call(self._stub.UpdateTrustPolicy, sharing_pb.UpdateTrustPolicyRequest(
+            policy=sharing_pb.TrustPolicy(
+                trusted_account_ids=policy.trusted_account_ids, mode=_MODES.to_proto(policy.mode),
+                allow_platform_images=policy.allow_platform_images,
+                allowed_marketplace_providers=policy.allowed_marketplace_providers,
+                allowed_account_ids=policy.allowed_account_ids,
+            ),
+            update_paths=paths, request_id=request_id))
+        return _trust_policy(r.policy)
 
 
 class Billing:
@@ -204,7 +289,7 @@ class Billing:
     async def quote(self, request: LaunchRequest, image: Image) -> Quote:
         r = await self._d.call(self._stub.Quote, billing_pb.QuoteRequest(
             launch=_launch_pricing(request, image.os_type, image.marketplace_product_id)))
-        return _quote(r.quote, image.image_allowed)
+        return _quote(r.quote)
 
     async def charge(self, launch: Launch) -> tuple[str, Quote]:
         """Charges a launch once: a retry with the same launch returns the first charge."""
@@ -220,8 +305,35 @@ class Billing:
                                billing_pb.ResolveChargeRequest(idempotency_key=launch.launch_id))
         return None if r.voided else (r.charge.charge_id, _quote(r.charge.quote))
 
-    async def charges(self, page_size: int, page_token: str) -> tuple[list[Charge], str]:
-        r = await self._d.call(self._stub.ListCharges,
-                               billing_pb.ListChargesRequest(page_size=page_size, page_token=page_token))
-        return [Charge(c.charge_id, c.region, _quote(c.quote), tuple(c.instance_ids), c.create_time.ToDatetime())
-                for c in r.charges], r.next_page_token
+    async def quote_reset(self, reset: Reset) -> Quote:
+        r = await self._d.call(self._stub.QuoteReset, billing_pb.QuoteResetRequest(reset=_reset_pricing(reset)))
+        return _quote(r.quote)
+
+    async def charge_reset(self, reset: Reset) -> Quote:
+        r = await self._d.call(self._stub.ChargeReset, billing_pb.ChargeResetRequest(
+            reset=_reset_pricing(reset), idempotency_key=reset.reset_id))
+        return _quote(r.charge.quote)
+
+    async def end_usage(self, instance_ids: list[str], end_time: datetime) -> None:
+        await self._d.call(self._stub.EndUsage, billing_pb.EndUsageRequest(
+            instance_ids=instance_ids, end_time=timestamp(end_time)))
+
+    async def charges(self, filters: ChargeFilter, page_size: int, page_token: str) -> tuple[list[Charge], str]:
+        request = billing_pb.ListChargesRequest(page_size=page_size, page_token=page_token,
+                                                instance_id=filters.instance_id)
+        if filters.start_time is not None:
+            request.start_time.CopyFrom(timestamp(filters.start_time))
+        if filters.end_time is not None:
+            request.end_time.CopyFrom(timestamp(filters.end_time))
+        r = await self._d.call(self._stub.ListCharges, request)
+        return [_charge(c) for c in r.charges], r.next_page_token
+
+    async def prices(self, region: str, charge_type: ChargeType | None, instance_type: str, page_size: int,
+                     page_token: str) -> tuple[list[Price], str]:
+        r = await self._d.call(self._stub.ListPrices, billing_pb.ListPricesRequest(
+            region=region, charge_type=_CHARGE_TYPES.to_proto(charge_type), instance_type=instance_type,
+            page_size=page_size, page_token=page_token))
+        return [Price(p.region, _LINE_KINDS.from_proto(p.kind, "kind"), p.instance_type,
+                      _CHARGE_TYPES.from_proto(p.charge_type, "charge_type"), p.unit_price.currency_code,
+                      decimal_of(p.unit_price), p.unit, p.description, p.marketplace_product_id)
+                for p in r.prices], r.next_page_token

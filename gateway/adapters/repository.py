@@ -4,28 +4,43 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Connection, delete, exists, select, update
 
 from chassis import jobs
 from chassis.db import insert_ignoring_duplicates
-from gateway.adapters.tables import ACCOUNTS, API_KEYS, INSTANCES, LAUNCH_JOBS, LAUNCHES
+from chassis.idempotency import ResponseFormat
+from gateway.adapters.tables import ACCOUNTS, API_KEYS, INSTANCES, JOBS, LAUNCHES
 from gateway.domain.api_keys import Account, ApiKey
-from gateway.domain.model import (
-    Architecture, ChargeType, Instance, InstanceState, Launch, LaunchRequest, LaunchState, OsType, Quote, QuoteLine,
-)
-
+from gateway.domain.instances import Instance, InstanceState, Launch, LaunchRequest, LaunchState, Reset
+from gateway.domain.model import Architecture, ChargeType, OsType, Quote, QuoteLine, QuoteLineKind
 
 # The job that settles a launch its call could not settle; one per launch, keyed by the launch id.
 SETTLE_LAUNCH = "settle-launch"
+# The job that ends the usage of terminated instances at billing; one per TerminateInstances that terminated any.
+END_USAGE = "end-usage"
+# The job that finishes a reset (charges it at billing, then the instance runs the new image); one per reset.
+RESET_INSTANCE = "reset-instance"
 
 
 def settle_job_id(launch_id: str) -> str:
     return f"settle-{launch_id}"
+
+
+def reset_job_id(reset_id: str) -> str:
+    return f"reset-{reset_id}"
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back naive (they are stored in UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 
 
 class AccountRepository:
@@ -59,15 +74,24 @@ class AccountRepository:
 
 def _instance_row(i: Instance) -> dict[str, object]:
     row = dataclasses.asdict(i)
-    row.update(state=i.state.value, charge_type=i.charge_type.value, architecture=i.architecture.value)
+    row.update(state=i.state.value, charge_type=i.charge_type.value, architecture=i.architecture.value,
+               create_time=_utc(i.create_time), update_time=_utc(i.update_time or i.create_time),
+               terminate_time=None if i.terminate_time is None else _utc(i.terminate_time))
     return row
 
 
 def _to_instance(row: object) -> Instance:
     m = row._mapping  # type: ignore[attr-defined]
+    created = _utc(m["create_time"])
     return Instance(m["instance_id"], m["account_id"], m["region"], m["instance_name"], m["instance_type"],
                     m["image_id"], InstanceState(m["state"]), ChargeType(m["charge_type"]), m["system_disk_gb"],
-                    Architecture(m["architecture"]), m["launch_id"], m["create_time"])
+                    Architecture(m["architecture"]), m["launch_id"], created,
+                    _utc(m["update_time"]) if m["update_time"] else created,
+                    _utc(m["terminate_time"]) if m["terminate_time"] else None)
+
+
+# The states from which an instance can be reset.
+_RESETTABLE = (InstanceState.RUNNING.value, InstanceState.STOPPED.value)
 
 
 class InstanceRepository:
@@ -82,29 +106,61 @@ class InstanceRepository:
             INSTANCES.c.instance_id == instance_id, INSTANCES.c.account_id == account_id)).first()
         return None if row is None else _to_instance(row)
 
-    def page(self, account_id: str, region: str, after: str | None, limit: int) -> list[Instance]:
+    def lock_many(self, account_id: str, instance_ids: Collection[str]) -> dict[str, Instance]:
+        """The account's instances among these ids, locked until the transaction ends (a row lock on
+        PostgreSQL; SQLite's BEGIN IMMEDIATE already runs writers one at a time)."""
+        c = INSTANCES.c
+        rows = self._connection.execute(select(INSTANCES).where(
+            c.account_id == account_id, c.instance_id.in_(list(instance_ids))).with_for_update())
+        return {i.instance_id: i for i in map(_to_instance, rows)}
+
+    def page(self, account_id: str, region: str, states: Collection[InstanceState], after: str | None,
+             limit: int) -> list[Instance]:
         c = INSTANCES.c
         statement = select(INSTANCES).where(c.account_id == account_id)
         if region:
             statement = statement.where(c.region == region)
+        if states:
+            statement = statement.where(c.state.in_(sorted(s.value for s in states)))
         if after is not None:
             statement = statement.where(c.instance_id > after)
         return [_to_instance(r) for r in self._connection.execute(statement.order_by(c.instance_id).limit(limit))]
+
+    def terminate(self, instance_ids: list[str], now: datetime) -> None:
+        """Marks instances locked by ``lock_many`` TERMINATED."""
+        if instance_ids:
+            self._connection.execute(update(INSTANCES).where(INSTANCES.c.instance_id.in_(instance_ids)).values(
+                state=InstanceState.TERMINATED.value, update_time=_utc(now), terminate_time=_utc(now)))
+
+    def start_reset(self, instance_id: str, now: datetime) -> bool:
+        """RUNNING (or STOPPED) → RESETTING; False when the instance is in no state to be reset."""
+        started = self._connection.execute(update(INSTANCES).where(
+            INSTANCES.c.instance_id == instance_id, INSTANCES.c.state.in_(_RESETTABLE),
+        ).values(state=InstanceState.RESETTING.value, update_time=_utc(now)))
+        return started.rowcount == 1
+
+    def end_reset(self, instance_id: str, image_id: str, now: datetime) -> bool:
+        """RESETTING → RUNNING the given image (the new one, or the old one when the reset is undone); False
+        when the instance is not RESETTING (the reset was finished already)."""
+        ended = self._connection.execute(update(INSTANCES).where(
+            INSTANCES.c.instance_id == instance_id, INSTANCES.c.state == InstanceState.RESETTING.value,
+        ).values(state=InstanceState.RUNNING.value, image_id=image_id, update_time=_utc(now)))
+        return ended.rowcount == 1
 
 
 def _quote_json(quote: Quote) -> str:
     return json.dumps({
         "currency": quote.currency, "charge_type": quote.charge_type.value, "total": str(quote.total),
         "image_allowed": quote.image_allowed,
-        "lines": [{"kind": l.kind, "description": l.description, "unit_price": str(l.unit_price),
+        "lines": [{"kind": l.kind.value, "description": l.description, "unit_price": str(l.unit_price),
                    "quantity": l.quantity, "unit": l.unit, "amount": str(l.amount)} for l in quote.lines],
     })
 
 
 def _quote_of(raw: str) -> Quote:
     q = json.loads(raw)
-    lines = tuple(QuoteLine(l["kind"], l["description"], Decimal(l["unit_price"]), l["quantity"], l["unit"],
-                            Decimal(l["amount"])) for l in q["lines"])
+    lines = tuple(QuoteLine(QuoteLineKind(l["kind"]), l["description"], Decimal(l["unit_price"]), l["quantity"],
+                            l["unit"], Decimal(l["amount"])) for l in q["lines"])
     return Quote(q["currency"], ChargeType(q["charge_type"]), lines, Decimal(q["total"]), q["image_allowed"])
 
 
@@ -149,7 +205,7 @@ class LaunchRepository:
         if self._connection.execute(statement).first() is None:
             return False
         self._connection.execute(INSTANCES.insert(), [_instance_row(i) for i in launch.instances()])
-        jobs.enqueue(self._connection, LAUNCH_JOBS, SETTLE_LAUNCH, launch.launch_id, {}, launch.create_time,
+        jobs.enqueue(self._connection, JOBS, SETTLE_LAUNCH, launch.launch_id, {}, launch.create_time,
                      job_id=settle_job_id(launch.launch_id), lease_owner=holder, lease_until=hold_until)
         return True
 
@@ -168,11 +224,12 @@ class LaunchRepository:
             return False
         running = self._connection.execute(update(INSTANCES).where(
             INSTANCES.c.launch_id == launch.launch_id, INSTANCES.c.state == InstanceState.PENDING.value,
-        ).values(state=InstanceState.RUNNING.value))
+        ).values(state=InstanceState.RUNNING.value, update_time=_utc(now)))
         if running.rowcount == 0:  # claimed by an older gateway, which wrote no instances at claim time
             self._connection.execute(INSTANCES.insert(), [
-                _instance_row(replace(i, state=InstanceState.RUNNING)) for i in launch.instances()])
-        jobs.finish(self._connection, LAUNCH_JOBS, settle_job_id(launch.launch_id), now)
+                _instance_row(replace(i, state=InstanceState.RUNNING, update_time=_utc(now)))
+                for i in launch.instances()])
+        jobs.finish(self._connection, JOBS, settle_job_id(launch.launch_id), now)
         return True
 
     def mark_in_doubt(self, launch_id: str, holder: str, now: datetime) -> None:
@@ -181,7 +238,7 @@ class LaunchRepository:
             LAUNCHES.c.launch_id == launch_id, LAUNCHES.c.state == LaunchState.PENDING.value,
         ).values(state=LaunchState.IN_DOUBT.value))
         if marked.rowcount:
-            jobs.release_hold(self._connection, LAUNCH_JOBS, settle_job_id(launch_id), holder, now)
+            jobs.release_hold(self._connection, JOBS, settle_job_id(launch_id), holder, now)
 
     def forget(self, launch_id: str, now: datetime) -> None:
         """Drops an unsettled launch that was never charged, with its instances, freeing its client token;
@@ -191,7 +248,7 @@ class LaunchRepository:
         if deleted.rowcount:
             self._connection.execute(delete(INSTANCES).where(
                 INSTANCES.c.launch_id == launch_id, INSTANCES.c.state == InstanceState.PENDING.value))
-            jobs.finish(self._connection, LAUNCH_JOBS, settle_job_id(launch_id), now)
+            jobs.finish(self._connection, JOBS, settle_job_id(launch_id), now)
 
     def add_missing_jobs(self, stale_after: timedelta, now: datetime) -> int:
         """Gives each unsettled launch without a job (claimed by a gateway from before the jobs) its
@@ -200,12 +257,12 @@ class LaunchRepository:
         c = LAUNCHES.c
         orphans = self._connection.execute(select(c.launch_id, c.state, c.create_time).where(
             c.state.in_(_UNSETTLED),
-            ~exists().where(LAUNCH_JOBS.c.subject == c.launch_id, LAUNCH_JOBS.c.kind == SETTLE_LAUNCH),
+            ~exists().where(JOBS.c.subject == c.launch_id, JOBS.c.kind == SETTLE_LAUNCH),
         )).all()
         for orphan in orphans:
             created = orphan.create_time if orphan.create_time.tzinfo else orphan.create_time.replace(tzinfo=UTC)
             due = None if orphan.state == LaunchState.IN_DOUBT.value else max(now, created + stale_after)
-            jobs.enqueue(self._connection, LAUNCH_JOBS, SETTLE_LAUNCH, orphan.launch_id, {}, now,
+            jobs.enqueue(self._connection, JOBS, SETTLE_LAUNCH, orphan.launch_id, {}, now,
                          job_id=settle_job_id(orphan.launch_id), lease_until=due)
         return len(orphans)
 
@@ -215,3 +272,77 @@ class LaunchRepository:
 
 
 _UNSETTLED = (LaunchState.PENDING.value, LaunchState.IN_DOUBT.value)
+
+def quote_to_json(quote: Quote) -> dict[str, Any]:
+    return dict(json.loads(_quote_json(quote)))
+
+
+def quote_from_json(stored: dict[str, Any]) -> Quote:
+    return _quote_of(json.dumps(stored))
+
+
+def _time_json(moment: datetime | None) -> str | None:
+    return None if moment is None else _utc(moment).isoformat()
+
+
+def _time_of(stored: str | None) -> datetime | None:
+    return None if stored is None else _utc(datetime.fromisoformat(stored))
+
+
+def _instances_to_json(instances: list[Instance]) -> list[dict[str, Any]]:
+    return [{**_instance_row(i), "create_time": _time_json(i.create_time), "update_time": _time_json(i.update_time),
+             "terminate_time": _time_json(i.terminate_time)} for i in instances]
+
+
+def _instances_from_json(version: int, stored: Any) -> list[Instance]:
+    if version != 1:
+        raise ValueError(f"stored instances of unknown version {version}")
+    return [Instance(i["instance_id"], i["account_id"], i["region"], i["instance_name"], i["instance_type"],
+                     i["image_id"], InstanceState(i["state"]), ChargeType(i["charge_type"]), i["system_disk_gb"],
+                     Architecture(i["architecture"]), i["launch_id"], _utc(datetime.fromisoformat(i["create_time"])),
+                     _time_of(i["update_time"]), _time_of(i["terminate_time"])) for i in stored]
+
+
+# What TerminateInstances answered: the instances, TERMINATED.
+INSTANCES_ANSWER = ResponseFormat(version=1, encode=_instances_to_json, decode=_instances_from_json)
+
+
+@dataclass(frozen=True)
+class ResetAnswer:
+    """What ResetInstance answered by request_id: the reset it started and the price it quoted."""
+
+    reset_id: str
+    instance_id: str
+    quote: Quote
+
+
+def _reset_answer_to_json(answer: ResetAnswer) -> dict[str, Any]:
+    return {"reset_id": answer.reset_id, "instance_id": answer.instance_id, "quote": quote_to_json(answer.quote)}
+
+
+def _reset_answer_from_json(version: int, stored: Any) -> ResetAnswer:
+    if version != 1:
+        raise ValueError(f"stored reset answer of unknown version {version}")
+    return ResetAnswer(stored["reset_id"], stored["instance_id"], quote_from_json(stored["quote"]))
+
+
+# What ResetInstance answered.
+RESET_ANSWER = ResponseFormat(version=1, encode=_reset_answer_to_json, decode=_reset_answer_from_json)
+
+
+def reset_to_json(reset: Reset) -> dict[str, Any]:
+    """A reset as its job's payload (the job table versions payloads)."""
+    return {"reset_id": reset.reset_id, "account_id": reset.account_id, "instance_id": reset.instance_id,
+            "region": reset.region, "instance_type": reset.instance_type, "charge_type": reset.charge_type.value,
+            "period_months": reset.period_months, "launch_time": _time_json(reset.launch_time),
+            "image_id": reset.image_id, "image_os_type": reset.image_os_type.value,
+            "marketplace_product_id": reset.marketplace_product_id,
+            "effective_time": _time_json(reset.effective_time)}
+
+
+def reset_from_json(stored: dict[str, Any]) -> Reset:
+    return Reset(stored["reset_id"], stored["account_id"], stored["instance_id"], stored["region"],
+                 stored["instance_type"], ChargeType(stored["charge_type"]), stored["period_months"],
+                 _utc(datetime.fromisoformat(stored["launch_time"])), stored["image_id"],
+                 OsType(stored["image_os_type"]), stored["marketplace_product_id"],
+                 _utc(datetime.fromisoformat(stored["effective_time"])))

@@ -1,5 +1,5 @@
-"""The gateway's tables (SQLModel): accounts and API keys, instances, launches, and the jobs that settle
-launches."""
+"""The gateway's tables (SQLModel): accounts and API keys, instances, launches, the requests answered by
+request_id, and the gateway's durable jobs (settling launches, ending usage, resets)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import Column, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from chassis.idempotency import request_table
 from chassis.jobs import job_table
 
 
@@ -45,6 +46,9 @@ class InstanceRow(SQLModel, table=True):
     architecture: str = Field(max_length=16)
     launch_id: str = Field(index=True, max_length=16)
     create_time: datetime
+    # The last change of state or image (NULL for instances from before it was kept: create_time).
+    update_time: datetime | None = Field(default=None, nullable=True)
+    terminate_time: datetime | None = Field(default=None, nullable=True)
 
 
 class LaunchRow(SQLModel, table=True):
@@ -71,6 +75,9 @@ ACCOUNTS: Table = AccountRow.__table__  # type: ignore[attr-defined]
 API_KEYS: Table = ApiKeyRow.__table__  # type: ignore[attr-defined]
 INSTANCES: Table = InstanceRow.__table__  # type: ignore[attr-defined]
 LAUNCHES: Table = LaunchRow.__table__  # type: ignore[attr-defined]
-# One job per launch, that settles it if its call does not (the call died, or billing could not be asked).
-LAUNCH_JOBS = job_table("gateway")
-TABLES = [ACCOUNTS, API_KEYS, INSTANCES, LAUNCHES, LAUNCH_JOBS]
+# The gateway's durable jobs: one per launch, that settles it if its call does not (the call died, or billing
+# could not be asked); one per termination, that ends the instances' usage; one per reset, that finishes it.
+JOBS = job_table("gateway")
+# TerminateInstances and ResetInstance by request_id: what each answered.
+REQUESTS = request_table("gateway")
+TABLES = [ACCOUNTS, API_KEYS, INSTANCES, LAUNCHES, JOBS, REQUESTS]

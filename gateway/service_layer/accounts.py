@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from chassis.context import Caller
 from chassis.errors import Unauthenticated
 from gateway.domain import api_keys
-from gateway.adapters.contexts import Billing
 from gateway.domain.api_keys import Account, ApiKey
-from gateway.domain.model import Charge
+from gateway.domain.model import Charge, ChargeFilter
+from gateway.service_layer.dependencies import BillingPort
 from gateway.service_layer.unit_of_work import GatewayUnitOfWork
 
 DEMO_ACCOUNTS = (Account("100000000001", "alice"), Account("100000000002", "bob"))
@@ -33,9 +33,11 @@ def issue_demo_keys(new_uow: UnitOfWorkFactory) -> dict[str, dict[str, str]]:
     return issued
 
 
-async def list_charges(page_size: int, page_token: str, billing: Billing) -> tuple[list[Charge], str]:
-    """The caller's charges, in the order they were recorded."""
-    return await billing.charges(page_size, page_token)
+async def list_charges(filters: ChargeFilter, page_size: int, page_token: str, billing: BillingPort
+                       ) -> tuple[list[Charge], str]:
+    """The caller's charges in the order they were recorded, then the usage accrued and not settled yet
+    (billing filters, validates and pages them)."""
+    return await billing.charges(filters, page_size, page_token)
 
 
 def get_caller_identity(caller: Caller, new_uow: UnitOfWorkFactory) -> tuple[Account, str]:

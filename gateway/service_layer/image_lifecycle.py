@@ -14,7 +14,8 @@ from chassis import ids
 from chassis.context import Caller
 from chassis.errors import DomainError, InvalidArgument, NotFound, RemoteError, Unreached
 from chassis.logs import fields
-from gateway.domain.model import Image, ImageImport, ImageQuota, check_imageable, image_update_paths
+from gateway.domain.instances import check_imageable
+from gateway.domain.model import Image, ImageImport, ImageQuota, image_update_paths
 from gateway.service_layer.dependencies import Dependencies
 from gateway.service_layer.images import own_custom_image
 from gateway.service_layer.instances import get_instance

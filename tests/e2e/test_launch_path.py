@@ -125,7 +125,12 @@ def test_a_shared_image_can_be_launched_by_the_recipient(alice, bob):
                    instance_count=1).code() == grpc.StatusCode.NOT_FOUND
     shares = alice.shares.ShareImage(image_share_service_pb2.ShareImageRequest(image_id=image_id, account_ids=[BOB]),
                                      metadata=alice.metadata).shares
-    assert [s.recipient_account_id for s in shares] == [BOB]
+    assert [(s.recipient_account_id, s.state) for s in shares] == [(BOB, image_service_pb2.SHARE_STATE_PENDING)]
+    # bob does not trust alice: the share waits for his acceptance
+    error = refused(bob.run, region=GZ, image_id=image_id, instance_type="S5.MEDIUM4", instance_count=1)
+    assert (error.code(), rich_status(error)[1].reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SHARE_PENDING")
+    bob.shares.AcceptImageShare(image_share_service_pb2.AcceptImageShareRequest(image_id=image_id),
+                                metadata=bob.metadata)
     launched = bob.run(region=GZ, image_id=image_id, instance_type="S5.MEDIUM4", instance_count=2)
     assert len(launched.instance_ids) == 2
     seen = bob.images.GetImage(image_service_pb2.GetImageRequest(image_id=image_id), metadata=bob.metadata).image

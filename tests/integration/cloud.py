@@ -7,11 +7,14 @@ from pathlib import Path
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 from billing_service.bootstrap import bootstrap as billing_bootstrap
 from billing_service.settings import BillingSettings
 from catalog_service.bootstrap import bootstrap as catalog_bootstrap
 from catalog_service.settings import CatalogSettings
+from chassis.clock import Clock
 from gateway.bootstrap import bootstrap as gateway_bootstrap
 from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
@@ -24,19 +27,23 @@ from tests.conftest import INTERNAL_TOKEN
 SERVICES = ("catalog", "sharing", "billing", "gateway")
 
 
-async def start_services(serve, urls: dict[str, str], accounts: Iterable[Account] = (),
+async def start_services(serve, urls: dict[str, str], accounts: Iterable[Account] = (), clock: Clock | None = None,
+                         catalog_settings: dict[str, Any] | None = None,
+                         billing_settings: dict[str, Any] | None = None,
                          **addr_overrides: str) -> tuple[dict[str, str], dict[str, str]]:
     """Starts catalog, sharing, billing and a gateway composing them (downstream addresses may be
     overridden, e.g. with one where nothing listens); returns every address and the demo API keys.
-    ``accounts`` are added beside the demo accounts."""
+    ``accounts`` are added beside the demo accounts; ``clock`` is the time of the catalog, billing and the
+    gateway (a FakeClock moves it in tests)."""
     addrs = {
-        "catalog": await serve(catalog_bootstrap, CatalogSettings(
+        "catalog": await serve(partial(catalog_bootstrap, clock=clock), CatalogSettings(
             database_url=urls["catalog"], internal_token=INTERNAL_TOKEN,
-            image_store_dir=Path(tempfile.mkdtemp(prefix="cloudimg-store-")))),
+            image_store_dir=Path(tempfile.mkdtemp(prefix="cloudimg-store-")), **(catalog_settings or {}))),
         "sharing": await serve(sharing_bootstrap, SharingSettings(database_url=urls["sharing"],
                                                                   internal_token=INTERNAL_TOKEN)),
-        "billing": await serve(billing_bootstrap, BillingSettings(database_url=urls["billing"],
-                                                                  internal_token=INTERNAL_TOKEN)),
+        "billing": await serve(partial(billing_bootstrap, clock=clock),
+                               BillingSettings(database_url=urls["billing"], internal_token=INTERNAL_TOKEN,
+                                               **(billing_settings or {}))),
     }
     addrs.update(addr_overrides)
     db, new_uow = open_database(urls["gateway"])
@@ -45,7 +52,12 @@ async def start_services(serve, urls: dict[str, str], accounts: Iterable[Account
         uow.accounts.add_missing(list(accounts), datetime.now(UTC))
         uow.commit()
     db.dispose()
-    addrs["gateway"] = await serve(gateway_bootstrap, GatewaySettings(
-        database_url=urls["gateway"], internal_token=INTERNAL_TOKEN, catalog_addr=addrs["catalog"],
-        sharing_addr=addrs["sharing"], billing_addr=addrs["billing"], default_deadline_seconds=5))
+    addrs["gateway"] = await start_gateway(serve, urls["gateway"], addrs, clock)
     return addrs, keys
+
+
+async def start_gateway(serve, database_url: str, addrs: dict[str, str], clock: Clock | None = None) -> str:
+    """A gateway (another replica, when one runs already on the database) composing the given services."""
+    return await serve(partial(gateway_bootstrap, clock=clock), GatewaySettings(
+        database_url=database_url, internal_token=INTERNAL_TOKEN, catalog_addr=addrs["catalog"],
+        sharing_addr=addrs["sharing"], billing_addr=addrs["billing"], default_deadline_seconds=5))

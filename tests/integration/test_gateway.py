@@ -19,7 +19,7 @@ from chassis.clients import Downstream
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import free_port
-from gateway.adapters.tables import INSTANCES, LAUNCH_JOBS, LAUNCHES
+from gateway.adapters.tables import INSTANCES, JOBS, LAUNCHES
 from gateway.bootstrap import open_database
 from chassis.errors import Unavailable
 from tests.conftest import rich_status
@@ -222,12 +222,12 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guesse
     assert cloud.count("gateway", INSTANCES) == 2 and cloud.count("billing", CHARGES) == 1
     listed = await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth())
     assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_PENDING}
-    await until(lambda: cloud.count("gateway", LAUNCH_JOBS, LAUNCH_JOBS.c.attempts >= 1) == 1)  # tried, failed
+    await until(lambda: cloud.count("gateway", JOBS, JOBS.c.attempts >= 1) == 1)  # tried, failed
     monkeypatch.setattr(contexts.Billing, "charge", charge)
     monkeypatch.setattr(contexts.Billing, "resolve", resolve)
 
     # Billing can be asked again: the gateway's own worker settles the launch (no call needed).
-    await until(lambda: cloud.count("gateway", LAUNCH_JOBS, LAUNCH_JOBS.c.state == "DONE") == 1)
+    await until(lambda: cloud.count("gateway", JOBS, JOBS.c.state == "DONE") == 1)
     listed = await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth())
     assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_RUNNING} and len(listed.instances) == 2
     assert cloud.count("billing", CHARGES) == 1
@@ -241,7 +241,8 @@ async def test_launches_left_open_by_gateways_that_died_are_settled_by_the_one_t
     """A launch left PENDING by a call that died (its job held by that call until the hold ran out) and
     an IN_DOUBT one claimed by a gateway from before the launch jobs (no job at all): the gateway that
     starts settles both, never charged, so both are voided and forgotten."""
-    from gateway.domain.model import Architecture, ChargeType, Launch, LaunchRequest, LaunchState, OsType
+    from gateway.domain.instances import Launch, LaunchRequest, LaunchState
+    from gateway.domain.model import Architecture, ChargeType, OsType
 
     db, new_uow = open_database(database_url)
     request = LaunchRequest(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4", instance_count=1,
@@ -255,13 +256,13 @@ async def test_launches_left_open_by_gateways_that_died_are_settled_by_the_one_t
         uow.launches.claim(died, "gateway-died", long_ago + timedelta(seconds=10))
         uow.launches.claim(old, "gateway-old", long_ago + timedelta(seconds=10))
         uow.launches.mark_in_doubt(old.launch_id, "gateway-old", long_ago)
-        uow.connection.execute(LAUNCH_JOBS.delete().where(LAUNCH_JOBS.c.subject == old.launch_id))
+        uow.connection.execute(JOBS.delete().where(JOBS.c.subject == old.launch_id))
         uow.commit()
     db.dispose()
     cloud = await start_cloud(serve, tmp_path, gateway_url=database_url)
     await until(lambda: cloud.count("gateway", LAUNCHES) == 0)
     assert cloud.count("gateway", INSTANCES) == 0 and cloud.count("billing", CHARGES) == 0
-    assert cloud.count("gateway", LAUNCH_JOBS, LAUNCH_JOBS.c.state == "DONE") == 2
+    assert cloud.count("gateway", JOBS, JOBS.c.state == "DONE") == 2
 
 
 async def test_a_launch_that_billing_never_charged_is_voided_and_a_retry_launches_it_once(serve, tmp_path,
@@ -296,11 +297,33 @@ async def test_a_launch_named_with_control_characters_is_refused_and_charges_not
     assert cloud.count("billing", CHARGES) == 0 and cloud.count("gateway", LAUNCHES) == 0
 
 
-async def test_rpcs_of_later_issues_answer_unimplemented_with_an_error_info(cloud):
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await cloud.instances.TerminateInstances(pb.TerminateInstancesRequest(), metadata=cloud.auth())
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert rich_status(refused.value)[1].reason == "NOT_IMPLEMENTED_YET"
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await cloud.instances.TerminateInstances(pb.TerminateInstancesRequest(), metadata=())
-    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # authentication comes first
+async def test_no_public_rpc_answers_unimplemented(cloud):
+    """Every RPC of the public API is built: called with an empty request, each answers OK or a mapped refusal
+    (never UNIMPLEMENTED, never UNKNOWN); without a key each is UNAUTHENTICATED first."""
+    from google.protobuf import descriptor_pool, message_factory
+
+    from cloudimg.gateway.v1 import account_service_pb2, image_service_pb2, image_share_service_pb2
+
+    called = 0
+    for module in (image_service_pb2, image_share_service_pb2, pb, account_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                request_class = message_factory.GetMessageClass(
+                    descriptor_pool.Default().FindMessageTypeByName(method.input_type.full_name))
+                response_class = message_factory.GetMessageClass(method.output_type)
+                call = cloud.channel.unary_unary(f"/{service.full_name}/{method.name}",
+                                                 request_serializer=request_class.SerializeToString,
+                                                 response_deserializer=response_class.FromString)
+                for metadata, refused in ((cloud.auth(), None), ((), grpc.StatusCode.UNAUTHENTICATED)):
+                    try:
+                        await call(request_class(), metadata=metadata, timeout=10)
+                        code = grpc.StatusCode.OK
+                    except grpc.aio.AioRpcError as error:
+                        code = error.code()
+                        rich_status(error)  # every refusal carries its one ErrorInfo
+                    assert code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN,
+                                        grpc.StatusCode.INTERNAL), f"{method.full_name}: {code}"
+                    if refused is not None:
+                        assert code == refused, method.full_name
+                called += 1
+    assert called == 27

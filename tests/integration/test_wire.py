@@ -125,6 +125,8 @@ async def test_forged_page_tokens_are_invalid_page_token_on_every_list(stack):
         "/cloudimg.gateway.v1.ImageShareService/ListImageShares": (
             lambda token: share_pb.ListImageSharesRequest(image_id=ALICE_WEB, page_size=1, page_token=token),
             share_pb.ListImageSharesResponse),
+        "/cloudimg.gateway.v1.InstanceService/ListPrices": (
+            lambda token: instance_pb.ListPricesRequest(page_size=1, page_token=token), instance_pb.ListPricesResponse),
     }
     wrong = []
     for method, (request, response) in lists.items():

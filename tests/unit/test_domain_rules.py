@@ -11,11 +11,16 @@ from billing_service.domain.model import ChargeType, ImagePricing, LaunchPricing
 from billing_service.domain.price_book import load_price_book
 from chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from gateway.domain import api_keys
+from gateway.domain.instances import (
+    Instance, InstanceState, LaunchRequest, check_launchable, check_resettable, instance_ids_to_terminate, to_terminate,
+)
 from gateway.domain.model import (
-    Architecture, CatalogKind, Image, InstanceType, LaunchRequest, OsType, ShareState, Verdict, check_launchable,
+    Architecture, CatalogKind, Image, ImageSource, ImageState, InstanceType, OsType, ShareState, TrustPolicyMode,
+    Verdict, VerdictBasis, trust_policy_paths,
 )
 from gateway.domain.model import ChargeType as GatewayChargeType
 from sharing_service.domain import model as sharing
+from sharing_service.domain import verdict as sharing_verdict
 
 BOOK = load_price_book()
 
@@ -86,16 +91,24 @@ class TestSharingRules:
     def test_launch_verdicts(self):
         public = sharing.ImageRef("img-public01", "ap-guangzhou", sharing.ImageKind.PUBLIC, "platform")
         market = sharing.ImageRef("img-market01", "ap-guangzhou", sharing.ImageKind.MARKET, "200000000001")
-        assert sharing.launch_verdict(public, BOB, None).basis is sharing.LaunchBasis.PUBLIC
-        assert sharing.launch_verdict(market, BOB, None).basis is sharing.LaunchBasis.MARKETPLACE
-        assert sharing.launch_verdict(CUSTOM, ALICE, None).basis is sharing.LaunchBasis.OWNER
-        assert sharing.launch_verdict(CUSTOM, BOB, share()).allowed
-        stranger = sharing.launch_verdict(CUSTOM, BOB, None)
+        policy = sharing_verdict.AllowList()  # the default trust policy: mode OFF
+
+        def verdict(image, caller, share):
+            return sharing_verdict.launch_verdict(image, caller, share, policy)
+
+        assert verdict(public, BOB, None).basis is sharing_verdict.LaunchBasis.PUBLIC
+        assert verdict(market, BOB, None).basis is sharing_verdict.LaunchBasis.MARKETPLACE
+        assert verdict(CUSTOM, ALICE, None).basis is sharing_verdict.LaunchBasis.OWNER
+        assert verdict(CUSTOM, BOB, share()).allowed
+        stranger = verdict(CUSTOM, BOB, None)
         assert not stranger.visible and not stranger.allowed
-        pending = sharing.launch_verdict(CUSTOM, BOB, share(sharing.ShareState.PENDING))
-        assert pending.visible and not pending.allowed and pending.basis is sharing.LaunchBasis.SHARE_PENDING
-        assert not sharing.launch_verdict(CUSTOM, BOB, share(region="ap-beijing")).visible
-        assert not sharing.launch_verdict(CUSTOM, BOB, share(sharing.ShareState.REJECTED)).visible
+        pending = verdict(CUSTOM, BOB, share(sharing.ShareState.PENDING))
+        assert pending.visible and not pending.allowed and pending.basis is sharing_verdict.LaunchBasis.SHARE_PENDING
+        assert not verdict(CUSTOM, BOB, share(region="ap-beijing")).visible
+        # a rejected share stays visible (the recipient can still accept it), but is not launched
+        rejected = verdict(CUSTOM, BOB, share(sharing.ShareState.REJECTED))
+        assert rejected.visible and not rejected.allowed
+        assert rejected.basis is sharing_verdict.LaunchBasis.SHARE_REJECTED
 
     def test_only_the_owner_shares_custom_images(self):
         with pytest.raises(PermissionDenied):
@@ -119,9 +132,9 @@ class TestSharingRules:
 
 
 def image(**overrides) -> Image:
-    fields = dict(image_id="img-abcdefgh", region="ap-guangzhou", kind=CatalogKind.PUBLIC, state="NORMAL",
+    fields = dict(image_id="img-abcdefgh", region="ap-guangzhou", kind=CatalogKind.PUBLIC, state=ImageState.NORMAL,
                   name="Ubuntu", description="", owner_account_id="platform", platform="Ubuntu", os_name="Ubuntu",
-                  os_type=OsType.LINUX, architecture=Architecture.X86_64, size_gb=20, source="OFFICIAL",
+                  os_type=OsType.LINUX, architecture=Architecture.X86_64, size_gb=20, source=ImageSource.OFFICIAL,
                   base_image_id="", progress_percent=100, create_time=datetime.now(UTC))
     fields.update(overrides)
     return Image(**fields)
@@ -135,7 +148,7 @@ def request(**overrides) -> LaunchRequest:
 
 
 X86 = InstanceType("S5.MEDIUM4", "S5", Architecture.X86_64, 2, 4, frozenset({"ap-guangzhou"}))
-OK = Verdict(True, True, "PUBLIC")
+OK = Verdict(True, True, VerdictBasis.PUBLIC)
 
 
 class TestLaunchRules:
@@ -145,12 +158,16 @@ class TestLaunchRules:
     @pytest.mark.parametrize("img, verdict, req, error, reason", [
         (image(architecture=Architecture.ARM64), OK, request(), InvalidArgument, "ARCHITECTURE_MISMATCH"),
         (image(size_gb=60), OK, request(), InvalidArgument, "SYSTEM_DISK_TOO_SMALL"),
-        (image(state="CREATING"), OK, request(), FailedPrecondition, "IMAGE_STATE_INVALID"),
-        (image(), Verdict(False, False, "NONE"), request(), NotFound, "IMAGE_NOT_FOUND"),
+        (image(state=ImageState.CREATING), OK, request(), FailedPrecondition, "IMAGE_STATE_INVALID"),
+        (image(), Verdict(False, False, VerdictBasis.NONE), request(), NotFound, "IMAGE_NOT_FOUND"),
         (image(region="ap-beijing"), OK, request(), NotFound, "IMAGE_NOT_FOUND"),
-        (image(), Verdict(True, False, "SHARE_PENDING", ShareState.PENDING), request(), FailedPrecondition,
+        (image(exists=False), OK, request(), NotFound, "IMAGE_NOT_FOUND"),
+        (image(), Verdict(True, False, VerdictBasis.SHARE_PENDING, ShareState.PENDING), request(), FailedPrecondition,
          "SHARE_PENDING"),
-        (image(), Verdict(True, False, "PUBLIC", None, False), request(), FailedPrecondition, "IMAGE_NOT_ALLOWED"),
+        (image(), Verdict(True, False, VerdictBasis.SHARE_REJECTED, ShareState.REJECTED), request(),
+         FailedPrecondition, "SHARE_REJECTED"),
+        (image(), Verdict(True, False, VerdictBasis.PUBLIC, None, False, TrustPolicyMode.ENFORCE, "no platform"),
+         request(), FailedPrecondition, "IMAGE_NOT_ALLOWED"),
     ])
     def test_refusals(self, img, verdict, req, error, reason):
         with pytest.raises(error) as refused:
@@ -177,6 +194,56 @@ class TestLaunchRules:
     def test_the_fingerprint_ignores_the_token_but_not_the_parameters(self):
         assert request(client_token="a").fingerprint() == request(client_token="b").fingerprint()
         assert request(instance_count=2).fingerprint() != request().fingerprint()
+
+    def test_a_trust_policy_refusal_names_its_rule_and_mode(self):
+        verdict = Verdict(True, False, VerdictBasis.SHARED, ShareState.ACCEPTED, False, TrustPolicyMode.ENFORCE,
+                          "images of account 100000000002 are not on allowed_account_ids")
+        with pytest.raises(FailedPrecondition) as refused:
+            check_launchable(request(), image(), verdict, X86)
+        assert "allowed_account_ids" in refused.value.message and "ENFORCE" in refused.value.message
+        assert refused.value.metadata == {"rule": verdict.policy_rule, "mode": "ENFORCE"}
+
+    def test_an_audited_image_outside_the_policy_launches(self):
+        check_launchable(request(), image(), Verdict(True, True, VerdictBasis.PUBLIC, None, False,
+                                                     TrustPolicyMode.AUDIT, "no platform"), X86)
+
+
+def instance(state: InstanceState, instance_id: str = "ins-abcdefgh") -> Instance:
+    return Instance(instance_id, ALICE, "ap-guangzhou", "web", "S5.MEDIUM4", "img-abcdefgh", state,
+                    GatewayChargeType.POSTPAID_BY_HOUR, 50, Architecture.X86_64, "lch-abcdefgh", datetime.now(UTC))
+
+
+class TestInstanceLifecycleRules:
+    @pytest.mark.parametrize("state, reason", [(InstanceState.TERMINATED, "INSTANCE_TERMINATED"),
+                                               (InstanceState.PENDING, "INSTANCE_BUSY"),
+                                               (InstanceState.RESETTING, "INSTANCE_BUSY")])
+    def test_what_cannot_be_reset(self, state, reason):
+        with pytest.raises(FailedPrecondition) as refused:
+            check_resettable(instance(state))
+        assert refused.value.reason == reason
+        check_resettable(instance(InstanceState.RUNNING))
+        check_resettable(instance(InstanceState.STOPPED))
+
+    def test_terminating_skips_the_terminated_and_refuses_the_busy(self):
+        running, ended = instance(InstanceState.RUNNING, "ins-00000001"), instance(InstanceState.TERMINATED)
+        assert to_terminate([running, ended]) == [running]
+        with pytest.raises(FailedPrecondition):
+            to_terminate([running, instance(InstanceState.RESETTING)])
+
+    def test_termination_ids_are_distinct_and_bounded(self):
+        assert instance_ids_to_terminate(["ins-00000002", "ins-00000001", "ins-00000002"]) == [
+            "ins-00000002", "ins-00000001"]
+        for bad in ([], ["ins-00000001"] * 101, ["ins-1"]):
+            with pytest.raises(InvalidArgument):
+                instance_ids_to_terminate(bad)
+
+    def test_a_trust_policy_mask(self):
+        assert trust_policy_paths([]) == trust_policy_paths(["*"]) == [
+            "trusted_account_ids", "mode", "allow_platform_images", "allowed_marketplace_providers",
+            "allowed_account_ids"]
+        assert trust_policy_paths(["mode", "mode"]) == ["mode"]
+        with pytest.raises(InvalidArgument):
+            trust_policy_paths(["mode", "update_time"])
 
 
 class TestApiKeys:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,128 +13,25 @@ from sqlalchemy import func, or_, select, update
 
 from chassis import context
 from chassis.clock import FakeClock
-from chassis.jobs import JobQueue, JobRecord
 from chassis.context import Caller
 from chassis.errors import (
     Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
     Unreached,
 )
+from chassis.jobs import JobQueue, JobRecord
 from chassis.rpc import status_of
 from chassis.server import Background
 from gateway.adapters.repository import settle_job_id
-from gateway.adapters.tables import LAUNCH_JOBS, LAUNCHES
+from gateway.adapters.tables import JOBS, LAUNCHES
 from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
-from gateway.domain.model import (
-    Architecture, CatalogKind, ChargeType, Image, ImageShare, ImageType, InstanceType, Launch, LaunchRequest, OsType,
-    LaunchState, Quote, QuoteLine, Region, ShareState, Verdict,
-)
-from gateway.service_layer import images, instances
+from gateway.domain.instances import Launch, LaunchRequest, LaunchState
+from gateway.domain.model import Architecture, CatalogKind, ChargeType, ImageType, OsType, ShareState
+from gateway.service_layer import background, images, instances, launches, shares
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
+from tests.unit.gateway_fakes import ALICES, NOW, PUBLIC, FakeBilling, FakeCatalog, FakeSharing
 
 ALICE, BOB, CAROL = Caller("100000000001"), Caller("100000000002"), Caller("100000000003")
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def image(image_id: str, kind: CatalogKind, owner: str = "platform", **more) -> Image:
-    return Image(image_id, "ap-guangzhou", kind, "NORMAL", image_id, "", owner, "Ubuntu", "Ubuntu", OsType.LINUX,
-                 Architecture.X86_64, 20, "OFFICIAL", "", 100, NOW, **more)
-
-
-PUBLIC = image("img-public01", CatalogKind.PUBLIC)
-ALICES = image("img-alice001", CatalogKind.CUSTOM, ALICE.account_id)
-
-
-class FakeCatalog:
-    def __init__(self):
-        self.known = {i.image_id: i for i in (PUBLIC, ALICES)}
-        self.listed: list[tuple] = []
-        self.calls: list[str] = []
-
-    async def regions(self):
-        return [Region("ap-guangzhou", "Guangzhou", True, True)]
-
-    async def image(self, image_id, region=""):
-        self.calls.append("image")
-        return self.known.get(image_id) or Image.missing(image_id, region)
-
-    async def images(self, region, kinds, shared_image_ids, platform, name_filter, page_size, page_token):
-        self.listed.append((frozenset(kinds), tuple(shared_image_ids)))
-        return [i for i in self.known.values() if i.image_id in shared_image_ids], ""
-
-
-class FakeSharing:
-    def __init__(self):
-        self.shared: dict[tuple[str, str], ShareState] = {}
-        self.calls: list[str] = []
-
-    async def verdict(self, img):
-        self.calls.append("verdict")
-        caller = context.caller().account_id
-        if img.kind is not CatalogKind.CUSTOM or img.owner_account_id == caller:
-            return Verdict(True, True, "OWNER")
-        state = self.shared.get((img.image_id, caller))
-        return Verdict(state is not None, state is ShareState.ACCEPTED, "SHARED", state)
-
-    async def received(self, region):
-        self.calls.append("received")
-        caller = context.caller().account_id
-        return {image_id: state for (image_id, who), state in self.shared.items() if who == caller}
-
-    async def share(self, img, account_ids, request_id):
-        self.calls.append("share")
-        for account in account_ids:
-            self.shared[(img.image_id, account)] = ShareState.ACCEPTED
-        return [ImageShare(img.image_id, img.region, img.owner_account_id, a, ShareState.ACCEPTED, NOW)
-                for a in account_ids]
-
-
-class FakeBilling:
-    """Billing's ledger semantics: a charge per launch id, resolution, void ids refused for good.
-
-    ``refuse``: CreateCharge fails before it writes; ``lose``: it writes, then the answer is lost;
-    ``down``: every call fails (also ResolveCharge)."""
-
-    def __init__(self):
-        self.charges: dict[str, Launch] = {}
-        self.voided: set[str] = set()
-        self.refuse: Exception | None = None
-        self.lose: Exception | None = None
-        self.down: Exception | None = None
-        self.calls: list[str] = []
-
-    async def instance_types(self):
-        return [InstanceType("S5.MEDIUM4", "S5", Architecture.X86_64, 2, 4, frozenset({"ap-guangzhou"}))]
-
-    def _quote(self, count: int) -> Quote:
-        line = QuoteLine("INSTANCE", "S5.MEDIUM4", Decimal("0.058"), count, "instance-hour", Decimal("0.058") * count)
-        return Quote("USD", ChargeType.POSTPAID_BY_HOUR, (line,), line.amount)
-
-    async def quote(self, request, img):
-        self.calls.append("quote")
-        if self.refuse or self.down:
-            raise self.refuse or self.down
-        return self._quote(request.instance_count)
-
-    async def charge(self, launch):
-        self.calls.append("charge")
-        if self.refuse or self.down:
-            raise self.refuse or self.down
-        if launch.launch_id in self.voided:
-            raise billing_refusal("FAILED_PRECONDITION", "LAUNCH_VOIDED")
-        self.charges.setdefault(launch.launch_id, launch)
-        if self.lose:
-            raise self.lose
-        return f"chg-{launch.launch_id[4:]}", self._quote(launch.request.instance_count)
-
-    async def resolve(self, launch):
-        self.calls.append("resolve")
-        if self.down:
-            raise self.down
-        if launch.launch_id not in self.charges:
-            self.voided.add(launch.launch_id)
-            return None
-        return f"chg-{launch.launch_id[4:]}", self._quote(launch.request.instance_count)
 
 
 @pytest.fixture
@@ -149,7 +46,7 @@ def deps(tmp_path: Path) -> Dependencies:
 
 def other_replica(deps: Dependencies) -> JobQueue:
     """The launch jobs as another gateway replica (another owner) sees them."""
-    return JobQueue(deps.new_uow.args[0], LAUNCH_JOBS, deps.clock, "gateway-replica-b")  # type: ignore[attr-defined]
+    return JobQueue(deps.new_uow.args[0], JOBS, deps.clock, "gateway-replica-b")  # type: ignore[attr-defined]
 
 
 def job_of(deps: Dependencies, token: str, launch_id: str = "") -> JobRecord:
@@ -162,23 +59,23 @@ async def settle_on_another_replica(deps: Dependencies) -> None:
     """Runs another replica's launch worker until it has nothing due and nothing running (time stands
     still meanwhile, so a job that failed waits for its retry)."""
     replica = other_replica(deps)
-    c = LAUNCH_JOBS.c
+    c = JOBS.c
 
     def busy() -> int:
         with deps.new_uow(read_only=True) as uow:
-            return uow.connection.execute(select(func.count()).select_from(LAUNCH_JOBS).where(
+            return uow.connection.execute(select(func.count()).select_from(JOBS).where(
                 c.state == "PENDING",
                 or_(c.lease_until.is_(None), c.lease_until <= deps.clock.now(), c.lease_owner == replica.owner),
             )).scalar_one()
 
-    background = Background([instances.launch_settler(deps, replica, timedelta(seconds=5), poll_seconds=0.01)])
+    worker = Background([background.operations_worker(deps, replica, timedelta(seconds=5), poll_seconds=0.01)])
     try:
         deadline = time.monotonic() + 5
         while busy():
             assert time.monotonic() < deadline, "the launch worker never finished"
             await asyncio.sleep(0.01)
     finally:
-        await background.drain(1)
+        await worker.drain(1)
 
 
 def as_caller(caller: Caller) -> None:
@@ -192,40 +89,62 @@ def launch(**overrides) -> LaunchRequest:
     return LaunchRequest(**fields)
 
 
-async def test_listing_asks_sharing_only_when_shared_images_are_wanted(deps):
+async def test_listing_asks_for_received_shares_only_when_shared_images_are_wanted(deps):
     as_caller(ALICE)
-    await images.list_images(ALICE, "ap-guangzhou", {ImageType.PUBLIC, ImageType.PRIVATE}, "", "", 0, "", deps)
-    assert deps.sharing.calls == [] and deps.catalog.listed[-1][0] == {CatalogKind.PUBLIC, CatalogKind.CUSTOM}
-    await images.list_images(ALICE, "ap-guangzhou", set(), "", "", 0, "", deps)
-    assert deps.sharing.calls == ["received"]
+    await images.list_images(ALICE, "ap-guangzhou", {ImageType.PUBLIC, ImageType.PRIVATE}, set(), "", "", 0, "",
+                             deps)
+    assert deps.sharing.calls == ["verdicts"] and deps.catalog.listed[-1][0] == {CatalogKind.PUBLIC,
+                                                                                 CatalogKind.CUSTOM}
+    deps.sharing.calls.clear()
+    await images.list_images(ALICE, "ap-guangzhou", set(), set(), "", "", 0, "", deps)
+    assert deps.sharing.calls == ["received", "verdicts"]
 
 
-async def test_shared_images_show_their_share_state(deps):
+async def test_shared_images_show_their_share_state_and_rejected_ones_only_when_asked_for(deps):
     deps.sharing.shared[(ALICES.image_id, BOB.account_id)] = ShareState.PENDING
     as_caller(BOB)
-    found, _ = await images.list_images(BOB, "ap-guangzhou", {ImageType.SHARED}, "", "", 0, "", deps)
+    found, _ = await images.list_images(BOB, "ap-guangzhou", {ImageType.SHARED}, set(), "", "", 0, "", deps)
     assert [(i.image_id, i.type_for(BOB.account_id), i.share_state) for i in found] == [
         (ALICES.image_id, ImageType.SHARED, ShareState.PENDING)]
     assert deps.catalog.listed[-1][0] == frozenset()
+    deps.sharing.shared[(ALICES.image_id, BOB.account_id)] = ShareState.REJECTED
+    found, _ = await images.list_images(BOB, "ap-guangzhou", {ImageType.SHARED}, set(), "", "", 0, "", deps)
+    assert found == []
+    found, _ = await images.list_images(BOB, "ap-guangzhou", {ImageType.SHARED}, {ShareState.REJECTED}, "", "", 0,
+                                        "", deps)
+    assert [(i.image_id, i.share_state) for i in found] == [(ALICES.image_id, ShareState.REJECTED)]
+
+
+async def test_a_page_of_any_size_costs_the_same_calls(deps):
+    """The verdicts of a whole page come from one call to sharing: a page of 5 costs what a page of 1 does."""
+    as_caller(ALICE)
+    calls = []
+    for size in (1, 5):
+        deps.sharing.calls.clear(), deps.catalog.calls.clear()
+        found, _ = await images.list_images(ALICE, "ap-guangzhou", set(), set(), "", "", size, "", deps)
+        assert len(found) == size
+        calls.append((deps.sharing.calls[:], deps.catalog.calls[:]))
+    assert calls[0] == calls[1] == (["received", "verdicts"], ["images"])
 
 
 async def test_who_may_change_an_images_shares(deps):
     as_caller(BOB)
     with pytest.raises(NotFound):  # a stranger cannot even see it
-        await images.share_image(BOB, ALICES.image_id, [CAROL.account_id], "", deps)
+        await shares.share_image(BOB, ALICES.image_id, [CAROL.account_id], "", deps)
     deps.sharing.shared[(ALICES.image_id, BOB.account_id)] = ShareState.ACCEPTED
     with pytest.raises(PermissionDenied) as refused:  # a recipient sees it but cannot re-share it
-        await images.share_image(BOB, ALICES.image_id, [CAROL.account_id], "", deps)
+        await shares.share_image(BOB, ALICES.image_id, [CAROL.account_id], "", deps)
     assert refused.value.reason == "SHARED_IMAGE_READ_ONLY"
     with pytest.raises(PermissionDenied) as refused:
-        await images.share_image(BOB, PUBLIC.image_id, [CAROL.account_id], "", deps)
+        await shares.share_image(BOB, PUBLIC.image_id, [CAROL.account_id], "", deps)
     assert refused.value.reason == "NOT_IMAGE_OWNER"
     as_caller(ALICE)
     with pytest.raises(InvalidArgument) as refused:
-        await images.share_image(ALICE, ALICES.image_id, ["999999999999"], "", deps)
+        await shares.share_image(ALICE, ALICES.image_id, ["999999999999"], "", deps)
     assert refused.value.reason == "UNKNOWN_ACCOUNT"
-    shares = await images.share_image(ALICE, ALICES.image_id, [CAROL.account_id], "", deps)
-    assert [s.recipient_account_id for s in shares] == [CAROL.account_id]
+    made = await shares.share_image(ALICE, ALICES.image_id, [CAROL.account_id], "", deps)
+    assert [(s.recipient_account_id, s.state) for s in made] == [(BOB.account_id, ShareState.ACCEPTED),
+                                                                 (CAROL.account_id, ShareState.PENDING)]
 
 
 def billing_refusal(code: str = "INVALID_ARGUMENT", reason: str = "INSTANCE_TYPE_NOT_OFFERED") -> RemoteError:
@@ -238,12 +157,12 @@ async def test_a_launch_refused_by_billing_frees_its_client_token(deps):
     as_caller(ALICE)
     deps.billing.refuse = billing_refusal()
     with pytest.raises(RemoteError):
-        await instances.run_instances(ALICE, launch(client_token="tok"), False, deps)
+        await launches.run_instances(ALICE, launch(client_token="tok"), False, deps)
     deps.billing.refuse = None
-    instance_ids, quote = await instances.run_instances(ALICE, launch(client_token="tok"), False, deps)
+    instance_ids, quote = await launches.run_instances(ALICE, launch(client_token="tok"), False, deps)
     assert len(instance_ids) == 2 and quote.total == Decimal("0.116")
-    again, _ = await instances.run_instances(ALICE, launch(client_token="tok"), False, deps)
-    assert again == instance_ids and len(deps.billing.charges) == 1
+    again, _ = await launches.run_instances(ALICE, launch(client_token="tok"), False, deps)
+    assert again == instance_ids and len(deps.billing.charged) == 1
 
 
 UNAVAILABLE = Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
@@ -256,7 +175,7 @@ def stored_launch(deps, token: str):
 
 
 async def states_of(deps) -> list[str]:
-    found, _ = await instances.list_instances(ALICE, "", 0, "", deps)
+    found, _ = await instances.list_instances(ALICE, "", set(), 0, "", deps)
     return sorted(i.state.value for i in found)
 
 
@@ -264,9 +183,9 @@ async def states_of(deps) -> list[str]:
 async def test_a_lost_answer_for_a_launch_that_was_charged_is_resolved_into_its_instances(deps, failure):
     as_caller(ALICE)
     deps.billing.lose = failure
-    instance_ids, quote = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+    instance_ids, quote = await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert len(instance_ids) == 2 and quote.total == Decimal("0.116")
-    assert deps.billing.calls == ["charge", "resolve"] and len(deps.billing.charges) == 1
+    assert deps.billing.calls == ["charge", "resolve"] and len(deps.billing.charged) == 1
     assert await states_of(deps) == ["RUNNING", "RUNNING"]
     assert stored_launch(deps, "t").state is LaunchState.DONE
 
@@ -276,20 +195,20 @@ async def test_a_lost_answer_for_a_launch_that_was_not_charged_is_a_plain_failur
     as_caller(ALICE)
     deps.billing.refuse = failure
     with pytest.raises(DomainError) as failed:
-        await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+        await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert failed.value is failure  # the caller hears the truth: nothing was launched
     assert stored_launch(deps, "t") is None and await states_of(deps) == []
-    assert deps.billing.charges == {} and len(deps.billing.voided) == 1
+    assert deps.billing.charged == {} and len(deps.billing.voided) == 1
     deps.billing.refuse = None
-    instance_ids, _ = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)  # "try again"
-    assert len(instance_ids) == 2 and len(deps.billing.charges) == 1
+    instance_ids, _ = await launches.run_instances(ALICE, launch(client_token="t"), False, deps)  # "try again"
+    assert len(instance_ids) == 2 and len(deps.billing.charged) == 1
 
 
 async def test_a_charge_that_never_left_the_gateway_is_a_plain_failure(deps):
     as_caller(ALICE)
     deps.billing.refuse = Unreached("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
     with pytest.raises(Unreached):
-        await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+        await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert deps.billing.calls == ["charge"] and deps.billing.voided == set()  # nothing to resolve
     assert stored_launch(deps, "t") is None and await states_of(deps) == []
 
@@ -307,14 +226,14 @@ async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unkn
     real_resolve = deps.billing.resolve
     deps.billing.resolve = resolve_down
     with pytest.raises(Unavailable) as unknown:
-        await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+        await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert unknown.value.reason == "LAUNCH_OUTCOME_UNKNOWN"
     launch_id = stored_launch(deps, "t").launch_id
     assert unknown.value.metadata == {"launch_id": launch_id, "client_token": "t"}
     assert stored_launch(deps, "t").state is LaunchState.IN_DOUBT
     assert await states_of(deps) == ["PENDING", "PENDING"]
     with pytest.raises(Unavailable) as still:  # a retry while billing is down: still unknown, still one launch
-        await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+        await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert still.value.reason == "LAUNCH_OUTCOME_UNKNOWN"
     await settle_on_another_replica(deps)  # its job was due at once, and failed: billing cannot be asked
     assert stored_launch(deps, "t").state is LaunchState.IN_DOUBT
@@ -322,8 +241,8 @@ async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unkn
     assert (job.state, job.attempts, job.lease_owner) == ("PENDING", 1, "")
     assert job.error == "Unavailable: the billing service is unavailable; try again"
     deps.billing.resolve, deps.billing.down, deps.billing.lose = real_resolve, None, None
-    instance_ids, _ = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
-    assert len(deps.billing.charges) == 1 and await states_of(deps) == ["RUNNING", "RUNNING"]
+    instance_ids, _ = await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
+    assert len(deps.billing.charged) == 1 and await states_of(deps) == ["RUNNING", "RUNNING"]
     assert (stored_launch(deps, "t").launch_id == launch_id) is charged  # not charged: voided, launched afresh
     assert (launch_id in deps.billing.voided) is not charged
     assert job_of(deps, "t", launch_id).state == "DONE"  # the retry settled it, and its job with it
@@ -331,17 +250,17 @@ async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unkn
 
 async def test_each_launch_has_a_job_held_by_its_call_and_finished_with_it(deps):
     as_caller(ALICE)
-    await instances.run_instances(ALICE, launch(client_token="ok"), False, deps)
+    await launches.run_instances(ALICE, launch(client_token="ok"), False, deps)
     assert job_of(deps, "ok").state == "DONE" and job_of(deps, "ok").attempts == 0  # no worker was needed
     deps.billing.refuse = billing_refusal()
     with pytest.raises(RemoteError):
-        await instances.run_instances(ALICE, launch(client_token="refused"), False, deps)
+        await launches.run_instances(ALICE, launch(client_token="refused"), False, deps)
     with deps.new_uow(read_only=True) as uow:  # forgotten, and its job done in the same transaction
-        jobs = uow.connection.execute(select(LAUNCH_JOBS.c.state)).scalars().all()
+        jobs = uow.connection.execute(select(JOBS.c.state)).scalars().all()
     assert sorted(jobs) == ["DONE", "DONE"]
     deps.billing.refuse, deps.billing.down = None, UNAVAILABLE
     with pytest.raises(Unavailable):
-        await instances.run_instances(ALICE, launch(client_token="doubt"), False, deps)
+        await launches.run_instances(ALICE, launch(client_token="doubt"), False, deps)
     job = job_of(deps, "doubt")  # in doubt: its call gave its hold back, so a worker takes it at once
     assert (job.state, job.lease_owner, job.lease_until, job.attempts) == ("PENDING", "", NOW, 0)
 
@@ -351,20 +270,20 @@ async def test_another_replica_settles_launches_in_doubt_at_once_and_stranded_on
     deps.billing.down = UNAVAILABLE
     for token in ("a", "b"):
         with pytest.raises(Unavailable):
-            await instances.run_instances(ALICE, launch(client_token=token), False, deps)
+            await launches.run_instances(ALICE, launch(client_token=token), False, deps)
     deps.billing.down = None
-    deps.billing.charges[stored_launch(deps, "a").launch_id] = stored_launch(deps, "a")  # "a" was charged
+    deps.billing.charged[stored_launch(deps, "a").launch_id] = stored_launch(deps, "a")  # "a" was charged
     # a gateway that died after its claim leaves a PENDING launch, its job held by the dead call
-    stale = instances.Launch(**{**vars(stored_launch(deps, "a")), "launch_id": "lch-died0000",
+    stale = Launch(**{**vars(stored_launch(deps, "a")), "launch_id": "lch-died0000",
                                 "client_token": "c", "state": LaunchState.PENDING,
                                 "instance_ids": ["ins-died0000"]})
     with deps.new_uow() as uow:
-        uow.launches.claim(stale, "gateway-died", NOW + instances.STALE_LAUNCH_AFTER)
+        uow.launches.claim(stale, "gateway-died", NOW + launches.STALE_LAUNCH_AFTER)
         uow.commit()
     await settle_on_another_replica(deps)  # the two in doubt; "c" is still held by its call
     assert stored_launch(deps, "a").state is LaunchState.DONE and stored_launch(deps, "b") is None
     assert stored_launch(deps, "c").state is LaunchState.PENDING and "lch-died0000" not in deps.billing.voided
-    deps.clock.advance(seconds=instances.STALE_LAUNCH_AFTER.total_seconds())
+    deps.clock.advance(seconds=launches.STALE_LAUNCH_AFTER.total_seconds())
     await settle_on_another_replica(deps)
     assert stored_launch(deps, "c") is None
     assert "lch-died0000" in deps.billing.voided
@@ -380,7 +299,7 @@ async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_others_and_i
     deps.billing.down = UNAVAILABLE
     for token in ("poison", "corrupt", "fine"):
         with pytest.raises(Unavailable):
-            await instances.run_instances(ALICE, launch(client_token=token), False, deps)
+            await launches.run_instances(ALICE, launch(client_token=token), False, deps)
     deps.billing.down = None
     poison = stored_launch(deps, "poison").launch_id
     fine = stored_launch(deps, "fine").launch_id
@@ -417,21 +336,21 @@ async def test_launches_claimed_before_the_jobs_existed_are_adopted_once(deps):
     deps.billing.down = UNAVAILABLE
     for token in ("doubt", "pending"):
         with pytest.raises(Unavailable):
-            await instances.run_instances(ALICE, launch(client_token=token), False, deps)
+            await launches.run_instances(ALICE, launch(client_token=token), False, deps)
     with deps.new_uow() as uow:  # as an older gateway left them: no job, one still PENDING
-        uow.connection.execute(LAUNCH_JOBS.delete())
+        uow.connection.execute(JOBS.delete())
         uow.connection.execute(update(LAUNCHES).where(LAUNCHES.c.client_token == "pending").values(
             state=LaunchState.PENDING.value))
         uow.commit()
     deps.clock.advance(seconds=3)
-    assert instances.adopt_unsettled_launches(deps) == 2
-    assert instances.adopt_unsettled_launches(deps) == 0
+    assert launches.adopt_unsettled_launches(deps) == 2
+    assert launches.adopt_unsettled_launches(deps) == 0
     assert job_of(deps, "doubt").lease_until is None  # due at once
-    assert job_of(deps, "pending").lease_until == NOW + instances.STALE_LAUNCH_AFTER  # once its call is over
+    assert job_of(deps, "pending").lease_until == NOW + launches.STALE_LAUNCH_AFTER  # once its call is over
     deps.billing.down = None
     await settle_on_another_replica(deps)
     assert stored_launch(deps, "doubt") is None and stored_launch(deps, "pending") is not None
-    deps.clock.advance(seconds=instances.STALE_LAUNCH_AFTER.total_seconds())
+    deps.clock.advance(seconds=launches.STALE_LAUNCH_AFTER.total_seconds())
     await settle_on_another_replica(deps)
     assert stored_launch(deps, "pending") is None and len(deps.billing.voided) == 2
 
@@ -440,20 +359,20 @@ async def test_a_launch_without_a_client_token_can_be_retried_with_its_launch_id
     as_caller(ALICE)
     deps.billing.down = UNAVAILABLE
     with pytest.raises(Unavailable) as unknown:
-        await instances.run_instances(ALICE, launch(), False, deps)
+        await launches.run_instances(ALICE, launch(), False, deps)
     token = unknown.value.metadata["client_token"]
     assert token == unknown.value.metadata["launch_id"] and token in unknown.value.message
     deps.billing.down = None
-    instance_ids, _ = await instances.run_instances(ALICE, launch(client_token=token), False, deps)
-    again, _ = await instances.run_instances(ALICE, launch(client_token=token), False, deps)
-    assert again == instance_ids and len(deps.billing.charges) == 1
+    instance_ids, _ = await launches.run_instances(ALICE, launch(client_token=token), False, deps)
+    again, _ = await launches.run_instances(ALICE, launch(client_token=token), False, deps)
+    assert again == instance_ids and len(deps.billing.charged) == 1
 
 
 @pytest.mark.parametrize("name", ["web\x00evil", "line\nbreak", "bell\x07", "del\x7f"])
 async def test_an_instance_name_with_control_characters_is_refused_before_anything_is_charged(deps, name):
     as_caller(ALICE)
     with pytest.raises(InvalidArgument) as refused:
-        await instances.run_instances(ALICE, launch(instance_name=name), False, deps)
+        await launches.run_instances(ALICE, launch(instance_name=name), False, deps)
     assert refused.value.reason == "INVALID_INSTANCE_NAME"
     assert deps.billing.calls == [] and await states_of(deps) == []
 
@@ -468,9 +387,9 @@ async def test_a_missing_image_and_a_strangers_private_one_cost_the_same_calls(d
         answers = []
         for attempt in (
             lambda i=image_id: images.get_image(BOB, i, deps),
-            lambda i=image_id: instances.quote_run_instances(launch(image_id=i), deps),
-            lambda i=image_id: instances.run_instances(BOB, launch(image_id=i), False, deps),
-            lambda i=image_id: images.share_image(BOB, i, [CAROL.account_id], "", deps),
+            lambda i=image_id: launches.quote_run_instances(launch(image_id=i), deps),
+            lambda i=image_id: launches.run_instances(BOB, launch(image_id=i), False, deps),
+            lambda i=image_id: shares.share_image(BOB, i, [CAROL.account_id], "", deps),
         ):
             with pytest.raises(NotFound) as hidden:
                 await attempt()
@@ -485,15 +404,15 @@ async def test_a_quote_reports_the_permission_problem_before_the_price_problem(d
     deps.sharing.shared[(ALICES.image_id, BOB.account_id)] = ShareState.PENDING
     deps.billing.refuse = billing_refusal()
     with pytest.raises(FailedPrecondition) as refused:
-        await instances.quote_run_instances(launch(image_id=ALICES.image_id), deps)
+        await launches.quote_run_instances(launch(image_id=ALICES.image_id), deps)
     assert refused.value.reason == "SHARE_PENDING"
 
 
 async def test_dry_run_creates_nothing(deps):
     as_caller(ALICE)
-    instance_ids, quote = await instances.run_instances(ALICE, launch(), True, deps)
-    assert instance_ids == [] and quote.lines[0].quantity == 2 and deps.billing.charges == {}
-    found, _ = await instances.list_instances(ALICE, "", 0, "", deps)
+    instance_ids, quote = await launches.run_instances(ALICE, launch(), True, deps)
+    assert instance_ids == [] and quote.lines[0].quantity == 2 and deps.billing.charged == {}
+    found, _ = await instances.list_instances(ALICE, "", set(), 0, "", deps)
     assert found == []
 
 
@@ -505,7 +424,7 @@ async def test_share_requests_are_bounded(deps):
         (["not-an-account"], "", "INVALID_ACCOUNT_ID"),
     ]:
         with pytest.raises(InvalidArgument) as refused:
-            await images.share_image(ALICE, ALICES.image_id, account_ids, request_id, deps)
+            await shares.share_image(ALICE, ALICES.image_id, account_ids, request_id, deps)
         assert refused.value.reason == reason
     assert deps.sharing.calls == []
 
@@ -515,18 +434,18 @@ async def test_a_retry_finds_the_launch_of_a_gateway_that_died_and_resolves_it_o
     died = Launch("lch-died0001", ALICE.account_id, "t", launch(client_token="t").fingerprint(), LaunchState.PENDING,
                   launch(client_token="t"), OsType.LINUX, Architecture.X86_64, "", True, ["ins-died0001"], NOW)
     with deps.new_uow() as uow:
-        uow.launches.claim(died, "gateway-died", NOW + instances.STALE_LAUNCH_AFTER)
+        uow.launches.claim(died, "gateway-died", NOW + launches.STALE_LAUNCH_AFTER)
         uow.commit()
     context.deadline.set(time.monotonic() + 0.2)
     try:  # its call may still be running (on another replica): the retry waits, then says so
         with pytest.raises(Aborted) as busy:
-            await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+            await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
         assert busy.value.reason == "LAUNCH_IN_PROGRESS"
-        deps.clock.advance(seconds=instances.STALE_LAUNCH_AFTER.total_seconds() + 1)
-        instance_ids, _ = await instances.run_instances(ALICE, launch(client_token="t"), False, deps)
+        deps.clock.advance(seconds=launches.STALE_LAUNCH_AFTER.total_seconds() + 1)
+        instance_ids, _ = await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
     finally:
         context.deadline.set(None)
     assert "lch-died0001" in deps.billing.voided  # never charged: voided, then launched afresh, once
-    assert instance_ids != ["ins-died0001"] and len(deps.billing.charges) == 1
+    assert instance_ids != ["ins-died0001"] and len(deps.billing.charged) == 1
     assert stored_launch(deps, "t").state is LaunchState.DONE
     assert job_of(deps, "", "lch-died0001").state == "DONE"  # the retry settled it: no worker needed

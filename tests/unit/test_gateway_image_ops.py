@@ -23,9 +23,10 @@ from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from gateway.adapters.contexts import Catalog, Sharing
 from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
+from gateway.domain.instances import Instance, InstanceState
 from gateway.domain.model import (
-    Architecture, CatalogKind, ChargeType, Image, ImageFormat, ImageImport, ImageQuota, Instance, InstanceState,
-    OsType, Region, ShareState, Verdict,
+    Architecture, CatalogKind, ChargeType, Image, ImageFormat, ImageImport, ImageQuota, ImageSource, ImageState,
+    OsType, Region, ShareState, Verdict, VerdictBasis,
 )
 from gateway.entrypoints import convert
 from gateway.service_layer import image_lifecycle
@@ -36,8 +37,8 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def image(image_id: str, kind: CatalogKind, owner: str = "platform", state: str = "NORMAL", **more: Any) -> Image:
-    return Image(image_id, "ap-guangzhou", kind, state, image_id, "", owner, "Ubuntu", "Ubuntu 22.04", OsType.LINUX,
-                 Architecture.X86_64, 20, "INSTANCE", "", 100, NOW, **more)
+    return Image(image_id, "ap-guangzhou", kind, ImageState(state), image_id, "", owner, "Ubuntu", "Ubuntu 22.04",
+                 OsType.LINUX, Architecture.X86_64, 20, ImageSource.INSTANCE, "", 100, NOW, **more)
 
 
 PUBLIC = image("img-public01", CatalogKind.PUBLIC)
@@ -49,7 +50,7 @@ MISSING = "img-zz000000"
 
 def instance(instance_id: str, state: InstanceState = InstanceState.RUNNING, owner: Caller = ALICE) -> Instance:
     return Instance(instance_id, owner.account_id, "ap-guangzhou", instance_id, "S5.MEDIUM4", PUBLIC.image_id, state,
-                    ChargeType.POSTPAID_BY_HOUR, 60, Architecture.ARM64, "lch-00000001", NOW)
+                    ChargeType.POSTPAID_BY_HOUR, 60, Architecture.ARM64, "lch-00000001", NOW, NOW)
 
 
 RUNNING, STOPPED, PENDING, TERMINATED = (
@@ -136,9 +137,9 @@ class FakeSharing:
         self.journal.append(("sharing.verdict", img.image_id))
         caller = context.caller().account_id
         if img.kind is not CatalogKind.CUSTOM or img.owner_account_id == caller:
-            return Verdict(True, True, "OWNER")
+            return Verdict(True, True, VerdictBasis.OWNER)
         state = self.shared.get((img.image_id, caller))
-        return Verdict(state is not None, state is ShareState.ACCEPTED, "SHARED", state)
+        return Verdict(state is not None, state is ShareState.ACCEPTED, VerdictBasis.SHARED, state)
 
     async def retire(self, img):
         self.journal.append(("sharing.retire", img.image_id))

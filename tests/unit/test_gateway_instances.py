@@ -1,0 +1,380 @@
+"""The gateway's instance handlers (terminate, reset, quote a reset, list by state, prices, charges) with fake
+contexts and the gateway's own SQLite database; time moved by a FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from datetime import UTC, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, or_, select
+
+from chassis import context
+from chassis.clock import FakeClock
+from chassis.context import Caller
+from chassis.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from chassis.jobs import JobQueue
+from chassis.rpc import status_of
+from chassis.server import Background
+from gateway.adapters.tables import JOBS
+from gateway.bootstrap import open_database
+from gateway.domain.api_keys import Account
+from gateway.domain.instances import InstanceState, LaunchRequest
+from gateway.domain.model import (
+    CatalogKind, ChargeFilter, ChargeType, ImageState, QuoteLineKind, ShareState, TrustPolicy, TrustPolicyMode,
+)
+from gateway.service_layer import accounts, background, image_lifecycle, instances, launches, resets
+from gateway.service_layer.dependencies import Dependencies, ReferenceData
+from tests.unit.gateway_fakes import (
+    ARM, BIG, NOW, PUBLIC, WINDOWS, FakeBilling, FakeCatalog, FakeSharing, image, refusal,
+)
+
+ALICE, BOB = Caller("100000000001"), Caller("100000000002")
+DOWN = Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
+BOBS = image("img-bob00001", CatalogKind.CUSTOM, BOB.account_id)
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> Dependencies:
+    db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
+    with new_uow() as uow:
+        uow.accounts.add_missing([Account(c.account_id, "") for c in (ALICE, BOB)], NOW)
+        uow.commit()
+    catalog, billing = FakeCatalog(), FakeBilling()
+    catalog.known[BOBS.image_id] = BOBS
+    return Dependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow, FakeClock(NOW))
+
+
+@pytest.fixture(autouse=True)
+def as_alice() -> None:
+    context.current_caller.set(ALICE)
+    context.deadline.set(None)
+
+
+async def launched(deps: Dependencies, count: int = 1, caller: Caller = ALICE, **overrides: object) -> list[str]:
+    context.current_caller.set(caller)
+    fields: dict[str, object] = dict(region="ap-guangzhou", image_id=PUBLIC.image_id, instance_type="S5.MEDIUM4",
+                                     instance_count=count, charge_type=ChargeType.POSTPAID_BY_HOUR, period_months=0,
+                                     system_disk_gb=50)
+    fields.update(overrides)
+    instance_ids, _ = await launches.run_instances(caller, LaunchRequest(**fields), False, deps)  # type: ignore[arg-type]
+    context.current_caller.set(ALICE)
+    return instance_ids
+
+
+async def state_of(deps: Dependencies, instance_id: str, caller: Caller = ALICE) -> tuple[InstanceState, str]:
+    found = await instances.get_instance(caller, instance_id, deps)
+    return found.state, found.image_id
+
+
+def pending_jobs(deps: Dependencies, kind: str) -> list[tuple[str, str]]:
+    """(lease owner, due) of the PENDING jobs of a kind."""
+    with deps.new_uow(read_only=True) as uow:
+        rows = uow.connection.execute(select(JOBS.c.lease_owner, JOBS.c.lease_until).where(
+            JOBS.c.kind == kind, JOBS.c.state == "PENDING")).all()
+    return [(r.lease_owner, r.lease_until and r.lease_until.replace(tzinfo=UTC)) for r in rows]
+
+
+async def run_another_replica(deps: Dependencies) -> None:
+    """Runs another replica's worker until nothing is due or running (time stands still meanwhile)."""
+    replica = JobQueue(deps.new_uow.args[0], JOBS, deps.clock, "gateway-replica-b")  # type: ignore[attr-defined]
+    c = JOBS.c
+
+    def busy() -> int:
+        with deps.new_uow(read_only=True) as uow:
+            return uow.connection.execute(select(func.count()).select_from(JOBS).where(
+                c.state == "PENDING",
+                or_(c.lease_until.is_(None), c.lease_until <= deps.clock.now(), c.lease_owner == replica.owner),
+            )).scalar_one()
+
+    worker = Background([background.operations_worker(deps, replica, timedelta(seconds=5), poll_seconds=0.01)])
+    try:
+        deadline = time.monotonic() + 5
+        while busy():
+            assert time.monotonic() < deadline, "the worker never finished"
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.drain(1)
+
+
+def hidden(error: DomainError, instance_id: str) -> bytes:
+    return status_of(error).SerializeToString().replace(instance_id.encode(), b"ID")
+
+
+# TerminateInstances
+
+async def test_terminating_ends_usage_once_and_again_changes_nothing(deps):
+    first, second = await launched(deps, 2)
+    deps.clock.advance(minutes=30)
+    ended = await instances.terminate_instances(ALICE, [second, first, second], "r1", deps)
+    assert [(i.instance_id, i.state, i.terminate_time) for i in ended] == [
+        (second, InstanceState.TERMINATED, deps.clock.now()), (first, InstanceState.TERMINATED, deps.clock.now())]
+    assert deps.billing.ended == [((second, first), deps.clock.now())]
+    assert pending_jobs(deps, "end-usage") == []  # the call told billing itself
+    deps.clock.advance(minutes=5)
+    again = await instances.terminate_instances(ALICE, [first, second], "r1", deps)  # the same request: its answer
+    assert again == ended
+    also = await instances.terminate_instances(ALICE, [first], "r2", deps)  # a terminated instance stays so
+    assert [(i.state, i.terminate_time) for i in also] == [(InstanceState.TERMINATED, NOW + timedelta(minutes=30))]
+    assert len(deps.billing.ended) == 1
+
+
+async def test_a_strangers_instance_is_not_found_like_a_missing_one_and_nothing_is_terminated(deps):
+    mine = (await launched(deps))[0]
+    bobs = (await launched(deps, caller=BOB))[0]
+    answers = []
+    for other in (bobs, "ins-zz000000"):
+        with pytest.raises(NotFound) as refused:
+            await instances.terminate_instances(ALICE, [mine, other], "", deps)
+        assert refused.value.reason == "INSTANCE_NOT_FOUND"
+        answers.append(hidden(refused.value, other))
+    assert answers[0] == answers[1]
+    assert await state_of(deps, mine) == (InstanceState.RUNNING, PUBLIC.image_id)
+    assert await state_of(deps, bobs, BOB) == (InstanceState.RUNNING, PUBLIC.image_id)
+    assert deps.billing.ended == []
+
+
+@pytest.mark.parametrize("instance_ids, reason", [
+    ([], "INVALID_INSTANCE_COUNT"), ([f"ins-{n:08d}" for n in range(101)], "INVALID_INSTANCE_COUNT"),
+    (["i-1"], "INVALID_ID"),
+])
+async def test_termination_requests_are_bounded(deps, instance_ids, reason):
+    with pytest.raises(InvalidArgument) as refused:
+        await instances.terminate_instances(ALICE, instance_ids, "", deps)
+    assert refused.value.reason == reason
+
+
+async def test_an_instance_in_the_middle_of_a_change_refuses_the_whole_termination(deps):
+    resetting, running = await launched(deps, 2)
+    deps.billing.reset_down = DOWN
+    reset_instance, _ = await resets.reset_instance(ALICE, resetting, WINDOWS.image_id, "", False, deps)
+    assert reset_instance.state is InstanceState.RESETTING
+    deps.billing.down = DOWN
+    with pytest.raises(Unavailable):  # a launch whose outcome is not known yet: its instance is PENDING
+        await launched(deps)
+    (launching,) = [i.instance_id for i in (await instances.list_instances(ALICE, "", {InstanceState.PENDING}, 0,
+                                                                              "", deps))[0]]
+    for busy in (resetting, launching):
+        with pytest.raises(FailedPrecondition) as refused:
+            await instances.terminate_instances(ALICE, [running, busy], "", deps)
+        assert refused.value.reason == "INSTANCE_BUSY" and busy in refused.value.message
+    assert (await state_of(deps, running))[0] is InstanceState.RUNNING
+
+
+async def test_when_billing_is_down_the_instances_are_terminated_and_their_usage_ends_later(deps):
+    mine = (await launched(deps))[0]
+    deps.billing.down = DOWN
+    ended = await instances.terminate_instances(ALICE, [mine], "", deps)
+    assert ended[0].state is InstanceState.TERMINATED
+    assert pending_jobs(deps, "end-usage") == [("", NOW)]  # given up by its call: due at once
+    await run_another_replica(deps)  # billing still down: retried later
+    assert deps.billing.ended == []
+    deps.billing.down = None
+    deps.clock.advance(seconds=2)
+    await run_another_replica(deps)
+    assert deps.billing.ended == [((mine,), NOW)]  # ended when it was terminated, not when billing heard of it
+    assert pending_jobs(deps, "end-usage") == []
+
+
+async def test_racing_terminations_with_one_request_id_end_usage_once(deps):
+    ids = await launched(deps, 3)
+    answers = await asyncio.gather(*(instances.terminate_instances(ALICE, ids, "race", deps) for _ in range(10)))
+    assert all(a == answers[0] for a in answers)
+    assert len(deps.billing.ended) == 1
+
+
+# ResetInstance and QuoteResetInstance
+
+async def test_a_reset_runs_the_new_image_at_its_new_price(deps):
+    mine = (await launched(deps))[0]
+    deps.clock.advance(hours=2)
+    quote = await resets.quote_reset_instance(ALICE, mine, WINDOWS.image_id, deps)
+    assert [line.kind for line in quote.lines] == [QuoteLineKind.INSTANCE, QuoteLineKind.IMAGE_LICENSE]
+    assert deps.billing.resets == {}  # a quote charges nothing
+    reset, priced = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)
+    assert (reset.state, reset.image_id, reset.update_time) == (InstanceState.RUNNING, WINDOWS.image_id,
+                                                                deps.clock.now())
+    assert priced == quote
+    (charged,) = deps.billing.resets.values()
+    assert (charged.instance_id, charged.image_id, charged.effective_time) == (mine, WINDOWS.image_id,
+                                                                             deps.clock.now())
+    assert pending_jobs(deps, "reset-instance") == []
+    again, priced_again = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)
+    assert (again.state, again.image_id, priced_again) == (InstanceState.RUNNING, WINDOWS.image_id, quote)
+    assert len(deps.billing.resets) == 1
+
+
+async def test_a_dry_run_prices_and_changes_nothing(deps):
+    mine = (await launched(deps))[0]
+    instance, quote = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "", True, deps)
+    assert (instance.state, instance.image_id) == (InstanceState.RUNNING, PUBLIC.image_id)
+    assert quote.lines and deps.billing.resets == {}
+
+
+@pytest.mark.parametrize("target, reason, error", [
+    (ARM.image_id, "ARCHITECTURE_MISMATCH", InvalidArgument),
+    (BIG.image_id, "SYSTEM_DISK_TOO_SMALL", InvalidArgument),
+    (BOBS.image_id, "IMAGE_NOT_FOUND", NotFound),
+    ("img-zz000000", "IMAGE_NOT_FOUND", NotFound),
+    ("bad", "INVALID_ID", InvalidArgument),
+])
+async def test_a_reset_runs_the_launch_checks(deps, target, reason, error):
+    mine = (await launched(deps))[0]
+    for dry_run in (True, False):
+        with pytest.raises(error) as refused:
+            await resets.reset_instance(ALICE, mine, target, "", dry_run, deps)
+        assert refused.value.reason == reason
+    with pytest.raises(error):
+        await resets.quote_reset_instance(ALICE, mine, target, deps)
+    assert await state_of(deps, mine) == (InstanceState.RUNNING, PUBLIC.image_id)
+    assert deps.billing.resets == {}
+
+
+@pytest.mark.parametrize("share, reason", [(ShareState.PENDING, "SHARE_PENDING"),
+                                           (ShareState.REJECTED, "SHARE_REJECTED")])
+async def test_a_share_that_is_not_accepted_cannot_be_reset_to(deps, share, reason):
+    mine = (await launched(deps))[0]
+    deps.sharing.shared[(BOBS.image_id, ALICE.account_id)] = share
+    with pytest.raises(FailedPrecondition) as refused:
+        await resets.reset_instance(ALICE, mine, BOBS.image_id, "", False, deps)
+    assert refused.value.reason == reason
+    deps.sharing.shared[(BOBS.image_id, ALICE.account_id)] = ShareState.ACCEPTED
+    reset, _ = await resets.reset_instance(ALICE, mine, BOBS.image_id, "", False, deps)
+    assert reset.image_id == BOBS.image_id
+
+
+async def test_the_trust_policy_refuses_or_flags_a_reset(deps):
+    mine = (await launched(deps))[0]
+    deps.sharing.shared[(BOBS.image_id, ALICE.account_id)] = ShareState.ACCEPTED
+    deps.sharing.policies[ALICE.account_id] = TrustPolicy(mode=TrustPolicyMode.ENFORCE)
+    with pytest.raises(FailedPrecondition) as refused:
+        await resets.reset_instance(ALICE, mine, BOBS.image_id, "", False, deps)
+    assert refused.value.reason == "IMAGE_NOT_ALLOWED"
+    assert "allowed_account_ids" in refused.value.message and refused.value.metadata["mode"] == "ENFORCE"
+    deps.sharing.policies[ALICE.account_id] = TrustPolicy(mode=TrustPolicyMode.AUDIT)
+    reset, quote = await resets.reset_instance(ALICE, mine, BOBS.image_id, "", False, deps)
+    assert reset.image_id == BOBS.image_id and quote.image_allowed is False
+
+
+async def test_a_terminated_or_strangers_instance_cannot_be_reset(deps):
+    mine = (await launched(deps))[0]
+    bobs = (await launched(deps, caller=BOB))[0]
+    with pytest.raises(NotFound) as refused:
+        await resets.reset_instance(ALICE, bobs, PUBLIC.image_id, "", False, deps)
+    assert refused.value.reason == "INSTANCE_NOT_FOUND"
+    await instances.terminate_instances(ALICE, [mine], "", deps)
+    for attempt in (resets.reset_instance(ALICE, mine, PUBLIC.image_id, "", False, deps),
+                    resets.quote_reset_instance(ALICE, mine, PUBLIC.image_id, deps)):
+        with pytest.raises(FailedPrecondition) as refused:
+            await attempt
+        assert refused.value.reason == "INSTANCE_TERMINATED"
+    with pytest.raises(FailedPrecondition) as refused:
+        await image_lifecycle.create_image(ALICE, mine, "backup", "", "", False, deps)
+    assert refused.value.reason == "INSTANCE_TERMINATED"
+
+
+async def test_when_billing_is_down_a_reset_stays_resetting_until_its_job_finishes_it(deps):
+    mine = (await launched(deps))[0]
+    deps.billing.reset_down = DOWN
+    reset, quote = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)
+    assert (reset.state, reset.image_id) == (InstanceState.RESETTING, PUBLIC.image_id)
+    assert pending_jobs(deps, "reset-instance") == [("", NOW)]  # given up by its call: due at once
+    with pytest.raises(FailedPrecondition) as busy:  # another reset meanwhile
+        await resets.reset_instance(ALICE, mine, PUBLIC.image_id, "r2", False, deps)
+    assert busy.value.reason == "INSTANCE_BUSY"
+    again, _ = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)  # the same request
+    assert again.state is InstanceState.RESETTING  # answered, not refused: it is its own reset
+    deps.billing.reset_down = None
+    deps.clock.advance(seconds=30)
+    await run_another_replica(deps)
+    assert await state_of(deps, mine) == (InstanceState.RUNNING, WINDOWS.image_id)
+    (charged,) = deps.billing.resets.values()
+    assert charged.effective_time == NOW  # priced from when it was asked for
+    finished, _ = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)
+    assert finished.state is InstanceState.RUNNING and len(deps.billing.resets) == 1
+
+
+async def test_a_reset_left_by_a_call_that_died_is_finished_once_its_hold_ends(deps):
+    mine = (await launched(deps))[0]
+    original = resets.finish_reset
+
+    async def died(reset, deps):
+        raise asyncio.CancelledError  # the call went away before billing answered
+
+    resets.finish_reset = died  # type: ignore[assignment]
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "", False, deps)
+    finally:
+        resets.finish_reset = original  # type: ignore[assignment]
+    assert (await state_of(deps, mine))[0] is InstanceState.RESETTING
+    await run_another_replica(deps)  # still held by the call that died
+    assert (await state_of(deps, mine))[0] is InstanceState.RESETTING
+    deps.clock.advance(seconds=11)
+    await run_another_replica(deps)
+    assert await state_of(deps, mine) == (InstanceState.RUNNING, WINDOWS.image_id)
+    assert len(deps.billing.resets) == 1
+
+
+async def test_a_reset_that_billing_refuses_is_undone(deps):
+    mine = (await launched(deps))[0]
+    deps.billing.lose = refusal("FAILED_PRECONDITION", "INSTANCE_USAGE_ENDED")
+    with pytest.raises(DomainError):
+        await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "", False, deps)
+    assert await state_of(deps, mine) == (InstanceState.RUNNING, PUBLIC.image_id)
+    assert pending_jobs(deps, "reset-instance") == []
+
+
+async def test_racing_resets_with_one_request_id_reset_once(deps):
+    mine = (await launched(deps))[0]
+    answers = await asyncio.gather(*(resets.reset_instance(ALICE, mine, WINDOWS.image_id, "race", False, deps)
+                                     for _ in range(10)), return_exceptions=True)
+    assert [a for a in answers if isinstance(a, BaseException)] == []
+    assert {(i.state, i.image_id) for i, _ in answers} == {(InstanceState.RUNNING, WINDOWS.image_id)}
+    assert len(deps.billing.resets) == 1
+
+
+async def test_the_backup_story(deps):
+    """Launch two instances, make an image of one, reset both to it: both run it."""
+    first, second = await launched(deps, 2)
+    backup = await image_lifecycle.create_image(ALICE, first, "backup", "", "", False, deps)
+    assert backup.base_image_id == PUBLIC.image_id
+    deps.catalog.known[backup.image_id] = replace(backup, state=ImageState.NORMAL)
+    for instance_id in (first, second):
+        reset, _ = await resets.reset_instance(ALICE, instance_id, backup.image_id, "", False, deps)
+        assert (reset.state, reset.image_id) == (InstanceState.RUNNING, backup.image_id)
+    again = await image_lifecycle.create_image(ALICE, second, "again", "", "", True, deps)
+    assert again.base_image_id == backup.image_id  # an image of a reset instance is of the image it runs
+
+
+# ListInstances by state, ListPrices, ListCharges
+
+async def test_instances_are_listed_by_state(deps):
+    first, second, third = sorted(await launched(deps, 3))
+    await instances.terminate_instances(ALICE, [second], "", deps)
+    found, _ = await instances.list_instances(ALICE, "", {InstanceState.TERMINATED}, 0, "", deps)
+    assert [i.instance_id for i in found] == [second]
+    found, _ = await instances.list_instances(ALICE, "", {InstanceState.RUNNING}, 0, "", deps)
+    assert [i.instance_id for i in found] == [first, third]
+    page, token = await instances.list_instances(ALICE, "", {InstanceState.RUNNING}, 1, "", deps)
+    with pytest.raises(InvalidArgument) as refused:  # a token is bound to its filters
+        await instances.list_instances(ALICE, "", {InstanceState.TERMINATED}, 1, token, deps)
+    assert refused.value.reason == "INVALID_PAGE_TOKEN"
+
+
+async def test_prices_are_listed_from_billing_and_the_region_is_checked_first(deps):
+    prices, _ = await instances.list_prices("ap-guangzhou", ChargeType.SPOTPAID, "", 0, "", deps)
+    assert [(p.region, p.charge_type) for p in prices] == [("ap-guangzhou", ChargeType.SPOTPAID)]
+    with pytest.raises(InvalidArgument) as refused:
+        await instances.list_prices("mars-1", None, "", 0, "", deps)
+    assert refused.value.reason == "UNKNOWN_REGION" and deps.billing.calls.count("prices") == 1
+
+
+async def test_charges_are_filtered_by_instance(deps):
+    first = (await launched(deps))[0]
+    await launched(deps)
+    charges, _ = await accounts.list_charges(ChargeFilter(instance_id=first), 0, "", deps.billing)
+    assert [c.instance_ids for c in charges] == [(first,)]
