@@ -1,0 +1,110 @@
+"""The catalog's read handlers (get, batch get, list) on a real SQLite file holding the seed: visibility, paging,
+filters and their bounds, without gRPC."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from catalog_service.adapters.tables import TABLES
+from catalog_service.domain import seed
+from catalog_service.domain.model import ImageQuery, ImageType
+from catalog_service.service_layer import handlers
+from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork
+from chassis.db import Database
+from chassis.errors import InvalidArgument, NotFound
+from chassis.migrations import migrate
+
+import catalog_service
+
+GZ = "ap-guangzhou"
+ALICE, BOB = seed.DEMO_ACCOUNT_IDS
+ALICE_WEB = seed.seed_image_id(GZ, "alice-web")
+BOB_ARM = seed.seed_image_id(GZ, "bob-arm")
+
+
+@pytest.fixture
+def new_uow(tmp_path: Path):
+    db = Database(f"sqlite:///{tmp_path}/catalog.db")
+    migrate(db, Path(catalog_service.__file__).parent, "catalog", TABLES)
+    factory = partial(CatalogUnitOfWork, db)
+    with factory() as uow:
+        uow.images.add_missing_regions(seed.REGIONS)
+        uow.images.add_missing_images(seed.seed_images() + seed.demo_custom_images())
+        uow.commit()
+    yield factory
+    db.dispose()
+
+
+def regions():
+    return {r.region_id: r for r in seed.REGIONS}
+
+
+def query(viewer: str = ALICE, types: frozenset[ImageType] = frozenset(ImageType), shared: frozenset[str] = frozenset(),
+          **more: str) -> ImageQuery:
+    return ImageQuery(GZ, viewer, types, shared, **more)
+
+
+def test_an_image_is_read_by_its_id_and_a_missing_one_is_not_found(new_uow):
+    assert handlers.get_image(ALICE_WEB, new_uow=new_uow).owner_account_id == ALICE
+    with pytest.raises(NotFound) as missing:
+        handlers.get_image("img-zz000000", new_uow=new_uow)
+    assert missing.value.reason == "IMAGE_NOT_FOUND"
+    with pytest.raises(InvalidArgument):
+        handlers.get_image("img-1", new_uow=new_uow)
+
+
+def test_a_batch_answers_found_and_missing_ids_once_each_in_order(new_uow):
+    found, missing = handlers.batch_get_images([BOB_ARM, "img-zz000000", ALICE_WEB, BOB_ARM], new_uow=new_uow)
+    assert [i.image_id for i in found] == [BOB_ARM, ALICE_WEB] and missing == ["img-zz000000"]
+    with pytest.raises(InvalidArgument) as refused:
+        handlers.batch_get_images(["img-zz000000"] * (handlers.MAX_BATCH + 1), new_uow=new_uow)
+    assert refused.value.reason == "TOO_MANY_IDS"
+
+
+def test_a_caller_lists_the_official_images_its_own_and_those_shared_with_it(new_uow):
+    mine, _ = handlers.list_images(query(), 1000, "", regions=regions(), new_uow=new_uow)
+    ids = {i.image_id for i in mine}
+    assert ALICE_WEB in ids and BOB_ARM not in ids
+    assert {i.image_type for i in mine} == {ImageType.PUBLIC, ImageType.MARKET, ImageType.CUSTOM}
+    shared, _ = handlers.list_images(query(BOB, frozenset(), frozenset({ALICE_WEB})), 1000, "", regions=regions(),
+                                     new_uow=new_uow)
+    assert [i.image_id for i in shared] == [ALICE_WEB]
+
+
+def test_pages_follow_one_another_and_their_tokens_are_bound_to_the_filters(new_uow):
+    seen, token = [], ""
+    while True:
+        page, token = handlers.list_images(query(), 2, token, regions=regions(), new_uow=new_uow)
+        seen += [i.image_id for i in page]
+        if not token:
+            break
+    everything, _ = handlers.list_images(query(), 1000, "", regions=regions(), new_uow=new_uow)
+    assert seen == [i.image_id for i in everything] == sorted(seen)
+    _, token = handlers.list_images(query(), 2, "", regions=regions(), new_uow=new_uow)
+    with pytest.raises(InvalidArgument) as refused:
+        handlers.list_images(query(platform="Ubuntu"), 2, token, regions=regions(), new_uow=new_uow)
+    assert refused.value.reason == "INVALID_PAGE_TOKEN"
+
+
+@pytest.mark.parametrize("filters, reason", [
+    ({"platform": "p" * 129}, "FILTER_TOO_LONG"), ({"name_filter": "n" * 129}, "FILTER_TOO_LONG")])
+def test_filters_are_bounded(new_uow, filters, reason):
+    with pytest.raises(InvalidArgument) as refused:
+        handlers.list_images(query(**filters), 10, "", regions=regions(), new_uow=new_uow)
+    assert refused.value.reason == reason
+
+
+def test_an_unknown_region_is_refused(new_uow):
+    with pytest.raises(InvalidArgument) as refused:
+        handlers.list_images(ImageQuery("mars-1", ALICE, frozenset(ImageType), frozenset()), 10, "",
+                             regions=regions(), new_uow=new_uow)
+    assert refused.value.reason == "UNKNOWN_REGION"
+
+
+def test_platform_and_name_filters_are_case_insensitive(new_uow):
+    ubuntu, _ = handlers.list_images(query(platform="ubuntu", name_filter="SERVER"), 1000, "", regions=regions(),
+                                     new_uow=new_uow)
+    assert ubuntu and all(i.platform == "Ubuntu" and "server" in i.name.lower() for i in ubuntu)
