@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from pydantic import FilePath
+from typing import Annotated
+
+from pydantic import Field, FilePath
 from pydantic_settings import SettingsConfigDict
 
 from billing_service.domain.price_book import DEFAULT_PRICE_BOOK
-from chassis.settings import DatabaseUrl, HostPort, ServiceSettings
+from chassis.settings import DatabaseUrl, HostPort, Seconds, ServiceSettings
 
 
 class BillingSettings(ServiceSettings):
@@ -14,3 +16,6 @@ class BillingSettings(ServiceSettings):
     database_url: DatabaseUrl = "sqlite:///data/billing.db"
     # The price book an operator publishes (its content is checked when it is loaded).
     price_book_path: FilePath = DEFAULT_PRICE_BOOK
+    # How often the usage of running hourly instances is settled into the ledger (each run charges the
+    # hours completed since the last one).
+    usage_settle_interval_seconds: Annotated[Seconds, Field(gt=0)] = 60.0

@@ -59,6 +59,18 @@ class MarketplaceProduct:
     name: str
     prices: dict[ChargeType, Decimal]
 
+    @property
+    def description(self) -> str:
+        return f"{self.name} by {self.provider}"
+
+
+def instance_description(instance_type: str, region: str, charge_type: ChargeType) -> str:
+    return f"{instance_type} in {region} ({charge_type.value})"
+
+
+def license_description(region: str) -> str:
+    return f"Windows Server license in {region}"
+
 
 @dataclass(frozen=True)
 class ImagePricing:
@@ -112,6 +124,15 @@ class Quote:
         return sum((line.amount for line in self.lines), Decimal(0))
 
 
+class ChargeKind(enum.StrEnum):
+    """What a ledger entry pays for (ACCRUED_USAGE is never stored: it is usage not settled yet)."""
+
+    LAUNCH = "LAUNCH"
+    RESET = "RESET"
+    USAGE = "USAGE"
+    ACCRUED_USAGE = "ACCRUED_USAGE"
+
+
 class KeyOutcome(enum.StrEnum):
     """What became of a launch's idempotency key: charged once, or void (never to be charged)."""
 
@@ -129,6 +150,24 @@ class Charge:
     create_time: datetime
     idempotency_key: str = ""
     request_fingerprint: str = ""
+    kind: ChargeKind = ChargeKind.LAUNCH
+    # USAGE and ACCRUED_USAGE: the time their hours cover.
+    usage_start_time: datetime | None = None
+    usage_end_time: datetime | None = None
+
+    @property
+    def instance_id(self) -> str | None:
+        """The one instance a reset or a usage charge is for (a launch pays for several)."""
+        return None if self.kind is ChargeKind.LAUNCH else self.instance_ids[0]
+
+
+@dataclass(frozen=True)
+class ChargeFilter:
+    """Which of an account's charges a listing wants."""
+
+    instance_id: str = ""  # a well-formed instance id, or "": every charge
+    start_time: datetime | None = None  # created at or after
+    end_time: datetime | None = None  # created before
 
 
 @dataclass
@@ -163,11 +202,11 @@ class PriceBook:
                 f"instance type {launch.instance_type!r} is not offered in {launch.region}", field="instance_type",
             )
         charge, quantity, unit = launch.charge_type, launch.quantity(), launch.charge_type.unit
-        lines = [QuoteLine(LineKind.INSTANCE, f"{launch.instance_type} in {launch.region} ({charge.value})",
+        lines = [QuoteLine(LineKind.INSTANCE, instance_description(launch.instance_type, launch.region, charge),
                            prices[charge], quantity, unit)]
         license_prices = self.windows_license.get(launch.region)
         if launch.image.os_kind is OsKind.WINDOWS and license_prices:
-            lines.append(QuoteLine(LineKind.IMAGE_LICENSE, f"Windows Server license in {launch.region}",
+            lines.append(QuoteLine(LineKind.IMAGE_LICENSE, license_description(launch.region),
                                    license_prices[charge], quantity, unit))
         if launch.image.marketplace_product_id:
             product = self.marketplace_products.get(launch.image.marketplace_product_id)
@@ -176,8 +215,7 @@ class PriceBook:
                     "MARKETPLACE_PRODUCT_UNKNOWN",
                     f"marketplace product {launch.image.marketplace_product_id!r} has no price", field="image_id",
                 )
-            lines.append(QuoteLine(LineKind.MARKETPLACE, f"{product.name} by {product.provider}",
-                                   product.prices[charge], quantity, unit))
+            lines.append(QuoteLine(LineKind.MARKETPLACE, product.description, product.prices[charge], quantity, unit))
         return Quote(self.currency, charge, tuple(lines))
 
 

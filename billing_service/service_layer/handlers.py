@@ -1,19 +1,28 @@
-"""The billing context's use cases."""
+"""The billing context's use cases of the price book and of launches: instance types, prices, quotes, and
+the one charge of each launch (which also starts metering its instances)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 
-from billing_service.domain.model import Charge, InstanceType, KeyOutcome, LaunchPricing, PriceBook, Quote
+from billing_service.domain.metering import launch_segments
+from billing_service.domain.model import (
+    MAX_INSTANCES_PER_LAUNCH, Charge, InstanceType, KeyOutcome, LaunchPricing, PriceBook, Quote,
+)
+from billing_service.domain.price_list import Price, PriceFilter, PriceKey
 from billing_service.service_layer.unit_of_work import BillingUnitOfWork
 from chassis import ids, pagination
-from chassis.errors import FailedPrecondition, InvalidArgument
+from chassis.clock import Clock
+from chassis.errors import CONTROL_CHARACTERS, FailedPrecondition, InvalidArgument
 from chassis.fingerprints import fingerprint
 
 UnitOfWorkFactory = Callable[..., BillingUnitOfWork]
 MAX_KEY_LENGTH = 64
+MAX_INSTANCE_ID_LENGTH = 32
+# Usage charges carry keys of their own (domain.metering.Usage.idempotency_key): no caller may take one.
+RESERVED_KEY_PREFIX = "usage:"
 
 
 def list_instance_types(region: str, *, book: PriceBook) -> list[InstanceType]:
@@ -27,13 +36,15 @@ def quote(launch: LaunchPricing, *, book: PriceBook) -> Quote:
 
 
 def create_charge(launch: LaunchPricing, idempotency_key: str, instance_ids: list[str], account_id: str, *,
-                  book: PriceBook, new_uow: UnitOfWorkFactory) -> Charge:
+                  book: PriceBook, new_uow: UnitOfWorkFactory, clock: Clock) -> Charge:
     """Records exactly one charge per idempotency key: a retry returns the first charge, and a key that
-    ResolveCharge voided is refused for good."""
-    _check_key(idempotency_key)
+    ResolveCharge voided is refused for good. The transaction that records it opens the meter of each
+    instance, so an instance is metered if and only if its launch was charged."""
+    check_key(idempotency_key)
+    _check_instance_ids(instance_ids)
     priced = book.quote(launch)
     fingerprint = charge_fingerprint(launch, instance_ids)
-    now = datetime.now(UTC)
+    now = clock.now()
     charge = Charge(ids.new_id("chg"), account_id, launch.region, priced, tuple(instance_ids), now,
                     idempotency_key, fingerprint)
     with new_uow() as uow:
@@ -41,6 +52,7 @@ def create_charge(launch: LaunchPricing, idempotency_key: str, instance_ids: lis
         if outcome is KeyOutcome.VOID:
             raise _voided(idempotency_key)
         if uow.charges.add_unless_exists(charge):
+            uow.meters.add_all(launch_segments(account_id, launch, priced, instance_ids, now))
             uow.commit()
             return charge
         first = uow.charges.by_idempotency_key(account_id, idempotency_key)
@@ -52,12 +64,13 @@ def create_charge(launch: LaunchPricing, idempotency_key: str, instance_ids: lis
     return first
 
 
-def resolve_charge(idempotency_key: str, account_id: str, *, new_uow: UnitOfWorkFactory) -> Charge | None:
+def resolve_charge(idempotency_key: str, account_id: str, *, new_uow: UnitOfWorkFactory, clock: Clock
+                   ) -> Charge | None:
     """The charge recorded for the key, or None when there is none: then the key is void, and
     CreateCharge refuses it from now on, so a late or retried charge can never land."""
-    _check_key(idempotency_key)
+    check_key(idempotency_key)
     with new_uow() as uow:
-        outcome = uow.charges.claim_key(account_id, idempotency_key, KeyOutcome.VOID, datetime.now(UTC))
+        outcome = uow.charges.claim_key(account_id, idempotency_key, KeyOutcome.VOID, clock.now())
         charge = uow.charges.by_idempotency_key(account_id, idempotency_key)
         if outcome is KeyOutcome.VOID and charge is not None:  # charged before keys were claimed
             uow.charges.mark_key_charged(account_id, idempotency_key)
@@ -74,10 +87,27 @@ def _legacy_fingerprint(launch: LaunchPricing, instance_ids: list[str]) -> str:
     return hashlib.sha256(repr((launch, sorted(instance_ids))).encode()).hexdigest()
 
 
-def _check_key(idempotency_key: str) -> None:
+def check_key(idempotency_key: str) -> None:
     if not idempotency_key or len(idempotency_key) > MAX_KEY_LENGTH:
         raise InvalidArgument("INVALID_IDEMPOTENCY_KEY", f"idempotency_key must be 1-{MAX_KEY_LENGTH} characters",
                               field="idempotency_key")
+    if idempotency_key.startswith(RESERVED_KEY_PREFIX):
+        raise InvalidArgument("INVALID_IDEMPOTENCY_KEY",
+                              f"idempotency_key must not start with {RESERVED_KEY_PREFIX!r} (usage charges' keys)",
+                              field="idempotency_key")
+
+
+def _check_instance_ids(instance_ids: list[str]) -> None:
+    """What a meter can hold: up to a launch's worth of distinct ids of bounded length."""
+    if len(instance_ids) > MAX_INSTANCES_PER_LAUNCH:
+        raise InvalidArgument("INVALID_INSTANCE_IDS", f"at most {MAX_INSTANCES_PER_LAUNCH} instance_ids",
+                              field="instance_ids")
+    for instance_id in instance_ids:
+        if not 1 <= len(instance_id) <= MAX_INSTANCE_ID_LENGTH or CONTROL_CHARACTERS.search(instance_id):
+            raise InvalidArgument("INVALID_INSTANCE_IDS", f"instance_ids must be 1-{MAX_INSTANCE_ID_LENGTH} "
+                                  "characters without control characters", field="instance_ids")
+    if len(set(instance_ids)) != len(instance_ids):
+        raise InvalidArgument("INVALID_INSTANCE_IDS", "instance_ids must not repeat an id", field="instance_ids")
 
 
 def _voided(idempotency_key: str) -> FailedPrecondition:
@@ -85,12 +115,39 @@ def _voided(idempotency_key: str) -> FailedPrecondition:
                               "never charged", subject=f"idempotency_key:{idempotency_key}")
 
 
-def list_charges(account_id: str, page_size: int, page_token: str, *,
-                 new_uow: UnitOfWorkFactory) -> tuple[list[Charge], str]:
+def list_prices(filters: PriceFilter, page_size: int, page_token: str, *, book: PriceBook,
+                prices: list[Price]) -> tuple[list[Price], str]:
+    """A page of ``prices`` (the book's, domain.price_list.all_prices: in key order) that the filters admit."""
+    filters.check(book)
     size = pagination.clamp_page_size(page_size)
-    fingerprint = pagination.fingerprint("charges", account_id)
-    after = pagination.decode_int_page_token(page_token, fingerprint)
-    with new_uow(read_only=True) as uow:
-        rows = uow.charges.of_account(account_id, after, size + 1)
-    page, next_token = pagination.page_of(rows, size, fingerprint, lambda row: str(row[0]))
-    return [charge for _, charge in page], next_token
+    print_ = pagination.fingerprint("prices", filters.region,
+                                    filters.charge_type.value if filters.charge_type else "", filters.instance_type)
+    after = _price_key(pagination.decode_page_token(page_token, print_))
+    wanted: list[Price] = []
+    for price in prices:
+        if (after is None or price.key > after) and filters.admits(price):
+            wanted.append(price)
+            if len(wanted) > size:
+                break
+    return pagination.page_of(wanted, size, print_, lambda p: json.dumps(list(p.key)))
+
+
+def _price_key(key: str | None) -> PriceKey | None:
+    """A price list's page key, [kind, region, name, charge type]; anything else is refused."""
+    if key is None:
+        return None
+    try:
+        kind, region, name, charge = json.loads(key)
+    except (ValueError, TypeError):
+        raise _invalid_token() from None
+    if not (_is_rank(kind) and isinstance(region, str) and isinstance(name, str) and _is_rank(charge)):
+        raise _invalid_token()
+    return kind, region, name, charge
+
+
+def _is_rank(value: object) -> bool:
+    return type(value) is int and 0 <= value < 10
+
+
+def _invalid_token() -> InvalidArgument:
+    return InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token")

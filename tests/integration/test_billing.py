@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
+from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, func, select
+from alembic import command
+from sqlalchemy import create_engine, func, select, text
 
-from billing_service.adapters.tables import CHARGES
+import billing_service
+from billing_service.adapters.tables import CHARGES, SEGMENTS
 from billing_service.bootstrap import bootstrap
 from billing_service.settings import BillingSettings
-from chassis.convert import decimal_of
+from chassis.clock import FakeClock
+from chassis.convert import decimal_of, timestamp
+from chassis.db import Database
+from chassis.migrations import config
 from cloudimg.billing.v1 import billing_service_pb2 as pb
 from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
@@ -55,6 +63,9 @@ async def test_a_charge_is_recorded_once_per_key_even_when_retries_race(billing,
     engine = create_engine(database_url)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(CHARGES)).scalar_one() == 1
+        # the one charge metered its instances once
+        assert conn.execute(select(SEGMENTS.c.instance_id).order_by(SEGMENTS.c.instance_id)).scalars().all() == [
+            "ins-a", "ins-b"]
     engine.dispose()
 
     with pytest.raises(grpc.aio.AioRpcError) as mismatch:
@@ -98,7 +109,7 @@ async def test_bad_launches_are_refused(billing, overrides, reason):
     assert rich_status(refused.value)[1].reason == reason
 
 
-async def test_resolving_a_key_returns_its_charge_or_voids_it_for_good(billing):
+async def test_resolving_a_key_returns_its_charge_or_voids_it_for_good(billing, database_url):
     charged = pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-charged1", instance_ids=["ins-a"])
     first = (await billing.CreateCharge(charged, metadata=internal_metadata())).charge
     for _ in range(2):  # asking again gives the same answer
@@ -113,6 +124,10 @@ async def test_resolving_a_key_returns_its_charge_or_voids_it_for_good(billing):
                                    metadata=internal_metadata())
     assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert rich_status(late.value)[1].reason == "LAUNCH_VOIDED"
+    engine = create_engine(database_url)
+    with engine.connect() as conn:  # the voided launch has no meter: only the charged one has
+        assert conn.execute(select(SEGMENTS.c.instance_id)).scalars().all() == ["ins-a"]
+    engine.dispose()
     # keys are per account: another account's key of the same name is its own
     other = await billing.CreateCharge(pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-nothing1"),
                                        metadata=internal_metadata(BOB))
@@ -149,3 +164,38 @@ async def test_a_charge_and_its_resolution_racing_on_two_replicas_never_both_win
         assert conn.execute(select(func.count()).select_from(CHARGES)).scalar_one() == sum(
             1 for charged, _ in answers if charged is not None)
     engine.dispose()
+
+
+async def test_a_ledger_from_before_meters_is_upgraded_and_its_launches_kept(serve, database_url):
+    """A charge written at revision 0002 (lines as a bare list, no kind) is a LAUNCH after the upgrade; its
+    instance was never metered, so ending its usage records nothing and a reset starts its meter."""
+    db = Database(database_url)
+    with db.engine.begin() as connection:
+        command.upgrade(config(Path(billing_service.__file__).parent, "billing", connection), "0002")
+        connection.execute(text(
+            "INSERT INTO billing_charge (charge_id, account_id, idempotency_key, request_fingerprint, region, "
+            "currency, charge_type, total, lines, instance_ids, create_time) VALUES ('chg-00000001', :account, "
+            "'lch-00000001', 'f', 'ap-guangzhou', 'USD', 'POSTPAID_BY_HOUR', '0.0580', :lines, "
+            "'[\"ins-00000001\"]', :created)"),
+            {"account": ALICE, "created": datetime(2025, 12, 31, 23, tzinfo=UTC), "lines": (
+                '[{"kind": "INSTANCE", "description": "S5.MEDIUM4 in ap-guangzhou (POSTPAID_BY_HOUR)", '
+                '"unit_price": "0.0580", "quantity": 1, "unit": "instance-hour"}]')})
+    db.dispose()
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    addr = await serve(partial(bootstrap, clock=clock), BillingSettings(database_url=database_url,
+                                                                        internal_token=INTERNAL_TOKEN))
+    billing = pb_grpc.BillingServiceStub(grpc.aio.insecure_channel(addr))
+    md = internal_metadata()
+    (old,) = (await billing.ListCharges(pb.ListChargesRequest(instance_id="ins-00000001"), metadata=md)).charges
+    assert (old.charge_id, old.kind, decimal_of(old.quote.total)) == ("chg-00000001", pb.CHARGE_KIND_LAUNCH,
+                                                                      Decimal("0.0580"))
+    assert old.quote.lines[0].description == "S5.MEDIUM4 in ap-guangzhou (POSTPAID_BY_HOUR)"
+    assert (await billing.EndUsage(pb.EndUsageRequest(instance_ids=["ins-00000001", "ins-00000002"]),
+                                   metadata=md)).charges == []
+    reset = pb.ResetPricing(instance_id="ins-00000002", launch=launch(region="ap-guangzhou", instance_count=1),
+                            effective_time=timestamp(clock.now()))
+    await billing.ChargeReset(pb.ChargeResetRequest(reset=reset, idempotency_key="rst-00000001"), metadata=md)
+    clock.advance(hours=1, minutes=1)
+    (usage,) = (await billing.EndUsage(pb.EndUsageRequest(instance_ids=["ins-00000002"]), metadata=md)).charges
+    assert usage.usage_end_time.ToDatetime(tzinfo=UTC) - usage.usage_start_time.ToDatetime(tzinfo=UTC) == timedelta(
+        hours=1)

@@ -101,4 +101,4 @@ def test_tables_made_before_migrations_existed_are_adopted_not_recreated(db):
     migrate_context(db, "billing")
     with db.engine.connect() as connection:
         assert connection.execute(text("SELECT charge_id FROM billing_charge")).scalar_one() == "chg-00000002"
-        assert connection.execute(text(f"SELECT version_num FROM {version_table('billing')}")).scalar_one() == "0002"
+        assert connection.execute(text(f"SELECT version_num FROM {version_table('billing')}")).scalar_one() == "0003"
