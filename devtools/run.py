@@ -27,6 +27,7 @@ def main() -> int:
         print("\nTry it:")
         print(f"  export CLOUDIMG_ENDPOINT={stack.gateway_addr}")
         print(f"  export CLOUDIMG_API_KEY={stack.api_keys['alice']}")
+        print(f"  export BOB={stack.api_keys['bob']}   # bob's key, for the README's trust tour")
         print("  .venv/bin/cloudimg images --region ap-guangzhou")
         print(f"\nImports read disk images from {stack.imports_dir.resolve()}/ (file://...) and from")
         print("http://127.0.0.1 and http://localhost URLs, which make run allows (CATALOG_IMPORT_ALLOWED_SOURCES).")
