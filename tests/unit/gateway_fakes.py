@@ -1,24 +1,33 @@
 """Fakes of the three contexts the gateway composes, implementing its ports (gateway.service_layer.dependencies)
-with the semantics its handlers rely on; mypy checks that they do (pyproject.toml's files)."""
+with the semantics its handlers rely on; mypy checks that they do (pyproject.toml's files). And another gateway
+replica's worker, to run the jobs the handlers leave."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Collection
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import func, or_, select
+
 from chassis import context
 from chassis.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, RemoteError
+from chassis.jobs import JobQueue
 from chassis.rpc import status_of
+from chassis.server import Background
+from gateway.adapters.tables import JOBS
 from gateway.domain.instances import Instance, Launch, LaunchRequest, Reset
 from gateway.domain.model import (
     Architecture, CatalogKind, Charge, ChargeFilter, ChargeKind, ChargeType, Image, ImageImport, ImageQuota,
     ImageShare, ImageSource, ImageState, InstanceType, OsType, Price, Quote, QuoteLine, QuoteLineKind, Region,
     ShareState, TrustPolicy, TrustPolicyMode, Verdict, VerdictBasis,
 )
-from gateway.service_layer.dependencies import BillingPort, CatalogPort, SharingPort
+from gateway.service_layer import background
+from gateway.service_layer.dependencies import BillingPort, CatalogPort, Dependencies, SharingPort
 
 ALICE_ID, BOB_ID, CAROL_ID = "100000000001", "100000000002", "100000000003"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -299,3 +308,31 @@ class FakeBilling(BillingPort):
 
 def not_found() -> NotFound:
     return NotFound("IMAGE_NOT_FOUND", "no", resource_type="image", resource_name="x")
+
+
+def other_replica(deps: Dependencies) -> JobQueue:
+    """The gateway's jobs as another replica (another owner) sees them."""
+    return JobQueue(deps.new_uow.args[0], JOBS, deps.clock, "gateway-replica-b")  # type: ignore[attr-defined]
+
+
+async def run_another_replica(deps: Dependencies) -> None:
+    """Runs another replica's job worker until it has nothing due and nothing running (time stands still
+    meanwhile, so a job that failed waits for its retry)."""
+    replica = other_replica(deps)
+    c = JOBS.c
+
+    def busy() -> int:
+        with deps.new_uow(read_only=True) as uow:
+            return int(uow.connection.execute(select(func.count()).select_from(JOBS).where(
+                c.state == "PENDING",
+                or_(c.lease_until.is_(None), c.lease_until <= deps.clock.now(), c.lease_owner == replica.owner),
+            )).scalar_one())
+
+    worker = Background([background.operations_worker(deps, replica, timedelta(seconds=5), poll_seconds=0.01)])
+    try:
+        deadline = time.monotonic() + 5
+        while busy():
+            assert time.monotonic() < deadline, "the worker never finished"
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.drain(1)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import select, update
 
 from chassis import context
 from chassis.clock import FakeClock
@@ -18,18 +17,19 @@ from chassis.errors import (
     Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
     Unreached,
 )
-from chassis.jobs import JobQueue, JobRecord
+from chassis.jobs import JobRecord
 from chassis.rpc import status_of
-from chassis.server import Background
 from gateway.adapters.repository import settle_job_id
 from gateway.adapters.tables import JOBS, LAUNCHES
 from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
 from gateway.domain.instances import Launch, LaunchRequest, LaunchState
 from gateway.domain.model import Architecture, CatalogKind, ChargeType, ImageType, OsType, ShareState
-from gateway.service_layer import background, images, instances, launches, shares
+from gateway.service_layer import images, instances, launches, shares
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
-from tests.unit.gateway_fakes import ALICES, NOW, PUBLIC, FakeBilling, FakeCatalog, FakeSharing
+from tests.unit.gateway_fakes import (
+    ALICES, NOW, PUBLIC, FakeBilling, FakeCatalog, FakeSharing, other_replica, run_another_replica,
+)
 
 ALICE, BOB, CAROL = Caller("100000000001"), Caller("100000000002"), Caller("100000000003")
 
@@ -44,38 +44,10 @@ def deps(tmp_path: Path) -> Dependencies:
     return Dependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow, FakeClock(NOW))
 
 
-def other_replica(deps: Dependencies) -> JobQueue:
-    """The launch jobs as another gateway replica (another owner) sees them."""
-    return JobQueue(deps.new_uow.args[0], JOBS, deps.clock, "gateway-replica-b")  # type: ignore[attr-defined]
-
-
 def job_of(deps: Dependencies, token: str, launch_id: str = "") -> JobRecord:
     found = other_replica(deps).get(settle_job_id(launch_id or stored_launch(deps, token).launch_id))
     assert found is not None
     return found
-
-
-async def settle_on_another_replica(deps: Dependencies) -> None:
-    """Runs another replica's launch worker until it has nothing due and nothing running (time stands
-    still meanwhile, so a job that failed waits for its retry)."""
-    replica = other_replica(deps)
-    c = JOBS.c
-
-    def busy() -> int:
-        with deps.new_uow(read_only=True) as uow:
-            return uow.connection.execute(select(func.count()).select_from(JOBS).where(
-                c.state == "PENDING",
-                or_(c.lease_until.is_(None), c.lease_until <= deps.clock.now(), c.lease_owner == replica.owner),
-            )).scalar_one()
-
-    worker = Background([background.operations_worker(deps, replica, timedelta(seconds=5), poll_seconds=0.01)])
-    try:
-        deadline = time.monotonic() + 5
-        while busy():
-            assert time.monotonic() < deadline, "the launch worker never finished"
-            await asyncio.sleep(0.01)
-    finally:
-        await worker.drain(1)
 
 
 def as_caller(caller: Caller) -> None:
@@ -235,7 +207,7 @@ async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unkn
     with pytest.raises(Unavailable) as still:  # a retry while billing is down: still unknown, still one launch
         await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert still.value.reason == "LAUNCH_OUTCOME_UNKNOWN"
-    await settle_on_another_replica(deps)  # its job was due at once, and failed: billing cannot be asked
+    await run_another_replica(deps)  # its job was due at once, and failed: billing cannot be asked
     assert stored_launch(deps, "t").state is LaunchState.IN_DOUBT
     job = job_of(deps, "t", launch_id)
     assert (job.state, job.attempts, job.lease_owner) == ("PENDING", 1, "")
@@ -280,11 +252,11 @@ async def test_another_replica_settles_launches_in_doubt_at_once_and_stranded_on
     with deps.new_uow() as uow:
         uow.launches.claim(stale, "gateway-died", NOW + launches.STALE_LAUNCH_AFTER)
         uow.commit()
-    await settle_on_another_replica(deps)  # the two in doubt; "c" is still held by its call
+    await run_another_replica(deps)  # the two in doubt; "c" is still held by its call
     assert stored_launch(deps, "a").state is LaunchState.DONE and stored_launch(deps, "b") is None
     assert stored_launch(deps, "c").state is LaunchState.PENDING and "lch-died0000" not in deps.billing.voided
     deps.clock.advance(seconds=launches.STALE_LAUNCH_AFTER.total_seconds())
-    await settle_on_another_replica(deps)
+    await run_another_replica(deps)
     assert stored_launch(deps, "c") is None
     assert "lch-died0000" in deps.billing.voided
     assert await states_of(deps) == ["RUNNING", "RUNNING"]
@@ -316,7 +288,7 @@ async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_others_and_i
         corrupt = uow.connection.execute(select(LAUNCHES.c.launch_id).where(
             LAUNCHES.c.client_token == "corrupt")).scalar_one()
         uow.commit()
-    await settle_on_another_replica(deps)
+    await run_another_replica(deps)
     assert stored_launch(deps, "fine") is None  # resolved: it was never charged
     assert job_of(deps, "", fine).state == "DONE"
     assert stored_launch(deps, "poison").state is LaunchState.IN_DOUBT
@@ -326,7 +298,7 @@ async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_others_and_i
         assert job.error.startswith(error)
     deps.billing.resolve = real_resolve  # whatever poisoned it is fixed: the next attempt settles it
     deps.clock.advance(seconds=1)
-    await settle_on_another_replica(deps)
+    await run_another_replica(deps)
     assert stored_launch(deps, "poison") is None and job_of(deps, "", poison).state == "DONE"
     assert job_of(deps, "", corrupt).attempts == 2  # still failing, still retried: never given up on
 
@@ -348,10 +320,10 @@ async def test_launches_claimed_before_the_jobs_existed_are_adopted_once(deps):
     assert job_of(deps, "doubt").lease_until is None  # due at once
     assert job_of(deps, "pending").lease_until == NOW + launches.STALE_LAUNCH_AFTER  # once its call is over
     deps.billing.down = None
-    await settle_on_another_replica(deps)
+    await run_another_replica(deps)
     assert stored_launch(deps, "doubt") is None and stored_launch(deps, "pending") is not None
     deps.clock.advance(seconds=launches.STALE_LAUNCH_AFTER.total_seconds())
-    await settle_on_another_replica(deps)
+    await run_another_replica(deps)
     assert stored_launch(deps, "pending") is None and len(deps.billing.voided) == 2
 
 

@@ -4,21 +4,18 @@ contexts and the gateway's own SQLite database; time moved by a FakeClock."""
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 
 from chassis import context
 from chassis.clock import FakeClock
 from chassis.context import Caller
 from chassis.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from chassis.jobs import JobQueue
 from chassis.rpc import status_of
-from chassis.server import Background
 from gateway.adapters.tables import JOBS
 from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
@@ -26,10 +23,10 @@ from gateway.domain.instances import InstanceState, LaunchRequest
 from gateway.domain.model import (
     CatalogKind, ChargeFilter, ChargeType, ImageState, QuoteLineKind, ShareState, TrustPolicy, TrustPolicyMode,
 )
-from gateway.service_layer import accounts, background, image_lifecycle, instances, launches, resets
+from gateway.service_layer import accounts, image_lifecycle, instances, launches, resets
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
 from tests.unit.gateway_fakes import (
-    ARM, BIG, NOW, PUBLIC, WINDOWS, FakeBilling, FakeCatalog, FakeSharing, image, refusal,
+    ARM, BIG, NOW, PUBLIC, WINDOWS, FakeBilling, FakeCatalog, FakeSharing, image, refusal, run_another_replica,
 )
 
 ALICE, BOB = Caller("100000000001"), Caller("100000000002")
@@ -76,28 +73,6 @@ def pending_jobs(deps: Dependencies, kind: str) -> list[tuple[str, str]]:
         rows = uow.connection.execute(select(JOBS.c.lease_owner, JOBS.c.lease_until).where(
             JOBS.c.kind == kind, JOBS.c.state == "PENDING")).all()
     return [(r.lease_owner, r.lease_until and r.lease_until.replace(tzinfo=UTC)) for r in rows]
-
-
-async def run_another_replica(deps: Dependencies) -> None:
-    """Runs another replica's worker until nothing is due or running (time stands still meanwhile)."""
-    replica = JobQueue(deps.new_uow.args[0], JOBS, deps.clock, "gateway-replica-b")  # type: ignore[attr-defined]
-    c = JOBS.c
-
-    def busy() -> int:
-        with deps.new_uow(read_only=True) as uow:
-            return uow.connection.execute(select(func.count()).select_from(JOBS).where(
-                c.state == "PENDING",
-                or_(c.lease_until.is_(None), c.lease_until <= deps.clock.now(), c.lease_owner == replica.owner),
-            )).scalar_one()
-
-    worker = Background([background.operations_worker(deps, replica, timedelta(seconds=5), poll_seconds=0.01)])
-    try:
-        deadline = time.monotonic() + 5
-        while busy():
-            assert time.monotonic() < deadline, "the worker never finished"
-            await asyncio.sleep(0.01)
-    finally:
-        await worker.drain(1)
 
 
 def hidden(error: DomainError, instance_id: str) -> bytes:
