@@ -8,6 +8,7 @@ idempotent at billing, so a retry never charges an hour twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection
 from datetime import datetime
@@ -24,7 +25,7 @@ from gateway.domain.instances import (
 )
 from gateway.domain.model import ChargeType, InstanceType, Price
 from gateway.service_layer.dependencies import Dependencies
-from gateway.service_layer.operations import HOLD, REPLICA
+from gateway.service_layer.operations import HOLD, REPLICA, give_up
 
 log = logging.getLogger("gateway.instances")
 
@@ -116,10 +117,11 @@ async def _end_usage(account_id: str, instance_ids: list[str], end_time: datetim
         await deps.billing.end_usage(instance_ids, end_time)
     except DomainError as exc:
         log.warning("usage not ended yet; its job will", extra=fields(job_id=job_id, reason=exc.reason))
-        with deps.new_uow() as uow:
-            jobs.release_hold(uow.connection, JOBS, job_id, REPLICA, deps.clock.now())
-            uow.commit()
+        give_up(job_id, deps)
         return
+    except asyncio.CancelledError:  # the caller left: the job tells billing, starting now
+        give_up(job_id, deps)
+        raise
     with deps.new_uow() as uow:
         jobs.finish(uow.connection, JOBS, job_id, deps.clock.now())
         uow.commit()

@@ -19,6 +19,7 @@ runs its old image again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 
@@ -36,7 +37,7 @@ from gateway.domain.model import Quote, Verdict
 from gateway.service_layer.dependencies import Dependencies
 from gateway.service_layer.instances import get_instance
 from gateway.service_layer.launches import checked_and_priced
-from gateway.service_layer.operations import HOLD, REPLICA
+from gateway.service_layer.operations import HOLD, REPLICA, give_up
 
 log = logging.getLogger("gateway.resets")
 
@@ -108,9 +109,10 @@ async def _finish_or_leave(caller: Caller, reset: Reset, quote: Quote, deps: Dep
         raise
     except DomainError as exc:
         log.warning("reset not finished yet; its job will", extra=fields(reset_id=reset.reset_id, reason=exc.reason))
-        with deps.new_uow() as uow:
-            jobs.release_hold(uow.connection, JOBS, reset_job_id(reset.reset_id), REPLICA, deps.clock.now())
-            uow.commit()
+        give_up(reset_job_id(reset.reset_id), deps)
+    except asyncio.CancelledError:  # the caller left (deadline, cancel): the job finishes it, starting now
+        give_up(reset_job_id(reset.reset_id), deps)
+        raise
     return await get_instance(caller, reset.instance_id, deps), quote
 
 

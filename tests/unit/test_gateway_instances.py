@@ -272,26 +272,49 @@ async def test_when_billing_is_down_a_reset_stays_resetting_until_its_job_finish
     assert finished.state is InstanceState.RUNNING and len(deps.billing.resets) == 1
 
 
-async def test_a_reset_left_by_a_call_that_died_is_finished_once_its_hold_ends(deps):
+class Died(BaseException):
+    """The process running the call died: nothing after this point of the call runs."""
+
+
+@pytest.mark.parametrize("ending", [Died, asyncio.CancelledError], ids=["died", "caller-left"])
+async def test_a_reset_whose_call_did_not_finish_it_is_finished_by_its_job(deps, ending):
+    """A call that died leaves the job due when its hold ends; one whose caller left gives it up at once."""
     mine = (await launched(deps))[0]
     original = resets.finish_reset
 
-    async def died(reset, deps):
-        raise asyncio.CancelledError  # the call went away before billing answered
+    async def interrupted(reset, deps):
+        raise ending()
 
-    resets.finish_reset = died  # type: ignore[assignment]
+    resets.finish_reset = interrupted  # type: ignore[assignment]
     try:
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(ending):
             await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "", False, deps)
     finally:
         resets.finish_reset = original  # type: ignore[assignment]
     assert (await state_of(deps, mine))[0] is InstanceState.RESETTING
-    await run_another_replica(deps)  # still held by the call that died
-    assert (await state_of(deps, mine))[0] is InstanceState.RESETTING
-    deps.clock.advance(seconds=11)
     await run_another_replica(deps)
+    if ending is Died:  # still held by the call that died
+        assert (await state_of(deps, mine))[0] is InstanceState.RESETTING
+        deps.clock.advance(seconds=11)
+        await run_another_replica(deps)
     assert await state_of(deps, mine) == (InstanceState.RUNNING, WINDOWS.image_id)
     assert len(deps.billing.resets) == 1
+
+
+async def test_a_termination_whose_caller_left_gives_its_job_up_at_once(deps):
+    mine = (await launched(deps))[0]
+    original = deps.billing.end_usage
+
+    async def left(instance_ids, end_time):
+        raise asyncio.CancelledError
+
+    deps.billing.end_usage = left  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await instances.terminate_instances(ALICE, [mine], "", deps)
+    assert pending_jobs(deps, "end-usage") == [("", NOW)]
+    deps.billing.end_usage = original  # type: ignore[method-assign]
+    await run_another_replica(deps)
+    assert deps.billing.ended == [((mine,), NOW)]
 
 
 async def test_a_reset_that_billing_refuses_is_undone(deps):
