@@ -37,6 +37,14 @@ class EnumMap(Generic[E]):
                               + ", ".join(f"{self._prefix}_{m.name}" for m in self._to_proto), field=field)
 
 
+def optional_time(message: Any, field: str) -> datetime | None:
+    """A Timestamp field as a (naive UTC) datetime, or None when it is not set."""
+    if not message.HasField(field):
+        return None
+    moment: datetime = getattr(message, field).ToDatetime()
+    return moment
+
+
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))

@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from google.protobuf import timestamp_pb2
-
 from chassis.clients import Downstream
-from chassis.convert import EnumMap, decimal_of, timestamp
+from chassis.convert import EnumMap, decimal_of, optional_time, timestamp
 from chassis.errors import RemoteError
 from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
 from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
@@ -84,7 +82,7 @@ def _trust_policy(p: sharing_pb.TrustPolicy) -> TrustPolicy:
         allow_platform_images=p.allow_platform_images,
         allowed_marketplace_providers=tuple(p.allowed_marketplace_providers),
         allowed_account_ids=tuple(p.allowed_account_ids),
-        update_time=p.update_time.ToDatetime() if p.HasField("update_time") else None,
+        update_time=optional_time(p, "update_time"),
     )
 
 
@@ -98,15 +96,10 @@ def _quote(p: billing_pb.Quote) -> Quote:
     return Quote(p.currency_code, _CHARGE_TYPES.from_proto(p.charge_type, "charge_type"), lines, decimal_of(p.total))
 
 
-def _time(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return stamp.ToDatetime() if present else None
-
-
 def _charge(c: billing_pb.Charge) -> Charge:
     return Charge(c.charge_id, c.region, _quote(c.quote), tuple(c.instance_ids), c.create_time.ToDatetime(),
                   _CHARGE_KINDS.from_proto(c.kind, "kind", ChargeKind.LAUNCH),
-                  _time(c.usage_start_time, c.HasField("usage_start_time")),
-                  _time(c.usage_end_time, c.HasField("usage_end_time")))
+                  optional_time(c, "usage_start_time"), optional_time(c, "usage_end_time"))
 
 
 def _pricing(region: str, instance_type: str, count: int, charge_type: ChargeType, period_months: int,

@@ -139,26 +139,28 @@ class InstanceRepository:
         ).values(state=InstanceState.RESETTING.value, update_time=_utc(now)))
         return started.rowcount == 1
 
-    def end_reset(self, instance_id: str, image_id: str, now: datetime) -> bool:
-        """RESETTING → RUNNING the given image (the new one, or the old one when the reset is undone); False
-        when the instance is not RESETTING (the reset was finished already)."""
+    def end_reset(self, instance_id: str, image_id: str | None, now: datetime) -> bool:
+        """RESETTING → RUNNING the new image (or, with None, the image it ran before: the reset is undone);
+        False when the instance is not RESETTING (the reset was finished already)."""
+        values: dict[str, object] = {"state": InstanceState.RUNNING.value, "update_time": _utc(now)}
+        if image_id is not None:
+            values["image_id"] = image_id
         ended = self._connection.execute(update(INSTANCES).where(
             INSTANCES.c.instance_id == instance_id, INSTANCES.c.state == InstanceState.RESETTING.value,
-        ).values(state=InstanceState.RUNNING.value, image_id=image_id, update_time=_utc(now)))
+        ).values(**values))
         return ended.rowcount == 1
 
 
-def _quote_json(quote: Quote) -> str:
-    return json.dumps({
+def quote_to_json(quote: Quote) -> dict[str, Any]:
+    return {
         "currency": quote.currency, "charge_type": quote.charge_type.value, "total": str(quote.total),
         "image_allowed": quote.image_allowed,
         "lines": [{"kind": l.kind.value, "description": l.description, "unit_price": str(l.unit_price),
                    "quantity": l.quantity, "unit": l.unit, "amount": str(l.amount)} for l in quote.lines],
-    })
+    }
 
 
-def _quote_of(raw: str) -> Quote:
-    q = json.loads(raw)
+def quote_from_json(q: dict[str, Any]) -> Quote:
     lines = tuple(QuoteLine(QuoteLineKind(l["kind"]), l["description"], Decimal(l["unit_price"]), l["quantity"],
                             l["unit"], Decimal(l["amount"])) for l in q["lines"])
     return Quote(q["currency"], ChargeType(q["charge_type"]), lines, Decimal(q["total"]), q["image_allowed"])
@@ -183,7 +185,8 @@ def _to_launch(row: object) -> Launch:
         image_os_type=OsType(stored["image_os_type"]), image_architecture=Architecture(stored["image_architecture"]),
         marketplace_product_id=stored["marketplace_product_id"], image_allowed=stored["image_allowed"],
         instance_ids=json.loads(m["instance_ids"]),
-        create_time=m["create_time"], quote=_quote_of(m["quote"]) if m["quote"] else None, charge_id=m["charge_id"],
+        create_time=m["create_time"], quote=quote_from_json(json.loads(m["quote"])) if m["quote"] else None,
+        charge_id=m["charge_id"],
     )
 
 
@@ -219,7 +222,7 @@ class LaunchRepository:
         settled already."""
         result = self._connection.execute(update(LAUNCHES).where(
             LAUNCHES.c.launch_id == launch.launch_id, LAUNCHES.c.state.in_(_UNSETTLED),
-        ).values(state=LaunchState.DONE.value, quote=_quote_json(quote), charge_id=charge_id))
+        ).values(state=LaunchState.DONE.value, quote=json.dumps(quote_to_json(quote)), charge_id=charge_id))
         if result.rowcount != 1:
             return False
         running = self._connection.execute(update(INSTANCES).where(
@@ -272,14 +275,6 @@ class LaunchRepository:
 
 
 _UNSETTLED = (LaunchState.PENDING.value, LaunchState.IN_DOUBT.value)
-
-def quote_to_json(quote: Quote) -> dict[str, Any]:
-    return dict(json.loads(_quote_json(quote)))
-
-
-def quote_from_json(stored: dict[str, Any]) -> Quote:
-    return _quote_of(json.dumps(stored))
-
 
 def _time_json(moment: datetime | None) -> str | None:
     return None if moment is None else _utc(moment).isoformat()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
+from dataclasses import replace
 from datetime import datetime
 
 from chassis import context, ids, jobs, pagination
@@ -95,8 +96,9 @@ async def terminate_instances(caller: Caller, instance_ids: list[str], request_i
             job_id = jobs.enqueue(uow.connection, JOBS, END_USAGE, caller.account_id,
                                   _end_usage_data(caller.account_id, ending, now), now,
                                   lease_owner=REPLICA, lease_until=now + HOLD)
-        terminated = uow.instances.lock_many(caller.account_id, wanted)
-        answer = [terminated[i] for i in wanted]
+        ended = set(ending)
+        answer = [replace(found[i], state=InstanceState.TERMINATED, update_time=now, terminate_time=now)
+                  if i in ended else found[i] for i in wanted]
         claim.answer(answer)
         uow.commit()
     if ending:

@@ -131,12 +131,7 @@ async def finish_reset(reset: Reset, deps: Dependencies) -> None:
 def _end(reset: Reset, deps: Dependencies, undone: bool) -> None:
     now = deps.clock.now()
     with deps.new_uow() as uow:
-        if undone:
-            current = uow.instances.get(reset.account_id, reset.instance_id)
-            old_image = current.image_id if current else reset.image_id
-            uow.instances.end_reset(reset.instance_id, old_image, now)
-        else:
-            uow.instances.end_reset(reset.instance_id, reset.image_id, now)
+        uow.instances.end_reset(reset.instance_id, None if undone else reset.image_id, now)
         jobs.finish(uow.connection, JOBS, reset_job_id(reset.reset_id), now)
         uow.commit()
 
