@@ -15,7 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from collections.abc import Sequence
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -64,6 +65,25 @@ class Stack:
 
     def addr(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
+
+    # How clients reach the stack. Tests and tools make every channel through these, so the same test runs
+    # over plaintext (make run) and over TLS (the e2e and fault suites).
+
+    def channel(self, service: str = "gateway", options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A blocking channel to a service; to an internal one it is the gateway's (its credentials)."""
+        return grpc.insecure_channel(self.addr(service), options=options)
+
+    def aio_channel(self, service: str = "gateway", options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        """An asyncio channel to a service; to an internal one it is the gateway's (its credentials)."""
+        return grpc.aio.insecure_channel(self.addr(service), options=options)
+
+    def internal_metadata(self, account_id: str) -> tuple[tuple[str, str], ...]:
+        """The metadata the gateway sends an internal service for a caller's account."""
+        return (("x-cloudimg-internal-token", self.internal_token), ("x-cloudimg-account-id", account_id))
+
+    def cli_args(self) -> list[str]:
+        """The CLI flags that point it at this stack's gateway."""
+        return ["--endpoint", self.gateway_addr]
 
     @property
     def gateway_addr(self) -> str:

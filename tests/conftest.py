@@ -162,6 +162,26 @@ def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], Any]]:
         process.wait(30)
 
 
+@contextlib.contextmanager
+def running_stack(request: pytest.FixtureRequest, data_dir: Any, database_factory: str = "postgres_databases",
+                  **options: Any) -> Iterator[Any]:
+    """The four services as real processes (devtools.stack.Stack), over TLS: on SQLite files when
+    ``request.param`` is "sqlite", each on its own new PostgreSQL database when it is "postgres"."""
+    from pathlib import Path
+
+    from devtools.stack import Stack
+
+    urls = {}
+    if request.param == "postgres":
+        new_database = request.getfixturevalue(database_factory)
+        urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
+    with Stack(Path(data_dir), database_urls=urls, **options) as running:
+        yield running
+
+
+BOTH_DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """A new, empty database for one service: a SQLite file, then a PostgreSQL database."""

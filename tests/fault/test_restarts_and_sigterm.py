@@ -10,9 +10,7 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from catalog_service.domain.seed import seed_image_id
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
-from devtools.stack import Stack
 from tests.conftest import rich_status
 
 GZ = "ap-guangzhou"
@@ -124,17 +121,6 @@ async def test_a_restarted_dependency_is_served_at_once_and_no_call_fails_once_i
     print(f"\n{len(outcomes)} calls, {len(failed)} failed during outages; recovery after SERVING: "
           f"max {max(recoveries):.3f} s, median {sorted(recoveries)[len(recoveries) // 2]:.3f} s")
     assert max(recoveries) < RECOVERY_SECONDS, recoveries
-
-
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def own_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of its own, for tests that stop its processes (the session stack stays usable)."""
-    urls = {}
-    if request.param == "postgres":
-        new_database = request.getfixturevalue("postgres_databases")
-        urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
-    with Stack(Path(tmp_path_factory.mktemp(f"sigterm-{request.param}")), database_urls=urls) as running:
-        yield running
 
 
 @pytest.mark.parametrize("service", ["gateway", "billing"])
