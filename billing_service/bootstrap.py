@@ -34,7 +34,7 @@ async def bootstrap(settings: BillingSettings, clock: Clock | None = None) -> Se
     new_uow = partial(BillingUnitOfWork, db)
     servicer = BillingServicer(book, new_uow, clock)
     service = internal_service(
-        settings.internal_token.get_secret_value(), db,
+        settings, db,
         (billing_service_pb2_grpc.add_BillingServiceServicer_to_server, servicer, SERVICE_NAME),
     )
     # Every replica settles; they split the due segments between them (service_layer.usage).

@@ -58,7 +58,7 @@ async def bootstrap(settings: CatalogSettings, clock: Clock | None = None) -> Se
     jobs = ImageJobs(new_uow, queue, store, policy)
     servicer = CatalogServicer(regions, new_uow, lifecycle)
     service = internal_service(
-        settings.internal_token.get_secret_value(), db,
+        settings, db,
         (catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server, servicer, SERVICE_NAME),
     )
     min_age = timedelta(seconds=settings.gc_min_age_seconds)

@@ -1,13 +1,16 @@
 """Channels to downstream services: one long-lived channel each, created at start-up.
 
-Every call carries the internal credential, the caller's account and the request id, and a
-deadline: what is left of the inbound call's budget. Retries happen on UNAVAILABLE only, through
+Every call carries the caller's account and the request id, and a deadline: what is left of the
+inbound call's budget. Retries happen on UNAVAILABLE only, through
 the gRPC service config. Failures come back as domain exceptions: a downstream's domain error
 travels on as it is (RemoteError), a dependency that is down or too slow becomes UNAVAILABLE.
 
 A dependency that is down is retried for a connection every 100-500 ms; a call that finds its
 channel not connected waits up to a second for it (within its deadline), so a dependency that comes
 back is served at once, and one that stays down answers UNAVAILABLE after that second.
+
+The channel is mutual TLS when credentials are given (the gateway's client certificate is its
+credential); on plaintext, loopback only, every call carries the internal token instead.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from chassis import context, errors
 from chassis.logs import fields
-from chassis.rpc import REQUEST_ID_KEY, STATUS_DETAILS_KEY
+from chassis.rpc import REQUEST_ID_KEY
 
 log = logging.getLogger("chassis.clients")
 
@@ -89,12 +93,15 @@ Resp = TypeVar("Resp")
 class Downstream:
     """A downstream service: ``await catalog.call(catalog.stub.GetImage, request)``."""
 
-    def __init__(self, name: str, addr: str, internal_token: str, stub_class: Callable[[grpc.aio.Channel], Any],
-                 default_deadline_seconds: float = 10.0):
+    def __init__(self, name: str, addr: str, internal_token: str | None, stub_class: Callable[[grpc.aio.Channel], Any],
+                 default_deadline_seconds: float = 10.0, credentials: grpc.ChannelCredentials | None = None):
         self.name = name
-        self.channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.secure_channel(addr, credentials, options=_CHANNEL_OPTIONS)
         self.stub = stub_class(self.channel)
-        self._token = internal_token
+        self._token = ((INTERNAL_TOKEN_KEY, internal_token),) if internal_token and credentials is None else ()
         self._default_deadline = default_deadline_seconds
         self._connected: asyncio.Future[None] | None = None
 
@@ -111,7 +118,7 @@ class Downstream:
             timeout -= time.monotonic() - started
         found = context.current_caller.get()
         metadata = (
-            (INTERNAL_TOKEN_KEY, self._token),
+            *self._token,
             (ACCOUNT_KEY, found.account_id if found else ""),
             (REQUEST_ID_KEY, context.request_id.get()),
         )
@@ -144,10 +151,12 @@ class Downstream:
         if code in _DEPENDENCY_DOWN:
             return self._unavailable(code.name)
         if code in _PASSED_ON:
-            raw = dict(exc.trailing_metadata() or ()).get(STATUS_DETAILS_KEY)
-            if isinstance(raw, bytes):
-                status = status_pb2.Status.FromString(raw)
-                return errors.RemoteError(code.name, _reason_of(status), status.message, raw)
+            try:
+                status = rpc_status.from_call(exc)
+            except ValueError:  # a rich status that contradicts the call's code or message: not passed on
+                status = None
+            if status is not None:
+                return errors.RemoteError(code.name, _reason_of(status), status.message, status.SerializeToString())
         log.error("dependency failed", extra=fields(service=self.name, code=code.name, details=exc.details()))
         return errors.DomainError("DEPENDENCY_FAILED", f"the {self.name} service failed")
 

@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from chassis import context, errors
 from chassis.logs import fields
@@ -31,14 +32,14 @@ log = logging.getLogger("chassis.rpc")
 
 ERROR_DOMAIN = "cloudimg.dev"
 REQUEST_ID_KEY = "x-request-id"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Health and reflection answer anyone (probes, grpcurl); everything else needs a caller.
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 # The largest request body read. The server lets bodies up to a few times larger through its transport, so
 # that those between get this rich error rather than grpc's own bare RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 1 * 1024 * 1024
 
-Authenticate = Callable[[Mapping[str, str]], context.Caller]
+# Who is calling, from the call's metadata and its transport (a verified peer certificate), or a domain error.
+Authenticate = Callable[[Mapping[str, str], grpc.aio.ServicerContext], context.Caller]
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -85,11 +86,7 @@ _INTERNAL = status_pb2.Status(
 
 
 async def _abort(ctx: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
-    await ctx.abort(
-        grpc.StatusCode[code_pb2.Code.Name(status.code)],
-        status.message,
-        trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
-    )
+    await ctx.abort_with_status(rpc_status.to_status(status))
 
 
 def check_strings(message: Message) -> None:
@@ -274,7 +271,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         outcome = "OK"
         try:
             if authenticate is not None:
-                context.current_caller.set(authenticate(metadata))
+                context.current_caller.set(authenticate(metadata, ctx))
             yield
         except grpc.aio.AbortError:
             raise

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from chassis import logs
+from chassis import logs, tls
 from chassis.auth import internal_caller
 from chassis.db import Database
 from chassis.logs import fields
@@ -71,8 +71,10 @@ class RunningServer:
 
 
 async def start_server(listen_addr: str, register: Register, authenticate: Authenticate,
-                       default_deadline_seconds: float = 10.0) -> RunningServer:
-    """Starts serving and reports SERVING: call it once the service is ready."""
+                       default_deadline_seconds: float = 10.0,
+                       credentials: grpc.ServerCredentials | None = None) -> RunningServer:
+    """Starts serving (TLS with credentials, else plaintext) and reports SERVING: call it once the
+    service is ready."""
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(authenticate, default_deadline_seconds)], options=_OPTIONS
     )
@@ -82,7 +84,10 @@ async def start_server(listen_addr: str, register: Register, authenticate: Authe
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(listen_addr)
+    if credentials is None:
+        port = server.add_insecure_port(listen_addr)
+    else:
+        port = server.add_secure_port(listen_addr, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {listen_addr}")
     await server.start()
@@ -136,11 +141,12 @@ def every(seconds: float, name: str, work: Callable[[], Awaitable[object]]) -> B
 async def serve(service: str, listen_addr: str, register: Register, authenticate: Authenticate, *,
                 grace_seconds: float, drain_seconds: float = 1.0, default_deadline_seconds: float = 10.0,
                 background: Sequence[BackgroundWork] = (),
-                on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+                on_stop: Callable[[], Awaitable[None]] | None = None,
+                credentials: grpc.ServerCredentials | None = None) -> None:
     """Runs a service until SIGTERM or SIGINT, then stops it gracefully (see ``RunningServer.stop``);
     its background work starts once it is SERVING and is drained beside the server."""
-    running = await start_server(listen_addr, register, authenticate, default_deadline_seconds)
-    log.info("serving", extra=fields(service=service, addr=listen_addr, port=running.port))
+    running = await start_server(listen_addr, register, authenticate, default_deadline_seconds, credentials)
+    log.info("serving", extra=fields(service=service, addr=listen_addr, port=running.port, tls=credentials is not None))
     working = Background(background)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -216,11 +222,12 @@ def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable
 
     async def main() -> None:
         _check_can_listen(settings.listen_addr)
+        credentials = serving_credentials(settings)
         built = await bootstrap(settings)  # type: ignore[arg-type]
         await serve(service, settings.listen_addr, built.register, built.authenticate,
                     grace_seconds=settings.shutdown_grace_seconds, drain_seconds=settings.shutdown_drain_seconds,
                     default_deadline_seconds=settings.default_deadline_seconds, background=built.background,
-                    on_stop=built.close)
+                    on_stop=built.close, credentials=credentials)
 
     try:
         asyncio.run(main())
@@ -233,11 +240,22 @@ def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable
         raise SystemExit(2 if isinstance(exc, SettingsError) else 1) from None
 
 
-def internal_service(internal_token: str, db: Database,
+def serving_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """What a service serves with: TLS when it has a certificate (mutual TLS for an internal service),
+    else plaintext (which its settings allow on loopback only)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = settings.internal_ca_file if settings.internal else None
+    return tls.server_credentials(settings.tls_cert_file, settings.tls_key_file, client_ca)
+
+
+def internal_service(settings: ServiceSettings, db: Database,
                      *entries: tuple[Callable[[Any, grpc.aio.Server], None], object, str]) -> Service:
     """The Service of a context that only the gateway calls, on one database."""
 
     async def close() -> None:
         db.dispose()
 
-    return Service(register=servicers(*entries), authenticate=internal_caller(internal_token), close=close)
+    token = settings.internal_token.get_secret_value() if settings.internal_token else None
+    authenticate = internal_caller(token, settings.internal_peer, mutual_tls=settings.serves_tls)
+    return Service(register=servicers(*entries), authenticate=authenticate, close=close)

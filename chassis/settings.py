@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, FilePath, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -79,10 +79,24 @@ class ServiceSettings(BaseSettings):
     # hide_input_in_errors: a refused value may be a password or a URL that holds one.
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True, hide_input_in_errors=True)
 
+    # Whether only the gateway calls this service (mutual TLS, or the internal token on loopback).
+    internal: ClassVar[bool] = True
+
     listen_addr: HostPort
     database_url: DatabaseUrl
-    # Proof that a call comes from the gateway; the same secret in all four services.
-    internal_token: SecretStr = Field(validation_alias="CLOUDIMG_INTERNAL_TOKEN", min_length=16)
+    # The certificate and key this service serves TLS with ({PREFIX}TLS_CERT_FILE, {PREFIX}TLS_KEY_FILE). An
+    # internal service then serves mutual TLS: callers present a certificate of CLOUDIMG_INTERNAL_CA_FILE.
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
+    # The private CA of the internal services: it issues their certificates and the gateway's client certificate.
+    internal_ca_file: FilePath | None = Field(default=None, validation_alias="CLOUDIMG_INTERNAL_CA_FILE")
+    # The name the gateway's client certificate carries (a subject alternative name): the one caller allowed in.
+    internal_peer: str = Field(default="gateway", validation_alias="CLOUDIMG_INTERNAL_PEER", min_length=1)
+    # Plaintext off loopback (e.g. behind a mesh that encrypts): refused unless this says so.
+    allow_plaintext: bool = Field(default=False, validation_alias="CLOUDIMG_ALLOW_PLAINTEXT")
+    # Proof that a call comes from the gateway when the internal services speak plaintext (loopback only, or
+    # CLOUDIMG_ALLOW_PLAINTEXT): the same secret in all four services. Unused under mutual TLS.
+    internal_token: SecretStr | None = Field(default=None, validation_alias="CLOUDIMG_INTERNAL_TOKEN", min_length=16)
     log_level: LogLevel = Field(default="INFO", validation_alias="CLOUDIMG_LOG_LEVEL")
     # After SIGTERM: how long the server keeps serving while health says NOT_SERVING, so that load
     # balancers and clients move away and calls already on the wire reach a handler.
@@ -91,6 +105,47 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: Annotated[Seconds, Field(ge=0)] = 10.0
     # Deadline for calls that arrive without one (and for downstream calls made outside a call).
     default_deadline_seconds: Annotated[Seconds, Field(ge=0.1)] = 10.0
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @model_validator(mode="after")
+    def _transport(self) -> ServiceSettings:
+        prefix = str(self.model_config.get("env_prefix", ""))
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(f"{prefix}TLS_CERT_FILE and {prefix}TLS_KEY_FILE: set both or neither")
+        if not self.serves_tls:
+            check_plaintext(self, f"{prefix}LISTEN_ADDR", self.listen_addr, f"{prefix}TLS_CERT_FILE")
+        if self.internal:
+            if self.serves_tls and self.internal_ca_file is None:
+                raise ValueError(f"CLOUDIMG_INTERNAL_CA_FILE: required with {prefix}TLS_CERT_FILE (the internal "
+                                 "services serve mutual TLS: the CA that issued the gateway's client certificate)")
+            if not self.serves_tls and self.internal_token is None:
+                raise ValueError(f"CLOUDIMG_INTERNAL_TOKEN: required without {prefix}TLS_CERT_FILE (plaintext "
+                                 "callers prove they are the gateway with it)")
+        return self
+
+
+def check_plaintext(settings: ServiceSettings, variable: str, addr: str, tls_variable: str) -> None:
+    """Plaintext to or from addr only on loopback, unless CLOUDIMG_ALLOW_PLAINTEXT says otherwise."""
+    if not settings.allow_plaintext and not is_loopback(addr):
+        raise ValueError(f"{variable}: {addr} is not a loopback address, and API keys and tokens must not cross a "
+                         f"network in plaintext: set {tls_variable} (TLS) or CLOUDIMG_ALLOW_PLAINTEXT=true")
+
+
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether HOST:PORT names this machine only (127.0.0.0/8, ::1, localhost)."""
+    host = addr.rpartition(":")[0].strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -107,7 +162,8 @@ def load_settings(cls: type[S]) -> S:
             name = ".".join(str(part) for part in error["loc"])
             variable = name if name.isupper() else prefix + name.upper()  # aliases are already env names
             message = "required" if error["type"] == "missing" else error["msg"].removeprefix("Value error, ")
-            problems.append(f"{variable}: {message}")
+            # A check of several settings together names its variables itself.
+            problems.append(f"{variable}: {message}" if name else message)
         service = prefix.rstrip("_").lower() or cls.__name__
         print(f"cloudimg: invalid settings for {service}: {'; '.join(problems)}", file=sys.stderr)
         raise SystemExit(2) from None

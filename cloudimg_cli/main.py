@@ -1,6 +1,6 @@
 """cloudimg: the command-line client of the cloudimg public gRPC API.
 
-    cloudimg [--endpoint HOST:PORT] [--api-key KEY] [--json] COMMAND ...
+    cloudimg [--endpoint HOST:PORT] [--ca-cert FILE | --tls] [--api-key KEY] [--json] COMMAND ...
 
 Every call authenticates with the API key (--api-key or CLOUDIMG_API_KEY) and has a 10 s deadline.
 `run` always sends a client token (--client-token, or a new one), and every other command that changes
@@ -10,6 +10,8 @@ retried safely, and a failed one can be retried by hand with the token it names.
 image's background job (GetImage every half second, a progress bar on stderr) until it is NORMAL or has
 failed. The listings that page (images, charges, prices) show one page and the token of the next, or
 every page with --all; times are RFC 3339 (2026-12-01T00:00:00Z). `--json` prints the response message.
+TLS: --ca-cert trusts a private CA (a gateway's own), --tls the system's CAs; without either the CLI
+speaks plaintext, which a gateway serves on loopback only.
 Exit status: 0 done, 1 the call failed (one line on stderr), 2 a usage error (nothing sent).
 """
 
@@ -21,6 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -710,6 +713,11 @@ def global_flags(with_defaults: bool) -> argparse.ArgumentParser:
                             f"{DEFAULT_ENDPOINT})")
     flags.add_argument("--api-key", default=default(os.environ.get("CLOUDIMG_API_KEY")),
                        help="API key (env CLOUDIMG_API_KEY)")
+    flags.add_argument("--ca-cert", metavar="FILE", default=default(os.environ.get("CLOUDIMG_CA_CERT") or None),
+                       help="speak TLS to the gateway, trusting the CA in this PEM file (env CLOUDIMG_CA_CERT)")
+    flags.add_argument("--tls", action="store_true", default=default(os.environ.get("CLOUDIMG_TLS") == "1"),
+                       help="speak TLS to the gateway, trusting the system's CAs (env CLOUDIMG_TLS=1); "
+                            "implied by --ca-cert")
     flags.add_argument("--json", action="store_true", default=default(False),
                        help="print the response as JSON")
     return flags
@@ -819,6 +827,14 @@ def endpoint_from_env() -> str:
         raise ValueError(f"CLOUDIMG_ENDPOINT {exc}") from None
 
 
+def open_channel(target: str, ca_cert: str | None, tls: bool) -> grpc.Channel:
+    """TLS when a CA is given or --tls asks for it; plaintext otherwise (a gateway on loopback)."""
+    if ca_cert is None and not tls:
+        return grpc.insecure_channel(target)
+    roots = Path(ca_cert).read_bytes() if ca_cert else None
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(roots))
+
+
 def describe_error(err: grpc.RpcError) -> str:
     """One line: "error: CODE REASON: message", REASON from the rich status's ErrorInfo if any."""
     code = err.code().name
@@ -854,7 +870,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no API key: pass --api-key or set CLOUDIMG_API_KEY", file=sys.stderr)
         return 2
     try:
-        with grpc.insecure_channel(args.endpoint) as channel:
+        channel = open_channel(args.endpoint, args.ca_cert, args.tls)
+    except OSError as exc:
+        print(f"error: --ca-cert {args.ca_cert}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        with channel:
             response = args.call(Api(channel, args.api_key), args)
     except grpc.RpcError as err:
         print(describe_error(err), file=sys.stderr)

@@ -2,6 +2,12 @@
 
 Each service runs as ``python -m <module>`` with its settings in the environment, SQLite files
 under one data folder (or the database URLs given), and is waited on through gRPC health.
+
+With ``tls=True`` the stack runs as production does: a private CA (made with trustme) issues each
+service its certificate, the gateway serves TLS, the internal services serve mutual TLS and take
+the gateway's client certificate as its credential, and no internal token exists. Clients reach it
+through ``channel``/``aio_channel``/``cli_args``, which carry the CA (and, to an internal service,
+the gateway's certificate).
 """
 
 from __future__ import annotations
@@ -34,11 +40,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_serving(addr: str, timeout: float) -> None:
+def _channel(addr: str, credentials: grpc.ChannelCredentials | None,
+             options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(addr, options=options)
+    return grpc.secure_channel(addr, credentials, options=options)
+
+
+def wait_serving(addr: str, timeout: float, credentials: grpc.ChannelCredentials | None = None) -> None:
     """Waits until the server at addr reports SERVING, watching its health (no polling)."""
     # Retry connecting every 50-100 ms (not gRPC's 1 s, 1.6 s, ... backoff): a server that has just
     # come up is seen at once, so "SERVING" here means SERVING now, not a second ago.
-    with grpc.insecure_channel(addr, options=_PROMPT_RECONNECT) as channel:
+    with _channel(addr, credentials, _PROMPT_RECONNECT) as channel:
         updates = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=timeout,
                                                             wait_for_ready=True)
         try:
@@ -57,6 +70,7 @@ class Stack:
     data_dir: Path
     database_urls: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    tls: bool = False
     ports: dict[str, int] = field(default_factory=dict)
     internal_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     api_keys: dict[str, str] = field(default_factory=dict)
@@ -71,19 +85,60 @@ class Stack:
 
     def channel(self, service: str = "gateway", options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
         """A blocking channel to a service; to an internal one it is the gateway's (its credentials)."""
-        return grpc.insecure_channel(self.addr(service), options=options)
+        return _channel(self.addr(service), self.credentials(service), options)
 
     def aio_channel(self, service: str = "gateway", options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
         """An asyncio channel to a service; to an internal one it is the gateway's (its credentials)."""
-        return grpc.aio.insecure_channel(self.addr(service), options=options)
+        credentials = self.credentials(service)
+        if credentials is None:
+            return grpc.aio.insecure_channel(self.addr(service), options=options)
+        return grpc.aio.secure_channel(self.addr(service), credentials, options=options)
+
+    def credentials(self, service: str = "gateway") -> grpc.ChannelCredentials | None:
+        """None on plaintext; else TLS trusting the stack's CA, with the gateway's certificate to an
+        internal service."""
+        if not self.tls:
+            return None
+        ca = self.certificate("ca")
+        if service == "gateway":
+            return grpc.ssl_channel_credentials(ca)
+        return grpc.ssl_channel_credentials(ca, self.key_file("gateway").read_bytes(), self.certificate("gateway"))
 
     def internal_metadata(self, account_id: str) -> tuple[tuple[str, str], ...]:
-        """The metadata the gateway sends an internal service for a caller's account."""
-        return (("x-cloudimg-internal-token", self.internal_token), ("x-cloudimg-account-id", account_id))
+        """The metadata the gateway sends an internal service for a caller's account (under mutual TLS
+        its certificate is its credential: no token)."""
+        account = ("x-cloudimg-account-id", account_id)
+        return (account,) if self.tls else (("x-cloudimg-internal-token", self.internal_token), account)
 
     def cli_args(self) -> list[str]:
         """The CLI flags that point it at this stack's gateway."""
-        return ["--endpoint", self.gateway_addr]
+        return ["--endpoint", self.gateway_addr, *(["--ca-cert", str(self.cert_file("ca"))] if self.tls else [])]
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    def cert_file(self, name: str) -> Path:
+        """The PEM certificate of the CA ("ca") or of a service."""
+        return self.tls_dir / f"{name}.pem"
+
+    def key_file(self, name: str) -> Path:
+        return self.tls_dir / f"{name}.key"
+
+    def certificate(self, name: str) -> bytes:
+        return self.cert_file(name).read_bytes()
+
+    def _issue_certificates(self) -> None:
+        """A private CA and a certificate per service, for its name, 127.0.0.1 and localhost."""
+        import trustme
+
+        self.tls_dir.mkdir(exist_ok=True)
+        ca = trustme.CA(organization_name="cloudimg test stack")
+        ca.cert_pem.write_to_path(str(self.cert_file("ca")))
+        for service in SERVICES:
+            issued = ca.issue_cert(service, "127.0.0.1", "localhost")
+            issued.private_key_pem.write_to_path(str(self.key_file(service)))
+            issued.cert_chain_pems[0].write_to_path(str(self.cert_file(service)))
 
     @property
     def gateway_addr(self) -> str:
@@ -93,11 +148,22 @@ class Stack:
         prefix = service.upper()
         env = {
             **os.environ,
-            "CLOUDIMG_INTERNAL_TOKEN": self.internal_token,
             f"{prefix}_LISTEN_ADDR": self.addr(service),
             f"{prefix}_DATABASE_URL": self.database_urls.get(service, f"sqlite:///{self.data_dir / service}.db"),
-            **self.extra_env,
         }
+        if self.tls:
+            env.update({
+                "CLOUDIMG_INTERNAL_CA_FILE": str(self.cert_file("ca")),
+                f"{prefix}_TLS_CERT_FILE": str(self.cert_file(service)),
+                f"{prefix}_TLS_KEY_FILE": str(self.key_file(service)),
+            })
+            env.pop("CLOUDIMG_INTERNAL_TOKEN", None)
+            if service == "gateway":  # its server certificate names it "gateway": its client certificate too
+                env.update({"GATEWAY_INTERNAL_CERT_FILE": str(self.cert_file("gateway")),
+                            "GATEWAY_INTERNAL_KEY_FILE": str(self.key_file("gateway"))})
+        else:
+            env["CLOUDIMG_INTERNAL_TOKEN"] = self.internal_token
+        env.update(self.extra_env)
         if service == "catalog":
             # Images live beside the databases; imports read the imports/ folder and loopback URLs.
             env.setdefault("CATALOG_IMAGE_STORE_DIR", str(self.data_dir / "images"))
@@ -117,6 +183,8 @@ class Stack:
         self.imports_dir.mkdir(exist_ok=True)
         for service in SERVICES:
             self.ports.setdefault(service, free_port())
+        if self.tls and not self.cert_file("ca").exists():
+            self._issue_certificates()
         self.api_keys = self.issue_demo_keys()
         for service in SERVICES:
             self.start_service(service)
@@ -144,7 +212,7 @@ class Stack:
             if process.poll() is not None:
                 break
             try:
-                wait_serving(self.addr(service), 1.0)
+                wait_serving(self.addr(service), 1.0, self.credentials(service))
                 return
             except TimeoutError:
                 continue

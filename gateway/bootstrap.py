@@ -8,6 +8,7 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+from chassis import tls
 from chassis.clients import Downstream
 from chassis.clock import Clock, SystemClock
 from chassis.db import Database
@@ -49,12 +50,18 @@ def open_database(url: str) -> tuple[Database, partial[GatewayUnitOfWork]]:
 
 async def bootstrap(settings: GatewaySettings, clock: Clock | None = None) -> Service:
     db, new_uow = open_database(settings.database_url)
-    token = settings.internal_token.get_secret_value()
+    token = settings.internal_token.get_secret_value() if settings.internal_token else None
+    credentials = None
+    if settings.internal_tls:  # mutual TLS: the gateway's client certificate is its credential
+        credentials = tls.channel_credentials(settings.internal_ca_file, settings.internal_cert_file,
+                                              settings.internal_key_file)
     deadline = settings.default_deadline_seconds
     downstreams = [
-        Downstream("catalog", settings.catalog_addr, token, catalog_service_pb2_grpc.CatalogServiceStub, deadline),
-        Downstream("sharing", settings.sharing_addr, token, sharing_service_pb2_grpc.SharingServiceStub, deadline),
-        Downstream("billing", settings.billing_addr, token, billing_service_pb2_grpc.BillingServiceStub, deadline),
+        Downstream(name, addr, token, stub, deadline, credentials) for name, addr, stub in (
+            ("catalog", settings.catalog_addr, catalog_service_pb2_grpc.CatalogServiceStub),
+            ("sharing", settings.sharing_addr, sharing_service_pb2_grpc.SharingServiceStub),
+            ("billing", settings.billing_addr, billing_service_pb2_grpc.BillingServiceStub),
+        )
     ]
     catalog, sharing, billing = Catalog(downstreams[0]), Sharing(downstreams[1]), Billing(downstreams[2])
     deps = Dependencies(catalog, sharing, billing, ReferenceData(catalog, billing), new_uow, clock or SystemClock())

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
-from pydantic import Field
+from pydantic import Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chassis.settings import DatabaseUrl, HostPort, Seconds, ServiceSettings
+from chassis.settings import DatabaseUrl, HostPort, Seconds, ServiceSettings, check_plaintext
 
 DEFAULT_DATABASE_URL = "sqlite:///data/gateway.db"
 
 
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+    internal: ClassVar[bool] = False
 
     listen_addr: HostPort = "127.0.0.1:50050"
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL
@@ -25,6 +26,29 @@ class GatewaySettings(ServiceSettings):
     # settle it: its job is retried after 1 s, 2 s, 4 s... up to this; the floor keeps a tiny value from
     # spinning the worker.
     reconcile_interval_seconds: Annotated[Seconds, Field(ge=0.1)] = 5.0
+    # The client certificate the gateway presents to the internal services (mutual TLS, with
+    # CLOUDIMG_INTERNAL_CA_FILE verifying theirs); it names the gateway (CLOUDIMG_INTERNAL_PEER).
+    internal_cert_file: FilePath | None = None
+    internal_key_file: FilePath | None = None
+
+    @property
+    def internal_tls(self) -> bool:
+        return self.internal_ca_file is not None
+
+    @model_validator(mode="after")
+    def _downstream_transport(self) -> GatewaySettings:
+        if self.internal_tls:
+            if self.internal_cert_file is None or self.internal_key_file is None:
+                raise ValueError("GATEWAY_INTERNAL_CERT_FILE and GATEWAY_INTERNAL_KEY_FILE: required with "
+                                 "CLOUDIMG_INTERNAL_CA_FILE (the client certificate the internal services verify)")
+            return self
+        if self.internal_token is None:
+            raise ValueError("CLOUDIMG_INTERNAL_TOKEN: required without CLOUDIMG_INTERNAL_CA_FILE (the internal "
+                             "services then take the token as the proof that a call comes from the gateway)")
+        for variable, addr in (("CATALOG_ADDR", self.catalog_addr), ("SHARING_ADDR", self.sharing_addr),
+                               ("BILLING_ADDR", self.billing_addr)):
+            check_plaintext(self, variable, addr, "CLOUDIMG_INTERNAL_CA_FILE")
+        return self
 
 
 class GatewayDatabaseSettings(BaseSettings):

@@ -22,6 +22,6 @@ async def bootstrap(settings: SharingSettings) -> Service:
     migrate(db, Path(__file__).parent, "sharing", TABLES)
     servicer = SharingServicer(partial(SharingUnitOfWork, db))
     return internal_service(
-        settings.internal_token.get_secret_value(), db,
+        settings, db,
         (sharing_service_pb2_grpc.add_SharingServiceServicer_to_server, servicer, SERVICE_NAME),
     )

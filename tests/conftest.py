@@ -175,7 +175,7 @@ def running_stack(request: pytest.FixtureRequest, data_dir: Any, database_factor
     if request.param == "postgres":
         new_database = request.getfixturevalue(database_factory)
         urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
-    with Stack(Path(data_dir), database_urls=urls, **options) as running:
+    with Stack(Path(data_dir), database_urls=urls, **{"tls": True, **options}) as running:
         yield running
 
 

@@ -55,7 +55,7 @@ class ApiKeyAuthenticator:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[ApiKey, float]] = {}
 
-    def __call__(self, metadata: Mapping[str, str]) -> Caller:
+    def __call__(self, metadata: Mapping[str, str], ctx: object = None) -> Caller:
         header = metadata.get("authorization", "")
         scheme, _, presented = header.partition(" ")
         parsed = api_keys.parse(presented.strip()) if scheme.lower() == "bearer" else None

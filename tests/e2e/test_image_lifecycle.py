@@ -77,7 +77,7 @@ class Api:
 
 @pytest.fixture
 async def apis(stack: Stack):
-    channel = grpc.aio.insecure_channel(stack.gateway_addr)
+    channel = stack.aio_channel()
     yield Api(channel, stack.api_keys["alice"]), Api(channel, stack.api_keys["bob"])
     await channel.close()
 

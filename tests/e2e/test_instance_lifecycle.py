@@ -26,7 +26,7 @@ from cloudimg.gateway.v1 import image_service_pb2_grpc as image_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
-from tests.conftest import ALICE, BOB
+from tests.conftest import ALICE, BOB, BOTH_DATABASES, running_stack
 
 GZ = "ap-guangzhou"
 UBUNTU = seed_image_id(GZ, "ubuntu-2204-x86")
@@ -34,19 +34,21 @@ DEBIAN = seed_image_id(GZ, "debian-12-x86")
 ALICE_WEB = seed_image_id(GZ, "alice-web")
 
 
+def _cli(stack: Stack, who: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CLOUDIMG_API_KEY": stack.api_keys[who]}
+    return subprocess.run([sys.executable, "-m", "cloudimg_cli.main", *stack.cli_args(), *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
 def cloudimg(stack: Stack, who: str, *args: str) -> Any:
     """Runs the CLI against the stack and returns its --json output."""
-    env = {**os.environ, "CLOUDIMG_ENDPOINT": stack.gateway_addr, "CLOUDIMG_API_KEY": stack.api_keys[who]}
-    done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", "--json", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = _cli(stack, who, "--json", *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def cloudimg_fails(stack: Stack, who: str, *args: str) -> str:
-    env = {**os.environ, "CLOUDIMG_ENDPOINT": stack.gateway_addr, "CLOUDIMG_API_KEY": stack.api_keys[who]}
-    done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = _cli(stack, who, *args)
     assert done.returncode == 1, done.stdout
     return done.stderr.strip()
 
@@ -96,13 +98,9 @@ def test_the_trust_tour_through_the_cli(stack):
     cloudimg(stack, "alice", "unshare", ALICE_WEB, BOB)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BOTH_DATABASES)
 def own_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    urls = {}
-    if request.param == "postgres":
-        new_database = request.getfixturevalue("postgres_database")
-        urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
-    with Stack(tmp_path, database_urls=urls) as running:
+    with running_stack(request, tmp_path, "postgres_database") as running:
         yield running
 
 
@@ -147,7 +145,7 @@ def reset_charges(stack: Stack, instance_id: str) -> int:
 
 
 def test_a_gateway_killed_mid_reset_leaves_the_instance_resetting_only_until_a_restart_finishes_it(own_stack):
-    channel = grpc.insecure_channel(own_stack.gateway_addr)
+    channel = own_stack.channel()
     instances = pb_grpc.InstanceServiceStub(channel)
     alice = (("authorization", f"Bearer {own_stack.api_keys['alice']}"),)
     (instance_id,) = instances.RunInstances(pb.RunInstancesRequest(

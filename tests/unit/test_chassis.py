@@ -55,7 +55,7 @@ async def test_an_unexpected_exception_reaches_the_caller_as_a_generic_internal(
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Broken", {"Call": handler})])
         return ["test.Broken"]
 
-    running = await start_server("127.0.0.1:0", register, lambda md: context.Caller("100000000001"))
+    running = await start_server("127.0.0.1:0", register, lambda md, ctx: context.Caller("100000000001"))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -121,7 +121,8 @@ def test_missing_settings_fail_fast_with_a_readable_message(monkeypatch, capsys)
         load_settings(GatewaySettings)
     assert stopped.value.code == 2
     message = capsys.readouterr().err
-    assert "CLOUDIMG_INTERNAL_TOKEN" in message and "CATALOG_ADDR" in message and "Traceback" not in message
+    assert "CATALOG_ADDR: required" in message and "BILLING_ADDR: required" in message
+    assert "Traceback" not in message
 
 
 async def test_downstream_calls_carry_the_remaining_budget_and_the_caller():
@@ -167,7 +168,7 @@ async def test_downstream_calls_are_retried_on_unavailable_only():
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Retry", handlers)])
         return ["test.Retry"]
 
-    running = await start_server("127.0.0.1:0", register, lambda md: context.Caller("100000000001"))
+    running = await start_server("127.0.0.1:0", register, lambda md, ctx: context.Caller("100000000001"))
     downstream = Downstream("test", f"127.0.0.1:{running.port}", "secret-token-0123456789", lambda channel: None)
     try:
         call = downstream.channel.unary_unary
@@ -202,7 +203,7 @@ async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones():
         return ["test.Slow"]
 
     addr = f"127.0.0.1:{free_port()}"
-    serving = asyncio.create_task(serve("test", addr, register, lambda md: context.Caller("100000000001"),
+    serving = asyncio.create_task(serve("test", addr, register, lambda md, ctx: context.Caller("100000000001"),
                                         grace_seconds=5))
     async with grpc.aio.insecure_channel(addr) as channel:
         call = channel.unary_unary("/test.Slow/Call")
@@ -231,7 +232,7 @@ async def test_a_dependency_that_is_back_is_served_at_once_and_one_that_is_down_
     from devtools.stack import free_port
 
     addr = f"127.0.0.1:{free_port()}"
-    allow = lambda md: context.Caller("100000000001")  # noqa: E731
+    allow = lambda md, ctx: context.Caller("100000000001")  # noqa: E731
     running = await start_server(addr, _echo_register, allow)
     downstream = Downstream("test", addr, "secret-token-0123456789", lambda channel: None)
     echo = downstream.channel.unary_unary("/test.Echo/Call")
@@ -265,7 +266,7 @@ async def test_a_dependency_answering_cancelled_is_unavailable_not_internal():
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Stop", {"Call": handler})])
         return ["test.Stop"]
 
-    running = await start_server("127.0.0.1:0", register, lambda md: context.Caller("100000000001"))
+    running = await start_server("127.0.0.1:0", register, lambda md, ctx: context.Caller("100000000001"))
     downstream = Downstream("test", f"127.0.0.1:{running.port}", "secret-token-0123456789", lambda channel: None)
     try:
         with pytest.raises(errors.Unavailable) as failed:
@@ -292,7 +293,7 @@ async def test_stopping_drains_calls_on_the_wire_then_lets_them_finish():
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Call": handler})])
         return ["test.Slow"]
 
-    running = await start_server("127.0.0.1:0", register, lambda md: context.Caller("100000000001"))
+    running = await start_server("127.0.0.1:0", register, lambda md, ctx: context.Caller("100000000001"))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         await channel.channel_ready()
         call = channel.unary_unary("/test.Slow/Call")
@@ -332,3 +333,94 @@ async def test_background_work_starts_and_is_drained_not_just_cancelled():
     await background.drain(0.5)
     assert len(rounds) >= 3  # a failed round does not stop the next ones
     assert finished == ["polite", "stubborn cancelled"]  # drained within the grace; cancelled past it
+
+
+def _streaming_register(server: grpc.aio.Server) -> list[str]:
+    """A service of every streaming kind over google.rpc.Status messages: each answers its request's
+    message back, and raises a domain error when the message is "refuse"."""
+    from google.rpc import status_pb2
+
+    def answer(request: status_pb2.Status) -> status_pb2.Status:
+        if request.message == "refuse":
+            raise errors.FailedPrecondition("REFUSED", "refused", subject="stream")
+        return status_pb2.Status(message=request.message)
+
+    async def one_to_many(request, ctx):
+        yield answer(request)
+        yield answer(request)
+
+    async def many_to_one(requests, ctx):
+        return status_pb2.Status(message=",".join([answer(r).message async for r in requests]))
+
+    async def many_to_many(requests, ctx):
+        async for request in requests:
+            yield answer(request)
+
+    codec = dict(request_deserializer=status_pb2.Status.FromString,
+                 response_serializer=status_pb2.Status.SerializeToString)
+    handlers = {
+        "OneToMany": grpc.unary_stream_rpc_method_handler(one_to_many, **codec),
+        "ManyToOne": grpc.stream_unary_rpc_method_handler(many_to_one, **codec),
+        "ManyToMany": grpc.stream_stream_rpc_method_handler(many_to_many, **codec),
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Streams", handlers)])
+    return ["test.Streams"]
+
+
+@pytest.fixture
+async def streams():
+    """The streaming service behind the chassis's interceptor, which lets in only "authorization: ok"."""
+    def authenticate(metadata, ctx):
+        if metadata.get("authorization") != "ok":
+            raise errors.Unauthenticated("API_KEY_MISSING", "who are you")
+        return context.Caller("100000000001")
+
+    running = await start_server("127.0.0.1:0", _streaming_register, authenticate)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield channel
+    await running.stop(None)
+
+
+def _stream_call(channel: grpc.aio.Channel, method: str):
+    """Calls a streaming method with raw bodies; returns its answers' bodies, or raises its error."""
+    kind = {"OneToMany": channel.unary_stream, "ManyToOne": channel.stream_unary,
+            "ManyToMany": channel.stream_stream}[method]
+    stub = kind(f"/test.Streams/{method}")
+
+    async def call(bodies: list[bytes], metadata=(("authorization", "ok"),)):
+        if method == "OneToMany":
+            return [answer async for answer in stub(bodies[0], metadata=metadata)]
+        if method == "ManyToOne":
+            return [await stub(iter(bodies), metadata=metadata)]
+        return [answer async for answer in stub(iter(bodies), metadata=metadata)]
+
+    return call
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    assert status is not None, error
+    return next(d.reason for d in unpacked_details(status) if isinstance(d, error_details_pb2.ErrorInfo))
+
+
+@pytest.mark.parametrize("method", ["OneToMany", "ManyToOne", "ManyToMany"])
+async def test_streaming_handlers_get_the_same_authentication_decoding_and_errors_as_unary(streams, method):
+    from google.rpc import status_pb2
+
+    call = _stream_call(streams, method)
+    hello = status_pb2.Status(message="hello").SerializeToString()
+    assert await call([hello])
+    refusals = {
+        "no caller": ([hello], (), grpc.StatusCode.UNAUTHENTICATED, "API_KEY_MISSING"),
+        "a body that is no message": ([b"\xff\xff\xff"], None, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST"),
+        "a control character": ([status_pb2.Status(message="a\x00b").SerializeToString()], None,
+                                grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CHARACTERS"),
+        "a domain error": ([status_pb2.Status(message="refuse").SerializeToString()], None,
+                           grpc.StatusCode.FAILED_PRECONDITION, "REFUSED"),
+    }
+    for case, (bodies, metadata, code, reason) in refusals.items():
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await (call(bodies) if metadata is None else call(bodies, metadata))
+        assert (refused.value.code(), _reason(refused.value)) == (code, reason), case

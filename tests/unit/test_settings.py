@@ -23,7 +23,9 @@ DOWNSTREAMS = {"CATALOG_ADDR": "catalog:50051", "SHARING_ADDR": "sharing:50052",
 def env(monkeypatch):
     """Sets the environment the settings read: valid downstreams and token, then the given overrides."""
     def set_env(**values: str) -> None:
-        for name, value in {"CLOUDIMG_INTERNAL_TOKEN": TOKEN, **DOWNSTREAMS, **values}.items():
+        # Plaintext off loopback is allowed here: these tests are about the values, the transport's are below.
+        for name, value in {"CLOUDIMG_INTERNAL_TOKEN": TOKEN, "CLOUDIMG_ALLOW_PLAINTEXT": "true", **DOWNSTREAMS,
+                            **values}.items():
             monkeypatch.setenv(name, value)
     return set_env
 
@@ -154,7 +156,7 @@ def test_load_settings_names_missing_settings(monkeypatch, capsys):
         load_settings(GatewaySettings)
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "CLOUDIMG_INTERNAL_TOKEN: required" in err and "BILLING_ADDR: required" in err
+    assert "SHARING_ADDR: required" in err and "BILLING_ADDR: required" in err
 
 
 def test_a_missing_price_book_file_is_a_bad_setting(env, tmp_path):
@@ -218,3 +220,115 @@ def test_a_price_book_that_is_not_json_is_one_line_naming_the_file(tmp_path, tex
 def test_a_price_book_that_cannot_be_read_names_the_file(tmp_path):
     with pytest.raises(PriceBookError, match="missing.json: .*No such file"):
         load_price_book(tmp_path / "missing.json")
+
+
+# Transport: TLS, mutual TLS inside, plaintext on loopback only.
+
+@pytest.fixture
+def pki(tmp_path):
+    """A private CA's certificate and a certificate and key per name, as files: ``pki["gateway"]`` is
+    (cert, key); ``pki["ca"]`` the CA's certificate."""
+    import trustme
+
+    ca = trustme.CA()
+    files = {"ca": tmp_path / "ca.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    for name in ("gateway", "catalog"):
+        issued = ca.issue_cert(name, "127.0.0.1")
+        cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        files[name] = (cert, key)
+    return files
+
+
+@pytest.fixture
+def transport_env(monkeypatch):
+    """Like ``env`` but nothing about the transport is given unless asked for."""
+    for name in ("CLOUDIMG_INTERNAL_TOKEN", "CLOUDIMG_ALLOW_PLAINTEXT", "CLOUDIMG_INTERNAL_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def set_env(**values: object) -> None:
+        loopback = {"CATALOG_ADDR": "127.0.0.1:50051", "SHARING_ADDR": "127.0.0.1:50052",
+                    "BILLING_ADDR": "127.0.0.1:50053"}
+        for name, value in {**loopback, **values}.items():
+            monkeypatch.setenv(name, str(value))
+    return set_env
+
+
+def refusal(settings_class) -> str:
+    with pytest.raises(ValidationError) as refused:
+        settings_class()
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("settings_class, variable", [(CatalogSettings, "CATALOG_LISTEN_ADDR"),
+                                                      (GatewaySettings, "GATEWAY_LISTEN_ADDR")])
+def test_plaintext_off_loopback_is_refused_unless_allowed(transport_env, settings_class, variable):
+    transport_env(CLOUDIMG_INTERNAL_TOKEN=TOKEN, **{variable: "0.0.0.0:50050"})
+    assert f"{variable}: 0.0.0.0:50050 is not a loopback address" in refusal(settings_class)
+    transport_env(CLOUDIMG_INTERNAL_TOKEN=TOKEN, CLOUDIMG_ALLOW_PLAINTEXT="true", **{variable: "0.0.0.0:50050"})
+    assert settings_class().listen_addr == "0.0.0.0:50050"
+
+
+def test_plaintext_to_internal_services_off_loopback_is_refused(transport_env):
+    transport_env(CLOUDIMG_INTERNAL_TOKEN=TOKEN, BILLING_ADDR="billing:50053")
+    assert "BILLING_ADDR: billing:50053 is not a loopback address" in refusal(GatewaySettings)
+
+
+def test_on_loopback_plaintext_needs_the_internal_token(transport_env):
+    transport_env()
+    assert "CLOUDIMG_INTERNAL_TOKEN: required without CATALOG_TLS_CERT_FILE" in refusal(CatalogSettings)
+    assert "CLOUDIMG_INTERNAL_TOKEN: required without CLOUDIMG_INTERNAL_CA_FILE" in refusal(GatewaySettings)
+    transport_env(CLOUDIMG_INTERNAL_TOKEN=TOKEN)
+    assert CatalogSettings().internal_token is not None and not CatalogSettings().serves_tls
+
+
+def test_a_certificate_goes_with_its_key(transport_env, pki):
+    transport_env(CATALOG_TLS_CERT_FILE=pki["catalog"][0], CLOUDIMG_INTERNAL_CA_FILE=pki["ca"])
+    assert "CATALOG_TLS_CERT_FILE and CATALOG_TLS_KEY_FILE: set both or neither" in refusal(CatalogSettings)
+
+
+def test_an_internal_service_serving_tls_serves_mutual_tls_so_needs_the_ca(transport_env, pki):
+    cert, key = pki["catalog"]
+    transport_env(CATALOG_LISTEN_ADDR="0.0.0.0:50051", CATALOG_TLS_CERT_FILE=cert, CATALOG_TLS_KEY_FILE=key)
+    assert "CLOUDIMG_INTERNAL_CA_FILE: required with CATALOG_TLS_CERT_FILE" in refusal(CatalogSettings)
+    transport_env(CATALOG_LISTEN_ADDR="0.0.0.0:50051", CATALOG_TLS_CERT_FILE=cert, CATALOG_TLS_KEY_FILE=key,
+                  CLOUDIMG_INTERNAL_CA_FILE=pki["ca"])
+    settings = CatalogSettings()  # no token needed: the gateway's certificate is its credential
+    assert settings.serves_tls and settings.internal_token is None and settings.internal_peer == "gateway"
+
+
+def test_the_gateway_with_the_internal_ca_needs_its_client_certificate(transport_env, pki):
+    cert, key = pki["gateway"]
+    tls = dict(GATEWAY_LISTEN_ADDR="0.0.0.0:50050", GATEWAY_TLS_CERT_FILE=cert, GATEWAY_TLS_KEY_FILE=key,
+               CLOUDIMG_INTERNAL_CA_FILE=pki["ca"], CATALOG_ADDR="catalog:50051", SHARING_ADDR="sharing:50052",
+               BILLING_ADDR="billing:50053")
+    transport_env(**tls)
+    assert "GATEWAY_INTERNAL_CERT_FILE and GATEWAY_INTERNAL_KEY_FILE: required" in refusal(GatewaySettings)
+    transport_env(**tls, GATEWAY_INTERNAL_CERT_FILE=cert, GATEWAY_INTERNAL_KEY_FILE=key)
+    settings = GatewaySettings()
+    assert settings.serves_tls and settings.internal_tls and settings.internal_token is None
+
+
+def test_a_certificate_file_that_is_not_pem_cannot_be_served_with(tmp_path, pki):
+    from chassis import tls
+    from chassis.settings import SettingsError
+
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(SettingsError, match="garbage.pem is not a PEM file holding a certificate"):
+        tls.server_credentials(garbage, pki["catalog"][1])
+    with pytest.raises(SettingsError, match="garbage.pem is not a PEM file holding a private key"):
+        tls.server_credentials(pki["catalog"][0], garbage)
+    assert tls.server_credentials(*pki["catalog"], client_ca_file=pki["ca"]) is not None
+
+
+@pytest.mark.parametrize("addr, loopback", [
+    ("127.0.0.1:1", True), ("127.1.2.3:1", True), ("localhost:1", True), ("[::1]:1", True),
+    ("0.0.0.0:1", False), ("[::]:1", False), ("catalog:50051", False), ("10.0.0.1:1", False),
+])
+def test_loopback_addresses(addr, loopback):
+    from chassis.settings import is_loopback
+
+    assert is_loopback(addr) is loopback
