@@ -1,6 +1,10 @@
 """The deployment files (Dockerfile, docker-compose.yml, deploy/) parsed and checked against the
-services' settings, plus devtools.healthcheck against a real gRPC health server."""
+services' settings (the settings classes themselves read the environment each file gives a service,
+with certificates from devtools.certs), plus devtools.healthcheck against real gRPC health servers,
+in plaintext and in mutual TLS."""
 
+import importlib
+import os
 import re
 import socket
 import subprocess
@@ -8,6 +12,7 @@ import sys
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -15,7 +20,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from devtools import healthcheck
+from devtools import certs, healthcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -43,15 +48,55 @@ SERVICES = {
     )
 }
 INTERNAL = [s for s in SERVICES.values() if s.name != "gateway"]
-TOKEN_DEFAULT = "${CLOUDIMG_INTERNAL_TOKEN:-dev-internal-token-change-me}"
+# The settings classes, by service (module, class), for the tests that load them from a file's env.
+SETTINGS = {
+    "catalog": ("catalog_service.settings", "CatalogSettings"),
+    "sharing": ("sharing_service.settings", "SharingSettings"),
+    "billing": ("billing_service.settings", "BillingSettings"),
+    "gateway": ("gateway.settings", "GatewaySettings"),
+}
+# Plaintext settings: with TLS everywhere, no deployment file may set them.
+PLAINTEXT_ONLY = ("CLOUDIMG_INTERNAL_TOKEN", "CLOUDIMG_ALLOW_PLAINTEXT")
+
+
+def tls_env(service: Service) -> set[str]:
+    """The variables that name a service's certificate files."""
+    names = {f"{service.prefix}_TLS_CERT_FILE", f"{service.prefix}_TLS_KEY_FILE", "CLOUDIMG_INTERNAL_CA_FILE"}
+    if service.name == "gateway":
+        names |= {"GATEWAY_INTERNAL_CERT_FILE", "GATEWAY_INTERNAL_KEY_FILE"}
+    return names
 
 
 def required_env(service: Service) -> set[str]:
-    names = {f"{service.prefix}_LISTEN_ADDR", f"{service.prefix}_DATABASE_URL"}
-    names |= {"CLOUDIMG_INTERNAL_TOKEN", "CLOUDIMG_LOG_LEVEL"}
+    names = {f"{service.prefix}_LISTEN_ADDR", f"{service.prefix}_DATABASE_URL", "CLOUDIMG_LOG_LEVEL"}
+    names |= tls_env(service)
     if service.name == "gateway":
         names |= {f"{s.prefix}_ADDR" for s in INTERNAL}
     return names
+
+
+def healthcheck_command(service: Service, port: int) -> list[str]:
+    return ["python", "-m", "devtools.healthcheck", "--service", service.name, f"127.0.0.1:{port}"]
+
+
+@pytest.fixture(scope="module")
+def dev_certs(tmp_path_factory) -> Path:
+    """A development PKI as `python -m devtools.certs` writes it."""
+    directory = tmp_path_factory.mktemp("certs") / "certs"
+    assert certs.main([str(directory)]) == 0
+    return directory
+
+
+def load_settings(service: Service, env: dict[str, str], monkeypatch) -> Any:
+    """The service's settings class, reading exactly env (and the defaults) from the repository root."""
+    module, name = SETTINGS[service.name]
+    for variable in list(os.environ):
+        if variable.startswith(("CLOUDIMG_", "CATALOG_", "SHARING_", "BILLING_", "GATEWAY_")):
+            monkeypatch.delenv(variable)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.chdir(ROOT)  # defaults such as the price book are relative to it
+    return getattr(importlib.import_module(module), name)()
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -141,15 +186,75 @@ def test_compose_service_has_its_settings_and_listens_on_all_interfaces(compose,
     assert required_env(service) <= set(env), required_env(service) - set(env)
     host, port = split_addr(env[f"{service.prefix}_LISTEN_ADDR"])
     assert (host, port) == ("0.0.0.0", service.port)
-    assert env["CLOUDIMG_INTERNAL_TOKEN"] == TOKEN_DEFAULT
+
+
+DEPLOYMENT_FILES = ["docker-compose.yml", *(f"deploy/k8s/{p.name}" for p in sorted(K8S_DIR.glob("*.yaml")))]
+
+
+@pytest.mark.parametrize("path", DEPLOYMENT_FILES)
+def test_no_deployment_file_sets_plaintext_settings(path):
+    text = (ROOT / path).read_text()
+    for variable in PLAINTEXT_ONLY:
+        assert variable not in text, f"{path} sets {variable}: the services speak TLS"
 
 
 @pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
 def test_compose_healthcheck_probes_the_port_the_service_listens_on(compose, service):
     test = compose[service.name]["healthcheck"]["test"]
-    assert test[:4] == ["CMD", "python", "-m", "devtools.healthcheck"]
     listen_port = split_addr(compose_env(compose[service.name])[f"{service.prefix}_LISTEN_ADDR"])[1]
-    assert split_addr(test[4]) == ("127.0.0.1", listen_port)
+    # --service: over TLS with the service's own certificate variables (devtools.healthcheck).
+    assert test == ["CMD", *healthcheck_command(service, listen_port)]
+
+
+def compose_secret_targets(service: dict) -> dict[str, str]:
+    """The secrets a compose service mounts: /run/secrets/<target> -> secret name."""
+    targets = {}
+    for entry in service.get("secrets", []):
+        name = entry if isinstance(entry, str) else entry["source"]
+        target = name if isinstance(entry, str) else entry.get("target", name)
+        targets[target if target.startswith("/") else f"/run/secrets/{target}"] = name
+    return targets
+
+
+@pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
+def test_compose_service_reads_its_certificates_from_its_secrets(compose, service):
+    top = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["secrets"]
+    mounted = compose_secret_targets(compose[service.name])
+    env = compose_env(compose[service.name])
+    files = {}
+    for variable in tls_env(service):
+        assert env[variable] in mounted, f"{variable}={env[variable]} is not one of its secrets"
+        source = top[mounted[env[variable]]]["file"]
+        assert source.startswith("./deploy/certs/"), source
+        files[variable] = source.removeprefix("./deploy/certs/")
+    assert files[f"{service.prefix}_TLS_CERT_FILE"] == f"{service.name}.pem"
+    assert files[f"{service.prefix}_TLS_KEY_FILE"] == f"{service.name}.key"
+    assert files["CLOUDIMG_INTERNAL_CA_FILE"] == "ca.pem"
+    if service.name == "gateway":  # the development certificate names "gateway": the client one too
+        internal = (files["GATEWAY_INTERNAL_CERT_FILE"], files["GATEWAY_INTERNAL_KEY_FILE"])
+        assert internal == ("gateway.pem", "gateway.key")
+
+
+def test_compose_secrets_are_the_files_devtools_certs_writes_and_git_ignores(compose, dev_certs):
+    top = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["secrets"]
+    files = {spec["file"].removeprefix("./deploy/certs/") for spec in top.values()}
+    assert files == {p.name for p in dev_certs.iterdir()}
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/certs/ca.pem"], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, "deploy/certs/ holds private keys: git must ignore it"
+
+
+@pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
+def test_compose_environment_is_valid_settings_with_real_certificates(compose, service, dev_certs, monkeypatch):
+    top = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["secrets"]
+    mounted = compose_secret_targets(compose[service.name])
+    env = {}
+    for variable, value in compose_env(compose[service.name]).items():
+        value = interpolate(value)
+        if value in mounted:  # a secret's path in the container: the file devtools.certs wrote
+            value = str(dev_certs / Path(top[mounted[value]]["file"]).name)
+        env[variable] = value
+    settings = load_settings(service, env, monkeypatch)
+    assert settings.serves_tls
 
 
 def test_compose_postgres_has_a_healthcheck(compose):
@@ -283,13 +388,16 @@ def test_k8s_deployment_runs_the_service_with_replicas_and_limits(k8s, service):
     assert pod["securityContext"]["runAsNonRoot"] is True
     if service.name == "catalog":
         # Image bytes: every replica mounts the one ReadWriteMany image store.
-        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                  if "persistentVolumeClaim" in v}
         store = one(k8s, "PersistentVolumeClaim", claims["image-store"])
         assert store["spec"]["accessModes"] == ["ReadWriteMany"]
         mounts = {m["name"]: m["mountPath"] for m in container_of(deployment)["volumeMounts"]}
         assert env_of(container_of(deployment))["CATALOG_IMAGE_STORE_DIR"]["value"] == mounts["image-store"]
     else:
-        assert "volumes" not in pod, "replicas share state through their database only"
+        # Certificates only: replicas share state through their database.
+        for volume in pod.get("volumes", []):
+            assert volume.keys() & {"secret", "configMap"}, volume["name"]
     container = container_of(deployment)
     assert container["command"] == service.command
     for kind in ("requests", "limits"):
@@ -304,9 +412,81 @@ def test_k8s_grpc_probes_hit_the_port_the_service_listens_on(k8s, service):
     host, listen_port = split_addr(env[f"{service.prefix}_LISTEN_ADDR"]["value"])
     assert (host, listen_port) == ("0.0.0.0", service.port)
     assert [p["containerPort"] for p in container["ports"]] == [listen_port]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == listen_port, probe
-        assert container[probe]["grpc"].get("service", "") == ""
+    # The kubelet's gRPC probes speak plaintext only: the health check runs in the container, over TLS.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"] == healthcheck_command(service, listen_port), probe
+        assert container[probe]["timeoutSeconds"] > healthcheck.TIMEOUT_SECONDS, probe
+
+
+# The objects the TLS files come from (made outside the manifests: see kustomization.yaml), and the
+# development file of devtools.certs each is made from.
+def tls_sources(service: Service) -> dict[str, tuple[str, str, str]]:
+    """variable -> (kind, name, key) of the object its file is mounted from."""
+    own = f"cloudimg-tls-{service.name}"
+    sources = {
+        f"{service.prefix}_TLS_CERT_FILE": ("Secret", own, "tls.crt"),
+        f"{service.prefix}_TLS_KEY_FILE": ("Secret", own, "tls.key"),
+        "CLOUDIMG_INTERNAL_CA_FILE": ("ConfigMap", "cloudimg-internal-ca", "ca.crt"),
+    }
+    if service.name == "gateway":
+        sources["GATEWAY_INTERNAL_CERT_FILE"] = ("Secret", "cloudimg-tls-gateway-internal", "tls.crt")
+        sources["GATEWAY_INTERNAL_KEY_FILE"] = ("Secret", "cloudimg-tls-gateway-internal", "tls.key")
+    return sources
+
+
+def dev_file(source: tuple[str, str, str]) -> str:
+    """The file of devtools.certs that the documented `kubectl create` makes this object's key from."""
+    kind, name, key = source
+    if kind == "ConfigMap":
+        return {"ca.crt": "ca.pem"}[key]
+    owner = name.removeprefix("cloudimg-tls-").removesuffix("-internal")
+    return owner + {"tls.crt": ".pem", "tls.key": ".key"}[key]
+
+
+def mounted_file(deployment: dict, path: str) -> tuple[str, str, str]:
+    """(kind, name, key) of the Secret or ConfigMap key that a file in the container comes from."""
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container_of(deployment).get("volumeMounts", []):
+        directory = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(directory) and "subPath" not in mount:
+            assert mount.get("readOnly") is True, mount["name"]
+            volume = volumes[mount["name"]]
+            key = path.removeprefix(directory)
+            if "secret" in volume:
+                return "Secret", volume["secret"]["secretName"], key
+            if "configMap" in volume:
+                return "ConfigMap", volume["configMap"]["name"], key
+    raise AssertionError(f"{path} is not in a mounted Secret or ConfigMap")
+
+
+@pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
+def test_k8s_deployment_mounts_its_tls_secret_and_points_its_settings_at_it(k8s, service):
+    deployment = one(k8s, "Deployment", service.name)
+    env = env_of(container_of(deployment))
+    for variable, source in tls_sources(service).items():
+        assert mounted_file(deployment, env[variable]["value"]) == source, variable
+    pod = deployment["spec"]["template"]["spec"]
+    for volume in pod["volumes"]:
+        if "secret" in volume:  # keys: readable by the service's group, not by every user
+            assert volume["secret"]["defaultMode"] & 0o007 == 0, volume["name"]
+            assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+@pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
+def test_k8s_environment_is_valid_settings_with_real_certificates(k8s, service, dev_certs, monkeypatch):
+    deployment = one(k8s, "Deployment", service.name)
+    env = {}
+    for name, item in env_of(container_of(deployment)).items():
+        if "valueFrom" in item:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[name] = secret_values(k8s, ref["name"], deployment["metadata"]["namespace"])[ref["key"]]
+        elif item["value"].startswith("/etc/cloudimg/"):
+            env[name] = str(dev_certs / dev_file(mounted_file(deployment, item["value"])))
+        else:
+            env[name] = item["value"]
+    settings = load_settings(service, env, monkeypatch)
+    assert settings.serves_tls
 
 
 def target_container_port(docs: list[dict], k8s_service: dict, port: dict) -> tuple[dict, int]:
@@ -363,12 +543,12 @@ def test_k8s_every_secret_reference_exists(k8s):
 
 
 @pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
-def test_k8s_token_and_database_come_from_the_secret(k8s, service):
+def test_k8s_database_comes_from_the_secret(k8s, service):
     deployment = one(k8s, "Deployment", service.name)
     env = env_of(container_of(deployment))
-    for name in ("CLOUDIMG_INTERNAL_TOKEN", f"{service.prefix}_DATABASE_URL"):
-        assert "value" not in env[name], f"{name} must not be inline"
-        assert "secretKeyRef" in env[name]["valueFrom"], name
+    name = f"{service.prefix}_DATABASE_URL"
+    assert "value" not in env[name], f"{name} must not be inline"
+    assert "secretKeyRef" in env[name]["valueFrom"], name
 
 
 def test_k8s_secret_holds_one_postgres_database_per_service(k8s):
@@ -381,6 +561,76 @@ def test_k8s_secret_holds_one_postgres_database_per_service(k8s):
         assert scheme == "postgresql+psycopg", "replicas must share a server database, not SQLite"
         databases[service.name] = database
     assert databases == {name: name for name in SERVICES}
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels only: the manifests use no expressions) selects these labels."""
+    assert set(selector) <= {"matchLabels"}, selector
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def pod_labels(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def ingress_rules(docs: list[dict], deployment: dict) -> list[dict] | None:
+    """Every ingress rule that admits connections to the deployment's pods; None when no policy isolates
+    them (everything is admitted)."""
+    policies = [
+        p for p in find(docs, "NetworkPolicy")
+        if p["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        and selects(p["spec"]["podSelector"], pod_labels(deployment))
+    ]
+    if not policies:
+        return None
+    return [rule for p in policies for rule in p["spec"].get("ingress", [])]
+
+
+@pytest.mark.parametrize("service", INTERNAL, ids=lambda s: s.name)
+def test_k8s_network_policy_admits_only_the_gateway_pods_to_an_internal_service(k8s, service):
+    rules = ingress_rules(k8s, one(k8s, "Deployment", service.name))
+    assert rules, f"no NetworkPolicy admits the gateway to {service.name}"
+    deployments = find(k8s, "Deployment")
+    for rule in rules:
+        assert rule.get("ports") == [{"protocol": "TCP", "port": service.port}], rule
+        assert rule.get("from"), "a rule without `from` admits every source"
+        for peer in rule["from"]:
+            assert set(peer) == {"podSelector"}, f"only pods of the namespace: {peer}"
+            admitted = [d["metadata"]["name"] for d in deployments if selects(peer["podSelector"], pod_labels(d))]
+            assert admitted == ["gateway"], peer
+
+
+def test_k8s_network_policy_keeps_the_gateway_reachable_on_its_port_only(k8s):
+    rules = ingress_rules(k8s, one(k8s, "Deployment", "gateway"))
+    assert rules is not None, "the default deny must cover the gateway too, leaving its port open"
+    assert rules and all(rule.get("ports") == [{"protocol": "TCP", "port": SERVICES["gateway"].port}]
+                         for rule in rules), rules
+    assert any("from" not in rule for rule in rules), "the public API must be reachable from anywhere"
+
+
+def test_k8s_default_denies_ingress_to_every_pod_of_the_namespace(k8s):
+    denies = [p for p in find(k8s, "NetworkPolicy")
+              if p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"]
+              and not p["spec"].get("ingress")]
+    assert len(denies) == 1
+
+
+@pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
+def test_k8s_disruption_budget_covers_its_deployment_and_lets_a_drain_proceed(k8s, service):
+    budgets = [b for b in find(k8s, "PodDisruptionBudget")
+               if selects(b["spec"]["selector"], pod_labels(one(k8s, "Deployment", service.name)))]
+    assert len(budgets) == 1, f"{service.name}: {len(budgets)} PodDisruptionBudgets"
+    (budget,) = budgets
+    selected = [d["metadata"]["name"] for d in find(k8s, "Deployment")
+                if selects(budget["spec"]["selector"], pod_labels(d))]
+    assert selected == [service.name]
+    replicas = one(k8s, "Deployment", service.name)["spec"]["replicas"]
+    spec = budget["spec"]
+    if "maxUnavailable" in spec:
+        assert spec["maxUnavailable"] == 1
+    else:
+        assert spec["minAvailable"] == replicas - 1 >= 1
 
 
 # --- devtools.healthcheck ------------------------------------------------------------------------
@@ -402,20 +652,20 @@ def health_server():
 def test_healthcheck_passes_when_serving(health_server):
     servicer, address = health_server
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    assert healthcheck.main([address]) == 0
+    assert healthcheck.main([address], env={}) == 0
 
 
 def test_healthcheck_fails_when_not_serving(health_server):
     servicer, address = health_server
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     servicer.set("some.Service", health_pb2.HealthCheckResponse.SERVING)
-    assert healthcheck.main([address]) == 1
+    assert healthcheck.main([address], env={}) == 1
 
 
 def test_healthcheck_fails_when_nothing_listens():
     with socket.socket() as reserved:  # bound but not listening: connections are refused
         reserved.bind(("127.0.0.1", 0))
-        assert healthcheck.main([f"127.0.0.1:{reserved.getsockname()[1]}"]) == 1
+        assert healthcheck.main([f"127.0.0.1:{reserved.getsockname()[1]}"], env={}) == 1
 
 
 def test_healthcheck_runs_as_a_module_and_exits_with_its_status(health_server):
@@ -425,3 +675,102 @@ def test_healthcheck_runs_as_a_module_and_exits_with_its_status(health_server):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1, done.stderr
     assert done.stdout == f"{address}: NOT_SERVING\n"
+
+
+# --- devtools.healthcheck over mutual TLS ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mtls_health_server(dev_certs):
+    """A health server that serves as an internal service does: catalog's certificate, and callers
+    must present a certificate of the development CA."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
+    )
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials(
+        [((dev_certs / "catalog.key").read_bytes(), (dev_certs / "catalog.pem").read_bytes())],
+        root_certificates=(dev_certs / "ca.pem").read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+def catalog_env(dev_certs: Path, service: str = "catalog") -> dict[str, str]:
+    """What the catalog's container environment says about its certificates."""
+    return {
+        "CATALOG_TLS_CERT_FILE": str(dev_certs / f"{service}.pem"),
+        "CATALOG_TLS_KEY_FILE": str(dev_certs / f"{service}.key"),
+        "CLOUDIMG_INTERNAL_CA_FILE": str(dev_certs / "ca.pem"),
+    }
+
+
+def test_healthcheck_reads_the_services_certificates_from_its_environment(mtls_health_server, dev_certs):
+    servicer, address = mtls_health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert healthcheck.main(["--service", "catalog", address], env=catalog_env(dev_certs)) == 0
+    # Without --service: the one service whose certificate variable is set.
+    assert healthcheck.main([address], env=catalog_env(dev_certs)) == 0
+
+
+def test_healthcheck_over_tls_fails_when_not_serving(mtls_health_server, dev_certs):
+    servicer, address = mtls_health_server
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert healthcheck.main(["--service", "catalog", address], env=catalog_env(dev_certs)) == 1
+
+
+def test_healthcheck_flags_give_the_files_and_the_name_to_verify(mtls_health_server, dev_certs):
+    servicer, address = mtls_health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    flags = ["--ca-cert", str(dev_certs / "ca.pem"), "--cert", str(dev_certs / "gateway.pem"),
+             "--key", str(dev_certs / "gateway.key")]
+    assert healthcheck.main([*flags, address], env={}) == 0  # the address's host, 127.0.0.1, is in it
+    assert healthcheck.main([*flags, "--server-name", "catalog.cloudimg.svc", address], env={}) == 0
+    assert healthcheck.main([*flags, "--server-name", "sharing", address], env={}) == 1
+
+
+@pytest.mark.parametrize("case", ["no client certificate", "another CA", "plaintext", "wrong service"])
+def test_healthcheck_fails_when_the_tls_handshake_does(mtls_health_server, dev_certs, tmp_path, case):
+    servicer, address = mtls_health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    if case == "no client certificate":
+        argv, env = ["--ca-cert", str(dev_certs / "ca.pem"), address], {}
+    elif case == "another CA":
+        assert certs.main([str(tmp_path / "other")]) == 0
+        argv, env = [address], {**catalog_env(dev_certs), "CLOUDIMG_INTERNAL_CA_FILE": str(tmp_path / "other/ca.pem")}
+    elif case == "plaintext":
+        argv, env = ["--service", "catalog", address], {}
+    else:  # the sharing check verifies the name "sharing", which catalog's certificate does not carry
+        argv, env = ["--service", "sharing", address], {
+            name.replace("CATALOG_", "SHARING_"): value for name, value in catalog_env(dev_certs).items()
+        }
+    assert healthcheck.main(argv, env=env) == 1
+
+
+def test_healthcheck_says_which_file_it_cannot_read(mtls_health_server, dev_certs, tmp_path, capsys):
+    _, address = mtls_health_server
+    env = {**catalog_env(dev_certs), "CATALOG_TLS_KEY_FILE": str(tmp_path / "missing.key")}
+    assert healthcheck.main([address], env=env) == 1
+    assert "missing.key" in capsys.readouterr().out
+
+
+def test_healthcheck_asks_which_service_when_several_have_certificates(dev_certs, capsys):
+    env = {**catalog_env(dev_certs), "SHARING_TLS_CERT_FILE": str(dev_certs / "sharing.pem")}
+    with pytest.raises(SystemExit) as exited:
+        healthcheck.main(["127.0.0.1:1"], env=env)
+    assert exited.value.code == 2
+    assert "--service" in capsys.readouterr().err
+
+
+def test_healthcheck_runs_over_tls_as_a_module_with_the_containers_environment(mtls_health_server, dev_certs):
+    servicer, address = mtls_health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    env = {**os.environ, **catalog_env(dev_certs)}
+    command = [sys.executable, "-m", "devtools.healthcheck", "--service", "catalog", address]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == f"{address}: SERVING\n"
