@@ -7,7 +7,7 @@ BUF := build/tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: all venv gen tools lint test unit integration e2e run bench revision clean
+.PHONY: all venv gen tools lint test unit integration e2e fault fault-report run bench revision clean
 
 all: gen
 
@@ -58,6 +58,12 @@ integration: gen tools
 	$(PY) -m pytest -q tests/integration
 e2e: gen tools
 	$(PY) -m pytest -q tests/e2e
+fault: gen tools
+	$(PY) -m pytest -q tests/fault
+
+# The fault suite's figures (build/fault-report.json, left by every run of it) into README's reliability table.
+fault-report: fault
+	$(PY) -m devtools.fault_report
 
 run: gen
 	$(PY) -m devtools.run
