@@ -1,9 +1,9 @@
 """Channels to downstream services: one long-lived channel each, created at start-up.
 
 Every call carries the caller's account and the request id, and a deadline: what is left of the
-inbound call's budget. Retries happen on UNAVAILABLE only, through
-the gRPC service config. Failures come back as domain exceptions: a downstream's domain error
-travels on as it is (RemoteError), a dependency that is down or too slow becomes UNAVAILABLE.
+inbound call's budget. Retries happen on UNAVAILABLE only, through the gRPC service config. Failures
+come back as domain exceptions: a downstream's domain error travels on as it is (RemoteError, its
+rich status read with grpcio-status), a dependency that is down or too slow becomes UNAVAILABLE.
 
 A dependency that is down is retried for a connection every 100-500 ms; a call that finds its
 channel not connected waits up to a second for it (within its deadline), so a dependency that comes
