@@ -36,6 +36,7 @@ from chassis.db import insert_ignoring_duplicates
 from chassis.errors import FailedPrecondition
 from chassis.fingerprints import fingerprint
 from chassis.ids import MAX_REQUEST_ID_LENGTH, check_request_id
+from chassis.stored import Document, UnknownVersion
 
 T = TypeVar("T")
 
@@ -61,11 +62,18 @@ def request_table(context: str, metadata: MetaData | None = None) -> Table:
 @dataclass(frozen=True)
 class ResponseFormat(Generic[T]):
     """How one kind of response is kept as JSON. ``decode`` gets the version a response was stored with,
-    so a context that changes ``encode`` (and bumps ``version``) still reads what it wrote before."""
+    so a context that changes ``encode`` (and bumps ``version``) still reads what it wrote before. A stored
+    version newer than ``version`` (a newer replica's) is refused before ``decode`` sees it. Prefer ``of``,
+    which keeps the versions and their upgrades in a chassis.stored.Document."""
 
     version: int
     encode: Callable[[T], Any]
     decode: Callable[[int, Any], T]
+
+    @classmethod
+    def of(cls, document: Document, encode: Callable[[T], Any], decode: Callable[[Any], T]) -> ResponseFormat[T]:
+        """The format of ``document``: ``decode`` reads its current version only, older ones are upgraded first."""
+        return cls(document.version, encode, lambda version, body: decode(document.upgrade(version, body)))
 
 
 def _utc_now() -> datetime:
@@ -153,8 +161,17 @@ class RequestLedger(Generic[T]):
                                      subject=f"request_id:{request_id}")
         if row.response is None:  # claimed and committed without an answer: a bug in the calling handler
             raise RuntimeError(f"{method} claimed a request_id and never answered it")
-        stored = json.loads(row.response)
-        return Claim(self, row.account_id, request_id, (self._format.decode(stored["v"], stored["response"]),))
+        return Claim(self, row.account_id, request_id, (self._decoded(method, row.response),))
+
+    def _decoded(self, method: str, raw: str) -> T:
+        """The one decoder of stored responses: ``{"v": the format's version, "response": its JSON}`` (the
+        only shape the ledger ever wrote), read by the format, which upgrades older versions."""
+        stored = json.loads(raw)
+        version = stored.get("v") if isinstance(stored, dict) else None
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= self._format.version \
+                or "response" not in stored:
+            raise UnknownVersion(f"{method} response", version, self._format.version, 1)
+        return self._format.decode(version, stored["response"])
 
     def record(self, account_id: str, request_id: str, response: T) -> None:
         t = self._table

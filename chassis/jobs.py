@@ -22,7 +22,8 @@ pass each other by); on SQLite writers run one at a time (BEGIN IMMEDIATE, chass
 claiming UPDATE is conditional on the job being due.
 
 The payload is a JSON object stored with a format version (``{"v": 1, "data": {...}}``), read
-through ``_data_of``. Times come from the injected clock, so tests expire leases without sleeping.
+through ``payload_data``; a payload this release cannot read is left, untried, for a replica that can.
+Times come from the injected clock, so tests expire leases without sleeping.
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ from chassis.clock import Clock
 from chassis.db import Database, insert_ignoring_duplicates
 from chassis.logs import fields
 from chassis.server import BackgroundWork
+from chassis.stored import Document, UnknownVersion
 
 log = logging.getLogger("chassis.jobs")
 
 PENDING, DONE, FAILED = "PENDING", "DONE", "FAILED"
-_PAYLOAD_VERSION = 1
+# The job table's envelope of a job's data. Version 1, the only one ever written (jobs came with it, 150e0ba):
+# {"v": 1, "data": {...}}. The data of each kind is its context's own document (chassis.stored), which carries
+# its own version when the context declares one.
+PAYLOAD = Document("job payload", 1)
 _MAX_ERROR_CHARS = 2000
 _MAX_OWNER_CHARS = 64
 
@@ -130,16 +135,17 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _payload(data: dict[str, Any]) -> str:
-    return json.dumps({"v": _PAYLOAD_VERSION, "data": data}, separators=(",", ":"), sort_keys=True)
+    return PAYLOAD.dumps({"data": data})
 
 
-def _data_of(raw: str | None) -> dict[str, Any]:
-    """The one decoder of stored payloads; tolerant of missing keys (version 1 is the only one yet)."""
+def payload_data(raw: str) -> dict[str, Any]:
+    """The one decoder of stored payloads: the job's data (``{}`` when a version 1 payload has none). A payload
+    this release cannot read (a newer release's, or not JSON) raises chassis.stored.UnknownVersion."""
     try:
-        stored = json.loads(raw or "{}")
+        stored = json.loads(raw)
     except ValueError:
-        return {}
-    data = stored.get("data") if isinstance(stored, dict) else None
+        raise UnknownVersion(PAYLOAD.kind, None, PAYLOAD.version, PAYLOAD.oldest) from None
+    data = PAYLOAD.load(stored).get("data")  # no version 0: a payload without one is refused
     return dict(data) if isinstance(data, dict) else {}
 
 
@@ -191,7 +197,7 @@ def read(connection: Connection, table: Table, job_id: str) -> JobRecord | None:
     row = connection.execute(select(table).where(table.c.job_id == job_id)).first()
     if row is None:
         return None
-    return JobRecord(row.job_id, row.kind, row.subject, _data_of(row.payload), row.state, row.lease_owner,
+    return JobRecord(row.job_id, row.kind, row.subject, payload_data(row.payload), row.state, row.lease_owner,
                      None if row.lease_until is None else _utc(row.lease_until), row.attempts, row.progress,
                      row.error, _utc(row.create_time), _utc(row.update_time))
 
@@ -224,7 +230,7 @@ class JobQueue:
             return None
         c, now = self.table.c, self._now()
         due = (c.state == PENDING) & or_(c.lease_until.is_(None), c.lease_until <= now)
-        for _ in range(3):  # another claimer won the candidate (cannot happen under either lock): try the next
+        for _ in range(3):  # another claimer won the candidate, or it was unreadable: try the next
             with self.db.engine.begin() as connection:
                 # FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite drops it and relies on BEGIN IMMEDIATE.
                 candidate = connection.execute(
@@ -239,8 +245,18 @@ class JobQueue:
                             update_time=now)
                     .returning(c.job_id, c.kind, c.subject, c.payload, c.attempts, c.progress)
                 ).first()
-            if row is not None:
-                return Job(row.job_id, row.kind, row.subject, _data_of(row.payload), row.attempts, row.progress)
+                if row is None:
+                    continue
+                try:
+                    return Job(row.job_id, row.kind, row.subject, payload_data(row.payload), row.attempts,
+                               row.progress)
+                except UnknownVersion as exc:
+                    # Written by a newer release (a rolling deploy): leave it, untried, to a replica that reads
+                    # it; this one looks at it again after a lease.
+                    log.warning("job payload unreadable here; left for another replica",
+                                extra=fields(job_id=row.job_id, kind=row.kind, error=str(exc)))
+                    connection.execute(update(self.table).where(c.job_id == row.job_id).values(
+                        lease_owner="", attempts=c.attempts - 1, error=_clipped(str(exc))))
         return None
 
     def heartbeat(self, job: Job, progress: int | None = None) -> bool:

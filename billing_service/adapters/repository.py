@@ -16,41 +16,41 @@ from billing_service.domain.model import (
     Charge, ChargeFilter, ChargeKind, ChargeType, KeyOutcome, LineKind, Quote, QuoteLine,
 )
 from chassis.db import insert_ignoring_duplicates
+from chassis.stored import Document
 
-# The version of the JSON that charges keep their lines in and segments their prices.
-_JSON_VERSION = 1
+def _bare_lines_to_1(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """Version 0, a charge's lines before they carried a version (up to 6190e62): a bare JSON list of the
+    lines (kind, description, unit_price, quantity, unit), the same lines version 1 keeps under "lines"."""
+    return {"lines": lines}
 
 
-def _dump(key: str, items: list[dict[str, Any]]) -> str:
-    return json.dumps({"v": _JSON_VERSION, key: items}, separators=(",", ":"))
-
-
-def _load(text: str, key: str) -> list[dict[str, Any]]:
-    """The one decoder of both: a bare list is a charge's lines from before the JSON carried a version."""
-    stored = json.loads(text)
-    if isinstance(stored, list):
-        return stored
-    if stored.get("v") != _JSON_VERSION:
-        raise ValueError(f"stored {key} of an unknown version: {stored.get('v')!r}")
-    items: list[dict[str, Any]] = stored[key]
-    return items
+# A charge's quote lines (the ``lines`` column). Version 1: {"v": 1, "lines": [{kind, description, unit_price,
+# quantity, unit}]}.
+CHARGE_LINES = Document("charge lines", 1, upgrades={0: _bare_lines_to_1})
+# A meter segment's unit prices (the ``prices`` column), versioned since segments came (6190e62). Version 1:
+# {"v": 1, "prices": [{kind, description, unit_price, unit}]}.
+SEGMENT_PRICES = Document("segment prices", 1)
 
 
 def _lines_json(lines: Iterable[QuoteLine]) -> str:
-    return _dump("lines", [{"kind": l.kind.value, "description": l.description, "unit_price": str(l.unit_price),
-                            "quantity": l.quantity, "unit": l.unit} for l in lines])
+    return CHARGE_LINES.dumps({"lines": [
+        {"kind": l.kind.value, "description": l.description, "unit_price": str(l.unit_price), "quantity": l.quantity,
+         "unit": l.unit} for l in lines]})
 
 
 def _prices_json(prices: Iterable[UnitPrice]) -> str:
-    return _dump("prices", [{"kind": p.kind.value, "description": p.description, "unit_price": str(p.unit_price),
-                             "unit": p.unit} for p in prices])
+    return SEGMENT_PRICES.dumps({"prices": [
+        {"kind": p.kind.value, "description": p.description, "unit_price": str(p.unit_price), "unit": p.unit}
+        for p in prices]})
 
 
 def _to_charge(row: Any) -> tuple[int, Charge]:
     m = row._mapping
     lines = tuple(QuoteLine(LineKind(l["kind"]), l["description"], Decimal(l["unit_price"]), l["quantity"], l["unit"])
-                  for l in _load(m["lines"], "lines"))
+                  for l in CHARGE_LINES.loads(m["lines"])["lines"])
     quote = Quote(m["currency"], ChargeType(m["charge_type"]), lines)
+    # instance_ids: a plain JSON array of ids in every release (a value, not a document; of_account's LIKE filter
+    # relies on its form).
     return m["seq"], Charge(m["charge_id"], m["account_id"], m["region"], quote, tuple(json.loads(m["instance_ids"])),
                             m["create_time"], m["idempotency_key"], m["request_fingerprint"], ChargeKind(m["kind"]),
                             m["usage_start_time"], m["usage_end_time"])
@@ -130,7 +130,7 @@ class ChargeRepository:
 def _to_segment(row: Any) -> Segment:
     m = row._mapping
     prices = tuple(UnitPrice(LineKind(p["kind"]), p["description"], Decimal(p["unit_price"]), p["unit"])
-                   for p in _load(m["prices"], "prices"))
+                   for p in SEGMENT_PRICES.loads(m["prices"])["prices"])
     return Segment(m["account_id"], m["instance_id"], m["segment_no"], m["region"], m["instance_type"],
                    ChargeType(m["charge_type"]), m["currency"], prices, m["start_time"], m["hours_billed"],
                    m["end_time"], m["prepaid_until"], m["seq"])

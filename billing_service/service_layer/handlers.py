@@ -57,7 +57,8 @@ def create_charge(launch: LaunchPricing, idempotency_key: str, instance_ids: lis
             return charge
         first = uow.charges.by_idempotency_key(account_id, idempotency_key)
         uow.commit()
-    if first is None or first.request_fingerprint not in (fingerprint, _legacy_fingerprint(launch, instance_ids)):
+    if first is None or first.request_fingerprint not in (fingerprint,
+                                                           legacy_charge_fingerprint(launch, instance_ids)):
         raise FailedPrecondition("IDEMPOTENCY_PARAMETER_MISMATCH",
                                  "idempotency_key was used before for a different charge",
                                  subject=f"idempotency_key:{idempotency_key}")
@@ -82,9 +83,19 @@ def charge_fingerprint(launch: LaunchPricing, instance_ids: list[str]) -> str:
     return fingerprint("charge", **launch.fingerprint_fields(), instance_ids=sorted(instance_ids))
 
 
-def _legacy_fingerprint(launch: LaunchPricing, instance_ids: list[str]) -> str:
-    """How charges recorded before named-field fingerprints were fingerprinted (repr of the request)."""
-    return hashlib.sha256(repr((launch, sorted(instance_ids))).encode()).hexdigest()
+def legacy_charge_fingerprint(launch: LaunchPricing, instance_ids: list[str]) -> str:
+    """How charges recorded before named-field fingerprints (d1e6c55) were fingerprinted: sha256 of the repr() of
+    (LaunchPricing, sorted instance ids). Spelled out from named fields as the dataclasses of that release
+    printed them, not from today's repr(), so a field added to LaunchPricing or ImagePricing since cannot
+    change it (and turn a launch left PENDING across a deploy into IDEMPOTENCY_PARAMETER_MISMATCH)."""
+    image, charge_type, os_kind = launch.image, launch.charge_type, launch.image.os_kind
+    printed = (f"LaunchPricing(region={launch.region!r}, instance_type={launch.instance_type!r}, "
+               f"instance_count={launch.instance_count!r}, "
+               f"charge_type=<ChargeType.{charge_type.name}: {charge_type.value!r}>, "
+               f"period_months={launch.period_months!r}, image=ImagePricing(image_id={image.image_id!r}, "
+               f"os_kind=<OsKind.{os_kind.name}: {os_kind.value!r}>, "
+               f"marketplace_product_id={image.marketplace_product_id!r}))")
+    return hashlib.sha256(f"({printed}, {sorted(instance_ids)!r})".encode()).hexdigest()
 
 
 def check_key(idempotency_key: str) -> None:

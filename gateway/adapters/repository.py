@@ -15,6 +15,7 @@ from sqlalchemy import Connection, delete, exists, select, update
 from chassis import jobs
 from chassis.db import insert_ignoring_duplicates
 from chassis.idempotency import ResponseFormat
+from chassis.stored import Document
 from gateway.adapters.tables import ACCOUNTS, API_KEYS, INSTANCES, JOBS, LAUNCHES
 from gateway.domain.api_keys import Account, ApiKey
 from gateway.domain.instances import Instance, InstanceState, Launch, LaunchRequest, LaunchState, Reset
@@ -151,39 +152,74 @@ class InstanceRepository:
         return ended.rowcount == 1
 
 
+def _unversioned_quote_to_1(q: dict[str, Any]) -> dict[str, Any]:
+    """Version 0, the unversioned quote (up to this change): the fields of version 1 without ``"v"``. Every
+    release wrote ``image_allowed``; a quote without it is read as allowed, which is what the gateway answered
+    before it had a verdict to report (a quote's default). Line kinds were billing's ``LINE_KIND_`` names
+    without the prefix before 8fe2015, the same strings as QuoteLineKind's values."""
+    return {"image_allowed": True, **q}
+
+
+# A launch's quote (the launch row's ``quote`` column, and inside a ResetInstance answer). Version 1:
+# currency, charge_type, total, image_allowed, and lines of kind, description, unit_price, quantity, unit, amount.
+QUOTE = Document("quote", 1, upgrades={0: _unversioned_quote_to_1})
+
+
 def quote_to_json(quote: Quote) -> dict[str, Any]:
-    return {
+    return QUOTE.dump({
         "currency": quote.currency, "charge_type": quote.charge_type.value, "total": str(quote.total),
         "image_allowed": quote.image_allowed,
         "lines": [{"kind": l.kind.value, "description": l.description, "unit_price": str(l.unit_price),
                    "quantity": l.quantity, "unit": l.unit, "amount": str(l.amount)} for l in quote.lines],
-    }
+    })
 
 
-def quote_from_json(q: dict[str, Any]) -> Quote:
+def quote_from_json(stored: Any) -> Quote:
+    """The one decoder of stored quotes, of any version."""
+    q = QUOTE.load(stored)
     lines = tuple(QuoteLine(QuoteLineKind(l["kind"]), l["description"], Decimal(l["unit_price"]), l["quantity"],
                             l["unit"], Decimal(l["amount"])) for l in q["lines"])
     return Quote(q["currency"], ChargeType(q["charge_type"]), lines, Decimal(q["total"]), q["image_allowed"])
 
 
+def _unversioned_launch_request_to_1(stored: dict[str, Any]) -> dict[str, Any]:
+    """Version 0, the unversioned launch request: ``request`` (LaunchRequest's fields by name, charge_type by
+    value), image_os_type, image_architecture and marketplace_product_id; image_allowed only from 432bc98 on.
+    A launch recorded before 432bc98 was claimed only after the launch checks of its time passed, and that
+    release answered its replays with the quote's default verdict: allowed, so image_allowed defaults to True."""
+    return {"image_allowed": True, **stored}
+
+
+# The launch row's ``request`` column: what a launch asked for and what it saw of its image, so that its call,
+# a retry or its job can finish it. Version 1: the fields of version 0, image_allowed always present.
+LAUNCH_REQUEST = Document("launch request", 1, upgrades={0: _unversioned_launch_request_to_1})
+
+
 def _request_json(launch: Launch) -> str:
-    request = dataclasses.asdict(launch.request)
-    request["charge_type"] = launch.request.charge_type.value
-    return json.dumps({"request": request, "image_os_type": launch.image_os_type.value,
-                       "image_architecture": launch.image_architecture.value,
-                       "marketplace_product_id": launch.marketplace_product_id,
-                       "image_allowed": launch.image_allowed})
+    r = launch.request
+    return LAUNCH_REQUEST.dumps({
+        "request": {"region": r.region, "image_id": r.image_id, "instance_type": r.instance_type,
+                    "instance_count": r.instance_count, "charge_type": r.charge_type.value,
+                    "period_months": r.period_months, "system_disk_gb": r.system_disk_gb,
+                    "instance_name": r.instance_name, "client_token": r.client_token},
+        "image_os_type": launch.image_os_type.value, "image_architecture": launch.image_architecture.value,
+        "marketplace_product_id": launch.marketplace_product_id, "image_allowed": launch.image_allowed})
 
 
 def _to_launch(row: object) -> Launch:
     m = row._mapping  # type: ignore[attr-defined]
-    stored = json.loads(m["request"])
-    request = LaunchRequest(**{**stored["request"], "charge_type": ChargeType(stored["request"]["charge_type"])})
+    stored = LAUNCH_REQUEST.loads(m["request"])
+    r = stored["request"]
+    request = LaunchRequest(region=r["region"], image_id=r["image_id"], instance_type=r["instance_type"],
+                            instance_count=r["instance_count"], charge_type=ChargeType(r["charge_type"]),
+                            period_months=r["period_months"], system_disk_gb=r["system_disk_gb"],
+                            instance_name=r["instance_name"], client_token=r["client_token"])
     return Launch(
         launch_id=m["launch_id"], account_id=m["account_id"], client_token=m["client_token"],
         fingerprint=m["fingerprint"], state=LaunchState(m["state"]), request=request,
         image_os_type=OsType(stored["image_os_type"]), image_architecture=Architecture(stored["image_architecture"]),
         marketplace_product_id=stored["marketplace_product_id"], image_allowed=stored["image_allowed"],
+        # A plain JSON array of instance ids in every release: a value, not a document with a schema.
         instance_ids=json.loads(m["instance_ids"]),
         create_time=m["create_time"], quote=quote_from_json(json.loads(m["quote"])) if m["quote"] else None,
         charge_id=m["charge_id"],
@@ -289,17 +325,17 @@ def _instances_to_json(instances: list[Instance]) -> list[dict[str, Any]]:
              "terminate_time": _time_json(i.terminate_time)} for i in instances]
 
 
-def _instances_from_json(version: int, stored: Any) -> list[Instance]:
-    if version != 1:
-        raise ValueError(f"stored instances of unknown version {version}")
+def _instances_from_json(stored: Any) -> list[Instance]:
     return [Instance(i["instance_id"], i["account_id"], i["region"], i["instance_name"], i["instance_type"],
                      i["image_id"], InstanceState(i["state"]), ChargeType(i["charge_type"]), i["system_disk_gb"],
                      Architecture(i["architecture"]), i["launch_id"], _utc(datetime.fromisoformat(i["create_time"])),
                      _time_of(i["update_time"]), _time_of(i["terminate_time"])) for i in stored]
 
 
-# What TerminateInstances answered: the instances, TERMINATED.
-INSTANCES_ANSWER = ResponseFormat(version=1, encode=_instances_to_json, decode=_instances_from_json)
+# What TerminateInstances answered: the instances, TERMINATED. Version 1 (the first): a list of instances, their
+# fields by name, times in ISO 8601.
+INSTANCES_ANSWER = ResponseFormat.of(Document("TerminateInstances answer", 1), encode=_instances_to_json,
+                                     decode=_instances_from_json)
 
 
 @dataclass(frozen=True)
@@ -315,27 +351,42 @@ def _reset_answer_to_json(answer: ResetAnswer) -> dict[str, Any]:
     return {"reset_id": answer.reset_id, "instance_id": answer.instance_id, "quote": quote_to_json(answer.quote)}
 
 
-def _reset_answer_from_json(version: int, stored: Any) -> ResetAnswer:
-    if version != 1:
-        raise ValueError(f"stored reset answer of unknown version {version}")
+def _reset_answer_from_json(stored: Any) -> ResetAnswer:
     return ResetAnswer(stored["reset_id"], stored["instance_id"], quote_from_json(stored["quote"]))
 
 
-# What ResetInstance answered.
-RESET_ANSWER = ResponseFormat(version=1, encode=_reset_answer_to_json, decode=_reset_answer_from_json)
+# What ResetInstance answered. Version 1 (the first): reset_id, instance_id and the quote, a document of its own
+# (unversioned, i.e. version 0, in the answers kept before quotes carried a version).
+RESET_ANSWER = ResponseFormat.of(Document("ResetInstance answer", 1), encode=_reset_answer_to_json,
+                                 decode=_reset_answer_from_json)
+
+
+def _unversioned_reset_job_to_1(stored: dict[str, Any]) -> dict[str, Any]:
+    """Version 0, the reset job's data as 8fe2015 wrote it (the job table versioned only its envelope): the
+    fields of version 1; only the version is new."""
+    return stored
+
+
+# A reset job's data (inside the job table's envelope). Version 1: reset_id, account_id, instance_id, region,
+# instance_type, charge_type, period_months, launch_time, image_id, image_os_type, marketplace_product_id and
+# effective_time (times in ISO 8601).
+RESET_JOB = Document("reset job", 1, upgrades={0: _unversioned_reset_job_to_1})
 
 
 def reset_to_json(reset: Reset) -> dict[str, Any]:
-    """A reset as its job's payload (the job table versions payloads)."""
-    return {"reset_id": reset.reset_id, "account_id": reset.account_id, "instance_id": reset.instance_id,
-            "region": reset.region, "instance_type": reset.instance_type, "charge_type": reset.charge_type.value,
-            "period_months": reset.period_months, "launch_time": _time_json(reset.launch_time),
-            "image_id": reset.image_id, "image_os_type": reset.image_os_type.value,
-            "marketplace_product_id": reset.marketplace_product_id,
-            "effective_time": _time_json(reset.effective_time)}
+    """A reset as its job's data."""
+    return RESET_JOB.dump({
+        "reset_id": reset.reset_id, "account_id": reset.account_id, "instance_id": reset.instance_id,
+        "region": reset.region, "instance_type": reset.instance_type, "charge_type": reset.charge_type.value,
+        "period_months": reset.period_months, "launch_time": _time_json(reset.launch_time),
+        "image_id": reset.image_id, "image_os_type": reset.image_os_type.value,
+        "marketplace_product_id": reset.marketplace_product_id, "effective_time": _time_json(reset.effective_time),
+    })
 
 
-def reset_from_json(stored: dict[str, Any]) -> Reset:
+def reset_from_json(data: dict[str, Any]) -> Reset:
+    """The one decoder of a reset job's data, of any version."""
+    stored = RESET_JOB.load(data)
     return Reset(stored["reset_id"], stored["account_id"], stored["instance_id"], stored["region"],
                  stored["instance_type"], ChargeType(stored["charge_type"]), stored["period_months"],
                  _utc(datetime.fromisoformat(stored["launch_time"])), stored["image_id"],

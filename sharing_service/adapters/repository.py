@@ -10,6 +10,7 @@ from sqlalchemy import Connection, delete, func, select, update
 
 from chassis.db import insert_ignoring_duplicates
 from chassis.idempotency import ResponseFormat
+from chassis.stored import Document
 from sharing_service.adapters.tables import IMAGE_LOCKS, SHARES
 from sharing_service.domain.model import Share, ShareState
 
@@ -107,15 +108,16 @@ def _shares_to_json(shares: list[Share]) -> list[dict[str, str]]:
              "create_time": s.create_time.isoformat()} for s in shares]
 
 
-def _shares_from_json(version: int, shares: Any) -> list[Share]:
-    if version != 1:
-        raise ValueError(f"stored shares of unknown version {version}")
+def _shares_from_json(shares: Any) -> list[Share]:
     return [Share(s["image_id"], s["region"], s["owner_account_id"], s["recipient_account_id"],
                   ShareState(s["state"]), datetime.fromisoformat(s["create_time"])) for s in shares]
 
 
-# What ShareImage and UnshareImage answered: the image's shares after the call.
-SHARES_ANSWER = ResponseFormat(version=1, encode=_shares_to_json, decode=_shares_from_json)
-# What AcceptImageShare and RejectImageShare answered: the share after the call (kept as a list of one).
-SHARE_ANSWER = ResponseFormat(version=1, encode=lambda share: _shares_to_json([share]),
-                              decode=lambda version, stored: _shares_from_json(version, stored)[0])
+# What ShareImage and UnshareImage answered: the image's shares after the call. Version 1 (the first): a list of
+# shares, image_id, region, owner_account_id, recipient_account_id, state and create_time (ISO 8601).
+SHARES_ANSWER = ResponseFormat.of(Document("ShareImage answer", 1), encode=_shares_to_json,
+                                  decode=_shares_from_json)
+# What AcceptImageShare and RejectImageShare answered: the share after the call (kept as a list of one, in the
+# shape of SHARES_ANSWER). Version 1 (the first).
+SHARE_ANSWER = ResponseFormat.of(Document("AcceptImageShare answer", 1), encode=lambda share: _shares_to_json([share]),
+                                 decode=lambda stored: _shares_from_json(stored)[0])

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, and_, delete, or_, select, update
 
 from chassis.db import insert_ignoring_duplicates
 from chassis.idempotency import ResponseFormat
+from chassis.stored import Document
 from sharing_service.adapters.tables import TRUST_ENTRIES, TRUST_POLICIES
 from sharing_service.domain.trust import DEFAULT_POLICY, TrustPolicy, TrustPolicyMode
 from sharing_service.domain.verdict import AllowList
@@ -132,9 +133,7 @@ def _policy_to_json(policy: TrustPolicy) -> dict[str, Any]:
             "update_time": None if policy.update_time is None else policy.update_time.isoformat()}
 
 
-def _policy_from_json(version: int, stored: Any) -> TrustPolicy:
-    if version != 1:
-        raise ValueError(f"stored trust policy of unknown version {version}")
+def _policy_from_json(stored: Any) -> TrustPolicy:
     update_time = stored["update_time"]
     return TrustPolicy(
         trusted_account_ids=tuple(stored["trusted_account_ids"]), mode=TrustPolicyMode(stored["mode"]),
@@ -144,5 +143,7 @@ def _policy_from_json(version: int, stored: Any) -> TrustPolicy:
         update_time=None if update_time is None else datetime.fromisoformat(update_time))
 
 
-# What UpdateTrustPolicy answered: the whole policy after the call.
-POLICY_ANSWER = ResponseFormat(version=1, encode=_policy_to_json, decode=_policy_from_json)
+# What UpdateTrustPolicy answered: the whole policy after the call. Version 1 (the first): trusted_account_ids,
+# mode, allow_platform_images, allowed_marketplace_providers, allowed_account_ids, update_time (ISO 8601 or null).
+POLICY_ANSWER = ResponseFormat.of(Document("UpdateTrustPolicy answer", 1), encode=_policy_to_json,
+                                  decode=_policy_from_json)
