@@ -292,6 +292,15 @@ class JobQueue:
             connection.execute(update(self.table).where(self._held(job)).values(
                 lease_owner="", lease_until=now + delay, error=_clipped(error), update_time=now))
 
+    def leave_untried(self, job: Job, error: str) -> None:
+        """Gives the lease back as if this claim never happened (its attempt is not counted), due again after
+        a lease: for a job whose data this release cannot read, which a newer replica can."""
+        now = self._now()
+        with self.db.engine.begin() as connection:
+            connection.execute(update(self.table).where(self._held(job)).values(
+                lease_owner="", lease_until=now + self.lease, attempts=self.table.c.attempts - 1,
+                error=_clipped(error), update_time=now))
+
     def release(self, job: Job) -> None:
         """Gives the lease back at once: another worker (or replica) takes the job now."""
         now = self._now()
@@ -413,6 +422,12 @@ def job_worker(queue: JobQueue, handlers: Mapping[str, JobHandler], *, concurren
                 raise
             return  # the lease was lost: the job is someone else's
         except JobLost:
+            return
+        except UnknownVersion as exc:  # its data is a newer release's: not a failure, left to a replica that reads it
+            log.warning("job data unreadable here; left for another replica",
+                        extra=fields(job_id=job.job_id, kind=job.kind, error=str(exc)))
+            if not run.lost:
+                await asyncio.to_thread(queue.leave_untried, job, str(exc))
             return
         except Exception as exc:
             if not run.lost:

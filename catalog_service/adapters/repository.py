@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, false, func, not_, or_, select, update
 
@@ -13,6 +15,7 @@ from catalog_service.domain.model import (
 )
 from chassis import jobs
 from chassis.db import insert_ignoring_duplicates
+from chassis.stored import Document
 
 _IMAGE_FIELDS = [f.name for f in dataclasses.fields(Image)]
 
@@ -33,6 +36,90 @@ def _to_image(row: object) -> Image:
 
 def _to_row(image: Image) -> dict[str, object]:
     return {name: getattr(image, name) for name in _IMAGE_FIELDS}
+
+
+# The kinds of the catalog's jobs; each puts in the image store the bytes of the image that is its subject.
+CREATE_JOB, IMPORT_JOB, SYNC_JOB = "create-image", "import-image", "sync-image"
+
+
+def _unversioned_create_job_to_1(stored: dict[str, Any]) -> dict[str, Any]:
+    """Version 0, a create-image job's data as b0e6f8c wrote it (the job table versioned only its envelope):
+    image_id, region and checksum, the fields of version 1; only the version is new."""
+    return stored
+
+
+def _unversioned_import_job_to_1(stored: dict[str, Any]) -> dict[str, Any]:
+    """Version 0, an import-image job's data as b0e6f8c wrote it (the job table versioned only its envelope):
+    image_id, region, source_uri and format, the fields of version 1; only the version is new."""
+    return stored
+
+
+def _unversioned_sync_job_to_1(stored: dict[str, Any]) -> dict[str, Any]:
+    """Version 0, a sync-image job's data as b0e6f8c wrote it (the job table versioned only its envelope):
+    image_id, source_image_id, region, destination and checksum, the fields of version 1; only the version
+    is new."""
+    return stored
+
+
+# A create-image job's data (inside the job table's envelope). Version 1: image_id (the image it makes), region
+# and checksum (the base image's: where its bytes are, and which).
+CREATE_JOB_DATA = Document("create-image job", 1, upgrades={0: _unversioned_create_job_to_1})
+# An import-image job's data. Version 1: image_id (the image it makes, in region), region, source_uri and
+# format (ImageFormat's value, as declared by the caller).
+IMPORT_JOB_DATA = Document("import-image job", 1, upgrades={0: _unversioned_import_job_to_1})
+# A sync-image job's data. Version 1: image_id (the copy it makes, in destination), source_image_id, region and
+# checksum (the source image's: where its bytes are, and which) and destination.
+SYNC_JOB_DATA = Document("sync-image job", 1, upgrades={0: _unversioned_sync_job_to_1})
+_JOB_DATA = {CREATE_JOB: CREATE_JOB_DATA, IMPORT_JOB: IMPORT_JOB_DATA, SYNC_JOB: SYNC_JOB_DATA}
+
+
+@dataclass(frozen=True)
+class CopyJob:
+    """A create-image or sync-image job, as its handler sees it: copy the bytes ``checksum`` of ``region``
+    into the region of the image ``image_id``."""
+
+    image_id: str
+    region: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class ImportJob:
+    """An import-image job, as its handler sees it: stream ``source_uri``, declared ``format``, into
+    ``region``, the region of the image ``image_id``."""
+
+    image_id: str
+    region: str
+    source_uri: str
+    format: str
+
+
+def create_job_data(image_id: str, region: str, checksum: str) -> dict[str, Any]:
+    return CREATE_JOB_DATA.dump({"image_id": image_id, "region": region, "checksum": checksum})
+
+
+def import_job_data(image_id: str, region: str, source_uri: str, image_format: str) -> dict[str, Any]:
+    return IMPORT_JOB_DATA.dump({"image_id": image_id, "region": region, "source_uri": source_uri,
+                                 "format": image_format})
+
+
+def sync_job_data(image_id: str, source_image_id: str, region: str, destination: str,
+                  checksum: str) -> dict[str, Any]:
+    return SYNC_JOB_DATA.dump({"image_id": image_id, "source_image_id": source_image_id, "region": region,
+                               "destination": destination, "checksum": checksum})
+
+
+def image_job(kind: str, data: dict[str, Any]) -> CopyJob | ImportJob:
+    """The one decoder of the catalog's job data: the document of the job's kind, of any version. Data of a
+    version this release cannot read (a newer release's) raises chassis.stored.UnknownVersion; a kind it does
+    not know, ValueError."""
+    document = _JOB_DATA.get(kind)
+    if document is None:
+        raise ValueError(f"a job of kind {kind!r}: not a kind this release of the catalog knows")
+    stored = document.load(data)
+    if kind == IMPORT_JOB:
+        return ImportJob(stored["image_id"], stored["region"], stored["source_uri"], stored["format"])
+    return CopyJob(stored["image_id"], stored["region"], stored["checksum"])
 
 
 class CatalogRepository:
@@ -104,14 +191,15 @@ class CatalogRepository:
 
     def blobs_jobs_will_read(self) -> set[tuple[str, str]]:
         """Every (region, checksum) that a pending create or sync job is to copy."""
-        rows = self._connection.execute(select(JOBS.c.payload).where(JOBS.c.state == "PENDING"))
+        rows = self._connection.execute(select(JOBS.c.kind, JOBS.c.payload).where(JOBS.c.state == "PENDING"))
         found = set()
-        for (payload,) in rows:
-            # Through the job table's one decoder: a payload this release cannot read (a newer release's) raises,
-            # so the collection stops and deletes nothing rather than the bytes that job may be about to copy.
-            data = jobs.payload_data(payload)
-            if data.get("checksum") and data.get("region"):
-                found.add((data["region"], data["checksum"]))
+        for kind, payload in rows:
+            # Through the job table's decoder and its kind's: a payload or data this release cannot read (a newer
+            # release's), or a kind it does not know, raises, so the collection stops and deletes nothing rather
+            # than the bytes that job may be about to copy.
+            job = image_job(kind, jobs.payload_data(payload))
+            if isinstance(job, CopyJob) and job.checksum and job.region:
+                found.add((job.region, job.checksum))
         return found
 
     def lock_quota(self, account_id: str, regions: Iterable[str], today: str) -> dict[str, int]:

@@ -20,9 +20,10 @@ from datetime import timedelta
 from typing import Any
 
 from catalog_service.adapters.image_store import BlobMissing, ChecksumMismatch, ImageStore, TooLarge
+from catalog_service.adapters.repository import CREATE_JOB, IMPORT_JOB, SYNC_JOB, ImportJob, image_job
 from catalog_service.adapters.sources import ImportPolicy, ImportRefused, inspecting, open_source
 from catalog_service.domain.model import ImageState
-from catalog_service.service_layer.lifecycle import CREATE_JOB, IMPORT_JOB, SYNC_JOB, size_gb_of
+from catalog_service.service_layer.lifecycle import size_gb_of
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork
 from chassis.jobs import Job, JobQueue, JobRun
 from chassis.logs import fields
@@ -56,7 +57,10 @@ class ImageJobs:
         await asyncio.to_thread(self._run, job, run)
 
     def _run(self, job: Job, run: JobRun) -> None:
-        image_id = job.data["image_id"]
+        # Data this release cannot read (a newer release's) raises UnknownVersion before anything is done: the
+        # worker tries the job again later, on whichever replica claims it.
+        data = image_job(job.kind, job.data)
+        image_id = data.image_id
         with self.new_uow(read_only=True) as uow:
             image = uow.images.get(image_id)
         if image is None or not image.state.busy:  # deleted, or finished by a replica before us
@@ -64,12 +68,11 @@ class ImageJobs:
             return
         progress = _Progress(self, job, run, image_id)
         try:
-            if job.kind == IMPORT_JOB:
-                outcome = self._import(job, progress)
+            if isinstance(data, ImportJob):
+                outcome = self._import(job, data, progress)
             else:
-                blob = self.store.copy(job.data["region"], job.data["checksum"], image.region,
-                                       progress=progress.of_total(self.store.size(job.data["region"],
-                                                                                  job.data["checksum"])))
+                blob = self.store.copy(data.region, data.checksum, image.region,
+                                       progress=progress.of_total(self.store.size(data.region, data.checksum)))
                 outcome = {"state": ImageState.NORMAL.value, "checksum_sha256": blob.checksum}
         except BlobMissing:
             outcome = _failed(job, "SOURCE_BYTES_MISSING: the bytes to copy are no longer in the image store")
@@ -77,11 +80,10 @@ class ImageJobs:
             outcome = _failed(job, f"CHECKSUM_MISMATCH: {exc}")
         self._end(job, image_id, outcome)
 
-    def _import(self, job: Job, progress: _Progress) -> dict[str, object]:
+    def _import(self, job: Job, data: ImportJob, progress: _Progress) -> dict[str, object]:
         try:
-            stream, verdict = inspecting(open_source(job.data["source_uri"], self.import_policy),
-                                         job.data["format"].lower())
-            blob = self.store.write(job.data["region"], stream, progress=progress.unbounded,
+            stream, verdict = inspecting(open_source(data.source_uri, self.import_policy), data.format.lower())
+            blob = self.store.write(data.region, stream, progress=progress.unbounded,
                                     max_bytes=self.import_policy.max_bytes)
             inspection = verdict()
         except ImportRefused as refused:
@@ -109,8 +111,9 @@ class ImageJobs:
                                                      state=outcome["state"]))
 
     def _gave_up(self, job: Job, error: str) -> None:
-        """A job that failed again and again: its image fails, saying so."""
-        image_id = job.data["image_id"]
+        """A job that failed again and again: its image fails, saying so. The image is the job's subject (in
+        every release), so that one whose data this release could not read fails too, not busy for ever."""
+        image_id = job.subject
         with self.new_uow() as uow:
             current = uow.images.get(image_id)
             if current is not None and current.state.busy:

@@ -12,6 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from catalog_service.adapters.repository import (
+    CREATE_JOB, IMPORT_JOB, SYNC_JOB, create_job_data, import_job_data, sync_job_data,
+)
 from catalog_service.adapters.sources import ImportPolicy, ImportRefused, check_source
 from catalog_service.adapters.tables import JOBS
 from catalog_service.domain.model import (
@@ -24,7 +27,6 @@ from chassis import ids, jobs
 from chassis.clock import Clock, SystemClock
 from chassis.errors import FailedPrecondition, InvalidArgument, clipped
 
-CREATE_JOB, IMPORT_JOB, SYNC_JOB = "create-image", "import-image", "sync-image"
 GIB = 1 << 30
 
 
@@ -144,7 +146,7 @@ def create_image(account_id: str, request: CreateRequest, deps: Lifecycle) -> Im
             return image
         uow.images.add(image)
         jobs.enqueue(uow.connection, JOBS, CREATE_JOB, image.image_id,
-                     {"image_id": image.image_id, "region": base.region, "checksum": base.checksum_sha256}, now)
+                     create_job_data(image.image_id, base.region, base.checksum_sha256), now)
         _consume(uow, deps, account_id, used)
         claim.answer([image])
         uow.commit()
@@ -207,8 +209,7 @@ def import_image(account_id: str, request: ImportRequest, deps: Lifecycle) -> Im
             return image
         uow.images.add(image)
         jobs.enqueue(uow.connection, JOBS, IMPORT_JOB, image.image_id,
-                     {"image_id": image.image_id, "region": image.region, "source_uri": request.source_uri,
-                      "format": request.format.value}, now)
+                     import_job_data(image.image_id, image.region, request.source_uri, request.format.value), now)
         _consume(uow, deps, account_id, used)
         claim.answer([image])
         uow.commit()
@@ -265,8 +266,8 @@ def sync_image(account_id: str, image_id: str, destinations: list[str], request_
         for copy in copies:
             uow.images.add(copy)
             jobs.enqueue(uow.connection, JOBS, SYNC_JOB, copy.image_id,
-                         {"image_id": copy.image_id, "source_image_id": source.image_id, "region": source.region,
-                          "destination": copy.region, "checksum": source.checksum_sha256}, now)
+                         sync_job_data(copy.image_id, source.image_id, source.region, copy.region,
+                                       source.checksum_sha256), now)
         _consume(uow, deps, account_id, used)
         claim.answer(copies)
         uow.commit()

@@ -11,6 +11,7 @@ from catalog_service.domain.model import (
 )
 from chassis.db import UnitOfWork
 from chassis.idempotency import RequestLedger, ResponseFormat
+from chassis.stored import Document
 
 _ENUMS = {"image_type": ImageType, "state": ImageState, "os_type": OsType, "architecture": Architecture,
           "source": ImageSource}
@@ -26,8 +27,9 @@ def _encode(images: list[Image]) -> list[dict[str, Any]]:
     return encoded
 
 
-def _decode(version: int, stored: Any) -> list[Image]:
-    """Version 1: the images' fields by name; a field added later and absent here takes its default."""
+def _decode(stored: Any) -> list[Image]:
+    """The images of a version 1 answer, their fields by name: one added to Image after the answer was kept, and
+    absent from it, takes its default; one no longer in Image is dropped."""
     images = []
     for values in stored:
         known = {k: v for k, v in values.items() if k in _FIELDS}
@@ -38,8 +40,10 @@ def _decode(version: int, stored: Any) -> list[Image]:
     return images
 
 
-# What a mutation answered, kept by request_id: the images it made or changed (none for a delete).
-IMAGES_RESPONSE = ResponseFormat(version=1, encode=_encode, decode=_decode)
+# What a mutation answered, kept by request_id: the images it made or changed (none for a delete). Version 1,
+# the only one ever written (b0e6f8c on): a list of images, their fields by name, enums by value, create_time
+# in ISO 8601.
+IMAGES_RESPONSE = ResponseFormat.of(Document("catalog mutation answer", 1), encode=_encode, decode=_decode)
 
 
 class CatalogUnitOfWork(UnitOfWork):

@@ -392,3 +392,36 @@ def reset_from_json(data: dict[str, Any]) -> Reset:
                  _utc(datetime.fromisoformat(stored["launch_time"])), stored["image_id"],
                  OsType(stored["image_os_type"]), stored["marketplace_product_id"],
                  _utc(datetime.fromisoformat(stored["effective_time"])))
+
+
+@dataclass(frozen=True)
+class EndUsage:
+    """What an end-usage job tells billing: the account's terminated instances and when their usage ended."""
+
+    account_id: str
+    instance_ids: list[str]
+    end_time: datetime
+
+
+def _unversioned_end_usage_job_to_1(stored: dict[str, Any]) -> dict[str, Any]:
+    """Version 0, the end-usage job's data as 8fe2015 wrote it (the job table versioned only its envelope):
+    account_id, instance_ids and end_time (ISO 8601), the fields of version 1; only the version is new."""
+    return stored
+
+
+# An end-usage job's data (inside the job table's envelope). Version 1: account_id, instance_ids (a list of
+# instance ids) and end_time (ISO 8601).
+END_USAGE_JOB = Document("end-usage job", 1, upgrades={0: _unversioned_end_usage_job_to_1})
+
+
+def end_usage_to_json(end: EndUsage) -> dict[str, Any]:
+    """An end of usage as its job's data."""
+    return END_USAGE_JOB.dump({"account_id": end.account_id, "instance_ids": list(end.instance_ids),
+                               "end_time": _time_json(end.end_time)})
+
+
+def end_usage_from_json(data: dict[str, Any]) -> EndUsage:
+    """The one decoder of an end-usage job's data, of any version."""
+    stored = END_USAGE_JOB.load(data)
+    return EndUsage(str(stored["account_id"]), [str(i) for i in stored["instance_ids"]],
+                    _utc(datetime.fromisoformat(stored["end_time"])))

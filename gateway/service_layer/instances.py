@@ -19,7 +19,7 @@ from chassis.context import Caller
 from chassis.errors import DomainError, NotFound
 from chassis.jobs import Job, JobRun
 from chassis.logs import fields
-from gateway.adapters.repository import END_USAGE
+from gateway.adapters.repository import END_USAGE, EndUsage, end_usage_from_json, end_usage_to_json
 from gateway.adapters.tables import JOBS
 from gateway.domain.instances import (
     Instance, InstanceState, instance_ids_to_terminate, to_terminate,
@@ -94,7 +94,7 @@ async def terminate_instances(caller: Caller, instance_ids: list[str], request_i
         job_id = ""
         if ending:
             job_id = jobs.enqueue(uow.connection, JOBS, END_USAGE, caller.account_id,
-                                  _end_usage_data(caller.account_id, ending, now), now,
+                                  end_usage_to_json(EndUsage(caller.account_id, ending, now)), now,
                                   lease_owner=REPLICA, lease_until=now + HOLD)
         ended = set(ending)
         answer = [replace(found[i], state=InstanceState.TERMINATED, update_time=now, terminate_time=now)
@@ -104,10 +104,6 @@ async def terminate_instances(caller: Caller, instance_ids: list[str], request_i
     if ending:
         await _end_usage(caller.account_id, ending, now, job_id, deps)
     return answer
-
-
-def _end_usage_data(account_id: str, instance_ids: list[str], end_time: datetime) -> dict[str, object]:
-    return {"account_id": account_id, "instance_ids": instance_ids, "end_time": end_time.isoformat()}
 
 
 async def _end_usage(account_id: str, instance_ids: list[str], end_time: datetime, job_id: str,
@@ -131,7 +127,9 @@ async def _end_usage(account_id: str, instance_ids: list[str], end_time: datetim
 
 async def end_usage_job(job: Job, run: JobRun, deps: Dependencies) -> None:
     """The job of a termination whose call could not tell billing: tells it (idempotent). Raises while
-    billing cannot be reached; the worker tries again later."""
-    context.current_caller.set(Caller(str(job.data["account_id"])))
+    billing cannot be reached; the worker tries again later. Data this release cannot read (a newer release's)
+    raises chassis.stored.UnknownVersion before billing is told anything: the job waits for a replica that reads it."""
+    end = end_usage_from_json(job.data)
+    context.current_caller.set(Caller(end.account_id))
     context.deadline.set(None)
-    await deps.billing.end_usage(list(job.data["instance_ids"]), datetime.fromisoformat(str(job.data["end_time"])))
+    await deps.billing.end_usage(end.instance_ids, end.end_time)

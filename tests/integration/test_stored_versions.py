@@ -3,11 +3,14 @@ today's code, on SQLite and PostgreSQL: a launch recorded before its request car
 432bc98) answers its retry with the recorded result; a launch left PENDING by such a release, which billing
 charged under the old repr() fingerprint, is settled by the gateway's job worker into RUNNING instances and
 one charge; billing reads charge lines kept as a bare list and answers a retried CreateCharge whose first
-charge has the old fingerprint; a job payload of the previous release runs."""
+charge has the old fingerprint; an end-usage job of the previous release ends its instances' usage at billing;
+the catalog's create, import and sync jobs of the previous release finish their images, and its kept answers
+replay. Each kind's data written by a newer release is refused with UnknownVersion: its job waits, untouched."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -20,21 +23,26 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 import billing_service
-from billing_service.adapters.tables import CHARGES
+from billing_service.adapters.tables import CHARGES, SEGMENTS
 from billing_service.adapters.tables import TABLES as BILLING_TABLES
-from catalog_service.domain.seed import seed_image_id
+from catalog_service.adapters.tables import IMAGES as CATALOG_IMAGES
+from catalog_service.adapters.tables import JOBS as CATALOG_JOBS
+from catalog_service.domain.seed import seed_checksum, seed_image_id
 from chassis.db import Database
 from chassis.migrations import migrate
 from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
 from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from gateway.adapters.tables import INSTANCES, JOBS, LAUNCHES
 from gateway.bootstrap import open_database
-from tests.conftest import ALICE, internal_metadata
+from tests.conftest import ALICE, CAROL, internal_metadata
 from tests.integration.cloud import SERVICES, start_services
 
-UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
+GZ, SH = "ap-guangzhou", "ap-shanghai"
+UBUNTU = seed_image_id(GZ, "ubuntu-2204-x86")
 LONG_AGO = datetime.now(UTC) - timedelta(hours=1)
 
 
@@ -200,18 +208,198 @@ async def test_billing_answers_a_retried_charge_whose_first_charge_has_the_old_f
     assert count(urls["billing"], CHARGES) == 1
 
 
-async def test_a_job_payload_of_the_previous_release_runs(urls, serve):
-    """An end-usage job as 8fe2015 enqueued it (the job table's envelope, version 1), due and unclaimed."""
-    db, _ = open_database(urls["gateway"])
-    payload = {"v": 1, "data": {"account_id": ALICE, "instance_ids": ["ins-term0001"],
-                                "end_time": LONG_AGO.isoformat()}}
-    with db.engine.begin() as connection:
-        connection.execute(JOBS.insert().values(
-            job_id="job-old-end-usage", kind="end-usage", subject=ALICE,
-            payload=json.dumps(payload, separators=(",", ":"), sort_keys=True), state="PENDING", lease_owner="",
-            lease_until=None, attempts=0, progress=0, error="", create_time=LONG_AGO, update_time=LONG_AGO))
-    db.dispose()
-    await start_services(serve, urls)
+def insert_job(url: str, job_id: str, kind: str, subject: str, data: dict, tables=None) -> None:
+    """A due, unclaimed job in the job table's envelope as every release wrote it (150e0ba on: version 1,
+    compact, sorted keys), around ``data`` in the shape given."""
+    from sqlalchemy import Table
 
-    await until(lambda: count(urls["gateway"], JOBS, JOBS.c.job_id == "job-old-end-usage",
-                              JOBS.c.state == "DONE") == 1)
+    table: Table = JOBS if tables is None else tables
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(table.insert().values(
+            job_id=job_id, kind=kind, subject=subject,
+            payload=json.dumps({"v": 1, "data": data}, separators=(",", ":"), sort_keys=True), state="PENDING",
+            lease_owner="", lease_until=None, attempts=0, progress=0, error="", create_time=LONG_AGO,
+            update_time=LONG_AGO))
+    engine.dispose()
+
+
+def job_row(url: str, table, job_id: str):
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        found = connection.execute(select(table).where(table.c.job_id == job_id)).one()
+    engine.dispose()
+    return found
+
+
+def segment_end(url: str, instance_id: str) -> datetime | None:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        end = connection.execute(select(SEGMENTS.c.end_time).where(SEGMENTS.c.instance_id == instance_id)).scalar_one()
+    engine.dispose()
+    return None if end is None else (end if end.tzinfo else end.replace(tzinfo=UTC))
+
+
+async def test_an_end_usage_job_of_the_previous_release_ends_the_usage_and_a_newer_one_waits(urls, serve):
+    """Two instances terminated by the previous release, whose call could not tell billing. The end-usage job it
+    enqueued (8fe2015 on: the job table's envelope, its data unversioned) ends its instance's usage at billing
+    and is DONE; one a newer release wrote (data of version 2) is refused with UnknownVersion, tells billing
+    nothing and waits, PENDING, for a replica that reads it."""
+    addrs, keys = await start_services(serve, urls)
+    instances = pb_grpc.InstanceServiceStub(grpc.aio.insecure_channel(addrs["gateway"]))
+    auth = (("authorization", f"Bearer {keys['alice']}"),)
+    launched = await instances.RunInstances(run_request("t-end-usage", 2), metadata=auth)
+    old_one, newer_one = launched.instance_ids
+    assert segment_end(urls["billing"], old_one) is None and segment_end(urls["billing"], newer_one) is None
+    engine = create_engine(urls["gateway"])
+    with engine.begin() as connection:  # what the termination's transaction wrote beside its job
+        connection.execute(INSTANCES.update().where(INSTANCES.c.instance_id.in_([old_one, newer_one]))
+                           .values(state="TERMINATED"))
+    engine.dispose()
+    end_time = datetime.now(UTC)
+    insert_job(urls["gateway"], "job-old-end-usage", "end-usage", ALICE,
+               {"account_id": ALICE, "instance_ids": [old_one], "end_time": end_time.isoformat()})
+    insert_job(urls["gateway"], "job-new-end-usage", "end-usage", ALICE,
+               {"v": 2, "account_id": ALICE, "instance_ids": [newer_one], "end_time": end_time.isoformat()})
+
+    await until(lambda: job_row(urls["gateway"], JOBS, "job-old-end-usage").state == "DONE")
+    await until(lambda: job_row(urls["gateway"], JOBS, "job-new-end-usage").error != "")
+
+    ended = segment_end(urls["billing"], old_one)
+    assert ended is not None and abs(ended - end_time) < timedelta(milliseconds=1)
+    newer = job_row(urls["gateway"], JOBS, "job-new-end-usage")
+    assert newer.state == "PENDING" and "stored end-usage job of version 2" in newer.error
+    assert newer.attempts == 0  # left untried for a newer replica: never counted towards giving up
+    assert segment_end(urls["billing"], newer_one) is None
+
+
+# The catalog's job data as b0e6f8c enqueued it (unversioned, in the envelope), per kind.
+def old_catalog_job(kind: str, image_id: str, source_uri: str) -> dict:
+    ubuntu = seed_checksum("ubuntu-2204-x86")
+    return {
+        "create-image": {"image_id": image_id, "region": GZ, "checksum": ubuntu},
+        "import-image": {"image_id": image_id, "region": GZ, "source_uri": source_uri, "format": "RAW"},
+        "sync-image": {"image_id": image_id, "source_image_id": UBUNTU, "region": GZ, "destination": SH,
+                       "checksum": ubuntu},
+    }[kind]
+
+
+@pytest.fixture
+async def catalog(serve, urls: dict[str, str], tmp_path: Path):
+    """A catalog on its own database, and where it imports from."""
+    from catalog_service.bootstrap import bootstrap
+    from catalog_service.settings import CatalogSettings
+    from tests.conftest import INTERNAL_TOKEN
+
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    addr = await serve(bootstrap, CatalogSettings(database_url=urls["catalog"], internal_token=INTERNAL_TOKEN,
+                                                  image_store_dir=tmp_path / "images", import_root=imports))
+    channel = grpc.aio.insecure_channel(addr)
+    yield catalog_grpc.CatalogServiceStub(channel), imports
+    await channel.close()
+
+
+def add_busy_image(url: str, image_id: str, kind: str) -> None:
+    """The image an old job is to finish, as the catalog's repository writes it (the row is not a document)."""
+    from catalog_service.adapters.repository import CatalogRepository
+    from catalog_service.domain.model import ImageSource, ImageState, ImageType
+
+    state, source, region = {"create-image": (ImageState.CREATING, ImageSource.INSTANCE, GZ),
+                             "import-image": (ImageState.IMPORTING, ImageSource.IMPORT, GZ),
+                             "sync-image": (ImageState.SYNCING, ImageSource.SYNC, SH)}[kind]
+    db = Database(url)
+    with db.engine.begin() as connection:
+        images = CatalogRepository(connection)
+        base = images.get(UBUNTU)
+        assert base is not None
+        images.add(dataclasses.replace(
+            base, image_id=image_id, region=region, image_type=ImageType.CUSTOM, state=state, name=f"old {kind}",
+            owner_account_id=CAROL, source=source, base_image_id=UBUNTU, progress_percent=0, checksum_sha256="",
+            create_time=LONG_AGO))
+    db.dispose()
+
+
+async def image_of(stub, image_id: str, done: bool = True, seconds: float = 15.0):
+    busy = {catalog_pb.IMAGE_STATE_CREATING, catalog_pb.IMAGE_STATE_IMPORTING, catalog_pb.IMAGE_STATE_SYNCING}
+    deadline = time.monotonic() + seconds
+    while True:
+        image = (await stub.GetImage(catalog_pb.GetImageRequest(image_id=image_id),
+                                     metadata=internal_metadata(CAROL))).image
+        if not done or image.state not in busy:
+            return image
+        assert time.monotonic() < deadline, f"{image_id} still busy"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("kind", ["create-image", "import-image", "sync-image"])
+async def test_a_catalog_job_of_the_previous_release_is_claimed_and_finishes_its_image(catalog, urls, kind):
+    stub, imports = catalog
+    disk = imports / "disk.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    add_busy_image(urls["catalog"], "img-old00001", kind)
+    insert_job(urls["catalog"], "job-old-catalog", kind, "img-old00001",
+               old_catalog_job(kind, "img-old00001", disk.as_uri()), tables=CATALOG_JOBS)
+
+    done = await image_of(stub, "img-old00001")
+
+    assert done.state == catalog_pb.IMAGE_STATE_NORMAL, done.state_reason
+    expected = hashlib.sha256(disk.read_bytes()).hexdigest() if kind == "import-image" else \
+        seed_checksum("ubuntu-2204-x86")
+    assert done.checksum_sha256 == expected
+    assert job_row(urls["catalog"], CATALOG_JOBS, "job-old-catalog").state == "DONE"
+
+
+async def test_a_catalog_job_a_newer_release_wrote_is_refused_not_run(catalog, urls):
+    stub, _ = catalog
+    add_busy_image(urls["catalog"], "img-new00001", "create-image")
+    insert_job(urls["catalog"], "job-new-catalog", "create-image", "img-new00001",
+               {**old_catalog_job("create-image", "img-new00001", ""), "v": 2}, tables=CATALOG_JOBS)
+
+    await until(lambda: job_row(urls["catalog"], CATALOG_JOBS, "job-new-catalog").error != "")
+
+    newer = job_row(urls["catalog"], CATALOG_JOBS, "job-new-catalog")
+    assert newer.state == "PENDING" and "stored create-image job of version 2" in newer.error
+    assert newer.attempts == 0  # left untried for a newer replica: never counted towards giving up
+    image = await image_of(stub, "img-new00001", done=False)
+    assert image.state == catalog_pb.IMAGE_STATE_CREATING and not image.checksum_sha256
+
+
+def keep_catalog_answer(url: str, request_id: str, response: str) -> None:
+    """A CreateImage answer kept by request_id, its fingerprint as the ledger computes it."""
+    from catalog_service.adapters.tables import REQUESTS
+    from chassis.fingerprints import fingerprint
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(REQUESTS.insert().values(
+            account_id=CAROL, request_id=request_id, method="CreateImage",
+            fingerprint=fingerprint("CreateImage", region=GZ, instance_id="ins-0000000a", name="web",
+                                    description="", base_image_id=UBUNTU, size_gb=50),
+            response=response, create_time=datetime.now(UTC)))
+    engine.dispose()
+
+
+async def test_a_catalog_answer_kept_by_the_previous_release_replays_and_a_newer_one_is_refused(catalog, urls):
+    """CreateImage answers kept by request_id as b0e6f8c wrote them (envelope version 1, the image's fields by
+    name): a retry is answered with the image; one a newer release kept (version 2) is refused, nothing made."""
+    stub, _ = catalog
+    image = {"image_id": "img-kept0001", "region": GZ, "image_type": "CUSTOM", "state": "CREATING", "name": "web",
+             "description": "", "owner_account_id": CAROL, "platform": "Ubuntu", "os_name": "Ubuntu",
+             "os_type": "LINUX", "architecture": "X86_64", "size_gb": 50, "source": "INSTANCE",
+             "base_image_id": UBUNTU, "progress_percent": 0, "create_time": LONG_AGO.isoformat(),
+             "marketplace_product_id": "", "marketplace_provider": "", "checksum_sha256": "", "state_reason": ""}
+    keep_catalog_answer(urls["catalog"], "req-kept-old", json.dumps({"v": 1, "response": [image]}))
+    keep_catalog_answer(urls["catalog"], "req-kept-new", json.dumps({"v": 2, "response": [image]}))
+    request = catalog_pb.CreateImageRequest(region=GZ, instance_id="ins-0000000a", name="web", base_image_id=UBUNTU,
+                                            size_gb=50, request_id="req-kept-old")
+    images_before = count(urls["catalog"], CATALOG_IMAGES)
+
+    replayed = (await stub.CreateImage(request, metadata=internal_metadata(CAROL))).image
+
+    assert (replayed.image_id, replayed.state, replayed.size_gb) == ("img-kept0001", catalog_pb.IMAGE_STATE_CREATING,
+                                                                      50)
+    request.request_id = "req-kept-new"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.CreateImage(request, metadata=internal_metadata(CAROL))
+    assert count(urls["catalog"], CATALOG_IMAGES) == images_before  # neither call made an image

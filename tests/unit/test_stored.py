@@ -8,6 +8,7 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import MetaData, select, update
@@ -16,15 +17,24 @@ from billing_service.adapters.repository import CHARGE_LINES, SEGMENT_PRICES
 from billing_service.domain.model import ChargeType as BillingChargeType
 from billing_service.domain.model import ImagePricing, LaunchPricing, OsKind
 from billing_service.service_layer.handlers import legacy_charge_fingerprint
+from catalog_service.adapters.repository import (
+    CREATE_JOB, CREATE_JOB_DATA, IMPORT_JOB, IMPORT_JOB_DATA, SYNC_JOB, SYNC_JOB_DATA, CatalogRepository, CopyJob,
+    ImportJob, create_job_data, image_job, import_job_data, sync_job_data,
+)
+from catalog_service.adapters.tables import JOBS as CATALOG_JOBS
+from catalog_service.domain.model import ImageState
+from catalog_service.service_layer.unit_of_work import IMAGES_RESPONSE
 from chassis import jobs
 from chassis.clock import FakeClock
 from chassis.db import Database
 from chassis.idempotency import RequestLedger, ResponseFormat, request_table
 from chassis.stored import Document, UnknownVersion
 from gateway.adapters.repository import (
-    LAUNCH_REQUEST, QUOTE, RESET_ANSWER, RESET_JOB, quote_from_json, quote_to_json, reset_from_json, reset_to_json,
+    END_USAGE_JOB, LAUNCH_REQUEST, QUOTE, RESET_ANSWER, RESET_JOB, EndUsage, end_usage_from_json, end_usage_to_json,
+    quote_from_json, quote_to_json, reset_from_json, reset_to_json,
 )
 from gateway.domain.model import ChargeType, OsType, QuoteLineKind
+from gateway.service_layer.instances import end_usage_job
 
 # Three versions of a made-up document: 0 (unversioned) had "name"; 1 split it; 2 added "tags".
 PERSON = Document("person", 2, upgrades={
@@ -126,6 +136,109 @@ def test_a_reset_job_s_data_from_before_it_carried_a_version_reads():
     assert reset_to_json(reset) == {**old, "v": 1}
     with pytest.raises(UnknownVersion):
         RESET_JOB.load({**old, "v": 2})
+
+
+# An end-usage job's data as 8fe2015 enqueued it (inside the job envelope, unversioned).
+OLD_END_USAGE = {"account_id": "100000000001", "instance_ids": ["ins-00000001", "ins-00000002"],
+                 "end_time": "2026-11-28T01:00:00+00:00"}
+
+
+def test_an_end_usage_job_s_data_from_before_it_carried_a_version_reads():
+    end = end_usage_from_json(OLD_END_USAGE)
+    assert end == EndUsage("100000000001", ["ins-00000001", "ins-00000002"], datetime(2026, 11, 28, 1, tzinfo=UTC))
+    assert end_usage_to_json(end) == {**OLD_END_USAGE, "v": 1}
+    with pytest.raises(UnknownVersion, match="stored end-usage job of version 2"):
+        end_usage_from_json({**OLD_END_USAGE, "v": 2})
+    assert END_USAGE_JOB.version == 1
+
+
+class _Billing:
+    def __init__(self) -> None:
+        self.ended: list[tuple[list[str], datetime]] = []
+
+    async def end_usage(self, instance_ids: list[str], end_time: datetime) -> None:
+        self.ended.append((instance_ids, end_time))
+
+
+async def test_an_end_usage_job_of_a_newer_release_tells_billing_nothing_and_an_old_one_tells_it():
+    billing = _Billing()
+    deps = SimpleNamespace(billing=billing)
+    newer = jobs.Job("job-1", "end-usage", "100000000001", {**OLD_END_USAGE, "v": 2}, 1, 0)
+    with pytest.raises(UnknownVersion, match="stored end-usage job of version 2"):
+        await end_usage_job(newer, None, deps)  # type: ignore[arg-type]
+    assert billing.ended == []
+    old = jobs.Job("job-2", "end-usage", "100000000001", OLD_END_USAGE, 1, 0)
+    await end_usage_job(old, None, deps)  # type: ignore[arg-type]
+    assert billing.ended == [(["ins-00000001", "ins-00000002"], datetime(2026, 11, 28, 1, tzinfo=UTC))]
+
+
+# The catalog's job data as b0e6f8c enqueued it (inside the job envelope, unversioned), one shape per kind.
+OLD_CREATE_JOB = {"image_id": "img-00000003", "region": "ap-guangzhou", "checksum": "ab" * 32}
+OLD_IMPORT_JOB = {"image_id": "img-00000004", "region": "ap-guangzhou", "source_uri": "file:///imports/disk.raw",
+                  "format": "RAW"}
+OLD_SYNC_JOB = {"image_id": "img-00000005", "source_image_id": "img-00000003", "region": "ap-guangzhou",
+                "destination": "ap-shanghai", "checksum": "ab" * 32}
+
+
+def test_catalog_job_data_from_before_it_carried_a_version_reads_and_is_written_versioned():
+    assert image_job(CREATE_JOB, OLD_CREATE_JOB) == CopyJob("img-00000003", "ap-guangzhou", "ab" * 32)
+    assert image_job(IMPORT_JOB, OLD_IMPORT_JOB) == ImportJob("img-00000004", "ap-guangzhou",
+                                                              "file:///imports/disk.raw", "RAW")
+    assert image_job(SYNC_JOB, OLD_SYNC_JOB) == CopyJob("img-00000005", "ap-guangzhou", "ab" * 32)
+    assert create_job_data("img-00000003", "ap-guangzhou", "ab" * 32) == {**OLD_CREATE_JOB, "v": 1}
+    assert import_job_data("img-00000004", "ap-guangzhou", "file:///imports/disk.raw", "RAW") == \
+        {**OLD_IMPORT_JOB, "v": 1}
+    assert sync_job_data("img-00000005", "img-00000003", "ap-guangzhou", "ap-shanghai", "ab" * 32) == \
+        {**OLD_SYNC_JOB, "v": 1}
+    assert image_job(CREATE_JOB, {**OLD_CREATE_JOB, "v": 1}) == image_job(CREATE_JOB, OLD_CREATE_JOB)
+
+
+@pytest.mark.parametrize("kind, old, document", [(CREATE_JOB, OLD_CREATE_JOB, CREATE_JOB_DATA),
+                                                 (IMPORT_JOB, OLD_IMPORT_JOB, IMPORT_JOB_DATA),
+                                                 (SYNC_JOB, OLD_SYNC_JOB, SYNC_JOB_DATA)])
+def test_catalog_job_data_of_a_newer_release_is_refused(kind, old, document):
+    with pytest.raises(UnknownVersion, match=f"stored {kind} job of version 2") as refused:
+        image_job(kind, {**old, "v": 2})
+    assert refused.value.kind == document.kind
+    with pytest.raises(ValueError, match="not a kind this release of the catalog knows"):
+        image_job("resize-image", old)
+
+
+def test_the_catalog_s_garbage_collection_stops_at_job_data_of_a_newer_release(tmp_path):
+    """A pending copy this release cannot read may be about to read any bytes: nothing is counted as unread."""
+    db = Database(f"sqlite:///{tmp_path}/catalog.db")
+    CATALOG_JOBS.create(db.engine)
+    with db.engine.begin() as connection:
+        jobs.enqueue(connection, CATALOG_JOBS, CREATE_JOB, "img-00000003", OLD_CREATE_JOB, NOW)
+        jobs.enqueue(connection, CATALOG_JOBS, IMPORT_JOB, "img-00000004", OLD_IMPORT_JOB, NOW)
+        assert CatalogRepository(connection).blobs_jobs_will_read() == {("ap-guangzhou", "ab" * 32)}
+        jobs.enqueue(connection, CATALOG_JOBS, SYNC_JOB, "img-00000005",
+                     {**OLD_SYNC_JOB, "checksum": "cd" * 32, "v": 2}, NOW)
+        with pytest.raises(UnknownVersion, match="stored sync-image job of version 2"):
+            CatalogRepository(connection).blobs_jobs_will_read()
+    db.dispose()
+
+
+# A catalog answer kept by request_id as b0e6f8c wrote it (the envelope's version 1): an image's fields by name.
+OLD_IMAGE_ANSWER = [{
+    "image_id": "img-00000003", "region": "ap-guangzhou", "image_type": "CUSTOM", "state": "CREATING",
+    "name": "web", "description": "", "owner_account_id": "100000000003", "platform": "Ubuntu",
+    "os_name": "Ubuntu Server 22.04 LTS 64bit", "os_type": "LINUX", "architecture": "X86_64", "size_gb": 50,
+    "source": "INSTANCE", "base_image_id": "img-00000001", "progress_percent": 0,
+    "create_time": "2026-11-28T12:00:00+00:00", "marketplace_product_id": "", "marketplace_provider": "",
+    "checksum_sha256": "", "state_reason": "",
+}]
+
+
+def test_a_catalog_answer_kept_by_the_previous_release_reads_and_a_newer_one_is_refused():
+    (image,) = IMAGES_RESPONSE.decode(1, OLD_IMAGE_ANSWER)
+    assert image.state is ImageState.CREATING and image.create_time == datetime(2026, 11, 28, 12, tzinfo=UTC)
+    assert IMAGES_RESPONSE.encode([image]) == OLD_IMAGE_ANSWER
+    assert IMAGES_RESPONSE.version == 1
+    with pytest.raises(UnknownVersion, match="stored catalog mutation answer of version 2"):
+        IMAGES_RESPONSE.decode(2, OLD_IMAGE_ANSWER)
+    with pytest.raises(UnknownVersion, match="version 0"):
+        IMAGES_RESPONSE.decode(0, OLD_IMAGE_ANSWER)
 
 
 def test_billing_reads_charge_lines_kept_as_a_bare_list_and_refuses_unversioned_prices():
