@@ -45,6 +45,16 @@ def optional_time(message: Any, field: str) -> datetime | None:
     return moment
 
 
+def requested_time(message: Any, name: str, field: str | None = None) -> datetime | None:
+    """A caller's optional Timestamp field, as ``optional_time``; one that is no time (seconds beyond year
+    9999, nanos outside 0-999999999) is INVALID_TIMESTAMP, naming ``field`` (default: the field's name)."""
+    try:
+        return optional_time(message, name)
+    except (ValueError, OverflowError, OSError):
+        field = field or name
+        raise InvalidArgument("INVALID_TIMESTAMP", f"{field} is not a valid time", field=field) from None
+
+
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from billing_service.domain.model import (
@@ -18,8 +17,7 @@ from billing_service.service_layer import handlers, ledger, usage
 from billing_service.service_layer.handlers import UnitOfWorkFactory
 from chassis import context
 from chassis.clock import Clock
-from chassis.convert import EnumMap, money, timestamp
-from chassis.errors import InvalidArgument
+from chassis.convert import EnumMap, money, requested_time, timestamp
 from cloudimg.billing.v1 import billing_service_pb2 as pb
 from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
@@ -46,14 +44,9 @@ def launch_of(proto: pb.LaunchPricing, field: str = "launch") -> LaunchPricing:
 
 
 def time_of(message: Message, name: str, field: str) -> datetime | None:
-    """An optional Timestamp field as an aware UTC datetime (None when unset)."""
-    if not message.HasField(name):
-        return None
-    stamp: timestamp_pb2.Timestamp = getattr(message, name)
-    try:
-        return stamp.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError, OSError):
-        raise InvalidArgument("INVALID_TIMESTAMP", f"{field} is not a valid time", field=field) from None
+    """An optional Timestamp field as an aware UTC datetime (None when unset; INVALID_TIMESTAMP when no time)."""
+    moment = requested_time(message, name, field)
+    return None if moment is None else moment.replace(tzinfo=UTC)
 
 
 def reset_of(proto: pb.ResetPricing) -> ResetPricing:

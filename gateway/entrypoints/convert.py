@@ -7,7 +7,7 @@ from datetime import datetime
 from google.protobuf import timestamp_pb2
 
 from chassis.context import Caller
-from chassis.convert import EnumMap, money, optional_time, timestamp
+from chassis.convert import EnumMap, money, requested_time, timestamp
 from cloudimg.gateway.v1 import account_service_pb2 as account_pb
 from cloudimg.gateway.v1 import image_service_pb2 as image_pb
 from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
@@ -136,8 +136,8 @@ def charge(c: Charge) -> account_pb.Charge:
 
 
 def charge_filter(r: account_pb.ListChargesRequest) -> ChargeFilter:
-    return ChargeFilter(instance_id=r.instance_id, start_time=optional_time(r, "start_time"),
-                        end_time=optional_time(r, "end_time"))
+    return ChargeFilter(instance_id=r.instance_id, start_time=requested_time(r, "start_time"),
+                        end_time=requested_time(r, "end_time"))
 
 
 def price(p: Price) -> instance_pb.Price:
