@@ -193,7 +193,16 @@ class Stack:
         return self
 
     def issue_demo_keys(self) -> dict[str, str]:
-        out = subprocess.run([sys.executable, "-m", "gateway", "demo-accounts"], env=self.env("gateway"),
+        return self._gateway_admin("demo-accounts")
+
+    def issue_key(self, account_id: str, name: str) -> str:
+        """Creates the account if it is missing and returns a new API key for it (``gateway issue-key``);
+        it joins ``api_keys`` under its name."""
+        self.api_keys[name] = self._gateway_admin("issue-key", account_id, name)[name]
+        return self.api_keys[name]
+
+    def _gateway_admin(self, *command: str) -> dict[str, str]:
+        out = subprocess.run([sys.executable, "-m", "gateway", *command], env=self.env("gateway"),
                              cwd=_ROOT, check=True, capture_output=True)
         return {name: entry["api_key"] for name, entry in json.loads(out.stdout).items()}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from chassis.context import Caller
@@ -19,18 +19,24 @@ DEMO_ACCOUNTS = (Account("100000000001", "alice"), Account("100000000002", "bob"
 UnitOfWorkFactory = Callable[..., GatewayUnitOfWork]
 
 
-def issue_demo_keys(new_uow: UnitOfWorkFactory) -> dict[str, dict[str, str]]:
-    """Creates the demo accounts if missing and gives each a new API key (revoking the old ones)."""
+def issue_keys(new_uow: UnitOfWorkFactory, accounts: Sequence[Account]) -> dict[str, dict[str, str]]:
+    """Creates the accounts that are missing and gives each a new API key (revoking its old ones): the
+    operator's way in, since accounts come from outside the public API (sign-up, an organization)."""
     now = datetime.now(UTC)
     issued = {}
     with new_uow() as uow:
-        uow.accounts.add_missing(DEMO_ACCOUNTS, now)
-        for account in DEMO_ACCOUNTS:
+        uow.accounts.add_missing(accounts, now)
+        for account in accounts:
             key, plain = api_keys.new_api_key(account.account_id)
             uow.accounts.replace_keys(account.account_id, key, now)
             issued[account.display_name] = {"account_id": account.account_id, "api_key": plain}
         uow.commit()
     return issued
+
+
+def issue_demo_keys(new_uow: UnitOfWorkFactory) -> dict[str, dict[str, str]]:
+    """Creates the demo accounts if missing and gives each a new API key (revoking the old ones)."""
+    return issue_keys(new_uow, DEMO_ACCOUNTS)
 
 
 async def list_charges(filters: ChargeFilter, page_size: int, page_token: str, billing: BillingPort

@@ -212,3 +212,16 @@ def test_the_cli_quotes_and_launches(stack):
     bad = subprocess.run([*cli, "image", "img-nothere0"], env=env,
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "NOT_FOUND IMAGE_NOT_FOUND" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_operator_issues_a_key_for_a_new_account(stack):
+    key = stack.issue_key("100000000009", "dave")
+    api = Api(stack, "dave")
+    assert api.metadata == (("authorization", f"Bearer {key}"),)
+    identity = api.accounts.GetCallerIdentity(account_service_pb2.GetCallerIdentityRequest(), metadata=api.metadata,
+                                              timeout=10)
+    assert (identity.account_id, identity.display_name) == ("100000000009", "dave")
+    for bad in (["issue-key", "12345", "dave"], ["issue-key", "100000000009", " "], ["issue-key", "100000000009"]):
+        done = subprocess.run([sys.executable, "-m", "gateway", *bad], env=stack.env("gateway"), capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

@@ -31,7 +31,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import ModuleType
 
 import grpc
@@ -328,24 +327,6 @@ def _check_answer(answer: Answer, expected: grpc.StatusCode, what: str) -> None:
 # --- The world, and what of it each account can see --------------------------------------------------------
 
 
-def _register_carol(stack: Stack) -> str:
-    """Carol is not a demo account: the operator adds her (and a key) in the gateway's accounts, as `gateway
-    demo-accounts` does for alice and bob. Only accounts that exist can be shared with."""
-    from gateway.bootstrap import open_database
-    from gateway.domain.api_keys import Account, new_api_key
-
-    db, new_uow = open_database(stack.env("gateway")["GATEWAY_DATABASE_URL"])
-    try:
-        key, plain = new_api_key(CAROL)
-        with new_uow() as uow:
-            uow.accounts.add_missing([Account(CAROL, "carol")], datetime.now(UTC))
-            uow.accounts.replace_keys(CAROL, key, datetime.now(UTC))
-            uow.commit()
-    finally:
-        db.dispose()
-    return plain
-
-
 def _normal_image(gateway: Gateway, image_id: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -362,7 +343,8 @@ def world(stack: Stack) -> Iterator[tuple[World, Gateway]]:
     """Alice's images and instances, bob's: made once per stack."""
     keys = dict(stack.api_keys)
     if "carol" not in keys:
-        keys["carol"] = _register_carol(stack)
+        # Carol is not a demo account: the operator adds her (only accounts that exist can be shared with).
+        keys["carol"] = stack.issue_key(CAROL, "carol")
     gateway = Gateway(stack, keys)
     try:
         yield _make_world(gateway), gateway

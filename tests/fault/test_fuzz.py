@@ -30,7 +30,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cache, partial
 from typing import Any
 
@@ -46,14 +45,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from catalog_service.domain.seed import DEMO_REGION, REGIONS, seed_image_id
-from chassis.db import Database
 from cloudimg.gateway.v1 import (
     account_service_pb2, account_service_pb2_grpc, image_service_pb2, image_share_service_pb2, instance_service_pb2,
 )
 from devtools.stack import SERVICES, Stack
-from gateway.domain import api_keys
 from gateway.domain.api_keys import Account
-from gateway.service_layer.unit_of_work import GatewayUnitOfWork
 from tests.conftest import ALICE, BOB, rich_status, unpacked_details
 
 MIN_CALLS = 10_000
@@ -588,21 +584,9 @@ class Tally:
 
 @pytest.fixture
 def fuzzer_keys(stack: Stack) -> dict[str, str]:
-    """New API keys of the fuzzer's two accounts (created if missing), made as `gateway demo-accounts`
-    makes alice's and bob's: AccountService has no RPC that creates an account."""
-    db = Database(stack.env("gateway")["GATEWAY_DATABASE_URL"])
-    keys = {}
-    try:
-        with GatewayUnitOfWork(db) as uow:
-            now = datetime.now(UTC)
-            uow.accounts.add_missing(FUZZERS, now)
-            for account in FUZZERS:
-                key, keys[account.account_id] = api_keys.new_api_key(account.account_id)
-                uow.accounts.replace_keys(account.account_id, key, now)
-            uow.commit()
-    finally:
-        db.dispose()
-    return keys
+    """New API keys of the fuzzer's two accounts, issued as an operator does (`gateway issue-key`):
+    AccountService has no RPC that creates an account."""
+    return {account.account_id: stack.issue_key(account.account_id, account.display_name) for account in FUZZERS}
 
 
 def assert_stack_whole(stack: Stack) -> None:
