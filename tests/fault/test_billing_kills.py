@@ -11,32 +11,27 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from catalog_service.domain.seed import seed_image_id
 from cloudimg.gateway.v1 import account_service_pb2, account_service_pb2_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
 from tests.conftest import rich_status
+from tests.fault.callers import GZ, UBUNTU, api_key, every_page, kill_and_restart, restarted_with
 
-GZ = "ap-guangzhou"
 CALLERS = 6
 MAX_CALLS_PER_CALLER = 400
 KILLS = 4
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def stack(request: pytest.FixtureRequest, tmp_path: Path):
-    urls = {}
-    if request.param == "postgres":
-        new_database = request.getfixturevalue("postgres_database")
-        urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
-    with Stack(tmp_path, database_urls=urls, extra_env={"GATEWAY_RECONCILE_INTERVAL_SECONDS": "1"}) as running:
-        yield running
+@pytest.fixture
+def stack(own_stack: Stack) -> Iterator[Stack]:
+    # Open launches are settled every second at most (not every 5 s), so that they settle within the test.
+    yield restarted_with(own_stack, "gateway", {"GATEWAY_RECONCILE_INTERVAL_SECONDS": "1"})
 
 
 def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
@@ -47,28 +42,29 @@ def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
     return info.reason, dict(info.metadata)
 
 
-async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack):
-    channel = grpc.aio.insecure_channel(stack.gateway_addr)
+async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack, figures):
+    channel = stack.aio_channel("gateway")
     instances = pb_grpc.InstanceServiceStub(channel)
-    auth = (("authorization", f"Bearer {stack.api_keys['alice']}"),)
-    image = seed_image_id(GZ, "ubuntu-2204-x86")
+    auth = api_key(stack)
     rng = random.Random(10)
     launched: list[frozenset[str]] = []  # the instance ids of every launch an answer returned
     to_retry: list[tuple[pb.RunInstancesRequest, str]] = []  # (request, reason) of failures with a token
     definite_failures = 0
+    calls = 0
 
     chaos_over = asyncio.Event()
 
     async def caller(n: int) -> None:
-        nonlocal definite_failures
+        nonlocal definite_failures, calls
         # Callers keep launching until the last kill is over, so every kill finds calls in flight
         # however fast this machine is.
         for i in range(MAX_CALLS_PER_CALLER):
             if chaos_over.is_set():
                 break
             token = f"c{n}-{i}" if i % 2 == 0 else ""  # half the calls carry a client token
-            request = pb.RunInstancesRequest(region=GZ, image_id=image, instance_type="S5.MEDIUM4",
+            request = pb.RunInstancesRequest(region=GZ, image_id=UBUNTU, instance_type="S5.MEDIUM4",
                                              instance_count=1 + i % 3, client_token=token)
+            calls += 1
             try:
                 # A deadline the gateway always answers within: a call without a client token that
                 # ran out of time on the client could not be retried (see README, "The launch").
@@ -87,14 +83,9 @@ async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack):
             await asyncio.sleep(rng.uniform(0, 0.02))
 
     async def chaos() -> None:
-        for kill in range(KILLS):
-            await asyncio.sleep(rng.uniform(0.3, 0.8))
-            stack.kill("billing")
-            # Short outages end while callers still wait for the channel; long ones outlast that
-            # wait (about a second), so calls also fail before they reach billing.
-            await asyncio.sleep(rng.uniform(0.2, 0.8) if kill % 2 == 0 else rng.uniform(1.3, 1.8))
-            stack.start_service("billing")
-            await asyncio.to_thread(stack.wait, "billing")
+        # Short outages end while callers still wait for the channel; long ones outlast that
+        # wait (about a second), so calls also fail before they reach billing.
+        await kill_and_restart(stack, "billing", KILLS, rng, gaps=(0.3, 0.8), outages=((0.2, 0.8), (1.3, 1.8)))
         await asyncio.sleep(0.3)
         chaos_over.set()
 
@@ -106,6 +97,7 @@ async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack):
     # Billing is back: every failure that has a client token is retried with it, once or a few times.
     for request, _ in to_retry:
         for _attempt in range(20):
+            calls += 1
             try:
                 answer = await instances.RunInstances(request, metadata=auth, timeout=10)
                 launched.append(frozenset(answer.instance_ids))
@@ -118,27 +110,20 @@ async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack):
 
     # Launches left open by failures without a token are resolved by the reconciler (every second).
     accounts = account_service_pb2_grpc.AccountServiceStub(channel)
-
-    async def every_page(call, request, items: str) -> list:  # a fast machine launches more than a page
-        found, request.page_size = [], 1000
-        while True:
-            page = await call(request, metadata=auth, timeout=10)
-            found += getattr(page, items)
-            if not page.next_page_token:
-                return found
-            request.page_token = page.next_page_token
-
     for _ in range(100):
-        found = await every_page(instances.ListInstances, pb.ListInstancesRequest(), "instances")
+        found = await every_page(instances.ListInstances, pb.ListInstancesRequest(), "instances", auth)
         if all(i.state == pb.INSTANCE_STATE_RUNNING for i in found):
             break
         await asyncio.sleep(0.1)
-    charges = await every_page(accounts.ListCharges, account_service_pb2.ListChargesRequest(), "charges")
+    charges = await every_page(accounts.ListCharges, account_service_pb2.ListChargesRequest(), "charges", auth)
     charges = [c for c in charges if c.kind == account_service_pb2.CHARGE_KIND_LAUNCH]  # no hour has passed yet
     charged = [frozenset(c.instance_ids) for c in charges]
+    running = {i.instance_id for i in found if i.state == pb.INSTANCE_STATE_RUNNING}
+    figures.add(calls=calls, kills=KILLS, launches=len(launched), failed_calls=len(to_retry) + definite_failures,
+                lost=len(set(launched) - set(charged)), duplicate_charges=len(charged) - len(set(charged)),
+                stray_charges=len(set(charged) - set(launched)))
     assert len(charged) == len(set(charged))
     assert set(charged) == set(launched), "a charge without an answer that returned its instances"
     print(f"\n{len(launched)} launches, {len(found)} instances")
-    running = {i.instance_id for i in found if i.state == pb.INSTANCE_STATE_RUNNING}
     assert running == {i for ids in launched for i in ids} and len(found) == len(running)
     await channel.close()

@@ -10,87 +10,39 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from catalog_service.domain.seed import seed_image_id
-from cloudimg.gateway.v1 import instance_service_pb2 as pb
-from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
-from tests.conftest import rich_status
+from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
+from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
+from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
+from devtools.stack import SERVICES, Stack
+from tests.conftest import ALICE
+from tests.fault.callers import GZ, UBUNTU, Calls, api_key, quote_or_launch
 
-GZ = "ap-guangzhou"
-LAUNCH = dict(region=GZ, image_id=seed_image_id(GZ, "ubuntu-2204-x86"), instance_type="S5.MEDIUM4",
-              instance_count=1)
-CALL_TIMEOUT = 10.0
 # A restarted dependency must be served again within about a second of reporting SERVING.
 RECOVERY_SECONDS = 1.5
 
 
-@dataclass(frozen=True)
-class Outcome:
-    started: float
-    ended: float
-    code: grpc.StatusCode
-    reason: str = ""
-
-
-class Caller:
-    """Calls the gateway as alice; every call's outcome lands in ``outcomes``."""
-
-    def __init__(self, channel: grpc.aio.Channel, api_key: str):
-        self.instances = pb_grpc.InstanceServiceStub(channel)
-        self.metadata = (("authorization", f"Bearer {api_key}"),)
-        self.outcomes: list[Outcome] = []
-
-    async def call(self, launch: bool) -> Outcome:
-        started = time.monotonic()
-        try:
-            if launch:
-                await self.instances.RunInstances(pb.RunInstancesRequest(**LAUNCH), metadata=self.metadata,
-                                                  timeout=CALL_TIMEOUT)
-            else:
-                await self.instances.QuoteRunInstances(pb.QuoteRunInstancesRequest(**LAUNCH),
-                                                       metadata=self.metadata, timeout=CALL_TIMEOUT)
-            outcome = Outcome(started, time.monotonic(), grpc.StatusCode.OK)
-        except grpc.aio.AioRpcError as error:
-            reason = rich_status(error)[1].reason if error.code() == grpc.StatusCode.UNAVAILABLE else ""
-            outcome = Outcome(started, time.monotonic(), error.code(), reason or error.details() or "")
-        self.outcomes.append(outcome)
-        return outcome
-
-    async def keep_calling(self, until: asyncio.Event) -> None:
-        """Launches and quotes, one after the other, until told to stop."""
-        launch = False
-        while not until.is_set():
-            await self.call(launch)
-            launch = not launch
-
-    async def until_done(self, count: int, started_after: float, timeout: float) -> list[Outcome]:
-        """The first ``count`` calls that started after a moment, once they have ended."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            after = sorted((o for o in self.outcomes if o.started >= started_after), key=lambda o: o.started)
-            if len(after) >= count:
-                return after[:count]
-            await asyncio.sleep(0.01)
-        raise TimeoutError(f"fewer than {count} calls ended within {timeout} s")
-
-
-async def test_a_restarted_dependency_is_served_at_once_and_no_call_fails_once_it_is_serving(stack):
+async def test_a_restarted_dependency_is_served_at_once_and_no_call_fails_once_it_is_serving(stack, figures):
     """Sharing and billing, each SIGKILLed and restarted ten times under load: while one is down,
     calls fail with UNAVAILABLE only; from the moment it reports SERVING again, no call fails."""
     restarts, callers_count = 20, 4
     stop = asyncio.Event()
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as channel:
-        caller = Caller(channel, stack.api_keys["alice"])
-        callers = [asyncio.create_task(caller.keep_calling(stop)) for _ in range(callers_count)]
+    async with stack.aio_channel("gateway") as channel:
+        calls, call = Calls(), quote_or_launch(channel, api_key(stack))
+        callers = [asyncio.create_task(calls.keep_making(call, stop)) for _ in range(callers_count)]
         up: list[tuple[float, float]] = []  # from SERVING until the next kill
         recoveries: list[float] = []
         try:
-            await caller.until_done(callers_count, time.monotonic(), 10)
+            await calls.until_done(callers_count, time.monotonic(), 10)
             for restart in range(restarts):
                 service = ("sharing", "billing")[restart % 2]
                 killed = time.monotonic()
@@ -101,43 +53,65 @@ async def test_a_restarted_dependency_is_served_at_once_and_no_call_fails_once_i
                 await asyncio.to_thread(stack.wait, service)
                 serving = time.monotonic()
                 up.append((serving, float("inf")))
-                first = await caller.until_done(2 * callers_count, serving, 10)
+                first = await calls.until_done(2 * callers_count, serving, 10)
                 recoveries.append(min(o.ended for o in first if o.code == grpc.StatusCode.OK) - serving
                                   if any(o.code == grpc.StatusCode.OK for o in first) else float("inf"))
         finally:
             stop.set()
             await asyncio.gather(*callers)
-    outcomes = caller.outcomes
+    outcomes = calls.outcomes
     failed = [o for o in outcomes if o.code != grpc.StatusCode.OK]
+    while_serving = [o for o in outcomes if any(start <= o.started and o.ended <= end for start, end in up)]
+    failed_while_serving = [o for o in while_serving if o.code != grpc.StatusCode.OK]
+    figures.add(calls=len(outcomes), restarts=restarts, failed_during_outages=len(failed),
+                failed_while_serving=len(failed_while_serving))
     assert failed, "no call met an outage: the test proved nothing"
     # never INTERNAL or UNKNOWN; a launch whose charge billing could not confirm says so
     assert {(o.code, o.reason) for o in failed} <= {(grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
                                                     (grpc.StatusCode.UNAVAILABLE, "LAUNCH_OUTCOME_UNKNOWN")}, \
         Counter((o.code.name, o.reason) for o in failed)
-    while_serving = [o for o in outcomes if any(start <= o.started and o.ended <= end for start, end in up)]
     assert len(while_serving) >= restarts * 2 * callers_count
-    failed_while_serving = [o for o in while_serving if o.code != grpc.StatusCode.OK]
     assert not failed_while_serving, Counter((o.code.name, o.reason) for o in failed_while_serving)
     print(f"\n{len(outcomes)} calls, {len(failed)} failed during outages; recovery after SERVING: "
           f"max {max(recoveries):.3f} s, median {sorted(recoveries)[len(recoveries) // 2]:.3f} s")
     assert max(recoveries) < RECOVERY_SECONDS, recoveries
 
 
-@pytest.mark.parametrize("service", ["gateway", "billing"])
-async def test_sigterm_lets_every_call_in_flight_finish_then_exits_cleanly(own_stack, service):
-    """50 callers launch and quote in a loop through the gateway; the service gets SIGTERM while each
-    has a call in flight. Its health turns NOT_SERVING, every call succeeds, it exits with 0."""
+def _read_of(stack: Stack, service: str, channel: grpc.aio.Channel) -> Callable[[int], Awaitable[Any]]:
+    """A call straight to an internal service, with the gateway's credentials: a read it serves from its
+    database (an image, a trust policy, the instance types)."""
+    metadata = stack.internal_metadata(ALICE)
+    if service == "catalog":
+        catalog = catalog_grpc.CatalogServiceStub(channel)
+        return lambda _: catalog.GetImage(catalog_pb.GetImageRequest(image_id=UBUNTU), metadata=metadata, timeout=10)
+    if service == "sharing":
+        sharing = sharing_grpc.SharingServiceStub(channel)
+        return lambda _: sharing.GetTrustPolicy(sharing_pb.GetTrustPolicyRequest(), metadata=metadata, timeout=10)
+    billing = billing_grpc.BillingServiceStub(channel)
+    return lambda _: billing.ListInstanceTypes(billing_pb.ListInstanceTypesRequest(region=GZ), metadata=metadata,
+                                               timeout=10)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_sigterm_lets_every_call_in_flight_finish_then_exits_cleanly(own_stack, service, figures):
+    """50 callers, each with a call in flight when the service gets SIGTERM: through the gateway they
+    quote and launch in a loop (both reach all four services); when the service is an internal one, half
+    of them call it directly instead (a read it serves), so that calls are surely in flight in it at the
+    signal. Its health turns NOT_SERVING, every call succeeds, and it exits with 0."""
     callers_count = 50
+    direct_count = 0 if service == "gateway" else callers_count // 2
     stop = asyncio.Event()
     signalled = 0.0
     try:
-        async with grpc.aio.insecure_channel(own_stack.gateway_addr) as channel, \
-                grpc.aio.insecure_channel(own_stack.addr(service)) as health_channel:
-            watch = health_pb2_grpc.HealthStub(health_channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        async with own_stack.aio_channel("gateway") as channel, own_stack.aio_channel(service) as service_channel:
+            watch = health_pb2_grpc.HealthStub(service_channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-            caller = Caller(channel, own_stack.api_keys["alice"])
-            callers = [asyncio.create_task(caller.keep_calling(stop)) for _ in range(callers_count)]
-            await caller.until_done(callers_count, time.monotonic(), 30)  # the callers are under way
+            calls = Calls()
+            through_gateway, direct = quote_or_launch(channel, api_key(own_stack)), _read_of(own_stack, service,
+                                                                                            service_channel)
+            callers = [asyncio.create_task(calls.keep_making(direct if n < direct_count else through_gateway, stop))
+                       for n in range(callers_count)]
+            await calls.until_done(callers_count, time.monotonic(), 30)  # the callers are under way
             # No await between the two: every caller is waiting on a call in flight.
             stop.set()
             own_stack.send_signal(service, signal.SIGTERM)
@@ -147,12 +121,14 @@ async def test_sigterm_lets_every_call_in_flight_finish_then_exits_cleanly(own_s
             await asyncio.gather(*callers)
             exit_code = await asyncio.to_thread(own_stack.wait_exit, service, 30)
             exited = time.monotonic()
-        in_flight = [o for o in caller.outcomes if o.ended >= signalled]
+        in_flight = [o for o in calls.outcomes if o.ended >= signalled]
+        failed = Counter(o.code.name for o in calls.outcomes if o.code != grpc.StatusCode.OK)
+        figures.add(calls=len(calls.outcomes), signals=1, in_flight=len(in_flight), failed=sum(failed.values()))
         assert len(in_flight) == callers_count
-        print(f"\n{service}: {len(in_flight)} calls in flight at SIGTERM, the last ended "
-              f"{max(o.ended for o in in_flight) - signalled:.3f} s after it; exited after {exited - signalled:.3f} s")
-        codes = Counter(o.code.name for o in caller.outcomes if o.code != grpc.StatusCode.OK)
-        assert not codes, f"{sum(codes.values())} of {len(caller.outcomes)} calls failed: {codes}"
+        print(f"\n{service}: {len(in_flight)} calls in flight at SIGTERM ({direct_count} straight to it), the last "
+              f"ended {max(o.ended for o in in_flight) - signalled:.3f} s after it; exited after "
+              f"{exited - signalled:.3f} s")
+        assert not failed, f"{sum(failed.values())} of {len(calls.outcomes)} calls failed: {failed}"
         assert exit_code == 0, own_stack.log_tail(service)
     finally:  # leave the stack whole for the next test
         if signalled and service in own_stack.processes:
