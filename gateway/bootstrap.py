@@ -65,7 +65,7 @@ async def bootstrap(settings: GatewaySettings, clock: Clock | None = None) -> Se
     ]
     catalog, sharing, billing = Catalog(downstreams[0]), Sharing(downstreams[1]), Billing(downstreams[2])
     deps = Dependencies(catalog, sharing, billing, ReferenceData(catalog, billing), new_uow, clock or SystemClock())
-    queue = JobQueue(db, JOBS, deps.clock, REPLICA)
+    queue = JobQueue(db, JOBS, deps.clock, REPLICA, lease=timedelta(seconds=settings.job_lease_seconds))
     launches.adopt_unsettled_launches(deps)  # before serving: nothing left open by an older gateway is lost
 
     async def close() -> None:

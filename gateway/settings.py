@@ -26,6 +26,10 @@ class GatewaySettings(ServiceSettings):
     # settle it: its job is retried after 1 s, 2 s, 4 s... up to this; the floor keeps a tiny value from
     # spinning the worker.
     reconcile_interval_seconds: Annotated[Seconds, Field(ge=0.1)] = 5.0
+    # A job's lease (settling a launch, ending usage, finishing a reset): a gateway that stops heartbeating for
+    # this long (it died) loses its jobs to the other replicas, or to itself once restarted. Its jobs are one
+    # billing call each, so the lease is short: an operation a dead gateway held waits at most this long.
+    job_lease_seconds: Annotated[Seconds, Field(ge=1)] = 10.0
     # The client certificate the gateway presents to the internal services (mutual TLS, with
     # CLOUDIMG_INTERNAL_CA_FILE verifying theirs); it names the gateway (CLOUDIMG_INTERNAL_PEER).
     internal_cert_file: FilePath | None = None

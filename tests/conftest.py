@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -14,6 +15,8 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
+
+from sqlalchemy import create_engine, text
 
 from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY
 from chassis.server import Background, RunningServer, Service, start_server
@@ -188,3 +191,28 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "postgres":
         return str(request.getfixturevalue("postgres_database")())
     return f"sqlite:///{tmp_path}/service.db"
+
+
+@contextlib.contextmanager
+def billing_writes_held(stack: Any) -> Iterator[None]:
+    """Billing's ledger locked against writes while the block runs (reads go on): charges wait in billing."""
+    url = stack.database_urls.get("billing")
+    if url is None:
+        connection = sqlite3.connect(stack.data_dir / "billing.db", isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")  # WAL: readers go on, every writer waits
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+        return
+    engine = create_engine(url)
+    try:
+        with engine.connect() as held:
+            held.execute(text("LOCK TABLE billing_charge IN EXCLUSIVE MODE"))  # reads pass, writes wait
+            try:
+                yield
+            finally:
+                held.rollback()
+    finally:
+        engine.dispose()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from cloudimg.gateway.v1 import image_service_pb2_grpc as image_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
-from tests.conftest import ALICE, BOB, BOTH_DATABASES, running_stack
+from tests.conftest import ALICE, BOB, BOTH_DATABASES, billing_writes_held, running_stack
 
 GZ = "ap-guangzhou"
 UBUNTU = seed_image_id(GZ, "ubuntu-2204-x86")
@@ -104,35 +103,6 @@ def own_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]
         yield running
 
 
-class BillingWritesHeld:
-    """Holds billing's ledger so that billing can read (quote) but not write (charge) until released."""
-
-    def __init__(self, stack: Stack):
-        url = stack.database_urls.get("billing")
-        self._sqlite = None if url else sqlite3.connect(stack.data_dir / "billing.db", isolation_level=None)
-        self._engine = create_engine(url) if url else None
-        self._connection: Any = None
-
-    def __enter__(self) -> BillingWritesHeld:
-        if self._sqlite is not None:
-            self._sqlite.execute("BEGIN IMMEDIATE")  # WAL: readers go on, every writer waits
-        else:
-            assert self._engine is not None
-            self._connection = self._engine.connect()
-            self._connection.execute(text("LOCK TABLE billing_charge IN EXCLUSIVE MODE"))  # reads pass, writes wait
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._sqlite is not None:
-            self._sqlite.execute("ROLLBACK")
-            self._sqlite.close()
-        else:
-            self._connection.rollback()
-            self._connection.close()
-            assert self._engine is not None
-            self._engine.dispose()
-
-
 def reset_charges(stack: Stack, instance_id: str) -> int:
     url = stack.database_urls.get("billing") or f"sqlite:///{stack.data_dir / 'billing.db'}"
     engine = create_engine(url)
@@ -155,7 +125,7 @@ def test_a_gateway_killed_mid_reset_leaves_the_instance_resetting_only_until_a_r
         found = instances.GetInstance(pb.GetInstanceRequest(instance_id=instance_id), metadata=alice, timeout=5)
         return found.instance.state, found.instance.image_id
 
-    with ThreadPoolExecutor(1) as pool, BillingWritesHeld(own_stack):
+    with ThreadPoolExecutor(1) as pool, billing_writes_held(own_stack):
         pending = pool.submit(instances.ResetInstance, pb.ResetInstanceRequest(
             instance_id=instance_id, image_id=DEBIAN, request_id="reset-1"), metadata=alice, timeout=20)
         deadline = time.monotonic() + 15

@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from sqlalchemy import create_engine, text
 
 from catalog_service.domain.seed import seed_image_id
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
@@ -163,31 +161,6 @@ async def until_definite(call: Callable[..., Awaitable[Any]], request: Any, meta
         await asyncio.sleep(0.2)  # a gateway that is down refuses at once: give it a moment
 
 
-@contextlib.contextmanager
-def billing_writes_held(stack: Stack) -> Iterator[None]:
-    """Billing's ledger locked against writes while the block runs (reads go on): charges wait in billing."""
-    url = stack.database_urls.get("billing")
-    if url is None:
-        connection = sqlite3.connect(stack.data_dir / "billing.db", isolation_level=None)
-        connection.execute("BEGIN IMMEDIATE")  # WAL: readers go on, every writer waits
-        try:
-            yield
-        finally:
-            connection.execute("ROLLBACK")
-            connection.close()
-        return
-    engine = create_engine(url)
-    try:
-        with engine.connect() as held:
-            held.execute(text("LOCK TABLE billing_charge IN EXCLUSIVE MODE"))  # reads pass, writes wait
-            try:
-                yield
-            finally:
-                held.rollback()
-    finally:
-        engine.dispose()
-
-
 async def kill_and_restart(stack: Stack, service: str, kills: int, rng: random.Random,
                            gaps: tuple[float, float], outages: Sequence[tuple[float, float]],
                            busy: Callable[[], bool] = lambda: True,
@@ -212,13 +185,3 @@ async def kill_and_restart(stack: Stack, service: str, kills: int, rng: random.R
         stack.start_service(service)
         await asyncio.to_thread(stack.wait, service)
     return kills
-
-
-def restarted_with(stack: Stack, service: str, env: dict[str, str]) -> Stack:
-    """The stack with a service running with these settings too: restarted if it ran without them."""
-    if any(stack.extra_env.get(name) != value for name, value in env.items()):
-        stack.extra_env.update(env)
-        stack.kill(service)
-        stack.start_service(service)
-        stack.wait(service)
-    return stack

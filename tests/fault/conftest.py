@@ -53,6 +53,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module", params=BOTH_DATABASES)
 def own_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack for one module's tests that kill and stop its processes."""
-    with running_stack(request, tmp_path_factory.mktemp(f"own-{request.param}")) as running:
+    """A stack for one module's tests that kill and stop its processes, with the module's ``STACK_ENV``
+    settings (e.g. a short retry interval) if it has any."""
+    env = dict(getattr(request.module, "STACK_ENV", {}))
+    with running_stack(request, tmp_path_factory.mktemp(f"own-{request.param}"), extra_env=env) as running:
         yield running

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -21,17 +20,20 @@ from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
 from tests.conftest import rich_status
-from tests.fault.callers import GZ, UBUNTU, api_key, every_page, kill_and_restart, restarted_with
+from tests.fault.callers import GZ, UBUNTU, api_key, every_page, kill_and_restart
 
 CALLERS = 6
 MAX_CALLS_PER_CALLER = 400
 KILLS = 4
 
 
+# Open launches are settled every second at most (not every 5 s), so that they settle within the test.
+STACK_ENV = {"GATEWAY_RECONCILE_INTERVAL_SECONDS": "1"}
+
+
 @pytest.fixture
-def stack(own_stack: Stack) -> Iterator[Stack]:
-    # Open launches are settled every second at most (not every 5 s), so that they settle within the test.
-    yield restarted_with(own_stack, "gateway", {"GATEWAY_RECONCILE_INTERVAL_SECONDS": "1"})
+def stack(own_stack: Stack) -> Stack:
+    return own_stack
 
 
 def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:

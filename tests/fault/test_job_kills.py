@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,17 +20,18 @@ from cloudimg.catalog.v1 import catalog_service_pb2 as pb
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
 from tests.conftest import ALICE
-from tests.fault.callers import restarted_with
 
 GZ, SH = "ap-guangzhou", "ap-shanghai"
 DISK_BYTES = 6 << 20
 RATE = 2 << 20  # bytes per second: a copy takes about three seconds
 
 
+STACK_ENV = {"CATALOG_COPY_BYTES_PER_SECOND": str(RATE), "CATALOG_JOB_LEASE_SECONDS": "2"}
+
+
 @pytest.fixture
-def stack(own_stack: Stack) -> Iterator[Stack]:
-    yield restarted_with(own_stack, "catalog", {"CATALOG_COPY_BYTES_PER_SECOND": str(RATE),
-                                                "CATALOG_JOB_LEASE_SECONDS": "2"})
+def stack(own_stack: Stack) -> Stack:
+    return own_stack
 
 
 def _blobs(store: Path, region: str) -> set[str]:

@@ -22,7 +22,6 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -35,9 +34,10 @@ from cloudimg.gateway.v1 import account_service_pb2_grpc as account_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
+from tests.conftest import billing_writes_held
 from tests.fault.callers import (
-    DEBIAN, GZ, INSTANCE_TYPE, PROMPT_RECONNECT, UBUNTU, Tally, api_key, billing_writes_held, eventually, every_page,
-    kill_and_restart, restarted_with, until_definite,
+    DEBIAN, GZ, INSTANCE_TYPE, PROMPT_RECONNECT, UBUNTU, Tally, api_key, eventually, every_page,
+    kill_and_restart, until_definite,
 )
 
 SEED = 20240611
@@ -55,10 +55,13 @@ GIVE_UP_SECONDS = 90  # on one launch or reset that never gets a definite answer
 OPEN_STATES = [pb.INSTANCE_STATE_PENDING, pb.INSTANCE_STATE_RESETTING]
 
 
+# Open operations are retried every second at most (not every 5 s), so that they settle within the test.
+STACK_ENV = {"GATEWAY_RECONCILE_INTERVAL_SECONDS": "1"}
+
+
 @pytest.fixture
-def stack(own_stack: Stack) -> Iterator[Stack]:
-    # Open operations are retried every second at most (not every 5 s), so that they settle within the test.
-    yield restarted_with(own_stack, "gateway", {"GATEWAY_RECONCILE_INTERVAL_SECONDS": "1"})
+def stack(own_stack: Stack) -> Stack:
+    return own_stack
 
 
 @dataclass(frozen=True)

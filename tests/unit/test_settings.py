@@ -119,6 +119,7 @@ def test_unknown_log_levels_are_refused(env, level):
     ("GATEWAY_API_KEY_CACHE_SECONDS", "-1"),
     ("GATEWAY_SHUTDOWN_GRACE_SECONDS", "-1"),
     ("GATEWAY_SHUTDOWN_DRAIN_SECONDS", "-0.5"),
+    ("GATEWAY_JOB_LEASE_SECONDS", "0.5"),
 ])
 def test_bad_durations_are_refused(env, name, value):
     env(**{name: value})
@@ -128,10 +129,12 @@ def test_bad_durations_are_refused(env, name, value):
 
 def test_sensible_durations_are_taken(env):
     env(GATEWAY_RECONCILE_INTERVAL_SECONDS="0.1", GATEWAY_SHUTDOWN_GRACE_SECONDS="0",
-        GATEWAY_SHUTDOWN_DRAIN_SECONDS="0", GATEWAY_API_KEY_CACHE_SECONDS="0", GATEWAY_DEFAULT_DEADLINE_SECONDS="2.5")
+        GATEWAY_SHUTDOWN_DRAIN_SECONDS="0", GATEWAY_API_KEY_CACHE_SECONDS="0", GATEWAY_DEFAULT_DEADLINE_SECONDS="2.5",
+        GATEWAY_JOB_LEASE_SECONDS="1")
     settings = GatewaySettings()
     assert (settings.reconcile_interval_seconds, settings.shutdown_grace_seconds, settings.shutdown_drain_seconds,
-            settings.api_key_cache_seconds, settings.default_deadline_seconds) == (0.1, 0, 0, 0, 2.5)
+            settings.api_key_cache_seconds, settings.default_deadline_seconds, settings.job_lease_seconds) == \
+        (0.1, 0, 0, 0, 2.5, 1)
 
 
 def test_load_settings_names_every_bad_setting_on_one_line(env, capsys):
