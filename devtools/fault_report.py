@@ -32,6 +32,15 @@ ATTACKS: dict[str, str] = {
     "test_launches_and_resets_survive_billing_and_the_gateway_killed_at_random":
         "billing and the gateway SIGKILLed at random during 100 launches and 40 resets: each launch has its "
         "instances and one charge, each reset is done once",
+    "test_fuzzed_calls_to_every_public_rpc_get_a_clean_rich_error_or_an_answer":
+        "every public RPC fuzzed (fields from the descriptors, hostile values, garbage bodies, bad metadata): no "
+        "UNKNOWN, no INTERNAL, no exception or SQL text, no service exit",
+    "test_a_strangers_id_is_answered_as_a_missing_one":
+        "every public RPC taking an id, called with another account's id: the same bytes as for a missing id",
+    "test_a_stranger_replaying_the_owners_request_id_is_answered_as_without_it":
+        "another account's request ids replayed by a stranger: answered as if they were new",
+    "test_the_matrix_covers_every_id_taking_rpc":
+        "the authorization matrix covers every id field of the public API (a new one fails until it is added)",
 }
 # Figures that count the faults a test put the stack through, and those that count something lost.
 FAULTS = ("kills", "restarts", "signals")
@@ -71,6 +80,7 @@ def table(figures: Figures, day: str) -> list[str]:
         f"The fault suite's figures of {day} (`make fault-report`): {len(names)} tests, "
         f"{_number(totals['calls'])} calls, {_number(totals['faults'])} faults survived "
         f"(kills, restarts, signals), {_number(totals['lost'])} lost.",
+        "Figures are summed over the runs on SQLite and on PostgreSQL (RPCs covered: the most in one run).",
         "",
         "| Test | What it attacks | Calls | Faults survived | Lost | Other figures |",
         "|---|---|---:|---:|---:|---|",

@@ -32,6 +32,11 @@ class Figures:
         for key, value in numbers.items():
             self._entry[key] = self._entry.get(key, 0) + value
 
+    def most(self, **numbers: int | float) -> None:
+        """Numbers that are not summed over runs (how many RPCs a test covers): the largest is kept."""
+        for key, value in numbers.items():
+            self._entry[key] = max(self._entry.get(key, value), value)
+
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Figures:

@@ -657,8 +657,9 @@ def test_fuzzed_calls_to_every_public_rpc_get_a_clean_rich_error_or_an_answer(st
         loop.close()
     elapsed = time.monotonic() - started
     print(f"\n{tally.calls} calls in {elapsed:.1f} s over {len(tally.by_rpc)} RPCs: {dict(tally.by_code)}")
-    figures.add(calls=tally.calls, rpcs=len(tally.by_rpc), ok=tally.by_code["OK"],
-                refused=tally.calls - tally.by_code["OK"], seconds=round(elapsed, 1))
+    figures.add(calls=tally.calls, ok=tally.by_code["OK"], refused=tally.calls - tally.by_code["OK"],
+                seconds=round(elapsed, 1))
+    figures.most(rpcs=len(tally.by_rpc))
     silent = [rpc.name for rpc in RPCS if tally.by_rpc[rpc.name] == 0]
     assert not silent, f"RPCs never called: {silent}"
     assert tally.calls >= MIN_CALLS
