@@ -10,10 +10,10 @@ RUN pip install -r requirements.txt
 # Generated code, as the Makefile's gen/.stamp rule builds it (without the mypy stubs), put on the
 # venv's path by a .pth file.
 COPY protos/ protos/
+COPY third_party/ third_party/
 RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && mkdir -p /opt/gen third_party/google/type \
- && cp "$site/google/type/money.proto" third_party/google/type/ \
- && python -m grpc_tools.protoc -I protos -I third_party --python_out=/opt/gen \
+ && mkdir -p /opt/gen \
+ && python -m grpc_tools.protoc -I protos -I third_party/googleapis --python_out=/opt/gen \
       --grpc_python_out=/opt/gen $(find protos -name '*.proto') \
  && echo /opt/gen > "$site/cloudimg_gen.pth"
 

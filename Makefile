@@ -5,9 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF := build/tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
+# The Google protos ours import, vendored (see third_party/googleapis/README.md).
+THIRD_PARTY := third_party/googleapis
+GOOGLE_PROTOS := $(shell find $(THIRD_PARTY) -name '*.proto')
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: all venv gen tools lint test unit integration e2e fault fault-report run bench revision clean
+.PHONY: all venv gen tools lint breaking test unit integration e2e fault fault-report run bench revision clean
 
 all: gen
 
@@ -21,14 +24,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed
 
 # Generated code goes into gen/ (one package tree: cloudimg.<context>.v1), put on the venv's path by
-# a .pth file. Never edited by hand; this rule rewrites it whole.
-gen/.stamp: $(VENV)/.installed $(PROTOS)
-	rm -rf gen build/third_party && mkdir -p gen build/third_party/google/type
-	cp "$(SITE)/google/type/money.proto" build/third_party/google/type/
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos -I build/third_party \
+# a .pth file. Never edited by hand; this rule rewrites it whole. Python is generated for our protos
+# only: google.type/rpc/api come from googleapis-common-protos at runtime. The protoset carries
+# google/rpc/status.proto and error_details.proto as well, so grpcurl can decode the error details.
+gen/.stamp: $(VENV)/.installed $(PROTOS) $(GOOGLE_PROTOS)
+	rm -rf gen build/third_party && mkdir -p gen build
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos -I $(THIRD_PARTY) \
 	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
-	$(PY) -m grpc_tools.protoc -I protos -I build/third_party --include_imports \
-	  --descriptor_set_out=build/cloudimg.protoset $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I protos -I $(THIRD_PARTY) --include_imports \
+	  --descriptor_set_out=build/cloudimg.protoset $(PROTOS) google/rpc/status.proto google/rpc/error_details.proto
 	echo "$(CURDIR)/gen" > "$(SITE)/cloudimg_gen.pth"
 	touch $@
 
@@ -44,12 +48,16 @@ lint: gen/.stamp $(BUF)
 	$(VENV)/bin/ruff check --quiet .
 	$(VENV)/bin/mypy
 
+# buf breaking of protos/ against the previous release (the latest v0.* tag, else the merge base with main).
+breaking: $(BUF)
+	@devtools/breaking.sh $(BUF) $(THIRD_PARTY)
+
 # qemu-img (Debian qemu-utils) builds the disk images that the import tests inspect.
 tools:
 	command -v qemu-img >/dev/null || apt-get install -y qemu-utils || (apt-get update && apt-get install -y qemu-utils) \
 	  || (sudo apt-get update && sudo apt-get install -y qemu-utils)
 
-test: gen lint tools
+test: gen lint breaking tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 unit: gen tools
