@@ -10,7 +10,7 @@ THIRD_PARTY := third_party/googleapis
 GOOGLE_PROTOS := $(shell find $(THIRD_PARTY) -name '*.proto')
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: all venv gen tools lint breaking test unit integration e2e fault fault-report run bench revision clean
+.PHONY: all venv gen tools lint breaking node-client test unit integration e2e fault fault-report run bench revision clean
 
 all: gen
 
@@ -52,19 +52,27 @@ lint: gen/.stamp $(BUF)
 breaking: $(BUF)
 	@devtools/breaking.sh $(BUF) $(THIRD_PARTY)
 
+# The Node.js client (clients/node, run by tests/e2e/test_node_client.py): its modules as pinned in its
+# package-lock.json (npm ci writes node_modules/.package-lock.json last).
+NODE_CLIENT := clients/node
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --silent --no-audit --no-fund
+
+node-client: $(NODE_CLIENT)/node_modules/.package-lock.json
+
 # qemu-img (Debian qemu-utils) builds the disk images that the import tests inspect.
 tools:
 	command -v qemu-img >/dev/null || apt-get install -y qemu-utils || (apt-get update && apt-get install -y qemu-utils) \
 	  || (sudo apt-get update && sudo apt-get install -y qemu-utils)
 
-test: gen lint breaking tools
+test: gen lint breaking tools node-client
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 unit: gen tools
 	$(PY) -m pytest -q tests/unit
 integration: gen tools
 	$(PY) -m pytest -q tests/integration
-e2e: gen tools
+e2e: gen tools node-client
 	$(PY) -m pytest -q tests/e2e
 fault: gen tools
 	$(PY) -m pytest -q tests/fault
@@ -84,4 +92,4 @@ revision: gen
 	$(PY) -m devtools.revision "$(SERVICE)" "$(MESSAGE)"
 
 clean:
-	rm -rf $(VENV) gen build data
+	rm -rf $(VENV) gen build data $(NODE_CLIENT)/node_modules
