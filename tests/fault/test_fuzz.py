@@ -292,9 +292,26 @@ def values(fd: FieldDescriptor, known: Known, depth: int, plausible: bool) -> st
         return one
     if plausible:
         return st.lists(one, min_size=1, max_size=2)
-    # a few entries, or one entry many times over (past every "at most N")
-    many = st.tuples(one, st.sampled_from([51, 101, 201, 1001])).map(lambda pair: [pair[0]] * pair[1])
+    # a few entries, or one entry many times over (past every "at most N"), kept under the request size limit
+    # that the server answers with a rich status (a longer list is the garbage bodies' part)
+    many = st.tuples(one, st.sampled_from([51, 101, 201, 1001])).filter(
+        lambda pair: _encoded_size(pair[0]) * pair[1] <= MANY_BYTES).map(lambda pair: [pair[0]] * pair[1])
     return weighted((3, st.lists(one, max_size=4)), (1, many))
+
+
+# The most a field's repeated entries take (the server reads up to 1 MiB with a rich MESSAGE_TOO_LARGE beyond).
+MANY_BYTES = 512 * 1024
+
+
+def _encoded_size(value: Any) -> int:
+    """About what one entry of a repeated field takes on the wire."""
+    if isinstance(value, Message):
+        return value.ByteSize() + 2
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass")) + 2
+    if isinstance(value, bytes):
+        return len(value) + 2
+    return 10
 
 
 def _set(message: Message, fd: FieldDescriptor, value: Any) -> None:
