@@ -1,15 +1,21 @@
 """cloudimg: the command-line client of the cloudimg public gRPC API.
 
-    cloudimg [--endpoint HOST:PORT] [--ca-cert FILE | --tls] [--api-key KEY] [--json] COMMAND ...
+    cloudimg [--profile NAME] [--endpoint HOST:PORT] [--ca-cert FILE | --tls] [--api-key KEY]
+             [--output table|json|yaml|text] [--timeout SECONDS] [--debug] COMMAND ...
 
-Every call authenticates with the API key (--api-key or CLOUDIMG_API_KEY) and has a 10 s deadline.
+Every setting is taken from its flag, else its environment variable (CLOUDIMG_ENDPOINT, CLOUDIMG_API_KEY,
+CLOUDIMG_REGION, CLOUDIMG_CA_CERT, CLOUDIMG_TLS, CLOUDIMG_OUTPUT, CLOUDIMG_TIMEOUT), else the profile
+(~/.cloudimg/config and ~/.cloudimg/credentials, written by `cloudimg configure`; see config.py), else its
+default. Every call authenticates with the API key, has a deadline (--timeout, default 10 s) and carries an
+x-request-id of its own, which an error names so that it can be quoted; --debug prints every call.
 `run` always sends a client token (--client-token, or a new one), and every other command that changes
 something (the image lifecycle, sharing, answering a share, the trust policy, terminating and
 resetting instances) a request id (--request-id, or a new one), so a call whose answer was lost is
 retried safely, and a failed one can be retried by hand with the token it names. `--wait` follows an
 image's background job (GetImage every half second, a progress bar on stderr) until it is NORMAL or has
 failed. The listings that page (images, charges, prices) show one page and the token of the next, or
-every page with --all; times are RFC 3339 (2026-12-01T00:00:00Z). `--json` prints the response message.
+every page with --all; times are RFC 3339 (2026-12-01T00:00:00Z). --output json (or --json) and yaml print
+the response message, and errors as one line of JSON on stderr; text prints tab-separated values.
 TLS: --ca-cert trusts a private CA (a gateway's own), --tls the system's CAs; without either the CLI
 speaks plaintext, which a gateway serves on loopback only.
 Exit status: 0 done, 1 the call failed (one line on stderr), 2 a usage error (nothing sent).
@@ -18,7 +24,6 @@ Exit status: 0 done, 1 the call failed (one line on stderr), 2 a usage error (no
 import argparse
 import json
 import os
-import re
 import sys
 import time
 import uuid
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -43,10 +49,10 @@ from cloudimg.gateway.v1 import (
     instance_service_pb2 as instance_pb,
     instance_service_pb2_grpc as instance_grpc,
 )
-from cloudimg_cli import render
+from cloudimg_cli import config, render, version
 
-DEFAULT_ENDPOINT = "127.0.0.1:50050"
-TIMEOUT_S = 10.0
+REQUEST_ID_KEY = "x-request-id"
+STRUCTURED = ("json", "yaml")  # the outputs whose errors are JSON too
 INT32_MAX = 2**31 - 1  # what the requests' int32 fields hold
 MAX_PAGE_SIZE = 1000
 MAX_INSTANCES = 100  # per RunInstances call
@@ -96,18 +102,41 @@ PRICE_HEADERS = ["REGION", "KIND", "INSTANCE_TYPE/PRODUCT", "CHARGE_TYPE", "UNIT
 SYNC_COLUMNS = ["image_id", "region", "name", "state", "progress_percent"]
 
 
-class Api:
-    """The four public services on one channel; every call carries the API key and the deadline."""
+# The full name of each public RPC by the name of its request message (one request message per RPC).
+METHODS = {method.input_type.full_name: f"/{service.full_name}/{method.name}"
+           for module in (image_pb, share_pb, instance_pb, account_pb)
+           for service in module.DESCRIPTOR.services_by_name.values() for method in service.methods}
 
-    def __init__(self, channel: grpc.Channel, api_key: str):
+
+class Api:
+    """The four public services on one channel; every call carries the API key, the deadline and an
+    x-request-id of its own (the last one sent is kept, for the error message)."""
+
+    def __init__(self, channel: grpc.Channel, api_key: str, timeout: float, debug: Any = None):
         self.images = image_grpc.ImageServiceStub(channel)
         self.shares = share_grpc.ImageShareServiceStub(channel)
         self.instances = instance_grpc.InstanceServiceStub(channel)
         self.accounts = account_grpc.AccountServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self.timeout = timeout
+        self._debug = debug  # a stream to describe every call on, or None
+        self.last_request_id = ""
 
-    def __call__(self, method: Any, request: Any, timeout: float = TIMEOUT_S) -> Any:
-        return method(request, metadata=self._metadata, timeout=timeout)
+    def __call__(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        self.last_request_id = request_id = uuid.uuid4().hex
+        started = time.monotonic()
+        outcome = "OK"
+        try:
+            return method(request, metadata=(*self._metadata, (REQUEST_ID_KEY, request_id)),
+                          timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as err:
+            outcome = err.code().name
+            raise
+        finally:
+            if self._debug is not None:
+                name = METHODS.get(request.DESCRIPTOR.full_name, request.DESCRIPTOR.full_name)
+                print(f"debug: {name} {REQUEST_ID_KEY} {request_id} {outcome} "
+                      f"{(time.monotonic() - started) * 1000:.1f} ms", file=self._debug)
 
     def all_pages(self, method: Any, request: Any, items: str) -> Any:
         """Follows next_page_token; returns the first response holding every page's items."""
@@ -136,7 +165,7 @@ def with_next_page(text: str, response: Any) -> str:
 def list_images(api: Api, args: argparse.Namespace) -> Message:
     request = image_pb.ListImagesRequest(
         region=args.region,
-        image_types=[render.enum_number(IMAGE_TYPE, t) for t in args.types],  # type: ignore[misc]
+        image_types=[render.enum_number(IMAGE_TYPE, t) for t in args.image_types],  # type: ignore[misc]
         platform=args.platform,
         name_filter=args.name,
         page_size=args.page_size,
@@ -204,7 +233,7 @@ def launch_fields(args: argparse.Namespace) -> dict:
     return dict(
         region=args.region,
         image_id=args.image,
-        instance_type=args.type,
+        instance_type=args.instance_type,
         instance_count=args.count,
         charge_type=render.enum_number(CHARGE_TYPE, args.charge_type) if args.charge_type else 0,
         period_months=args.period_months,
@@ -227,11 +256,11 @@ class OutcomeUnknown(Exception):
 def send_once(api: Api, method: Any, request: Message, flag: str, token: str) -> Any:
     """Sends a change carrying its idempotency token, and sends it again (the same token) while its answer
     is lost; when it still fails that way, OutcomeUnknown names the token to retry with."""
-    give_up = time.monotonic() + RETRY_WITHIN_S
+    give_up = time.monotonic() + max(RETRY_WITHIN_S, api.timeout)
     attempts, delay = 1, RETRY_BACKOFF_S
     while True:
         try:
-            return api(method, request, timeout=min(TIMEOUT_S, give_up - time.monotonic()))
+            return api(method, request, timeout=min(api.timeout, give_up - time.monotonic()))
         except grpc.RpcError as err:
             retry = err.code() in RETRYABLE or error_reason(err) == "LAUNCH_OUTCOME_UNKNOWN"
             if retry and attempts < RETRY_ATTEMPTS and time.monotonic() + delay < give_up:
@@ -244,7 +273,12 @@ def send_once(api: Api, method: Any, request: Message, flag: str, token: str) ->
 
 
 def run_instances(api: Api, args: argparse.Namespace) -> Message:
+    """Names its client token before it sends it (on stderr; as a field of --output json and yaml), so that a
+    launch whose outcome is not known, even after Ctrl-C, can be retried with it."""
     token = args.client_token or uuid.uuid4().hex
+    args.extra = {"client_token": token}
+    if args.output not in STRUCTURED:
+        print(f"client token: {token}", file=sys.stderr)
     request = instance_pb.RunInstancesRequest(**launch_fields(args), client_token=token, dry_run=args.dry_run)
     return send_once(api, api.instances.RunInstances, request, "--client-token", token)
 
@@ -459,6 +493,59 @@ class Progress:
         self._last = ""
 
 
+# configure: local commands, given the settings instead of the API.
+
+def configure(settings: config.Settings, args: argparse.Namespace) -> dict:
+    """Saves the settings given as flags (and only those) in the profile; the profile's settings after."""
+    changes = {name: setting.value for name, setting in settings.values.items() if setting.source.startswith("--")}
+    if not changes:
+        raise UsageError("configure: give the settings to save: --endpoint, --api-key, --region, --ca-cert, "
+                         "--tls/--no-tls, --output, --timeout (cloudimg configure list shows them)")
+    if changes.get("api_key") == "-":
+        changes["api_key"] = sys.stdin.readline().strip()
+        if not changes["api_key"]:
+            raise UsageError("configure: --api-key -: no key on stdin")
+    for name, value in changes.items():
+        if value == "":
+            changes[name] = None  # removes it
+        elif name == "ca_cert":
+            path = Path(value).expanduser().resolve()  # the same file from any directory
+            if not path.is_file():
+                raise UsageError(f"configure: --ca-cert {value}: no such file")
+            changes[name] = str(path)
+    config.write_profile(settings, changes)
+    chosen = settings.profile.value if settings.profile.source == "--profile" else None
+    return settings_document(config.resolve({}, os.environ, chosen))
+
+
+def settings_document(settings: config.Settings) -> dict:
+    """The settings in effect as --output json shows them: each with its source, the API key masked."""
+    rows = [{"name": "profile", "value": settings.profile.value, "source": settings.profile.source}]
+    for name, setting in settings.values.items():
+        value = config.masked(setting.value) if name == config.SECRET and setting.value else setting.value
+        rows.append({"name": name, "value": value, "source": setting.source})
+    return {"profile": settings.profile.value, "config_file": str(settings.config_file),
+            "credentials_file": str(settings.credentials_file), "settings": rows}
+
+
+def _setting_text(value: Any, yes: str, no: str, unset: str) -> str:
+    if isinstance(value, bool):
+        return yes if value else no
+    if isinstance(value, float):
+        return f"{value:g}"
+    return unset if value is None else str(value)
+
+
+def show_settings(document: dict) -> str:
+    return render.table([[row["name"], _setting_text(row["value"], "yes", "no", "-"), row["source"]]
+                         for row in document["settings"]], ["NAME", "VALUE", "SOURCE"])
+
+
+def settings_text(document: dict) -> str:
+    return "\n".join("\t".join([row["name"], _setting_text(row["value"], "true", "false", ""), row["source"]])
+                     for row in document["settings"])
+
+
 def show_made(response: Any, args: argparse.Namespace) -> str:
     text = render.fields(response.image)
     return "dry run: checked, nothing made\n\n" + text if args.dry_run else text
@@ -485,7 +572,11 @@ def add_change_flags(parser: argparse.ArgumentParser, dry_run: bool = True, wait
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloudimg", description="Client for the cloudimg image control plane.",
+        epilog="Each setting comes from its flag, else its environment variable, else the profile (cloudimg "
+               "configure), else its default.",
         parents=[global_flags(with_defaults=True)])
+    parser.add_argument("--version", action="version", version=f"cloudimg {version()}")
+    parser.set_defaults(local=False, needs_region=False, extra={}, text=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, call, show, show_with_args: bool = False, under: Any = commands,
@@ -497,14 +588,30 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(call=call, show=show if show_with_args else lambda response, _args: show(response))
         return sub
 
+    sub = command("configure", "Save settings in a profile (--profile, default \"default\"); configure list "
+                  "shows them.", configure, show_settings,
+                  description="Save the settings given as flags in a profile of the config file (--profile, "
+                              "default \"default\"), the API key in the credentials file beside it; --region \"\", "
+                              "--ca-cert \"\" or --api-key \"\" removes that setting, --api-key - reads the key "
+                              "from stdin. Prints the profile's settings afterwards (`cloudimg configure list`).")
+    sub.add_argument("--region", help="the default region of the commands that need one")
+    sub.set_defaults(local=True, text=settings_text)
+    sub.usage = "%(prog)s [-h] [--profile NAME] [--endpoint HOST:PORT] [--api-key KEY] [--region REGION] [...]"
+    actions = sub.add_subparsers(dest="configure_action", metavar="ACTION")
+    sub = command("list", "Show the settings in effect, where each comes from, the API key masked.",
+                  lambda settings, args: settings_document(settings), show_settings, under=actions)
+    sub.set_defaults(local=True, text=settings_text)
+
     command("regions", "List the regions.",
             lambda api, args: api(api.images.ListRegions, image_pb.ListRegionsRequest()),
             lambda r: render.columns(r.regions, REGION_COLUMNS))
 
     sub = command("images", "List the images of a region that the caller may see (one page, or --all).",
                   list_images, show_images)
-    sub.add_argument("--region", required=True)
-    add_enum_list_flag(sub, "--type", "types", IMAGE_TYPE, "image types to list", "default every type")
+    add_region_flag(sub)
+    add_enum_list_flag(sub, "--image-type", "image_types", IMAGE_TYPE, "image types to list", "default every type")
+    sub.add_argument("--type", dest="image_types", action=DeprecatedAlias, use="--image-type", extend=True,
+                     nargs="+", type=str.upper, choices=render.enum_choices(IMAGE_TYPE), help=argparse.SUPPRESS)
     add_enum_list_flag(sub, "--share-state", "share_states", SHARE_STATE, "SHARED images: the share states to list",
                        "default PENDING and ACCEPTED; a REJECTED share is listed only when asked for")
     sub.add_argument("--platform", help="exact platform, case-insensitive (e.g. Ubuntu)")
@@ -521,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
                   lambda api, args: api(api.instances.ListInstanceTypes,
                                         instance_pb.ListInstanceTypesRequest(region=args.region)),
                   lambda r: render.columns(r.instance_types, INSTANCE_TYPE_COLUMNS))
-    sub.add_argument("--region", required=True)
+    add_region_flag(sub)
 
     sub = command("prices", "List the published price book: instance, Windows license and marketplace prices "
                   "(one page, or --all).", list_prices, show_prices)
@@ -617,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "image_allowed=no, in OFF mode nothing is restricted. "
                               "`cloudimg trust-policy update` changes it.")
     # Without an action it shows the policy: the usage line says the action is optional.
-    sub.usage = "%(prog)s [-h] [--endpoint ENDPOINT] [--api-key API_KEY] [--json] [update ...]"
+    sub.usage = "%(prog)s [-h] [--profile NAME] [--output FORMAT] [...] [update ...]"
     actions = sub.add_subparsers(dest="trust_policy_action", metavar="ACTION")
     sub = command("update", "Change the fields of your trust policy given as flags (the others stay); prints it.",
                   update_trust_policy, show_policy, under=actions,
@@ -645,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("import-image", "Import a custom image from a disk image (qcow2, raw, vhd, vmdk).",
                   import_image, show_made, show_with_args=True)
-    sub.add_argument("--region", required=True)
+    add_region_flag(sub)
     sub.add_argument("--name", required=True)
     sub.add_argument("--description", default="")
     sub.add_argument("--format", required=True, type=str.upper, choices=render.enum_choices(IMAGE_FORMAT))
@@ -678,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("quota", "Show your custom-image and daily image-operation quotas in a region.",
                   lambda api, args: api(api.images.GetImageQuota, image_pb.GetImageQuotaRequest(region=args.region)),
                   render.fields)
-    sub.add_argument("--region", required=True)
+    add_region_flag(sub)
 
     command("whoami", "Show the account and API key the calls are made with.",
             lambda api, args: api(api.accounts.GetCallerIdentity,
@@ -701,26 +808,57 @@ def build_parser() -> argparse.ArgumentParser:
 def global_flags(with_defaults: bool) -> argparse.ArgumentParser:
     """The connection and output flags, accepted before or after the command.
 
-    The copy given to the commands has no defaults, so it never overwrites a value given earlier.
+    The copy given to the commands has no defaults, so it never overwrites a value given earlier. A setting
+    not given is None here: main() takes it from the environment, the profile or its default.
     """
     def default(value):
         return value if with_defaults else argparse.SUPPRESS
 
     flags = argparse.ArgumentParser(add_help=False)
-    # None: CLOUDIMG_ENDPOINT or the default, checked in main() so that its errors name the variable.
-    flags.add_argument("--endpoint", type=endpoint, default=default(None),
-                       help=f"HOST:PORT of the gateway (env CLOUDIMG_ENDPOINT, default "
-                            f"{DEFAULT_ENDPOINT})")
-    flags.add_argument("--api-key", default=default(os.environ.get("CLOUDIMG_API_KEY")),
-                       help="API key (env CLOUDIMG_API_KEY)")
-    flags.add_argument("--ca-cert", metavar="FILE", default=default(os.environ.get("CLOUDIMG_CA_CERT") or None),
+    flags.add_argument("--profile", type=checked(config.profile_name), default=default(None), metavar="NAME",
+                       help=f"the profile of the config file to use (env CLOUDIMG_PROFILE, default "
+                            f"\"{config.DEFAULT_PROFILE}\")")
+    flags.add_argument("--endpoint", type=checked(config.endpoint), default=default(None), metavar="HOST:PORT",
+                       help=f"the gateway (env CLOUDIMG_ENDPOINT, default {config.DEFAULTS['endpoint']})")
+    flags.add_argument("--api-key", default=default(None), metavar="KEY", help="API key (env CLOUDIMG_API_KEY)")
+    flags.add_argument("--ca-cert", metavar="FILE", default=default(None),
                        help="speak TLS to the gateway, trusting the CA in this PEM file (env CLOUDIMG_CA_CERT)")
-    flags.add_argument("--tls", action="store_true", default=default(os.environ.get("CLOUDIMG_TLS") == "1"),
+    flags.add_argument("--tls", action=argparse.BooleanOptionalAction, default=default(None),
                        help="speak TLS to the gateway, trusting the system's CAs (env CLOUDIMG_TLS=1); "
                             "implied by --ca-cert")
-    flags.add_argument("--json", action="store_true", default=default(False),
-                       help="print the response as JSON")
+    flags.add_argument("--output", type=str.lower, choices=config.OUTPUTS, default=default(None),
+                       help="table (the default), json, yaml or text: tab-separated values (env CLOUDIMG_OUTPUT)")
+    flags.add_argument("--json", dest="output", action="store_const", const="json", default=argparse.SUPPRESS,
+                       help="the same as --output json")
+    flags.add_argument("--timeout", type=checked(config.timeout), default=default(None), metavar="SECONDS",
+                       help=f"the deadline of each call (env CLOUDIMG_TIMEOUT, default "
+                            f"{config.DEFAULTS['timeout']:g})")
+    flags.add_argument("--debug", action="store_true", default=default(False),
+                       help="describe every call on stderr: endpoint, method, x-request-id, outcome, duration")
     return flags
+
+
+def add_region_flag(parser: argparse.ArgumentParser) -> None:
+    """--region of a command that needs one: the profile's (or CLOUDIMG_REGION) when not given."""
+    parser.add_argument("--region", help="default: env CLOUDIMG_REGION, else the profile's region")
+    parser.set_defaults(needs_region=True)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old name of a flag, kept for the scripts that use it: it does what the flag ``use`` does (store, or
+    with extend=True add to the list) and warns once on stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, use: str, extend: bool = False, **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.use, self.extend, self.warned = use, extend, False
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not self.warned:
+            print(f"cloudimg: warning: {option_string} is deprecated, use {self.use}", file=sys.stderr)
+            self.warned = True
+        if self.extend:
+            values = [*(getattr(namespace, self.dest, None) or []), *values]
+        setattr(namespace, self.dest, values)
 
 
 def add_page_flags(parser: argparse.ArgumentParser) -> None:
@@ -739,9 +877,12 @@ def add_enum_list_flag(parser: argparse.ArgumentParser, flag: str, dest: str, en
 
 
 def add_launch_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--region", required=True)
+    add_region_flag(parser)
     parser.add_argument("--image", required=True, metavar="IMAGE_ID")
-    parser.add_argument("--type", required=True, metavar="INSTANCE_TYPE")
+    instance_type = parser.add_mutually_exclusive_group(required=True)
+    instance_type.add_argument("--instance-type", metavar="INSTANCE_TYPE", help="e.g. S5.MEDIUM4")
+    instance_type.add_argument("--type", dest="instance_type", action=DeprecatedAlias, use="--instance-type",
+                               help=argparse.SUPPRESS)
     parser.add_argument("--count", type=bounded(1, MAX_INSTANCES), default=1, help=f"1-{MAX_INSTANCES} (default 1)")
     parser.add_argument("--charge-type", type=str.upper, choices=render.enum_choices(CHARGE_TYPE),
                         help="default POSTPAID_BY_HOUR")
@@ -765,15 +906,14 @@ def bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-# The host a name, an IPv4 address or a bracketed IPv6 address; gRPC finds out whether it exists.
-_ENDPOINT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
-
-
-def endpoint(text: str) -> str:
-    match = _ENDPOINT.fullmatch(text)
-    if match is None or not 1 <= int(match[1]) <= 65535:
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port from 1 to 65535 (got {text[:80]!r})")
-    return text
+def checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A setting's parser as an argument type: its ValueError a usage error naming the flag."""
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_flag
 
 
 def rfc3339(text: str) -> timestamp_pb2.Timestamp:
@@ -813,25 +953,11 @@ def client_token(text: str) -> str:
     return text
 
 
-def endpoint_from_env() -> str:
-    """CLOUDIMG_ENDPOINT if set (set but empty is a mistake, not the default), else the default."""
-    value = os.environ.get("CLOUDIMG_ENDPOINT")
-    if value is None:
-        return DEFAULT_ENDPOINT
-    if not value:
-        raise ValueError("CLOUDIMG_ENDPOINT is set but empty: set it to HOST:PORT or unset it "
-                         f"(default {DEFAULT_ENDPOINT})")
-    try:
-        return endpoint(value)
-    except argparse.ArgumentTypeError as exc:
-        raise ValueError(f"CLOUDIMG_ENDPOINT {exc}") from None
-
-
 def open_channel(target: str, ca_cert: str | None, tls: bool) -> grpc.Channel:
     """TLS when a CA is given or --tls asks for it; plaintext otherwise (a gateway on loopback)."""
-    if ca_cert is None and not tls:
+    if not ca_cert and not tls:
         return grpc.insecure_channel(target)
-    roots = Path(ca_cert).read_bytes() if ca_cert else None
+    roots = Path(ca_cert).expanduser().read_bytes() if ca_cert else None
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(roots))
 
 
@@ -843,66 +969,144 @@ def describe_error(err: grpc.RpcError) -> str:
     return f"error: {code} {reason}: {message}" if reason else f"error: {code}: {message}"
 
 
-def error_reason(err: grpc.RpcError) -> str:
+def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     try:
         status = rpc_status.from_call(err)
     except ValueError:  # a rich status that contradicts the call's own code or message
-        return ""
+        return None
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
-    return ""
+            return info
+    return None
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    info = error_info(err)
+    return info.reason if info else ""
+
+
+def error_document(code: str, message: str, err: grpc.RpcError | None = None, request_id: str | None = None,
+                   **more: Any) -> dict:
+    """An error as --output json prints it on stderr: the gRPC code and the ErrorInfo's reason and metadata
+    for a failed call (with its x-request-id), else a code of this client's own (USAGE_ERROR, ...)."""
+    info = error_info(err) if err is not None else None
+    return {"code": code, "reason": info.reason if info else "", "message": message,
+            "metadata": dict(info.metadata) if info else {}, "request_id": request_id, **more}
+
+
+class Failed(Exception):
+    """What main() reports: the exit status, the line for table and text output, the JSON document for the
+    structured outputs."""
+
+    def __init__(self, status: int, line: str, document: dict):
+        super().__init__(line)
+        self.status, self.line, self.document = status, line, document
+
+
+def usage_failure(message: str) -> Failed:
+    return Failed(2, f"cloudimg: error: {message}", error_document("USAGE_ERROR", message))
+
+
+def call_failure(err: grpc.RpcError, request_id: str) -> Failed:
+    message = " ".join((err.details() or "").split())
+    return Failed(1, f"{describe_error(err)} ({REQUEST_ID_KEY} {request_id})",
+                  error_document(err.code().name, message, err, request_id))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # usage errors (2) and --help (0)
+    except SystemExit as exit_:  # usage errors (2), --help and --version (0)
         return int(exit_.code or 0)
     try:
-        args.endpoint = args.endpoint or endpoint_from_env()
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not args.api_key:
-        print("error: no API key: pass --api-key or set CLOUDIMG_API_KEY", file=sys.stderr)
-        return 2
-    try:
-        channel = open_channel(args.endpoint, args.ca_cert, args.tls)
-    except OSError as exc:
-        print(f"error: --ca-cert {args.ca_cert}: {exc.strerror}", file=sys.stderr)
-        return 2
-    try:
-        with channel:
-            response = args.call(Api(channel, args.api_key), args)
-    except grpc.RpcError as err:
-        print(describe_error(err), file=sys.stderr)
-        return 1
-    except OutcomeUnknown as failed:
-        print(f"{describe_error(failed.error)}; retry with {failed.flag} {failed.token}", file=sys.stderr)
-        return 1
-    except UsageError as exc:
+        settings = config.resolve({name: getattr(args, name, None) for name in config.DEFAULTS}, os.environ,
+                                  args.profile, new_profile=args.call is configure)
+    except config.ConfigError as exc:  # before the output is known: a line
         print(f"cloudimg: error: {exc}", file=sys.stderr)
         return 2
-    except ImageFailed as failed:
-        for image in failed.images:
-            state = render.enum_name(image_pb.ImageState.DESCRIPTOR, image.state)
-            print(f"error: image {image.image_id} is {state}: {image.state_reason or 'no reason given'}",
-                  file=sys.stderr)
-        return 1
-    except WaitExpired as expired:
-        print(f"error: gave up waiting after {expired.seconds} s; still working: {expired} "
-              "(look again with: cloudimg image IMAGE_ID)", file=sys.stderr)
-        return 1
+    args.output = settings["output"]
+    try:
+        response = run(args, settings)
+    except Failed as failed:
+        if args.output in STRUCTURED:
+            print(json.dumps(failed.document), file=sys.stderr)
+        else:
+            print(failed.line, file=sys.stderr)
+        return failed.status
     except KeyboardInterrupt:
         return 130
-    if args.json:
-        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
-    else:
-        print(args.show(response, args))
+    text = shown(response, args)
+    if text:
+        print(text)
     return 0
+
+
+def run(args: argparse.Namespace, settings: config.Settings) -> Any:
+    """The command's response; Failed when it fails."""
+    try:
+        if args.local:
+            return args.call(settings, args)
+    except (UsageError, config.ConfigError) as exc:
+        raise usage_failure(str(exc)) from None
+    if not settings["api_key"]:
+        raise usage_failure("no API key: pass --api-key, set CLOUDIMG_API_KEY or save one with: cloudimg "
+                            "configure --api-key KEY")
+    if args.needs_region:
+        args.region = settings["region"]
+        if not args.region:
+            raise usage_failure(f"{args.command} needs a region: pass --region, set CLOUDIMG_REGION or save one "
+                                "with: cloudimg configure --region REGION")
+    try:
+        channel = open_channel(settings["endpoint"], settings["ca_cert"], settings["tls"])
+    except OSError as exc:
+        raise usage_failure(f"--ca-cert {settings['ca_cert']}: {exc.strerror}") from None
+    debug = sys.stderr if args.debug else None
+    if debug:
+        transport = (f"TLS trusting {settings['ca_cert']}" if settings["ca_cert"]
+                     else "TLS" if settings["tls"] else "plaintext")
+        print(f"debug: endpoint {settings['endpoint']} ({transport}), profile {settings.profile.value}, "
+              f"timeout {settings['timeout']:g} s", file=debug)
+    api = Api(channel, settings["api_key"], settings["timeout"], debug)
+    try:
+        with channel:
+            return args.call(api, args)
+    except grpc.RpcError as err:
+        raise call_failure(err, api.last_request_id) from None
+    except OutcomeUnknown as unknown:
+        failed = call_failure(unknown.error, api.last_request_id)
+        line = failed.line.replace(f" ({REQUEST_ID_KEY} ", f"; retry with {unknown.flag} {unknown.token} "
+                                                          f"({REQUEST_ID_KEY} ", 1)
+        raise Failed(1, line, {**failed.document, "retry_with": {"flag": unknown.flag, "value": unknown.token}}
+                     ) from None
+    except UsageError as exc:
+        raise usage_failure(str(exc)) from None
+    except ImageFailed as failed_images:
+        reasons = [f"image {image.image_id} is {render.enum_name(image_pb.ImageState.DESCRIPTOR, image.state)}: "
+                   f"{image.state_reason or 'no reason given'}" for image in failed_images.images]
+        raise Failed(1, "\n".join(f"error: {reason}" for reason in reasons),
+                     error_document("IMAGE_FAILED", "; ".join(reasons),
+                                    images=[MessageToDict(i, preserving_proto_field_name=True)
+                                            for i in failed_images.images])) from None
+    except WaitExpired as expired:
+        message = (f"gave up waiting after {expired.seconds} s; still working: {expired} (look again with: "
+                   "cloudimg image IMAGE_ID)")
+        raise Failed(1, f"error: {message}", error_document("WAIT_EXPIRED", message)) from None
+
+
+def shown(response: Any, args: argparse.Namespace) -> str:
+    """The response in the chosen output; the fields a command adds (run's client token) in json and yaml."""
+    if args.output in STRUCTURED:
+        document = response if isinstance(response, dict) else MessageToDict(response,
+                                                                              preserving_proto_field_name=True)
+        document = {**document, **args.extra}
+        if args.output == "json":
+            return json.dumps(document, indent=2)
+        return yaml.safe_dump(document, sort_keys=False, allow_unicode=True).rstrip("\n")
+    if args.output == "text":
+        return (args.text or render.text)(response)
+    return args.show(response, args)
 
 
 if __name__ == "__main__":

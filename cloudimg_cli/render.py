@@ -102,3 +102,73 @@ def quote(q: Any) -> str:
     """A cloudimg.gateway.v1.Quote: its itemized lines, then the total."""
     lines = columns(q.lines, ["kind", "description", "unit_price", "quantity", "unit", "amount"])
     return lines + "\n\n" + fields(q, ["total", "charge_type", "image_allowed"])
+
+
+# --output text: tab-separated values, like `aws --output text`.
+
+_VALUE_TYPES = ("google.protobuf.Timestamp", "google.type.Money")  # one cell each, not a record of their own
+
+
+def text(response: Message) -> str:
+    """A response as lines of tab-separated values, for scripts (cut, awk, read).
+
+    Its scalar fields make the first line (next_page_token, when there is one, a line of its own named
+    NEXT_PAGE_TOKEN); a repeated scalar field one line per value, named after the field (INSTANCE_IDS ins-1);
+    each message it holds (an element of a repeated field, or a single one) a line named after its field
+    (IMAGES, QUOTE) holding that message's scalar fields in the API's order, followed by the lines of the
+    messages it holds in turn. A cell is a value as the tables show it ("" when unset, true or false for a
+    boolean, a repeated field's values joined by commas)."""
+    lines = []
+    scalars = [f.name for f in response.DESCRIPTOR.fields
+               if not _is_record(f) and not f.is_repeated and f.name != "next_page_token"]
+    if scalars:
+        lines.append("\t".join(text_cell(response, name) for name in scalars))
+    for field in response.DESCRIPTOR.fields:
+        if field.is_repeated and not _is_record(field):
+            lines += [f"{field.name.upper()}\t{_clean(value)}" for value in entries(response, field.name)]
+    lines += _records(response)
+    token = getattr(response, "next_page_token", "")
+    if token:
+        lines.append(f"NEXT_PAGE_TOKEN\t{token}")
+    return "\n".join(lines)
+
+
+def _records(message: Message) -> list[str]:
+    """The lines of the messages a message holds."""
+    lines = []
+    for field in message.DESCRIPTOR.fields:
+        if not _is_record(field):
+            continue
+        if field.is_repeated:
+            held = list(getattr(message, field.name))
+        else:
+            held = [getattr(message, field.name)] if message.HasField(field.name) else []
+        for item in held:
+            cells = [text_cell(item, f.name) for f in item.DESCRIPTOR.fields if not _is_record(f)]
+            lines.append("\t".join([field.name.upper(), *cells]))
+            lines += _records(item)
+    return lines
+
+
+def _is_record(field: Any) -> bool:
+    return field.message_type is not None and field.message_type.full_name not in _VALUE_TYPES
+
+
+def text_cell(message: Message, name: str) -> str:
+    field = message.DESCRIPTOR.fields_by_name[name]
+    value = getattr(message, name)
+    if field.is_repeated:
+        return ",".join(_clean(v) for v in entries(message, name))
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return "true" if value else "false"
+    if field.enum_type is not None and not value:
+        return ""
+    if field.message_type is not None and not message.HasField(name):
+        return ""
+    shown = cell(message, name)
+    return _clean(shown) if shown != "-" or value == "-" else ""
+
+
+def _clean(value: str) -> str:
+    """A tab or a line break inside a value would split its cell or its line."""
+    return " ".join(value.split("\t")).replace("\r", " ").replace("\n", " ")

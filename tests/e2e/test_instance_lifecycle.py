@@ -34,14 +34,15 @@ ALICE_WEB = seed_image_id(GZ, "alice-web")
 
 
 def _cli(stack: Stack, who: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CLOUDIMG_API_KEY": stack.api_keys[who]}
+    env = {**os.environ, "CLOUDIMG_API_KEY": stack.api_keys[who], "CLOUDIMG_CONFIG_FILE": os.devnull,
+           "CLOUDIMG_CREDENTIALS_FILE": os.devnull}  # no profile of the user's
     return subprocess.run([sys.executable, "-m", "cloudimg_cli.main", *stack.cli_args(), *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
 
 def cloudimg(stack: Stack, who: str, *args: str) -> Any:
-    """Runs the CLI against the stack and returns its --json output."""
-    done = _cli(stack, who, "--json", *args)
+    """Runs the CLI against the stack and returns its --output json output."""
+    done = _cli(stack, who, "--output", "json", *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -53,7 +54,7 @@ def cloudimg_fails(stack: Stack, who: str, *args: str) -> str:
 
 
 def test_the_backup_story_through_the_cli(stack):
-    launched = cloudimg(stack, "alice", "run", "--region", GZ, "--image", UBUNTU, "--type", "S5.MEDIUM4",
+    launched = cloudimg(stack, "alice", "run", "--region", GZ, "--image", UBUNTU, "--instance-type", "S5.MEDIUM4",
                         "--count", "2")
     first, second = launched["instance_ids"]
     backup = cloudimg(stack, "alice", "create-image", "--instance", first, "--name", f"backup-{first}", "--wait")
@@ -78,18 +79,18 @@ def test_the_backup_story_through_the_cli(stack):
 
 def test_the_trust_tour_through_the_cli(stack):
     cloudimg(stack, "alice", "share", ALICE_WEB, BOB)
-    assert "SHARE_PENDING" in cloudimg_fails(stack, "bob", "run", "--region", GZ, "--image", ALICE_WEB, "--type",
-                                             "S5.MEDIUM4")
-    pending = cloudimg(stack, "bob", "images", "--region", GZ, "--type", "SHARED")
+    launch = ("run", "--region", GZ, "--image", ALICE_WEB, "--instance-type", "S5.MEDIUM4")
+    assert "SHARE_PENDING" in cloudimg_fails(stack, "bob", *launch)
+    # by name: test_launch_path shares alice-blog with bob on the same session's stack
+    pending = cloudimg(stack, "bob", "images", "--region", GZ, "--image-type", "SHARED", "--name", "alice web")
     assert [(i["image_id"], i["share_state"]) for i in pending["images"]] == [(ALICE_WEB, "SHARE_STATE_PENDING")]
     assert cloudimg(stack, "bob", "accept-share", ALICE_WEB)["share"]["state"] == "SHARE_STATE_ACCEPTED"
-    assert cloudimg(stack, "bob", "run", "--region", GZ, "--image", ALICE_WEB, "--type", "S5.MEDIUM4")["instance_ids"]
+    assert cloudimg(stack, "bob", *launch)["instance_ids"]
     policy = cloudimg(stack, "bob", "trust-policy", "update", "--mode", "ENFORCE", "--allowed-accounts", ALICE)
     assert policy["policy"]["mode"] == "TRUST_POLICY_MODE_ENFORCE"
-    assert cloudimg(stack, "bob", "run", "--region", GZ, "--image", ALICE_WEB, "--type", "S5.MEDIUM4")["instance_ids"]
+    assert cloudimg(stack, "bob", *launch)["instance_ids"]
     cloudimg(stack, "bob", "trust-policy", "update", "--allowed-accounts", "")
-    assert "IMAGE_NOT_ALLOWED" in cloudimg_fails(stack, "bob", "run", "--region", GZ, "--image", ALICE_WEB, "--type",
-                                                 "S5.MEDIUM4")
+    assert "IMAGE_NOT_ALLOWED" in cloudimg_fails(stack, "bob", *launch)
     assert cloudimg(stack, "bob", "trust-policy")["policy"]["mode"] == "TRUST_POLICY_MODE_ENFORCE"
     cloudimg(stack, "bob", "trust-policy", "update", "--mode", "OFF")
     owner_view = cloudimg(stack, "alice", "shares", ALICE_WEB)

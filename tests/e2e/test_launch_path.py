@@ -197,15 +197,18 @@ def test_sigterm_turns_health_not_serving_then_exits_cleanly(spawn, tmp_path):
 
 
 def test_the_cli_quotes_and_launches(stack):
-    env = {"CLOUDIMG_API_KEY": stack.api_keys["alice"], "PATH": "/usr/bin"}
+    # No profile of the user's: CLOUDIMG_CONFIG_FILE and CLOUDIMG_CREDENTIALS_FILE name empty files.
+    env = {"CLOUDIMG_API_KEY": stack.api_keys["alice"], "PATH": "/usr/bin", "CLOUDIMG_CONFIG_FILE": "/dev/null",
+           "CLOUDIMG_CREDENTIALS_FILE": "/dev/null"}
     cli = [sys.executable, "-m", "cloudimg_cli.main", *stack.cli_args()]
     quote = subprocess.run([*cli, "quote", "--region", "ap-hongkong", "--image",
-                            seed_image_id("ap-hongkong", "windows-2022-x86"), "--type", "S5.LARGE8", "--count", "2"],
+                            seed_image_id("ap-hongkong", "windows-2022-x86"), "--instance-type", "S5.LARGE8",
+                            "--count", "2"],
                            env=env, capture_output=True, text=True, timeout=30)
     assert quote.returncode == 0, quote.stderr
     assert "IMAGE_LICENSE" in quote.stdout and "INSTANCE" in quote.stdout and "total" in quote.stdout
-    run = subprocess.run([*cli, "--json", "run", "--region", GZ, "--image",
-                          seed_image_id(GZ, "debian-12-x86"), "--type", "S5.MEDIUM4"],
+    run = subprocess.run([*cli, "--output", "json", "run", "--region", GZ, "--image",
+                          seed_image_id(GZ, "debian-12-x86"), "--instance-type", "S5.MEDIUM4"],
                          env=env, capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     assert re.search(r'"ins-[a-z0-9]{8}"', run.stdout)

@@ -1,13 +1,19 @@
 """The `cloudimg` CLI against a real gRPC server with small fake gateway servicers."""
 
+import importlib.metadata
 import io
 import json
+import os
+import re
+import stat
 import subprocess
 import sys
+import tomllib
 from concurrent import futures
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from google.type import money_pb2
@@ -23,6 +29,7 @@ from cloudimg.gateway.v1 import (
     instance_service_pb2 as instance_pb,
     instance_service_pb2_grpc as instance_grpc,
 )
+import cloudimg_cli
 from cloudimg_cli import main as cli_main, render
 from cloudimg_cli.main import main
 
@@ -141,14 +148,25 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
 
     def __init__(self):
         self.requests = []
+        self.metadata = []  # each call's invocation metadata, as a dict
         self.time_remaining = None
         self.run_failures = []  # each aborts one RunInstances call, in order
         self.failures = {}  # method name -> aborts of its next calls, in order
         self.jobs = {}  # image id -> what GetImage answers for it, one after the other (the last one stays)
 
     def record(self, request, context):
+        self.metadata.append(dict(context.invocation_metadata()))
         authorize(context)
         self.requests.append(request)
+
+    @property
+    def request_ids(self) -> list[str]:
+        """The x-request-id of each call, in order."""
+        return [m.get("x-request-id") for m in self.metadata]
+
+    def named(self, line: str) -> str:
+        """An error line as the CLI prints it: naming the x-request-id of the last call."""
+        return f"{line} (x-request-id {self.request_ids[-1]})\n"
 
     def ListRegions(self, request, context):
         self.record(request, context)
@@ -333,6 +351,18 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
                                                      display_name="Alice", api_key_id="key-1")
 
 
+@pytest.fixture(autouse=True)
+def no_settings(monkeypatch, tmp_path):
+    """No setting from the environment nor from the user's own profiles: HOME is an empty directory."""
+    for name in ("ENDPOINT", "API_KEY", "REGION", "CA_CERT", "TLS", "OUTPUT", "TIMEOUT", "PROFILE", "CONFIG_FILE",
+                 "CREDENTIALS_FILE"):
+        monkeypatch.delenv(f"CLOUDIMG_{name}", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def fakes(monkeypatch):
     fakes = Fakes()
@@ -378,7 +408,7 @@ def test_json_flag_after_the_command(cli):
 
 
 def test_images_all_follows_every_page(cli, fakes):
-    code, out, _ = cli("images", "--region", "ap-guangzhou", "--type", "public", "--type", "SHARED",
+    code, out, _ = cli("images", "--region", "ap-guangzhou", "--image-type", "public", "--image-type", "SHARED",
                        "--platform", "Ubuntu", "--page-size", "2", "--all")
     assert code == 0
     header, *rows = out.splitlines()
@@ -421,7 +451,7 @@ def test_image_detail(cli):
 
 def test_quote_prints_lines_and_exact_total(cli, fakes):
     code, out, _ = cli("quote", "--region", "ap-guangzhou", "--image", "img-ubuntu22",
-                       "--type", "S5.MEDIUM4", "--count", "2", "--charge-type", "prepaid",
+                       "--instance-type", "S5.MEDIUM4", "--count", "2", "--charge-type", "prepaid",
                        "--period-months", "3", "--disk-gb", "60")
     assert code == 0
     assert out == (
@@ -439,7 +469,7 @@ def test_quote_prints_lines_and_exact_total(cli, fakes):
 
 
 def test_run_prints_instance_ids_and_quote(cli, fakes):
-    code, out, _ = cli("run", "--region", "ap-guangzhou", "--image", "img-ubuntu22", "--type",
+    code, out, _ = cli("run", "--region", "ap-guangzhou", "--image", "img-ubuntu22", "--instance-type",
                        "S5.MEDIUM4", "--count", "2", "--name", "web", "--client-token", "tok-1")
     assert code == 0
     assert out.startswith("INSTANCE_ID\nins-aaaaaaaa\nins-bbbbbbbb\n\nKIND")
@@ -449,7 +479,7 @@ def test_run_prints_instance_ids_and_quote(cli, fakes):
 
 
 def test_run_dry_run(cli, fakes):
-    code, out, _ = cli("run", "--region", "ap-guangzhou", "--image", "img-ubuntu22", "--type",
+    code, out, _ = cli("run", "--region", "ap-guangzhou", "--image", "img-ubuntu22", "--instance-type",
                        "S5.MEDIUM4", "--dry-run")
     assert code == 0
     assert out.startswith("dry run: validated and priced, nothing launched\n")
@@ -490,14 +520,14 @@ def test_whoami_sends_the_key_with_a_deadline(cli, fakes):
     assert 5 < fakes.time_remaining < 11  # 10 s, plus the wire encoding's rounding
 
 
-def test_rich_error_is_one_line_with_the_reason(cli):
+def test_rich_error_is_one_line_with_the_reason(cli, fakes):
     assert cli("image", "img-missing") == (
-        1, "", "error: NOT_FOUND IMAGE_NOT_FOUND: image img-missing not found\n")
+        1, "", fakes.named("error: NOT_FOUND IMAGE_NOT_FOUND: image img-missing not found"))
 
 
-def test_plain_error_without_error_info(cli):
+def test_plain_error_without_error_info(cli, fakes):
     assert cli("--api-key", "wrong", "regions") == (
-        1, "", "error: UNAUTHENTICATED: invalid API key\n")
+        1, "", fakes.named("error: UNAUTHENTICATED: invalid API key"))
 
 
 def test_missing_api_key_exits_2(cli, monkeypatch):
@@ -508,14 +538,14 @@ def test_missing_api_key_exits_2(cli, monkeypatch):
 
 
 def test_usage_error_exits_2(cli):
-    code, _, err = cli("quote", "--region", "r", "--image", "i", "--type", "t",
+    code, _, err = cli("quote", "--region", "r", "--image", "i", "--instance-type", "t",
                        "--charge-type", "monthly")
     assert code == 2
     assert "invalid choice" in err
 
 
-def test_runs_as_a_module_without_traceback():
-    env = {"PATH": "/usr/bin:/bin"}
+def test_runs_as_a_module_without_traceback(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no profile with a key
     done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", "whoami"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
@@ -556,7 +586,7 @@ def test_an_ipv6_endpoint_is_taken(cli):
     assert cli("--endpoint", "[::1]:1", "regions")[0] == 1  # a valid address where nothing listens
 
 
-LAUNCH = ("--region", "ap-guangzhou", "--image", "img-ubuntu22", "--type", "S5.MEDIUM4")
+LAUNCH = ("--region", "ap-guangzhou", "--image", "img-ubuntu22", "--instance-type", "S5.MEDIUM4")
 
 
 @pytest.mark.parametrize("argv", [
@@ -622,9 +652,11 @@ def test_run_retries_a_lost_launch_with_the_same_token(cli, fakes, no_backoff):
 def test_run_that_still_fails_names_the_token_to_retry_with(cli, fakes, no_backoff):
     fakes.run_failures[:] = [abort_with(grpc.StatusCode.UNAVAILABLE, "LAUNCH_OUTCOME_UNKNOWN")] * 5
     code, out, err = cli("run", *LAUNCH, "--client-token", "tok-7")
-    assert (code, out, err.count("\n")) == (1, "", 1)
-    assert err.startswith("error: UNAVAILABLE LAUNCH_OUTCOME_UNKNOWN: ")
-    assert err.endswith("retry with --client-token tok-7\n")
+    assert (code, out, err.count("\n")) == (1, "", 2)
+    token, error = err.splitlines()
+    assert token == "client token: tok-7"
+    assert error.startswith("error: UNAVAILABLE LAUNCH_OUTCOME_UNKNOWN: ")
+    assert err.endswith(f"retry with --client-token tok-7 (x-request-id {fakes.request_ids[-1]})\n")
     assert [r.client_token for r in fakes.requests] == ["tok-7"] * 3
 
 
@@ -635,8 +667,8 @@ def test_run_refused_is_not_retried(cli, fakes, no_backoff):
     assert "--client-token" not in err
 
 
-def test_bad_numbers_as_a_module_without_traceback():
-    env = {"PATH": "/usr/bin:/bin", "CLOUDIMG_API_KEY": KEY}
+def test_bad_numbers_as_a_module_without_traceback(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "CLOUDIMG_API_KEY": KEY, "HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", "run", *LAUNCH, "--count", "3000000000"],
                           env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
@@ -776,7 +808,7 @@ def test_a_delete_that_still_fails_names_the_request_id_to_retry_with(cli, fakes
     fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.UNAVAILABLE)] * 5
     code, out, err = cli("delete-image", "img-custom01", "--request-id", "del-1")
     assert (code, out) == (1, "")
-    assert err.endswith("retry with --request-id del-1\n")
+    assert err.endswith(f"retry with --request-id del-1 (x-request-id {fakes.request_ids[-1]})\n")
     assert [r.request_id for r in fakes.requests] == ["del-1"] * 3
 
 
@@ -858,7 +890,7 @@ def test_accepting_a_share_that_is_not_there_is_one_line(cli, fakes, no_backoff)
     fakes.failures["AcceptImageShare"] = [abort_with(grpc.StatusCode.NOT_FOUND, "SHARE_NOT_FOUND",
                                                      "image img-nothere0 is not shared with you")]
     assert cli("accept-share", "img-nothere0") == (
-        1, "", "error: NOT_FOUND SHARE_NOT_FOUND: image img-nothere0 is not shared with you\n")
+        1, "", fakes.named("error: NOT_FOUND SHARE_NOT_FOUND: image img-nothere0 is not shared with you"))
     assert len(fakes.requests) == 1
 
 
@@ -955,7 +987,7 @@ def test_a_change_is_retried_with_its_request_id(cli, fakes, no_backoff, argv, m
 def test_a_change_that_still_fails_names_its_request_id(cli, fakes, no_backoff, argv, method):
     fakes.failures[method] = [abort_with(grpc.StatusCode.UNAVAILABLE)] * 5
     code, out, err = cli(*argv, "--request-id", "chg-1")
-    assert (code, out, err) == (1, "", "error: UNAVAILABLE: try again; retry with --request-id chg-1\n")
+    assert (code, out, err) == (1, "", fakes.named("error: UNAVAILABLE: try again; retry with --request-id chg-1"))
     assert [r.request_id for r in fakes.requests] == ["chg-1"] * 3
 
 
@@ -964,8 +996,8 @@ def test_a_refused_change_is_one_line_and_not_retried(cli, fakes, no_backoff, ar
     fakes.failures[method] = [abort_with(grpc.StatusCode.FAILED_PRECONDITION, "IDEMPOTENCY_PARAMETER_MISMATCH",
                                          "request_id chg-1 was used with other parameters")]
     assert cli(*argv, "--request-id", "chg-1") == (
-        1, "", "error: FAILED_PRECONDITION IDEMPOTENCY_PARAMETER_MISMATCH: request_id chg-1 was used with other "
-               "parameters\n")  # a refusal, not a lost answer: no "retry with"
+        1, "", fakes.named("error: FAILED_PRECONDITION IDEMPOTENCY_PARAMETER_MISMATCH: request_id chg-1 was used "
+                           "with other parameters"))  # a refusal, not a lost answer: no "retry with"
     assert len(fakes.requests) == 1
 
 
@@ -1093,7 +1125,7 @@ def test_prices_refused_is_one_line(cli, fakes):
     fakes.failures["ListPrices"] = [abort_with(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
                                                "page_token does not match the request")]
     assert cli("prices", "--page-token", "bogus") == (
-        1, "", "error: INVALID_ARGUMENT INVALID_PAGE_TOKEN: page_token does not match the request\n")
+        1, "", fakes.named("error: INVALID_ARGUMENT INVALID_PAGE_TOKEN: page_token does not match the request"))
 
 
 def test_instances_by_state(cli, fakes):
@@ -1155,3 +1187,371 @@ def test_help_names_every_command(cli):
     assert code == 0
     assert all(flag in out for flag in ("--mode {OFF,AUDIT,ENFORCE}", "--trusted-accounts", "--allow-platform-images "
                                         "{yes,no}", "--allowed-providers", "--allowed-accounts", "--request-id"))
+
+
+# Settings: profiles, configure, outputs, --version, --timeout, --debug
+
+def profiles(home, config: str = "", credentials: str = "") -> None:
+    """Writes ~/.cloudimg/config and ~/.cloudimg/credentials (TOML)."""
+    (home / ".cloudimg").mkdir(exist_ok=True)
+    (home / ".cloudimg" / "config").write_text(config)
+    if credentials:
+        (home / ".cloudimg" / "credentials").write_text(credentials)
+
+
+@pytest.fixture
+def endpoint(monkeypatch) -> str:
+    """The fakes' endpoint, no longer in the environment: the profile must name it."""
+    value = os.environ["CLOUDIMG_ENDPOINT"]
+    monkeypatch.delenv("CLOUDIMG_ENDPOINT")
+    monkeypatch.delenv("CLOUDIMG_API_KEY")
+    return value
+
+
+def test_the_default_profile_supplies_endpoint_key_and_region(cli, fakes, no_settings, endpoint):
+    profiles(no_settings, f'[default]\nendpoint = "{endpoint}"\nregion = "ap-singapore"\n',
+             f'[default]\napi_key = "{KEY}"\n')
+    assert cli("images")[0] == 0
+    assert cli("quote", "--image", "img-ubuntu22", "--instance-type", "S5.MEDIUM4")[0] == 0
+    assert [r.region for r in fakes.requests] == ["ap-singapore", "ap-singapore"]
+
+
+def test_the_api_key_may_be_in_the_config_file_but_the_credentials_file_wins(cli, fakes, no_settings, endpoint):
+    profiles(no_settings, f'[default]\nendpoint = "{endpoint}"\napi_key = "{KEY}"\n')
+    assert cli("whoami")[0] == 0
+    profiles(no_settings, f'[default]\nendpoint = "{endpoint}"\napi_key = "{KEY}"\n', '[default]\napi_key = "other"\n')
+    assert cli("whoami")[0] == 1  # UNAUTHENTICATED: the credentials file's key was sent
+
+
+@pytest.mark.parametrize("flag, env, expected", [
+    ("ap-flag", "ap-env", "ap-flag"),
+    (None, "ap-env", "ap-env"),
+    (None, None, "ap-profile"),
+])
+def test_a_flag_beats_the_environment_which_beats_the_profile(cli, fakes, no_settings, monkeypatch, flag, env,
+                                                                expected):
+    profiles(no_settings, '[default]\nregion = "ap-profile"\nendpoint = "127.0.0.1:1"\ntimeout = 1\n')
+    if env:
+        monkeypatch.setenv("CLOUDIMG_REGION", env)
+    # the endpoint and the key still come from the environment, over the profile's endpoint
+    assert cli("images", *(("--region", flag) if flag else ()))[0] == 0
+    assert fakes.requests[0].region == expected
+
+
+def test_the_profile_is_chosen_by_flag_then_environment(cli, fakes, no_settings, monkeypatch):
+    profiles(no_settings, '[default]\nregion = "ap-default"\n[prod]\nregion = "ap-prod"\n[test]\nregion = "ap-test"\n')
+    assert cli("images")[0] == 0
+    monkeypatch.setenv("CLOUDIMG_PROFILE", "test")
+    assert cli("images")[0] == 0
+    assert cli("--profile", "prod", "images")[0] == 0
+    assert cli("images", "--profile", "prod")[0] == 0  # after the command too
+    assert [r.region for r in fakes.requests] == ["ap-default", "ap-test", "ap-prod", "ap-prod"]
+
+
+def test_the_config_file_may_be_elsewhere(cli, fakes, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "cloudimg.toml"
+    elsewhere.write_text('[default]\nregion = "ap-elsewhere"\n')
+    monkeypatch.setenv("CLOUDIMG_CONFIG_FILE", str(elsewhere))
+    assert cli("images")[0] == 0
+    assert fakes.requests[0].region == "ap-elsewhere"
+
+
+def test_a_missing_default_profile_is_no_profile_but_a_named_one_is_an_error(cli, fakes, no_settings):
+    assert cli("whoami")[0] == 0  # no config file at all
+    code, out, err = cli("--profile", "prod", "whoami")
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert "profile 'prod'" in err and "cloudimg configure --profile prod" in err
+    assert len(fakes.requests) == 1
+
+
+@pytest.mark.parametrize("text, named", [
+    ("[default\nregion = 1", "config"),  # not TOML
+    ('region = "ap-guangzhou"\n', "is not a profile"),
+    ('[default]\nregoin = "ap-guangzhou"\n', "unknown setting 'regoin'"),
+    ('[default]\ntimeout = 0\n', "timeout must be a number of seconds greater than 0"),
+    ('[default]\ntimeout = true\n', "timeout must be"),
+    ('[default]\ntls = "maybe"\n', "tls must be true or false"),
+    ('[default]\noutput = "xml"\n', "output must be one of table, json, yaml, text"),
+    ('[default]\nendpoint = "nowhere"\n', "endpoint must be HOST:PORT"),
+    ('[default]\nregion = 5\n', "region must be a non-empty string"),
+])
+def test_a_bad_config_file_is_one_line_and_sends_nothing(cli, fakes, no_settings, text, named):
+    profiles(no_settings, text)
+    code, out, err = cli("whoami")
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert err.startswith("cloudimg: error: ") and str(no_settings / ".cloudimg" / "config") in err
+    assert named in err
+    assert fakes.requests == []
+
+
+@pytest.mark.parametrize("name, value, named", [
+    ("CLOUDIMG_TIMEOUT", "soon", "CLOUDIMG_TIMEOUT must be a number"),
+    ("CLOUDIMG_TLS", "2", "CLOUDIMG_TLS must be true or false"),
+    ("CLOUDIMG_OUTPUT", "xml", "CLOUDIMG_OUTPUT must be one of"),
+    ("CLOUDIMG_PROFILE", "a b", "CLOUDIMG_PROFILE must be"),
+])
+def test_a_bad_variable_is_one_line_naming_it(cli, fakes, monkeypatch, name, value, named):
+    monkeypatch.setenv(name, value)
+    code, out, err = cli("whoami")
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert named in err
+    assert fakes.requests == []
+
+
+def test_configure_writes_the_profile_and_the_key_beside_it(cli, fakes, no_settings, endpoint, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used here")
+    code, out, err = cli("configure", "--endpoint", endpoint, "--api-key", KEY, "--region", "ap-guangzhou",
+                         "--ca-cert", str(ca), "--no-tls", "--timeout", "2.5")
+    assert (code, err) == (0, "")
+    folder = no_settings / ".cloudimg"
+    assert tomllib.loads((folder / "config").read_text()) == {"default": {
+        "endpoint": endpoint, "region": "ap-guangzhou", "ca_cert": str(ca), "tls": False, "timeout": 2.5}}
+    assert tomllib.loads((folder / "credentials").read_text()) == {"default": {"api_key": KEY}}
+    assert stat.S_IMODE((folder / "credentials").stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    # what it prints: the settings in effect for that profile, the key masked
+    rows = {row.split()[0]: row.split(None, 2)[1:] for row in out.splitlines()[1:]}
+    assert rows["api_key"] == ["************cret", f"profile 'default' ({folder / 'credentials'})"]
+    assert rows["timeout"] == ["2.5", f"profile 'default' ({folder / 'config'})"]
+    assert KEY not in out
+    assert fakes.requests == []
+
+
+def test_configure_changes_only_what_it_is_given(cli, fakes, no_settings, endpoint):
+    profiles(no_settings, '[default]\nregion = "ap-guangzhou"\nca_cert = "/ca.pem"\noutput = "json"\n\n'
+                          '[prod]\nregion = "na-ashburn"\n')
+    assert cli("configure", "--profile", "staging", "--endpoint", endpoint, "--output", "text")[0] == 0
+    assert cli("configure", "--region", "ap-beijing", "--ca-cert", "")[0] == 0  # "" removes a setting
+    assert tomllib.loads((no_settings / ".cloudimg" / "config").read_text()) == {
+        "default": {"region": "ap-beijing", "output": "json"}, "prod": {"region": "na-ashburn"},
+        "staging": {"endpoint": endpoint, "output": "text"}}
+    assert not (no_settings / ".cloudimg" / "credentials").exists()
+
+
+def test_configure_reads_the_key_from_stdin(cli, no_settings, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ak-from-stdin\n"))
+    assert cli("configure", "--profile", "ci", "--api-key", "-")[0] == 0
+    credentials = tomllib.loads((no_settings / ".cloudimg" / "credentials").read_text())
+    assert credentials == {"ci": {"api_key": "ak-from-stdin"}}
+
+
+@pytest.mark.parametrize("argv, named", [
+    (("configure",), "configure: give the settings to save"),
+    (("configure", "--ca-cert", "/nonexistent/ca.pem"), "--ca-cert /nonexistent/ca.pem: no such file"),
+    (("configure", "--profile", "a.b", "--region", "r"), "argument --profile"),
+    (("configure", "--timeout", "0"), "argument --timeout"),
+])
+def test_configure_refuses_and_writes_nothing(cli, no_settings, argv, named):
+    code, out, err = cli(*argv)
+    assert (code, out) == (2, "")
+    assert named in err
+    assert not (no_settings / ".cloudimg").exists()
+
+
+def test_configure_list_shows_each_setting_and_where_it_comes_from(cli, no_settings, monkeypatch):
+    profiles(no_settings, '[default]\nregion = "ap-guangzhou"\ntimeout = 30\n', '[default]\napi_key = "ak-12"\n')
+    monkeypatch.setenv("CLOUDIMG_ENDPOINT", "gw.example.com:443")
+    monkeypatch.delenv("CLOUDIMG_API_KEY", raising=False)
+    config_file, credentials = no_settings / ".cloudimg" / "config", no_settings / ".cloudimg" / "credentials"
+    assert cli("configure", "list", "--tls") == (0, (
+        "NAME      VALUE               SOURCE\n"
+        "profile   default             default\n"
+        "endpoint  gw.example.com:443  env CLOUDIMG_ENDPOINT\n"
+        f"api_key   ************        profile 'default' ({credentials})\n"
+        f"region    ap-guangzhou        profile 'default' ({config_file})\n"
+        "ca_cert   -                   default\n"
+        "tls       yes                 --tls\n"
+        "output    table               default\n"
+        f"timeout   30                  profile 'default' ({config_file})\n"), "")
+    code, out, _ = cli("configure", "list", "--json")
+    settings = {row["name"]: row for row in json.loads(out)["settings"]}
+    assert (code, settings["api_key"]["value"], settings["ca_cert"]["value"], settings["timeout"]["value"]) == (
+        0, "************", None, 30.0)
+
+
+def test_a_command_that_needs_a_region_says_so_in_one_line(cli, fakes):
+    for argv in (("images",), ("instance-types",), ("quota",), ("run", "--image", "i", "--instance-type", "t")):
+        code, out, err = cli(*argv)
+        assert (code, out, err.count("\n")) == (2, "", 1), argv
+        assert err.startswith(f"cloudimg: error: {argv[0]} needs a region: pass --region, set CLOUDIMG_REGION")
+    assert fakes.requests == []
+
+
+def test_the_listings_of_every_region_ignore_the_default_region(cli, fakes, monkeypatch):
+    monkeypatch.setenv("CLOUDIMG_REGION", "ap-guangzhou")
+    assert cli("instances")[0] == 0 and cli("prices")[0] == 0
+    assert {r.region for r in fakes.requests} == {""}
+
+
+def test_output_yaml_is_the_json_document(cli):
+    code, out, _ = cli("--output", "yaml", "images", "--region", "ap-guangzhou", "--all")
+    assert code == 0 and out.startswith("images:\n- image_id: img-ubuntu22\n")
+    assert yaml.safe_load(out) == json.loads(cli("--json", "images", "--region", "ap-guangzhou", "--all")[1])
+
+
+def test_output_text_is_tab_separated(cli):
+    code, out, _ = cli("--output", "text", "images", "--region", "ap-guangzhou", "--page-size", "2")
+    assert code == 0
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert lines[0][:6] == ["IMAGES", "img-ubuntu22", "ap-guangzhou", "PUBLIC", "NORMAL", "Ubuntu 22.04"]
+    assert [line[0] for line in lines] == ["IMAGES", "IMAGES", "NEXT_PAGE_TOKEN"]
+    assert lines[2] == ["NEXT_PAGE_TOKEN", "2"]
+    assert len({len(line) for line in lines[:2]}) == 1  # every image has every column
+    fields = [f.name for f in image_pb.Image.DESCRIPTOR.fields]  # the columns: the API's order
+    first, second = (dict(zip(fields, line[1:], strict=True)) for line in lines[:2])
+    assert (first["create_time"], first["image_allowed"], first["architecture"], first["size_gb"]) == (
+        "2024-05-01T08:30:00Z", "true", "X86_64", "20")
+    assert (second["create_time"], second["image_allowed"], second["architecture"], second["region"]) == (
+        "", "false", "", "")
+
+
+def test_output_text_of_a_launch(cli, fakes):
+    code, out, err = cli("run", *LAUNCH, "--output", "text", "--client-token", "tok-1")
+    assert (code, err) == (0, "client token: tok-1\n")
+    assert out == ("INSTANCE_IDS\tins-aaaaaaaa\nINSTANCE_IDS\tins-bbbbbbbb\n"
+                   "QUOTE\tUSD\tUSD 0.2525\tPOSTPAID_BY_HOUR\ttrue\n"
+                   "LINES\tINSTANCE\tS5.MEDIUM4\tUSD 0.12\t2\tinstance-hour\tUSD 0.24\n"
+                   "LINES\tIMAGE_LICENSE\tWindows Server license\tUSD 0.00625\t2\tinstance-hour\tUSD 0.0125\n")
+
+
+def test_output_text_of_one_message_is_one_line(cli):
+    assert cli("whoami", "--output", "text") == (0, "acc-12345678\tAlice\tkey-1\n", "")
+
+
+def test_output_from_the_environment_and_from_the_profile(cli, no_settings, monkeypatch):
+    profiles(no_settings, '[default]\noutput = "json"\n')
+    assert json.loads(cli("whoami")[1])["account_id"] == "acc-12345678"
+    monkeypatch.setenv("CLOUDIMG_OUTPUT", "text")
+    assert cli("whoami")[1] == "acc-12345678\tAlice\tkey-1\n"
+    assert cli("whoami", "--output", "table")[1].startswith("account_id    acc-12345678\n")
+
+
+@pytest.mark.parametrize("output", ["--json", "--output=json", "--output=yaml"])
+def test_errors_are_json_on_stderr_under_json_and_yaml(cli, fakes, output):
+    code, out, err = cli(output, "image", "img-missing")
+    assert (code, out, err.count("\n")) == (1, "", 1)
+    assert json.loads(err) == {"code": "NOT_FOUND", "reason": "IMAGE_NOT_FOUND",
+                               "message": "image img-missing not found", "metadata": {},
+                               "request_id": fakes.request_ids[-1]}
+
+
+def test_a_json_error_carries_the_error_info_metadata_and_what_to_retry_with(cli, fakes, no_backoff):
+    def unknown(context):
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason="LAUNCH_OUTCOME_UNKNOWN", domain="cloudimg",
+                                                metadata={"launch_id": "lch-1", "client_token": "tok-7"}))
+        context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+            code=code_pb2.UNAVAILABLE, message="the outcome is unknown", details=[detail])))
+
+    fakes.run_failures[:] = [unknown] * 3
+    code, out, err = cli("--json", "run", *LAUNCH, "--client-token", "tok-7")
+    assert (code, out) == (1, "")
+    assert json.loads(err) == {"code": "UNAVAILABLE", "reason": "LAUNCH_OUTCOME_UNKNOWN",
+                               "message": "the outcome is unknown",
+                               "metadata": {"launch_id": "lch-1", "client_token": "tok-7"},
+                               "request_id": fakes.request_ids[-1],
+                               "retry_with": {"flag": "--client-token", "value": "tok-7"}}
+
+
+def test_a_usage_error_after_parsing_is_json_too(cli, fakes):
+    code, out, err = cli("--json", "images")
+    assert (code, out) == (2, "")
+    error = json.loads(err)
+    assert (error["code"], error["request_id"]) == ("USAGE_ERROR", None)
+    assert error["message"].startswith("images needs a region")
+
+
+def test_run_names_its_client_token(cli, fakes):
+    code, _, err = cli("run", *LAUNCH)
+    (request,) = fakes.requests
+    assert (code, err) == (0, f"client token: {request.client_token}\n")
+    code, out, err = cli("--json", "run", *LAUNCH, "--dry-run")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["client_token"] == fakes.requests[1].client_token
+    code, out, _ = cli("--output", "yaml", "run", *LAUNCH, "--client-token", "tok-9")
+    assert yaml.safe_load(out)["client_token"] == "tok-9"
+
+
+def test_version(cli, monkeypatch):
+    assert cli("--version") == (0, f"cloudimg {importlib.metadata.version('cloudimg')}\n", "")
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert cli("--version") == (0, f"cloudimg {cloudimg_cli.FALLBACK_VERSION}\n", "")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ten", "nan", "inf", ""])
+def test_timeout_must_be_positive_seconds(cli, fakes, value):
+    code, out, err = cli("--timeout", value, "whoami")
+    assert (code, out) == (2, "")
+    assert "argument --timeout: must be a number of seconds greater than 0" in err
+    assert fakes.requests == []
+
+
+def test_timeout_is_the_deadline_of_each_call(cli, fakes, no_settings, monkeypatch):
+    assert cli("whoami", "--timeout", "30")[0] == 0
+    assert 25 < fakes.time_remaining < 31  # plus the wire encoding's rounding
+    monkeypatch.setenv("CLOUDIMG_TIMEOUT", "2")
+    assert cli("whoami")[0] == 0
+    assert 0 < fakes.time_remaining < 3
+    monkeypatch.delenv("CLOUDIMG_TIMEOUT")
+    profiles(no_settings, "[default]\ntimeout = 60\n")
+    assert cli("whoami")[0] == 0
+    assert 55 < fakes.time_remaining < 61
+
+
+def test_every_call_sends_an_x_request_id_of_its_own(cli, fakes):
+    assert cli("images", "--region", "ap-guangzhou", "--all")[0] == 0
+    first, second = fakes.request_ids
+    assert len(first) == 32 and int(first, 16) >= 0 and first != second
+
+
+def test_debug_describes_the_endpoint_and_every_call(cli, fakes):
+    code, out, err = cli("--debug", "images", "--region", "ap-guangzhou", "--all")
+    assert code == 0 and out.startswith("IMAGE_ID")
+    lines = err.splitlines()
+    assert lines[0] == (f"debug: endpoint {os.environ['CLOUDIMG_ENDPOINT']} (plaintext), profile default, "
+                        "timeout 10 s")
+    for line, request_id in zip(lines[1:], fakes.request_ids, strict=True):
+        assert re.fullmatch(rf"debug: /cloudimg\.gateway\.v1\.ImageService/ListImages x-request-id {request_id} OK "
+                            r"[0-9]+\.[0-9] ms", line), line
+    code, _, err = cli("image", "img-missing", "--debug")
+    assert code == 1
+    assert f"ImageService/GetImage x-request-id {fakes.request_ids[-1]} NOT_FOUND " in err
+    assert err.splitlines()[-1].endswith(f"(x-request-id {fakes.request_ids[-1]})")
+
+
+def test_the_old_type_flags_still_work_with_a_warning(cli, fakes):
+    code, _, err = cli("images", "--region", "ap-guangzhou", "--type", "public", "--type", "SHARED")
+    assert (code, err) == (0, "cloudimg: warning: --type is deprecated, use --image-type\n")
+    assert list(fakes.requests[0].image_types) == [image_pb.IMAGE_TYPE_PUBLIC, image_pb.IMAGE_TYPE_SHARED]
+    code, _, err = cli("quote", "--region", "ap-guangzhou", "--image", "img-ubuntu22", "--type", "S5.MEDIUM4")
+    assert (code, err) == (0, "cloudimg: warning: --type is deprecated, use --instance-type\n")
+    assert fakes.requests[1].instance_type == "S5.MEDIUM4"
+
+
+@pytest.mark.parametrize("argv, named", [
+    (("quote", "--region", "r", "--image", "i"), "one of the arguments --instance-type is required"),
+    (("run", "--region", "r", "--image", "i", "--type", "a", "--instance-type", "b"),
+     "argument --instance-type: not allowed with argument --type"),
+    (("images", "--region", "r", "--type", "bogus"), "argument --type: invalid choice"),
+    (("images", "--region", "r", "--image-type", "bogus"), "argument --image-type: invalid choice"),
+])
+def test_instance_and_image_type_usage_errors(cli, fakes, argv, named):
+    code, out, err = cli(*argv)
+    assert (code, out) == (2, "")
+    assert named in err
+    assert fakes.requests == []
+
+
+def test_help_names_the_settings(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for flag in ("--profile NAME", "--output {table,json,yaml,text}", "--timeout SECONDS", "--debug", "--version",
+                 "--tls, --no-tls", "configure"):
+        assert flag in out, flag
+    code, out, _ = cli("run", "--help")
+    assert code == 0 and "--instance-type INSTANCE_TYPE" in out and "--type" not in out
