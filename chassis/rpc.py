@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
@@ -85,8 +86,11 @@ _INTERNAL = status_pb2.Status(
 )
 
 
-async def _abort(ctx: grpc.aio.ServicerContext, status: status_pb2.Status) -> None:
-    await ctx.abort_with_status(rpc_status.to_status(status))
+async def _abort(ctx: grpc.aio.ServicerContext, status: status_pb2.Status,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    """Ends the call with this rich status (grpcio-status packs it) and these trailers beside it."""
+    packed = rpc_status.to_status(status)
+    await ctx.abort(packed.code, packed.details, (*packed.trailing_metadata, *metadata))
 
 
 def check_strings(message: Message) -> None:
@@ -207,6 +211,15 @@ async def _respond(responses: Any, ctx: grpc.aio.ServicerContext) -> None:
         await responses
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _request_id(sent: str | None) -> str:
+    """The caller's x-request-id when it is a plain token (letters, digits, ``._:-``, at most 64), else a new
+    one: what goes to the logs and back to the caller is never a caller's arbitrary text."""
+    return sent if sent is not None and _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex[:16]
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticate: Authenticate, default_deadline_seconds: float):
         self._authenticate = authenticate
@@ -265,7 +278,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         and the mapping of whatever it raises, decoding included, to a rich status."""
         started = time.monotonic()
         metadata = {key: value for key, value in ctx.invocation_metadata() or () if isinstance(value, str)}
-        context.request_id.set(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
+        request_id = _request_id(metadata.get(REQUEST_ID_KEY))
+        context.request_id.set(request_id)
+        # The caller gets the id back, on success and error alike, in the trailers: something to quote to an
+        # operator, who finds the call's log lines by it. (Not in initial metadata: sent early, it would commit
+        # the call, and a client could no longer retry an UNAVAILABLE answer transparently.)
+        echo = ((REQUEST_ID_KEY, request_id),)
         remaining = ctx.time_remaining()
         context.deadline.set(started + (remaining if remaining is not None else self._default_deadline))
         outcome = "OK"
@@ -273,6 +291,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             if authenticate is not None:
                 context.current_caller.set(authenticate(metadata, ctx))
             yield
+            ctx.set_trailing_metadata(echo)
         except grpc.aio.AbortError:
             raise
         except errors.DomainError as exc:
@@ -280,11 +299,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             outcome = code_pb2.Code.Name(status.code)
             if status is _INTERNAL:
                 log.error("failure", extra=fields(method=method, reason=exc.reason, error=exc.message))
-            await _abort(ctx, status)
+            await _abort(ctx, status, echo)
         except Exception:
             outcome = "INTERNAL"
             log.exception("unhandled error", extra=fields(method=method))
-            await _abort(ctx, _INTERNAL)
+            await _abort(ctx, _INTERNAL, echo)
         finally:
             if log.isEnabledFor(logging.DEBUG):
                 elapsed_ms = round((time.monotonic() - started) * 1000, 2)

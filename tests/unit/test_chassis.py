@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from decimal import Decimal
 
 import grpc
@@ -424,3 +425,35 @@ async def test_streaming_handlers_get_the_same_authentication_decoding_and_error
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await (call(bodies) if metadata is None else call(bodies, metadata))
         assert (refused.value.code(), _reason(refused.value)) == (code, reason), case
+
+
+@pytest.mark.parametrize("sent, echoed", [
+    (None, None), ("req-7f3a.b:1", "req-7f3a.b:1"), ("x" * 65, None), ("a b", None), ("../../etc/passwd", None),
+])
+async def test_every_answer_carries_the_request_id_success_and_error_alike(sent, echoed):
+    """The caller's x-request-id (a plain token of at most 64 characters) or a new one comes back in the
+    response's trailers, on success and on error."""
+    async def answer(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        if request == b"refuse":
+            raise errors.FailedPrecondition("REFUSED", "refused", subject="test")
+        return b"ok"
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        handler = grpc.unary_unary_rpc_method_handler(answer)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Ids", {"Call": handler})])
+        return ["test.Ids"]
+
+    running = await start_server("127.0.0.1:0", register, lambda md, ctx: context.Caller("100000000001"))
+    metadata = () if sent is None else (("x-request-id", sent),)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            ids = []
+            for body in (b"", b"refuse"):
+                call = channel.unary_unary("/test.Ids/Call")(body, metadata=metadata)
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await call
+                ids.append(dict(await call.trailing_metadata()).get("x-request-id"))
+        for got in ids:
+            assert got == echoed if echoed else (got and got != sent and len(got) == 16), ids
+    finally:
+        await running.stop(None)
