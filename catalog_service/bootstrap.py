@@ -19,7 +19,7 @@ from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork
 from catalog_service.settings import CatalogSettings, store_dir
 from chassis.clock import Clock, SystemClock
 from chassis.db import Database
-from chassis.jobs import JobQueue, job_worker, new_owner
+from chassis.jobs import JobQueue, job_worker, measure_queue, new_owner
 from chassis.migrations import migrate
 from chassis.server import Service, every, internal_service
 from cloudimg.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
@@ -66,5 +66,6 @@ async def bootstrap(settings: CatalogSettings, clock: Clock | None = None) -> Se
         job_worker(queue, jobs.handlers, concurrency=settings.job_concurrency, on_give_up=jobs.give_up),
         every(settings.gc_interval_seconds, "image store garbage collection",
               lambda: asyncio.to_thread(jobs.collect_garbage, min_age)),
+        measure_queue(queue, jobs.handlers),
     ]
     return service

@@ -11,6 +11,10 @@ back is served at once, and one that stays down answers UNAVAILABLE after that s
 
 The channel is mutual TLS when credentials are given (the gateway's client certificate is its
 credential); on plaintext, loopback only, every call carries the internal token instead.
+
+Every call is counted by method and code and timed (``grpc_client_handled_total``,
+``grpc_client_handling_seconds``); with tracing on, the channel's interceptors make a client span per call and
+send its ``traceparent``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from chassis import context, errors
+from chassis import context, errors, metrics, tracing
 from chassis.logs import fields
 from chassis.rpc import REQUEST_ID_KEY
 
@@ -96,24 +100,39 @@ class Downstream:
     def __init__(self, name: str, addr: str, internal_token: str | None, stub_class: Callable[[grpc.aio.Channel], Any],
                  default_deadline_seconds: float = 10.0, credentials: grpc.ChannelCredentials | None = None):
         self.name = name
+        interceptors = tracing.client_interceptors() or None
         if credentials is None:
-            self.channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+            self.channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS, interceptors=interceptors)
         else:
-            self.channel = grpc.aio.secure_channel(addr, credentials, options=_CHANNEL_OPTIONS)
+            self.channel = grpc.aio.secure_channel(addr, credentials, options=_CHANNEL_OPTIONS,
+                                                   interceptors=interceptors)
         self.stub = stub_class(self.channel)
         self._token = ((INTERNAL_TOKEN_KEY, internal_token),) if internal_token and credentials is None else ()
         self._default_deadline = default_deadline_seconds
         self._connected: asyncio.Future[None] | None = None
+        self._measured: dict[object, metrics.MethodMetrics] = {}
+
+    def _metrics_of(self, method: object) -> metrics.MethodMetrics:
+        """The metrics of a stub's method, by its path (grpc.aio keeps it on the multicallable, and nowhere
+        public), made on its first call."""
+        path = getattr(method, "_method", b"/unknown/unknown")
+        found = self._measured.get(path)
+        if found is None:
+            found = self._measured[path] = metrics.client_method(
+                "unary", path.decode() if isinstance(path, bytes) else str(path))
+        return found
 
     async def call(self, method: Callable[..., Awaitable[Resp]], request: Any) -> Resp:
         remaining = context.remaining_seconds()
         timeout = self._default_deadline if remaining is None else remaining - _DEADLINE_MARGIN_SECONDS
         if timeout <= 0:
             raise errors.Unavailable("DEADLINE_EXHAUSTED", "the call ran out of time before it could finish")
+        measured = self._metrics_of(method)
+        started = time.monotonic()
         if self.channel.get_state() in _WAIT_FOR_READY:
             # A call made now would fail at once (gRPC fails calls fast while it waits to reconnect).
-            started = time.monotonic()
             if not await self._until_connected(min(_READY_WAIT_SECONDS, timeout)):
+                self._measure(measured, started, "UNAVAILABLE")
                 raise self._unavailable("NOT_CONNECTED", errors.Unreached)  # never sent: it did nothing
             timeout -= time.monotonic() - started
         found = context.current_caller.get()
@@ -122,12 +141,27 @@ class Downstream:
             (ACCOUNT_KEY, found.account_id if found else ""),
             (REQUEST_ID_KEY, context.request_id.get()),
         )
+        outcome = "OK"
         try:
             # Not wait_for_ready: a dependency that dies under this call answers UNAVAILABLE now,
             # instead of holding the caller for its whole deadline.
             return await method(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
+            outcome = exc.code().name
             raise self._translate(exc) from None
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            raise
+        except Exception:
+            outcome = "UNKNOWN"
+            raise
+        finally:
+            self._measure(measured, started, outcome)
+
+    @staticmethod
+    def _measure(measured: metrics.MethodMetrics, started: float, outcome: str) -> None:
+        measured.seconds.observe(time.monotonic() - started)
+        measured.handled(outcome).inc()
 
     async def _until_connected(self, timeout: float) -> bool:
         """Whether the channel is READY within timeout. One watch per channel, however many calls wait."""

@@ -24,6 +24,11 @@ claiming UPDATE is conditional on the job being due.
 The payload is a JSON object stored with a format version (``{"v": 1, "data": {...}}``), read
 through ``payload_data``; a payload this release cannot read is left, untried, for a replica that can.
 Times come from the injected clock, so tests expire leases without sleeping.
+
+With tracing on (chassis.tracing), a job enqueued during a call keeps the call's W3C trace context beside its
+data (``{"v": 1, "data": {...}, "trace": {"traceparent": ...}}``; readers that do not know it ignore it), and
+each run of the job is a span of that trace. Each run is timed (``cloudimg_job_duration_seconds`` by context,
+kind and outcome), and ``measure_queue`` counts the pending jobs now and then (``cloudimg_jobs_pending``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -43,14 +49,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Column, Connection, DateTime, Index, Integer, MetaData, String, Table, Text, delete, or_, select, update,
+    Column, Connection, DateTime, Index, Integer, MetaData, String, Table, Text, delete, func, or_, select, update,
 )
 from sqlmodel import SQLModel
 
+from chassis import metrics, tracing
 from chassis.clock import Clock
 from chassis.db import Database, insert_ignoring_duplicates
 from chassis.logs import fields
-from chassis.server import BackgroundWork
+from chassis.server import BackgroundWork, every
 from chassis.stored import Document, UnknownVersion
 
 log = logging.getLogger("chassis.jobs")
@@ -98,6 +105,8 @@ class Job:
     data: dict[str, Any]
     attempts: int
     progress: int
+    # The W3C trace context of the call that enqueued it (tracing on), else None.
+    trace: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,18 +144,31 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _payload(data: dict[str, Any]) -> str:
-    return PAYLOAD.dumps({"data": data})
+    trace = tracing.current_carrier()
+    return PAYLOAD.dumps({"data": data} if trace is None else {"data": data, "trace": trace})
+
+
+def _envelope(raw: str) -> dict[str, Any]:
+    try:
+        stored = json.loads(raw)
+    except ValueError:
+        raise UnknownVersion(PAYLOAD.kind, None, PAYLOAD.version, PAYLOAD.oldest) from None
+    envelope = PAYLOAD.load(stored)  # no version 0: a payload without one is refused
+    return envelope if isinstance(envelope, dict) else {}
 
 
 def payload_data(raw: str) -> dict[str, Any]:
     """The one decoder of stored payloads: the job's data (``{}`` when a version 1 payload has none). A payload
     this release cannot read (a newer release's, or not JSON) raises chassis.stored.UnknownVersion."""
-    try:
-        stored = json.loads(raw)
-    except ValueError:
-        raise UnknownVersion(PAYLOAD.kind, None, PAYLOAD.version, PAYLOAD.oldest) from None
-    data = PAYLOAD.load(stored).get("data")  # no version 0: a payload without one is refused
+    data = _envelope(raw).get("data")
     return dict(data) if isinstance(data, dict) else {}
+
+
+def _trace_of(raw: str) -> dict[str, str] | None:
+    trace = _envelope(raw).get("trace")
+    if not isinstance(trace, dict):
+        return None
+    return {key: value for key, value in trace.items() if isinstance(key, str) and isinstance(value, str)} or None
 
 
 def _clipped(error: str) -> str:
@@ -249,7 +271,7 @@ class JobQueue:
                     continue
                 try:
                     return Job(row.job_id, row.kind, row.subject, payload_data(row.payload), row.attempts,
-                               row.progress)
+                               row.progress, _trace_of(row.payload))
                 except UnknownVersion as exc:
                     # Written by a newer release (a rolling deploy): leave it, untried, to a replica that reads
                     # it; this one looks at it again after a lease.
@@ -312,6 +334,13 @@ class JobQueue:
         with self.db.read_engine.begin() as connection:
             return read(connection, self.table, job_id)
 
+    def pending_by_kind(self) -> dict[str, int]:
+        """How many jobs of each kind are PENDING (running or waiting): one indexed COUNT."""
+        c = self.table.c
+        with self.db.read_engine.begin() as connection:
+            rows = connection.execute(select(c.kind, func.count()).where(c.state == PENDING).group_by(c.kind))
+            return {kind: count for kind, count in rows}
+
     def prune(self, older_than: timedelta) -> int:
         """Deletes the DONE and FAILED jobs last changed more than ``older_than`` ago; how many."""
         c = self.table.c
@@ -365,6 +394,7 @@ def job_worker(queue: JobQueue, handlers: Mapping[str, JobHandler], *, concurren
     kinds = frozenset(handlers)
     give_up = dict(on_give_up or {})
     beat_seconds = max(queue.lease.total_seconds() / 3, 0.01)
+    job_context = _context_of(queue)
 
     async def keep_leased(run: JobRun, handler: asyncio.Task[None]) -> None:
         while True:
@@ -401,7 +431,8 @@ def job_worker(queue: JobQueue, handlers: Mapping[str, JobHandler], *, concurren
         with queue.db.engine.begin() as connection:
             return queue.complete(connection, job)
 
-    async def run_job(job: Job) -> None:
+    async def run_job(job: Job) -> str:
+        """Runs the job; how its run ended (done, failed, lost, unreadable), or raises CancelledError (drained)."""
         run = JobRun(queue, job)
 
         async def handle() -> None:
@@ -420,29 +451,37 @@ def job_worker(queue: JobQueue, handlers: Mapping[str, JobHandler], *, concurren
                 if not run.lost:
                     await asyncio.to_thread(queue.release, job)
                 raise
-            return  # the lease was lost: the job is someone else's
+            return "lost"  # the lease was lost: the job is someone else's
         except JobLost:
-            return
+            return "lost"
         except UnknownVersion as exc:  # its data is a newer release's: not a failure, left to a replica that reads it
             log.warning("job data unreadable here; left for another replica",
                         extra=fields(job_id=job.job_id, kind=job.kind, error=str(exc)))
             if not run.lost:
                 await asyncio.to_thread(queue.leave_untried, job, str(exc))
-            return
+            return "unreadable"
         except Exception as exc:
             if not run.lost:
                 await failed(job, exc)
-            return
+            return "failed"
         if not run.lost and await asyncio.to_thread(complete_alone, job):
             log.debug("job done without completing itself", extra=fields(job_id=job.job_id, kind=job.kind))
+        return "lost" if run.lost else "done"
 
     async def guarded(job: Job) -> None:
+        started = time.monotonic()
+        outcome = "unrecorded"
         try:
-            await run_job(job)
+            with tracing.span(f"job {job.kind}", job.trace, {"job.context": job_context, "job.kind": job.kind,
+                                                             "job.id": job.job_id}):
+                outcome = await run_job(job)
         except asyncio.CancelledError:
+            outcome = "drained"
             raise
         except Exception:  # the database failed while recording the outcome: the lease runs out
             log.exception("job outcome not recorded", extra=fields(job_id=job.job_id, kind=job.kind))
+        finally:
+            metrics.JOB_SECONDS.labels(job_context, job.kind, outcome).observe(time.monotonic() - started)
 
     async def work(stopping: asyncio.Event) -> None:
         running: set[asyncio.Task[None]] = set()
@@ -478,3 +517,23 @@ def job_worker(queue: JobQueue, handlers: Mapping[str, JobHandler], *, concurren
                     await asyncio.wait(left)
 
     return work
+
+
+def _context_of(queue: JobQueue) -> str:
+    return queue.table.name.removesuffix("_job")
+
+
+def measure_queue(queue: JobQueue, kinds: Collection[str], seconds: float = 15.0) -> BackgroundWork:
+    """Background work that counts the pending jobs of each kind every ``seconds`` (``cloudimg_jobs_pending``):
+    one indexed COUNT, in a thread, never one per scrape."""
+    job_context = _context_of(queue)
+    gauges = {kind: metrics.JOBS_PENDING.labels(job_context, kind) for kind in kinds}
+
+    async def count() -> None:
+        pending = await asyncio.to_thread(queue.pending_by_kind)
+        for kind in pending.keys() - gauges.keys():
+            gauges[kind] = metrics.JOBS_PENDING.labels(job_context, kind)
+        for kind, gauge in gauges.items():
+            gauge.set(pending.get(kind, 0))
+
+    return every(seconds, "job queue depth", count)

@@ -10,6 +10,7 @@ the caller).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -26,7 +27,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from chassis import context, errors
+from chassis import context, errors, metrics
 from chassis.logs import fields
 
 log = logging.getLogger("chassis.rpc")
@@ -220,10 +221,31 @@ def _request_id(sent: str | None) -> str:
     return sent if sent is not None and _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex[:16]
 
 
+_UNARY, _SERVER_STREAM, _CLIENT_STREAM, _BIDI_STREAM = "unary", "server_stream", "client_stream", "bidi_stream"
+_RESOURCE_EXHAUSTED = code_pb2.RESOURCE_EXHAUSTED
+
+
+def _aborted_code(ctx: grpc.aio.ServicerContext) -> str:
+    """The code a handler aborted with itself (ours abort through ``_abort``, which knows it)."""
+    code = ctx.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return code_pb2.Code.Name(code) if isinstance(code, int) and code in code_pb2.Code.values() else "UNKNOWN"
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticate, default_deadline_seconds: float):
+    """Besides the guard, it measures each call (chassis.metrics) and logs it: one INFO access-log line per call
+    (method, code, duration, account, peer; the request id is on every line), health checks and reflection at
+    DEBUG only, so that probes do not fill the log."""
+
+    def __init__(self, authenticate: Authenticate, default_deadline_seconds: float, access_log: bool = True):
         self._authenticate = authenticate
         self._default_deadline = default_deadline_seconds
+        self._access_log = access_log
+        self._unary = metrics.cached(metrics.server_method, _UNARY)
+        self._server_stream = metrics.cached(metrics.server_method, _SERVER_STREAM)
+        self._client_stream = metrics.cached(metrics.server_method, _CLIENT_STREAM)
+        self._bidi_stream = metrics.cached(metrics.server_method, _BIDI_STREAM)
 
     async def intercept_service(
         self,
@@ -241,42 +263,49 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         if handler.unary_unary is not None:
             unary_unary = handler.unary_unary
+            measured = self._unary(method)
 
             async def one_to_one(body: bytes, ctx: grpc.aio.ServicerContext) -> Any:
-                async with self._guarded(method, authenticate, ctx):
+                async with self._guarded(method, measured, authenticate, ctx):
                     return await unary_unary(decode(body), ctx)
 
             return grpc.unary_unary_rpc_method_handler(one_to_one, response_serializer=serialize)
         if handler.unary_stream is not None:
             unary_stream = handler.unary_stream
+            measured = self._server_stream(method)
 
             async def one_to_many(body: bytes, ctx: grpc.aio.ServicerContext) -> None:
-                async with self._guarded(method, authenticate, ctx):
+                async with self._guarded(method, measured, authenticate, ctx):
                     await _respond(unary_stream(decode(body), ctx), ctx)
 
             return grpc.unary_stream_rpc_method_handler(one_to_many, response_serializer=serialize)
         if handler.stream_unary is not None:
             stream_unary = handler.stream_unary
+            measured = self._client_stream(method)
 
             async def many_to_one(bodies: AsyncIterable[bytes], ctx: grpc.aio.ServicerContext) -> Any:
-                async with self._guarded(method, authenticate, ctx):
+                async with self._guarded(method, measured, authenticate, ctx):
                     return await stream_unary(_decoded(bodies, decode), ctx)
 
             return grpc.stream_unary_rpc_method_handler(many_to_one, response_serializer=serialize)
         stream_stream = handler.stream_stream
+        measured = self._bidi_stream(method)
 
         async def many_to_many(bodies: AsyncIterable[bytes], ctx: grpc.aio.ServicerContext) -> None:
-            async with self._guarded(method, authenticate, ctx):
+            async with self._guarded(method, measured, authenticate, ctx):
                 await _respond(stream_stream(_decoded(bodies, decode), ctx), ctx)
 
         return grpc.stream_stream_rpc_method_handler(many_to_many, response_serializer=serialize)
 
     @contextlib.asynccontextmanager
-    async def _guarded(self, method: str, authenticate: Authenticate | None, ctx: grpc.aio.ServicerContext
-                       ) -> AsyncIterator[None]:
+    async def _guarded(self, method: str, measured: metrics.ServerMethodMetrics, authenticate: Authenticate | None,
+                       ctx: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """What every call runs under: request id, deadline, the caller (unless the method is open to anyone),
-        and the mapping of whatever it raises, decoding included, to a rich status."""
+        and the mapping of whatever it raises, decoding included, to a rich status; then its metrics and its
+        access-log line."""
         started = time.monotonic()
+        in_flight = measured.in_flight
+        in_flight.inc()
         metadata = {key: value for key, value in ctx.invocation_metadata() or () if isinstance(value, str)}
         request_id = _request_id(metadata.get(REQUEST_ID_KEY))
         context.request_id.set(request_id)
@@ -293,10 +322,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             yield
             ctx.set_trailing_metadata(echo)
         except grpc.aio.AbortError:
+            outcome = _aborted_code(ctx)
+            raise
+        except asyncio.CancelledError:  # the caller left, or its deadline passed
+            outcome = "CANCELLED"
             raise
         except errors.DomainError as exc:
             status = status_of(exc)
             outcome = code_pb2.Code.Name(status.code)
+            if status.code == _RESOURCE_EXHAUSTED:
+                metrics.QUOTA_REFUSALS.labels(measured.service, exc.reason).inc()
             if status is _INTERNAL:
                 log.error("failure", extra=fields(method=method, reason=exc.reason, error=exc.message))
             await _abort(ctx, status, echo)
@@ -305,6 +340,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             log.exception("unhandled error", extra=fields(method=method))
             await _abort(ctx, _INTERNAL, echo)
         finally:
-            if log.isEnabledFor(logging.DEBUG):
-                elapsed_ms = round((time.monotonic() - started) * 1000, 2)
-                log.debug("rpc", extra=fields(method=method, code=outcome, ms=elapsed_ms))
+            elapsed = time.monotonic() - started
+            in_flight.dec()
+            measured.seconds.observe(elapsed)
+            measured.handled(outcome).inc()
+            level = logging.DEBUG if authenticate is None or not self._access_log else logging.INFO
+            if log.isEnabledFor(level):
+                caller = context.current_caller.get()
+                log.log(level, "rpc", extra=fields(
+                    method=method, code=outcome, ms=round(elapsed * 1000, 2), request_id=request_id,
+                    account=caller.account_id if caller is not None else "", peer=ctx.peer()))

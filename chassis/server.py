@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from chassis import logs, tls
+from chassis import logs, metrics, tls, tracing
 from chassis.auth import internal_caller
 from chassis.db import Database
 from chassis.logs import fields
@@ -72,11 +72,13 @@ class RunningServer:
 
 async def start_server(listen_addr: str, register: Register, authenticate: Authenticate,
                        default_deadline_seconds: float = 10.0,
-                       credentials: grpc.ServerCredentials | None = None) -> RunningServer:
+                       credentials: grpc.ServerCredentials | None = None, access_log: bool = True) -> RunningServer:
     """Starts serving (TLS with credentials, else plaintext) and reports SERVING: call it once the
-    service is ready."""
+    service is ready. With tracing on (chassis.tracing), each call's server span encloses the interceptor."""
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(authenticate, default_deadline_seconds)], options=_OPTIONS
+        interceptors=[*tracing.server_interceptors(),
+                      ServiceInterceptor(authenticate, default_deadline_seconds, access_log)],
+        options=_OPTIONS,
     )
     names = list(register(server))
     health = health_aio.HealthServicer()
@@ -142,10 +144,11 @@ async def serve(service: str, listen_addr: str, register: Register, authenticate
                 grace_seconds: float, drain_seconds: float = 1.0, default_deadline_seconds: float = 10.0,
                 background: Sequence[BackgroundWork] = (),
                 on_stop: Callable[[], Awaitable[None]] | None = None,
-                credentials: grpc.ServerCredentials | None = None) -> None:
+                credentials: grpc.ServerCredentials | None = None, access_log: bool = True) -> None:
     """Runs a service until SIGTERM or SIGINT, then stops it gracefully (see ``RunningServer.stop``);
     its background work starts once it is SERVING and is drained beside the server."""
-    running = await start_server(listen_addr, register, authenticate, default_deadline_seconds, credentials)
+    running = await start_server(listen_addr, register, authenticate, default_deadline_seconds, credentials,
+                                 access_log)
     log.info("serving", extra=fields(service=service, addr=listen_addr, port=running.port, tls=credentials is not None))
     working = Background(background)
     stopping = asyncio.Event()
@@ -223,11 +226,22 @@ def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable
     async def main() -> None:
         _check_can_listen(settings.listen_addr)
         credentials = serving_credentials(settings)
+        if settings.metrics_addr is not None:
+            try:
+                metrics.serve_metrics(settings.metrics_addr)
+            except OSError as exc:
+                prefix = str(settings.model_config.get("env_prefix", ""))
+                raise OSError(f"{prefix}METRICS_ADDR: cannot listen on {settings.metrics_addr}: "
+                              f"{exc.strerror or exc}") from exc
+        tracing.configure(service, settings.otlp_endpoint)  # before bootstrap: the gateway's channels trace
         built = await bootstrap(settings)  # type: ignore[arg-type]
-        await serve(service, settings.listen_addr, built.register, built.authenticate,
-                    grace_seconds=settings.shutdown_grace_seconds, drain_seconds=settings.shutdown_drain_seconds,
-                    default_deadline_seconds=settings.default_deadline_seconds, background=built.background,
-                    on_stop=built.close, credentials=credentials)
+        try:
+            await serve(service, settings.listen_addr, built.register, built.authenticate,
+                        grace_seconds=settings.shutdown_grace_seconds, drain_seconds=settings.shutdown_drain_seconds,
+                        default_deadline_seconds=settings.default_deadline_seconds, background=built.background,
+                        on_stop=built.close, credentials=credentials, access_log=settings.access_log)
+        finally:
+            tracing.shutdown()
 
     try:
         asyncio.run(main())

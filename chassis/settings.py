@@ -60,7 +60,21 @@ def database_url(value: str) -> str:
     return value
 
 
+_OTLP_ENDPOINT = re.compile(r"(?P<scheme>https?)://(?P<addr>[^/?#]+)/?")
+
+
+def otlp_endpoint(value: str) -> str:
+    """An OTLP/gRPC collector: http://HOST:PORT (plaintext) or https://HOST:PORT (TLS)."""
+    match = _OTLP_ENDPOINT.fullmatch(value)
+    if match is None:
+        raise ValueError(f"must be http://host:port or https://host:port, e.g. http://127.0.0.1:4317 "
+                         f"(got {value[:80]!r})")
+    host_port(match["addr"])
+    return value
+
+
 HostPort = Annotated[str, AfterValidator(host_port)]
+OtlpEndpoint = Annotated[str, AfterValidator(otlp_endpoint)]
 DatabaseUrl = Annotated[str, AfterValidator(database_url)]
 LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                      BeforeValidator(lambda value: value.upper() if isinstance(value, str) else value)]
@@ -105,6 +119,13 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: Annotated[Seconds, Field(ge=0)] = 10.0
     # Deadline for calls that arrive without one (and for downstream calls made outside a call).
     default_deadline_seconds: Annotated[Seconds, Field(ge=0.1)] = 10.0
+    # Where Prometheus scrapes this process ({PREFIX}METRICS_ADDR, http://HOST:PORT/metrics); unset: no metrics
+    # endpoint. Plain HTTP without authentication: the metrics carry no secrets, but keep it off public networks.
+    metrics_addr: HostPort | None = None
+    # The OTLP/gRPC collector that traces go to (OTEL_EXPORTER_OTLP_ENDPOINT works too); unset: no tracing at all.
+    otlp_endpoint: OtlpEndpoint | None = Field(default=None, validation_alias="CLOUDIMG_OTLP_ENDPOINT")
+    # One INFO line per call (method, code, duration, request id, account, peer); false: at DEBUG only.
+    access_log: bool = Field(default=True, validation_alias="CLOUDIMG_ACCESS_LOG")
 
     @property
     def serves_tls(self) -> bool:
@@ -113,6 +134,8 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _transport(self) -> ServiceSettings:
         prefix = str(self.model_config.get("env_prefix", ""))
+        if self.metrics_addr is not None and _port(self.metrics_addr) == _port(self.listen_addr):
+            raise ValueError(f"{prefix}METRICS_ADDR: {self.metrics_addr} takes the port of {prefix}LISTEN_ADDR")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError(f"{prefix}TLS_CERT_FILE and {prefix}TLS_KEY_FILE: set both or neither")
         if not self.serves_tls:
@@ -132,6 +155,10 @@ def check_plaintext(settings: ServiceSettings, variable: str, addr: str, tls_var
     if not settings.allow_plaintext and not is_loopback(addr):
         raise ValueError(f"{variable}: {addr} is not a loopback address, and API keys and tokens must not cross a "
                          f"network in plaintext: set {tls_variable} (TLS) or CLOUDIMG_ALLOW_PLAINTEXT=true")
+
+
+def _port(addr: str) -> str:
+    return addr.rpartition(":")[2]
 
 
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}

@@ -12,7 +12,7 @@ from chassis import tls
 from chassis.clients import Downstream
 from chassis.clock import Clock, SystemClock
 from chassis.db import Database
-from chassis.jobs import JobQueue
+from chassis.jobs import JobQueue, measure_queue
 from chassis.migrations import migrate
 from chassis.server import Service, every, servicers
 from cloudimg.billing.v1 import billing_service_pb2_grpc
@@ -36,6 +36,8 @@ log = logging.getLogger("gateway")
 
 # How often launches without a job are looked for and old jobs pruned (besides at start-up).
 _TEND_JOBS_SECONDS = 3600.0
+# How often the metrics' running instances and pending jobs are counted.
+_MEASURE_SECONDS = 15.0
 
 
 def _name(module: object, service: str) -> str:
@@ -89,5 +91,7 @@ async def bootstrap(settings: GatewaySettings, clock: Clock | None = None) -> Se
         background=[
             background.operations_worker(deps, queue, timedelta(seconds=settings.reconcile_interval_seconds)),
             every(_TEND_JOBS_SECONDS, "tend jobs", lambda: background.tend_jobs(deps, queue)),
+            every(_MEASURE_SECONDS, "count running instances", lambda: background.measure_instances(deps)),
+            measure_queue(queue, background.JOB_KINDS, _MEASURE_SECONDS),
         ],
     )

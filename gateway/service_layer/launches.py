@@ -29,6 +29,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from prometheus_client import Counter
+
 from chassis import context, ids
 from chassis.context import Caller
 from chassis.errors import Aborted, DomainError, RemoteError, Unreached
@@ -49,6 +51,20 @@ STALE_LAUNCH_AFTER = HOLD
 _WAIT_STEP_SECONDS = 0.02
 # Billing's refusals that mean "charged" is still possible, so the launch must not be forgotten.
 _NOT_A_REFUSAL = {"IDEMPOTENCY_PARAMETER_MISMATCH"}
+# RunInstances calls by outcome (cloudimg_launches_total): a verdict the caller can act on is "refused".
+_REFUSED_CODES = {"INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "NOT_FOUND", "RESOURCE_EXHAUSTED",
+                  "ALREADY_EXISTS", "ABORTED"}
+LAUNCHES = Counter("cloudimg_launches_total", "RunInstances calls, by outcome.", ("outcome",))
+_LAUNCHES = {outcome: LAUNCHES.labels(outcome) for outcome in (
+    "launched", "dry_run", "refused", "outcome_unknown", "unavailable", "failed", "cancelled")}
+
+
+def _failure_outcome(exc: DomainError) -> str:
+    if exc.reason == "LAUNCH_OUTCOME_UNKNOWN":
+        return "outcome_unknown"
+    if exc.code in _REFUSED_CODES:
+        return "refused"
+    return "unavailable" if exc.code == "UNAVAILABLE" else "failed"
 
 
 async def _image_and_type(request: LaunchRequest, deps: Dependencies) -> tuple[Image, InstanceType]:
@@ -87,6 +103,20 @@ async def checked_and_priced(verdict: Awaitable[Verdict], quote: Awaitable[Quote
 
 async def run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, deps: Dependencies
                         ) -> tuple[list[str], Quote]:
+    try:
+        launched = await _run_instances(caller, request, dry_run, deps)
+    except DomainError as exc:
+        _LAUNCHES[_failure_outcome(exc)].inc()
+        raise
+    except asyncio.CancelledError:
+        _LAUNCHES["cancelled"].inc()
+        raise
+    _LAUNCHES["dry_run" if dry_run else "launched"].inc()
+    return launched
+
+
+async def _run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, deps: Dependencies
+                         ) -> tuple[list[str], Quote]:
     if dry_run:
         return [], await quote_run_instances(request, deps)
     request.validate()
