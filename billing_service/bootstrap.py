@@ -7,6 +7,8 @@ import asyncio
 from functools import partial
 from pathlib import Path
 
+from cloudimg.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+
 from billing_service.adapters.tables import TABLES
 from billing_service.domain.price_book import PriceBookError, load_price_book
 from billing_service.entrypoints.servicer import BillingServicer
@@ -18,7 +20,6 @@ from chassis.db import Database
 from chassis.migrations import migrate
 from chassis.server import Service, every, internal_service
 from chassis.settings import SettingsError
-from cloudimg.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 
 SERVICE_NAME = billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
 

@@ -8,6 +8,8 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+from cloudimg.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
+
 from catalog_service.adapters.image_store import ImageStore
 from catalog_service.adapters.sources import ImportPolicy
 from catalog_service.adapters.tables import JOBS, TABLES
@@ -22,7 +24,6 @@ from chassis.db import Database
 from chassis.jobs import JobQueue, job_worker, measure_queue, new_owner
 from chassis.migrations import migrate
 from chassis.server import Service, every, internal_service
-from cloudimg.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
 
 SERVICE_NAME = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
 

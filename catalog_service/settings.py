@@ -4,9 +4,9 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
-from sqlalchemy.engine import make_url
-from pydantic_settings import NoDecode, SettingsConfigDict
 from pydantic.functional_validators import BeforeValidator
+from pydantic_settings import NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from chassis.settings import DatabaseUrl, HostPort, Seconds, ServiceSettings
 

@@ -49,7 +49,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Column, Connection, DateTime, Index, Integer, MetaData, String, Table, Text, delete, func, or_, select, update,
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    or_,
+    select,
+    update,
 )
 from sqlmodel import SQLModel
 

@@ -13,7 +13,6 @@ import time
 
 from chassis import context, tracing
 
-
 _encode = json.JSONEncoder(default=str).encode
 
 

@@ -19,7 +19,13 @@ from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
-    REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
 )
 
 from chassis.logs import fields
@@ -50,7 +56,7 @@ JOB_SECONDS = Histogram("cloudimg_job_duration_seconds", "How long one attempt o
 class MethodMetrics:
     """One method's children: handled (by code, each made on first use) and seconds."""
 
-    __slots__ = ("seconds", "_handled", "_family", "_labels")
+    __slots__ = ("_family", "_handled", "_labels", "seconds")
 
     def __init__(self, handled: Counter, seconds: Histogram, grpc_type: str, full_method: str):
         service, _, method = full_method.lstrip("/").rpartition("/")

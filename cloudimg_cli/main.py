@@ -33,22 +33,36 @@ from typing import Any
 
 import grpc
 import yaml
+from cloudimg.gateway.v1 import (
+    account_service_pb2 as account_pb,
+)
+from cloudimg.gateway.v1 import (
+    account_service_pb2_grpc as account_grpc,
+)
+from cloudimg.gateway.v1 import (
+    image_service_pb2 as image_pb,
+)
+from cloudimg.gateway.v1 import (
+    image_service_pb2_grpc as image_grpc,
+)
+from cloudimg.gateway.v1 import (
+    image_share_service_pb2 as share_pb,
+)
+from cloudimg.gateway.v1 import (
+    image_share_service_pb2_grpc as share_grpc,
+)
+from cloudimg.gateway.v1 import (
+    instance_service_pb2 as instance_pb,
+)
+from cloudimg.gateway.v1 import (
+    instance_service_pb2_grpc as instance_grpc,
+)
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from cloudimg.gateway.v1 import (
-    account_service_pb2 as account_pb,
-    account_service_pb2_grpc as account_grpc,
-    image_service_pb2 as image_pb,
-    image_service_pb2_grpc as image_grpc,
-    image_share_service_pb2 as share_pb,
-    image_share_service_pb2_grpc as share_grpc,
-    instance_service_pb2 as instance_pb,
-    instance_service_pb2_grpc as instance_grpc,
-)
 from cloudimg_cli import config, render, version
 
 REQUEST_ID_KEY = "x-request-id"

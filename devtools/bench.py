@@ -27,14 +27,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from catalog_service.domain.seed import seed_image_id
 from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb2
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_pb2_grpc
 from cloudimg.gateway.v1 import (
-    image_service_pb2, image_service_pb2_grpc, instance_service_pb2, instance_service_pb2_grpc,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    instance_service_pb2,
+    instance_service_pb2_grpc,
 )
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from catalog_service.domain.seed import seed_image_id
 from devtools.loadgen import Report, RunOptions, run_load
 from devtools.stack import Stack
 

@@ -44,7 +44,7 @@ def issue(directory: Path, namespace: str = DEFAULT_NAMESPACE, gateway_names: Se
     import trustme  # a development dependency: only this command needs it
 
     ca = trustme.CA(organization_name="cloudimg development CA")
-    not_after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days)
+    not_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
     # Every certificate first, so that a name trustme refuses leaves no half-written set behind.
     leaves = {
         service: ca.issue_cert(*names_of(service, namespace, gateway_names if service == "gateway" else ()),

@@ -8,6 +8,20 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+from cloudimg.billing.v1 import billing_service_pb2_grpc
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc
+from cloudimg.gateway.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    image_share_service_pb2,
+    image_share_service_pb2_grpc,
+    instance_service_pb2,
+    instance_service_pb2_grpc,
+)
+from cloudimg.sharing.v1 import sharing_service_pb2_grpc
+
 from chassis import tls
 from chassis.clients import Downstream
 from chassis.clock import Clock, SystemClock
@@ -15,13 +29,6 @@ from chassis.db import Database
 from chassis.jobs import JobQueue, measure_queue
 from chassis.migrations import migrate
 from chassis.server import Service, every, servicers
-from cloudimg.billing.v1 import billing_service_pb2_grpc
-from cloudimg.catalog.v1 import catalog_service_pb2_grpc
-from cloudimg.gateway.v1 import (
-    account_service_pb2, account_service_pb2_grpc, image_service_pb2, image_service_pb2_grpc,
-    image_share_service_pb2, image_share_service_pb2_grpc, instance_service_pb2, instance_service_pb2_grpc,
-)
-from cloudimg.sharing.v1 import sharing_service_pb2_grpc
 from gateway.adapters.contexts import Billing, Catalog, Sharing
 from gateway.adapters.tables import JOBS, TABLES
 from gateway.entrypoints.servicers import AccountServicer, ImageServicer, ImageShareServicer, InstanceServicer

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from functools import partial
+from pathlib import Path
+
+from cloudimg.sharing.v1 import sharing_service_pb2, sharing_service_pb2_grpc
 
 from chassis.db import Database
 from chassis.migrations import migrate
 from chassis.server import Service, internal_service
-from cloudimg.sharing.v1 import sharing_service_pb2, sharing_service_pb2_grpc
 from sharing_service.adapters.tables import TABLES
 from sharing_service.entrypoints.servicer import SharingServicer
 from sharing_service.service_layer.unit_of_work import SharingUnitOfWork

@@ -15,7 +15,6 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
-
 from sqlalchemy import create_engine, text
 
 from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY

@@ -13,10 +13,18 @@ from sqlalchemy import Connection, and_, insert, or_, select, update
 from billing_service.adapters.tables import CHARGE_KEYS, CHARGES, SEGMENTS
 from billing_service.domain.metering import HOUR, Segment, UnitPrice
 from billing_service.domain.model import (
-    Charge, ChargeFilter, ChargeKind, ChargeType, KeyOutcome, LineKind, Quote, QuoteLine,
+    Charge,
+    ChargeFilter,
+    ChargeKind,
+    ChargeType,
+    KeyOutcome,
+    LineKind,
+    Quote,
+    QuoteLine,
 )
 from chassis.db import insert_ignoring_duplicates
 from chassis.stored import Document
+
 
 def _bare_lines_to_1(lines: list[dict[str, Any]]) -> dict[str, Any]:
     """Version 0, a charge's lines before they carried a version (up to 6190e62): a bare JSON list of the

@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from billing_service.domain.model import (
-    ChargeType, LineKind, PriceBook, instance_description, license_description,
+    ChargeType,
+    LineKind,
+    PriceBook,
+    instance_description,
+    license_description,
 )
 from chassis.errors import InvalidArgument, clipped
 

@@ -11,12 +11,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from billing_service.domain.metering import (
-    Segment, Usage, add_months, clamp, final_usage, months_left, unit_prices,
+    Segment,
+    Usage,
+    add_months,
+    clamp,
+    final_usage,
+    months_left,
+    unit_prices,
 )
 from billing_service.domain.model import ChargeType, LaunchPricing, LineKind, PriceBook, Quote, QuoteLine
 from chassis import ids
 from chassis.errors import FailedPrecondition, InvalidArgument
-
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 

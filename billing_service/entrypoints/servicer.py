@@ -5,11 +5,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
+from cloudimg.billing.v1 import billing_service_pb2 as pb
+from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 
 from billing_service.domain.model import (
-    Charge, ChargeFilter, ChargeKind, ChargeType, CpuArchitecture, ImagePricing, InstanceType, LaunchPricing, LineKind,
-    OsKind, PriceBook, Quote,
+    Charge,
+    ChargeFilter,
+    ChargeKind,
+    ChargeType,
+    CpuArchitecture,
+    ImagePricing,
+    InstanceType,
+    LaunchPricing,
+    LineKind,
+    OsKind,
+    PriceBook,
+    Quote,
 )
 from billing_service.domain.price_list import Price, PriceFilter, all_prices
 from billing_service.domain.resets import ResetPricing
@@ -18,8 +30,6 @@ from billing_service.service_layer.handlers import UnitOfWorkFactory
 from chassis import context
 from chassis.clock import Clock
 from chassis.convert import EnumMap, money, requested_time, timestamp
-from cloudimg.billing.v1 import billing_service_pb2 as pb
-from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 CHARGE_TYPES = EnumMap(pb.ChargeType, "CHARGE_TYPE", ChargeType)
 ARCHITECTURES = EnumMap(pb.CpuArchitecture, "CPU_ARCHITECTURE", CpuArchitecture)

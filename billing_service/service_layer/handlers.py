@@ -9,7 +9,13 @@ from collections.abc import Callable
 
 from billing_service.domain.metering import launch_segments
 from billing_service.domain.model import (
-    MAX_INSTANCES_PER_LAUNCH, Charge, InstanceType, KeyOutcome, LaunchPricing, PriceBook, Quote,
+    MAX_INSTANCES_PER_LAUNCH,
+    Charge,
+    InstanceType,
+    KeyOutcome,
+    LaunchPricing,
+    PriceBook,
+    Quote,
 )
 from billing_service.domain.price_list import Price, PriceFilter, PriceKey
 from billing_service.service_layer.unit_of_work import BillingUnitOfWork

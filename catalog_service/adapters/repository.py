@@ -11,7 +11,14 @@ from sqlalchemy import ColumnElement, Connection, and_, delete, false, func, not
 
 from catalog_service.adapters.tables import IMAGES, JOBS, QUOTA_USAGE, REGIONS
 from catalog_service.domain.model import (
-    Architecture, Image, ImageQuery, ImageSource, ImageState, ImageType, OsType, Region,
+    Architecture,
+    Image,
+    ImageQuery,
+    ImageSource,
+    ImageState,
+    ImageType,
+    OsType,
+    Region,
 )
 from chassis import jobs
 from chassis.db import insert_ignoring_duplicates

@@ -7,7 +7,14 @@ import hashlib
 from datetime import UTC, datetime
 
 from catalog_service.domain.model import (
-    PLATFORM_ACCOUNT_ID, Architecture, Image, ImageSource, ImageState, ImageType, OsType, Region,
+    PLATFORM_ACCOUNT_ID,
+    Architecture,
+    Image,
+    ImageSource,
+    ImageState,
+    ImageType,
+    OsType,
+    Region,
 )
 
 REGIONS = [

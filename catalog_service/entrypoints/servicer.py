@@ -6,16 +6,24 @@ import asyncio
 from collections.abc import Mapping
 
 import grpc
+from cloudimg.catalog.v1 import catalog_service_pb2 as pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 
 from catalog_service.domain.model import (
-    Architecture, Image, ImageFormat, ImageQuery, ImageSource, ImageState, ImageType, OsType, Region,
+    Architecture,
+    Image,
+    ImageFormat,
+    ImageQuery,
+    ImageSource,
+    ImageState,
+    ImageType,
+    OsType,
+    Region,
 )
 from catalog_service.service_layer import handlers, lifecycle
 from catalog_service.service_layer.handlers import UnitOfWorkFactory
 from chassis import context
 from chassis.convert import EnumMap, timestamp
-from cloudimg.catalog.v1 import catalog_service_pb2 as pb
-from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 
 IMAGE_TYPES = EnumMap(pb.ImageType, "IMAGE_TYPE", ImageType)
 IMAGE_STATES = EnumMap(pb.ImageState, "IMAGE_STATE", ImageState)

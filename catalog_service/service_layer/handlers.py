@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from catalog_service.domain.model import (
-    Image, ImageQuery, Region, check_filter_length, image_not_found, unknown_region,
+    Image,
+    ImageQuery,
+    Region,
+    check_filter_length,
+    image_not_found,
+    unknown_region,
 )
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork
 from chassis import ids, pagination

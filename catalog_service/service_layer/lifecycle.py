@@ -13,14 +13,35 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from catalog_service.adapters.repository import (
-    CREATE_JOB, IMPORT_JOB, SYNC_JOB, create_job_data, import_job_data, sync_job_data,
+    CREATE_JOB,
+    IMPORT_JOB,
+    SYNC_JOB,
+    create_job_data,
+    import_job_data,
+    sync_job_data,
 )
 from catalog_service.adapters.sources import ImportPolicy, ImportRefused, check_source
 from catalog_service.adapters.tables import JOBS
 from catalog_service.domain.model import (
-    MAX_OS_NAME_LENGTH, MAX_SOURCE_URI_LENGTH, MAX_SYNC_DESTINATIONS, Architecture, Image, ImageFormat, ImageSource,
-    ImageState, ImageType, OsType, Quota, Region, check_description, check_name, image_busy, image_not_found,
-    name_taken, platform_of, unknown_region,
+    MAX_OS_NAME_LENGTH,
+    MAX_SOURCE_URI_LENGTH,
+    MAX_SYNC_DESTINATIONS,
+    Architecture,
+    Image,
+    ImageFormat,
+    ImageSource,
+    ImageState,
+    ImageType,
+    OsType,
+    Quota,
+    Region,
+    check_description,
+    check_name,
+    image_busy,
+    image_not_found,
+    name_taken,
+    platform_of,
+    unknown_region,
 )
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork
 from chassis import ids, jobs

@@ -7,7 +7,12 @@ from typing import Any
 from catalog_service.adapters.repository import CatalogRepository
 from catalog_service.adapters.tables import REQUESTS
 from catalog_service.domain.model import (
-    Architecture, Image, ImageSource, ImageState, ImageType, OsType,
+    Architecture,
+    Image,
+    ImageSource,
+    ImageState,
+    ImageType,
+    OsType,
 )
 from chassis.db import UnitOfWork
 from chassis.idempotency import RequestLedger, ResponseFormat

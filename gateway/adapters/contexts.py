@@ -9,20 +9,43 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from chassis.clients import Downstream
-from chassis.convert import EnumMap, decimal_of, optional_time, timestamp
-from chassis.errors import RemoteError
 from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
 from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
+
+from chassis.clients import Downstream
+from chassis.convert import EnumMap, decimal_of, optional_time, timestamp
+from chassis.errors import RemoteError
 from gateway.domain.instances import Instance, Launch, LaunchRequest, Reset
 from gateway.domain.model import (
-    Architecture, CatalogKind, Charge, ChargeFilter, ChargeKind, ChargeType, Image, ImageFormat, ImageImport,
-    ImageQuota, ImageShare, ImageSource, ImageState, InstanceType, OsType, Price, Quote, QuoteLine, QuoteLineKind,
-    Region, ShareState, TrustPolicy, TrustPolicyMode, Verdict, VerdictBasis,
+    Architecture,
+    CatalogKind,
+    Charge,
+    ChargeFilter,
+    ChargeKind,
+    ChargeType,
+    Image,
+    ImageFormat,
+    ImageImport,
+    ImageQuota,
+    ImageShare,
+    ImageSource,
+    ImageState,
+    InstanceType,
+    OsType,
+    Price,
+    Quote,
+    QuoteLine,
+    QuoteLineKind,
+    Region,
+    ShareState,
+    TrustPolicy,
+    TrustPolicyMode,
+    Verdict,
+    VerdictBasis,
 )
 
 _KINDS = EnumMap(catalog_pb.ImageType, "IMAGE_TYPE", CatalogKind)

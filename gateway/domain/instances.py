@@ -12,7 +12,16 @@ from chassis import ids
 from chassis.errors import FailedPrecondition, InvalidArgument, Unavailable
 from chassis.fingerprints import fingerprint
 from gateway.domain.model import (
-    Architecture, ChargeType, Image, ImageState, InstanceType, OsType, Quote, ShareState, Verdict, image_not_found,
+    Architecture,
+    ChargeType,
+    Image,
+    ImageState,
+    InstanceType,
+    OsType,
+    Quote,
+    ShareState,
+    Verdict,
+    image_not_found,
 )
 
 MAX_INSTANCES_PER_LAUNCH = 100

@@ -4,19 +4,38 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf import timestamp_pb2
-
-from chassis.context import Caller
-from chassis.convert import EnumMap, money, requested_time, timestamp
 from cloudimg.gateway.v1 import account_service_pb2 as account_pb
 from cloudimg.gateway.v1 import image_service_pb2 as image_pb
 from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
+from google.protobuf import timestamp_pb2
+
+from chassis.context import Caller
+from chassis.convert import EnumMap, money, requested_time, timestamp
 from gateway.domain.instances import DEFAULT_SYSTEM_DISK_GB, Instance, InstanceState, LaunchRequest
 from gateway.domain.model import (
-    Architecture, Charge, ChargeFilter, ChargeKind, ChargeType, Image, ImageFormat, ImageImport, ImageQuota,
-    ImageShare, ImageSource, ImageState, ImageType, InstanceType, OsType, Price, Quote, QuoteLineKind, Region,
-    ShareState, TrustPolicy, TrustPolicyMode,
+    Architecture,
+    Charge,
+    ChargeFilter,
+    ChargeKind,
+    ChargeType,
+    Image,
+    ImageFormat,
+    ImageImport,
+    ImageQuota,
+    ImageShare,
+    ImageSource,
+    ImageState,
+    ImageType,
+    InstanceType,
+    OsType,
+    Price,
+    Quote,
+    QuoteLineKind,
+    Region,
+    ShareState,
+    TrustPolicy,
+    TrustPolicyMode,
 )
 
 IMAGE_TYPES = EnumMap(image_pb.ImageType, "IMAGE_TYPE", ImageType)

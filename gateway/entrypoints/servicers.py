@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import grpc
-
-from chassis import context
 from cloudimg.gateway.v1 import account_service_pb2 as account_pb
 from cloudimg.gateway.v1 import account_service_pb2_grpc as account_grpc
 from cloudimg.gateway.v1 import image_service_pb2 as image_pb
@@ -15,6 +13,8 @@ from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as instance_grpc
+
+from chassis import context
 from gateway.entrypoints import convert
 from gateway.service_layer import accounts, image_lifecycle, images, instances, launches, resets, shares
 from gateway.service_layer.dependencies import Dependencies

@@ -1,6 +1,6 @@
 """Alembic environment of the gateway context: its own tables, its own version table (chassis.migrations)."""
 
-from gateway.adapters.tables import TABLES
 from chassis.migrations import run_environment
+from gateway.adapters.tables import TABLES
 
 run_environment(TABLES)

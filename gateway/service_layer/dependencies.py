@@ -14,8 +14,21 @@ from chassis.clock import Clock, SystemClock
 from chassis.errors import InvalidArgument, clipped
 from gateway.domain.instances import Instance, Launch, LaunchRequest, Reset
 from gateway.domain.model import (
-    CatalogKind, Charge, ChargeFilter, ChargeType, Image, ImageImport, ImageQuota, ImageShare, InstanceType, Price,
-    Quote, Region, ShareState, TrustPolicy, Verdict,
+    CatalogKind,
+    Charge,
+    ChargeFilter,
+    ChargeType,
+    Image,
+    ImageImport,
+    ImageQuota,
+    ImageShare,
+    InstanceType,
+    Price,
+    Quote,
+    Region,
+    ShareState,
+    TrustPolicy,
+    Verdict,
 )
 from gateway.service_layer.unit_of_work import GatewayUnitOfWork
 

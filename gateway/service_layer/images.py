@@ -9,7 +9,13 @@ from chassis import ids
 from chassis.context import Caller
 from chassis.errors import PermissionDenied
 from gateway.domain.model import (
-    DEFAULT_SHARE_STATES, CatalogKind, Image, ImageType, Region, ShareState, image_not_found,
+    DEFAULT_SHARE_STATES,
+    CatalogKind,
+    Image,
+    ImageType,
+    Region,
+    ShareState,
+    image_not_found,
 )
 from gateway.service_layer.dependencies import Dependencies
 

@@ -22,7 +22,10 @@ from chassis.logs import fields
 from gateway.adapters.repository import END_USAGE, EndUsage, end_usage_from_json, end_usage_to_json
 from gateway.adapters.tables import JOBS
 from gateway.domain.instances import (
-    Instance, InstanceState, instance_ids_to_terminate, to_terminate,
+    Instance,
+    InstanceState,
+    instance_ids_to_terminate,
+    to_terminate,
 )
 from gateway.domain.model import ChargeType, InstanceType, Price
 from gateway.service_layer.dependencies import Dependencies

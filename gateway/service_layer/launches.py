@@ -37,7 +37,13 @@ from chassis.errors import Aborted, DomainError, RemoteError, Unreached
 from chassis.jobs import Job, JobRun
 from chassis.logs import fields
 from gateway.domain.instances import (
-    Launch, LaunchRequest, LaunchState, check_launchable, check_same_launch, launch_outcome_unknown, offered_type,
+    Launch,
+    LaunchRequest,
+    LaunchState,
+    check_launchable,
+    check_same_launch,
+    launch_outcome_unknown,
+    offered_type,
 )
 from gateway.domain.model import Image, InstanceType, Quote, Verdict
 from gateway.service_layer.dependencies import Dependencies

@@ -31,7 +31,13 @@ from chassis.logs import fields
 from gateway.adapters.repository import RESET_INSTANCE, ResetAnswer, reset_from_json, reset_job_id, reset_to_json
 from gateway.adapters.tables import JOBS
 from gateway.domain.instances import (
-    Instance, Reset, check_launchable, check_resettable, new_reset, offered_type, reset_request,
+    Instance,
+    Reset,
+    check_launchable,
+    check_resettable,
+    new_reset,
+    offered_type,
+    reset_request,
 )
 from gateway.domain.model import Quote, Verdict
 from gateway.service_layer.dependencies import Dependencies

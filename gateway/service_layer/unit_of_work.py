@@ -3,7 +3,12 @@ from __future__ import annotations
 from chassis.db import UnitOfWork
 from chassis.idempotency import RequestLedger
 from gateway.adapters.repository import (
-    INSTANCES_ANSWER, RESET_ANSWER, AccountRepository, InstanceRepository, LaunchRepository, ResetAnswer,
+    INSTANCES_ANSWER,
+    RESET_ANSWER,
+    AccountRepository,
+    InstanceRepository,
+    LaunchRepository,
+    ResetAnswer,
 )
 from gateway.adapters.tables import REQUESTS
 from gateway.domain.instances import Instance

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import grpc
+from cloudimg.sharing.v1 import sharing_service_pb2 as pb
+from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
 
 from chassis import context
 from chassis.clock import Clock, SystemClock
 from chassis.convert import EnumMap, timestamp
 from chassis.errors import InvalidArgument
-from cloudimg.sharing.v1 import sharing_service_pb2 as pb
-from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
 from sharing_service.domain.model import ImageKind, ImageRef, Share, ShareDecision, ShareState
 from sharing_service.domain.trust import PolicyDraft, TrustPolicy, TrustPolicyMode
 from sharing_service.domain.verdict import LaunchBasis, Verdict, check_batch_size

@@ -34,7 +34,7 @@ def assert_one_line(done: subprocess.CompletedProcess[str], code: int, expected:
     assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("service, env, expected", [
+@pytest.mark.parametrize(("service", "env", "expected"), [
     ("catalog", {"CATALOG_DATABASE_URL": "garbage"},
      "cloudimg: invalid settings for catalog: CATALOG_DATABASE_URL: not a database URL"),
     ("catalog", {"CATALOG_LISTEN_ADDR": "127.0.0.1:99999"},

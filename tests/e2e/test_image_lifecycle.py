@@ -7,23 +7,23 @@ from __future__ import annotations
 import asyncio
 import http.server
 import random
-from collections import Counter
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
-
-from catalog_service.domain.seed import seed_image_id
 from cloudimg.gateway.v1 import image_service_pb2 as pb
 from cloudimg.gateway.v1 import image_service_pb2_grpc as pb_grpc
 from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as ins_pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as ins_grpc
+
+from catalog_service.domain.seed import seed_image_id
 from devtools.stack import Stack
 from tests.conftest import BOB, rich_status
 from tests.fixtures.disk_images import CASES, QEMU_MADE, QEMU_MISSING
@@ -86,21 +86,27 @@ async def test_the_lifecycle_of_an_image_made_from_an_instance(apis):
     alice, bob = apis
     instance = await alice.launch(seed_image_id(GZ, "wordpress"))
     image = await alice.image_of(instance, "blog golden")
-    assert image.state == pb.IMAGE_STATE_NORMAL and image.image_type == pb.IMAGE_TYPE_PRIVATE
-    assert image.source == pb.IMAGE_SOURCE_INSTANCE and len(image.checksum_sha256) == 64
+    assert image.state == pb.IMAGE_STATE_NORMAL
+    assert image.image_type == pb.IMAGE_TYPE_PRIVATE
+    assert image.source == pb.IMAGE_SOURCE_INSTANCE
+    assert len(image.checksum_sha256) == 64
 
     copies = (await alice.images.SyncImage(pb.SyncImageRequest(image_id=image.image_id, destination_regions=[SH]),
                                            metadata=alice.meta)).images
     copy = await alice.wait(copies[0].image_id)
-    assert copy.state == pb.IMAGE_STATE_NORMAL and copy.checksum_sha256 == image.checksum_sha256
-    assert copy.region == SH and copy.base_image_id == image.image_id and copy.source == pb.IMAGE_SOURCE_SYNC
+    assert copy.state == pb.IMAGE_STATE_NORMAL
+    assert copy.checksum_sha256 == image.checksum_sha256
+    assert copy.region == SH
+    assert copy.base_image_id == image.image_id
+    assert copy.source == pb.IMAGE_SOURCE_SYNC
 
     # A synced copy of a custom image of a marketplace image still pays the marketplace product.
     quote = (await alice.instances.QuoteRunInstances(ins_pb.QuoteRunInstancesRequest(
         region=SH, image_id=copy.image_id, instance_type="S5.MEDIUM4", instance_count=1),
         metadata=alice.meta)).quote
     kinds = [line.kind for line in quote.lines]
-    assert ins_pb.QUOTE_LINE_KIND_MARKETPLACE in kinds and ins_pb.QUOTE_LINE_KIND_INSTANCE in kinds
+    assert ins_pb.QUOTE_LINE_KIND_MARKETPLACE in kinds
+    assert ins_pb.QUOTE_LINE_KIND_INSTANCE in kinds
 
     # Shared, it cannot be deleted; its recipient can neither rename, sync nor delete it.
     await alice.shares.ShareImage(share_pb.ShareImageRequest(image_id=image.image_id, account_ids=[BOB]),
@@ -110,7 +116,8 @@ async def test_the_lifecycle_of_an_image_made_from_an_instance(apis):
     with pytest.raises(grpc.aio.AioRpcError) as shared:
         await alice.images.DeleteImage(pb.DeleteImageRequest(image_id=image.image_id), metadata=alice.meta)
     assert shared.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert rich_status(shared.value)[1].reason == "IMAGE_SHARED" and "1" in shared.value.details()
+    assert rich_status(shared.value)[1].reason == "IMAGE_SHARED"
+    assert "1" in shared.value.details()
     for call in (partial(bob.images.DeleteImage, pb.DeleteImageRequest(image_id=image.image_id)),
                  partial(bob.images.SyncImage, pb.SyncImageRequest(image_id=image.image_id,
                                                                    destination_regions=[HK]))):
@@ -139,7 +146,8 @@ async def test_the_lifecycle_of_an_image_made_from_an_instance(apis):
     assert (await alice.wait(copy.image_id)).state == pb.IMAGE_STATE_NORMAL
 
     quota = await alice.images.GetImageQuota(pb.GetImageQuotaRequest(region=SH), metadata=alice.meta)
-    assert quota.custom_image_used >= 1 and quota.daily_operation_used >= 1
+    assert quota.custom_image_used >= 1
+    assert quota.daily_operation_used >= 1
 
 
 async def test_a_windows_image_pays_the_license_wherever_its_copies_go_overseas(apis):
@@ -169,7 +177,8 @@ async def test_imports_are_inspected_and_hostile_images_refused_with_their_reaso
     done = await alice.wait(made.image_id)
     if spec.refused is None:
         assert done.state == pb.IMAGE_STATE_NORMAL, done.state_reason
-        assert len(done.checksum_sha256) == 64 and done.size_gb >= 1
+        assert len(done.checksum_sha256) == 64
+        assert done.size_gb >= 1
     else:
         assert done.state == pb.IMAGE_STATE_IMPORT_FAILED
         assert done.state_reason.startswith(spec.refused + ":"), done.state_reason
@@ -194,7 +203,8 @@ async def test_an_import_over_http_and_the_sources_refused_at_once(apis, stack, 
         assert done.state == pb.IMAGE_STATE_NORMAL, done.state_reason
         request.name, request.source_uri = "too big", f"{base}/big.raw"
         big = await alice.wait((await alice.images.ImportImage(request, metadata=alice.meta)).image.image_id)
-        assert big.state == pb.IMAGE_STATE_IMPORT_FAILED and big.state_reason.startswith("SOURCE_TOO_LARGE")
+        assert big.state == pb.IMAGE_STATE_IMPORT_FAILED
+        assert big.state_reason.startswith("SOURCE_TOO_LARGE")
     finally:
         server.shutdown()
     for uri in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/disk.raw", "file:///etc/passwd"):
@@ -256,7 +266,8 @@ async def test_share_and_delete_raced_200_times_never_leave_a_share_of_a_deleted
         outcomes += await asyncio.gather(*(race(i) for i in images[start:start + 20]))
     assert not any(shared and deleted for shared, deleted in outcomes)
     print("race outcomes (shared, deleted):", Counter(outcomes), errors)
-    assert any(shared for shared, _ in outcomes) and any(deleted for _, deleted in outcomes)
+    assert any(shared for shared, _ in outcomes)
+    assert any(deleted for _, deleted in outcomes)
     listed = []
     token = ""
     while True:

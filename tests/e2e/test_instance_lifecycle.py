@@ -17,13 +17,13 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, text
-
-from catalog_service.domain.seed import seed_image_id
 from cloudimg.gateway.v1 import image_service_pb2 as image_pb
 from cloudimg.gateway.v1 import image_service_pb2_grpc as image_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
+from sqlalchemy import create_engine, text
+
+from catalog_service.domain.seed import seed_image_id
 from devtools.stack import Stack
 from tests.conftest import ALICE, BOB, BOTH_DATABASES, billing_writes_held, running_stack
 
@@ -59,7 +59,8 @@ def test_the_backup_story_through_the_cli(stack):
     first, second = launched["instance_ids"]
     backup = cloudimg(stack, "alice", "create-image", "--instance", first, "--name", f"backup-{first}", "--wait")
     image_id = backup["image"]["image_id"]
-    assert backup["image"]["state"] == "IMAGE_STATE_NORMAL" and backup["image"]["base_image_id"] == UBUNTU
+    assert backup["image"]["state"] == "IMAGE_STATE_NORMAL"
+    assert backup["image"]["base_image_id"] == UBUNTU
     quote = cloudimg(stack, "alice", "quote-reset", second, "--image", image_id)
     assert quote["quote"]["lines"][0]["kind"] == "QUOTE_LINE_KIND_INSTANCE"
     for instance_id in (first, second):

@@ -10,16 +10,21 @@ import time
 
 import grpc
 import pytest
+from cloudimg.gateway.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    image_share_service_pb2,
+    image_share_service_pb2_grpc,
+)
+from cloudimg.gateway.v1 import instance_service_pb2 as pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from catalog_service.domain.seed import seed_image_id
 from chassis.convert import decimal_of
-from cloudimg.gateway.v1 import account_service_pb2, account_service_pb2_grpc
-from cloudimg.gateway.v1 import image_service_pb2, image_service_pb2_grpc
-from cloudimg.gateway.v1 import image_share_service_pb2, image_share_service_pb2_grpc
-from cloudimg.gateway.v1 import instance_service_pb2 as pb
-from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
 from tests.conftest import BOB, rich_status
 
@@ -67,11 +72,13 @@ def test_launch_of_a_public_image_is_charged_once(alice):
     assert [l.kind for l in launched.quote.lines] == [pb.QUOTE_LINE_KIND_INSTANCE]  # public Linux: no image line
     instance = alice.instances.GetInstance(pb.GetInstanceRequest(instance_id=launched.instance_ids[0]),
                                            metadata=alice.metadata).instance
-    assert instance.state == pb.INSTANCE_STATE_RUNNING and instance.region == GZ
+    assert instance.state == pb.INSTANCE_STATE_RUNNING
+    assert instance.region == GZ
     charges = alice.accounts.ListCharges(account_service_pb2.ListChargesRequest(page_size=1000),
                                          metadata=alice.metadata).charges
     mine = [c for c in charges if set(c.instance_ids) == set(launched.instance_ids)]
-    assert len(mine) == 1 and mine[0].quote.total == launched.quote.total
+    assert len(mine) == 1
+    assert mine[0].quote.total == launched.quote.total
 
 
 def test_a_windows_quote_overseas_has_a_license_line_and_mainland_has_none(alice):
@@ -90,7 +97,8 @@ def test_a_marketplace_image_and_its_custom_descendant_carry_the_providers_price
         quote = alice.quote(region=GZ, image_id=seed_image_id(GZ, image), instance_type="S5.MEDIUM4",
                             instance_count=1, charge_type=pb.CHARGE_TYPE_PREPAID, period_months=12)
         assert [l.kind for l in quote.lines] == [pb.QUOTE_LINE_KIND_INSTANCE, pb.QUOTE_LINE_KIND_MARKETPLACE]
-        assert quote.lines[1].quantity == 12 and quote.lines[1].unit == "instance-month"
+        assert quote.lines[1].quantity == 12
+        assert quote.lines[1].unit == "instance-month"
 
 
 def test_an_arm64_image_is_refused_on_an_x86_64_type(alice):
@@ -98,7 +106,8 @@ def test_an_arm64_image_is_refused_on_an_x86_64_type(alice):
                     instance_count=1)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, info, details = rich_status(error)
-    assert info.reason == "ARCHITECTURE_MISMATCH" and details[0].field_violations[0].field == "instance_type"
+    assert info.reason == "ARCHITECTURE_MISMATCH"
+    assert details[0].field_violations[0].field == "instance_type"
     assert alice.run(region=GZ, image_id=seed_image_id(GZ, "ubuntu-2204-arm"), instance_type="SR1.MEDIUM4",
                      instance_count=1).instance_ids
 
@@ -111,10 +120,11 @@ def test_a_private_image_is_not_found_for_a_stranger_exactly_like_a_missing_one(
                      lambda i: bob.images.GetImage(image_service_pb2.GetImageRequest(image_id=i),
                                                    metadata=bob.metadata)):
             error = refused(call, image_id)
-            status, info, details = rich_status(error)
+            status, _info, _details = rich_status(error)
             answers.append((error.code(), error.details().replace(image_id, "ID"),
                             status.SerializeToString().replace(image_id.encode(), b"ID")))
-    assert answers[0] == answers[2] and answers[1] == answers[3]
+    assert answers[0] == answers[2]
+    assert answers[1] == answers[3]
     assert answers[0][0] == grpc.StatusCode.NOT_FOUND
 
 
@@ -206,7 +216,9 @@ def test_the_cli_quotes_and_launches(stack):
                             "--count", "2"],
                            env=env, capture_output=True, text=True, timeout=30)
     assert quote.returncode == 0, quote.stderr
-    assert "IMAGE_LICENSE" in quote.stdout and "INSTANCE" in quote.stdout and "total" in quote.stdout
+    assert "IMAGE_LICENSE" in quote.stdout
+    assert "INSTANCE" in quote.stdout
+    assert "total" in quote.stdout
     run = subprocess.run([*cli, "--output", "json", "run", "--region", GZ, "--image",
                           seed_image_id(GZ, "debian-12-x86"), "--instance-type", "S5.MEDIUM4"],
                          env=env, capture_output=True, text=True, timeout=30)
@@ -214,7 +226,9 @@ def test_the_cli_quotes_and_launches(stack):
     assert re.search(r'"ins-[a-z0-9]{8}"', run.stdout)
     bad = subprocess.run([*cli, "image", "img-nothere0"], env=env,
                          capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 1 and "NOT_FOUND IMAGE_NOT_FOUND" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 1
+    assert "NOT_FOUND IMAGE_NOT_FOUND" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_an_operator_issues_a_key_for_a_new_account(stack):

@@ -15,13 +15,12 @@ from typing import Any
 
 import grpc
 import pytest
+from cloudimg.gateway.v1 import account_service_pb2, account_service_pb2_grpc, image_service_pb2, image_service_pb2_grpc
+from cloudimg.gateway.v1 import instance_service_pb2 as pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 
 from catalog_service.domain.seed import seed_image_id
 from chassis.convert import decimal_of
-from cloudimg.gateway.v1 import account_service_pb2, account_service_pb2_grpc
-from cloudimg.gateway.v1 import image_service_pb2, image_service_pb2_grpc
-from cloudimg.gateway.v1 import instance_service_pb2 as pb
-from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
 from tests.conftest import rich_status
 
@@ -85,7 +84,8 @@ def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node
     token = f"node-e2e-{os.urandom(6).hex()}"
     done, summary = run_client(node, stack, token)
     assert done.returncode == 0 and summary["ok"], f"{json.dumps(summary, indent=2)}\n{done.stderr}"
-    assert summary["tls"] is True and summary["mismatches"] == []
+    assert summary["tls"] is True
+    assert summary["mismatches"] == []
 
     channel = stack.channel()
     metadata = (("authorization", f"Bearer {stack.api_keys['alice']}"),)
@@ -97,7 +97,8 @@ def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node
     listed = images.ListImages(image_service_pb2.ListImagesRequest(region=GZ, page_size=100), metadata=metadata,
                                timeout=10).images
     public = [i for i in listed if i.image_type == image_service_pb2.IMAGE_TYPE_PUBLIC]
-    assert summary["images"]["count"] > 0 and summary["images"]["image_listed"]
+    assert summary["images"]["count"] > 0
+    assert summary["images"]["image_listed"]
     assert summary["images"]["by_type"]["IMAGE_TYPE_PUBLIC"] == len(public)
 
     # 2. its quote is the Python stub's, to the nano
@@ -113,12 +114,14 @@ def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node
     # 3. the replay with its client token gave the same instances; they are alice's, RUNNING, charged once
     launch = summary["launch"]
     assert launch["client_token"] == token
-    assert launch["instance_ids"] == launch["replay_instance_ids"] and len(launch["instance_ids"]) == COUNT
+    assert launch["instance_ids"] == launch["replay_instance_ids"]
+    assert len(launch["instance_ids"]) == COUNT
     assert Decimal(launch["total_decimal"]) == decimal_of(quote.total)
     for instance_id in launch["instance_ids"]:
         instance = instances.GetInstance(pb.GetInstanceRequest(instance_id=instance_id), metadata=metadata,
                                          timeout=10).instance
-        assert instance.state == pb.INSTANCE_STATE_RUNNING and instance.instance_name == "node-smoke"
+        assert instance.state == pb.INSTANCE_STATE_RUNNING
+        assert instance.instance_name == "node-smoke"
     replayed = instances.RunInstances(pb.RunInstancesRequest(**request, client_token=token,
                                                              instance_name="node-smoke"),
                                       metadata=metadata, timeout=10)
@@ -140,7 +143,7 @@ def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node
         with pytest.raises(grpc.RpcError) as raised:
             expected[refusal["call"]]()
         error = raised.value
-        status, info, details = rich_status(error)
+        _status, info, details = rich_status(error)
         assert (refusal["code"], refusal["code_name"]) == (error.code().value[0], error.code().name)
         assert refusal["message"] == error.details() == refusal["status"]["message"]
         assert (refusal["domain"], refusal["reason"], refusal["metadata"]) == (info.domain, info.reason,
@@ -168,5 +171,6 @@ def test_the_node_client_exits_1_on_a_mismatch(node, stack):
     done, summary = run_client(node, stack, f"node-e2e-{os.urandom(6).hex()}",
                                extra={"CLOUDIMG_ARM_IMAGE_ID": seed_image_id(GZ, "ubuntu-2204-x86")})
     assert (done.returncode, summary["ok"]) == (1, False)
-    assert len(summary["mismatches"]) == 1 and summary["mismatches"][0].endswith("was not refused")
+    assert len(summary["mismatches"]) == 1
+    assert summary["mismatches"][0].endswith("was not refused")
     assert "mismatch: RunInstances" in done.stderr

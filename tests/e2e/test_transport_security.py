@@ -15,11 +15,11 @@ from collections.abc import Callable
 import grpc
 import pytest
 import trustme
+from cloudimg.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
+from cloudimg.gateway.v1 import image_service_pb2, image_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from catalog_service.domain.seed import seed_image_id
-from cloudimg.catalog.v1 import catalog_service_pb2, catalog_service_pb2_grpc
-from cloudimg.gateway.v1 import image_service_pb2, image_service_pb2_grpc
 from devtools.stack import Stack
 from tests.conftest import ALICE, rich_status
 
@@ -124,4 +124,6 @@ def test_the_cli_needs_the_ca_to_reach_a_tls_gateway(stack):
         assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
     missing = cli("--endpoint", stack.gateway_addr, "--ca-cert", str(stack.data_dir / "no-such-ca.pem"))
-    assert missing.returncode == 2 and "no-such-ca.pem" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2
+    assert "no-such-ca.pem" in missing.stderr
+    assert "Traceback" not in missing.stderr

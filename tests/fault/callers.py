@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-
-from catalog_service.domain.seed import seed_image_id
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
+
+from catalog_service.domain.seed import seed_image_id
 from devtools.stack import Stack
 from tests.conftest import rich_status
 

@@ -35,16 +35,16 @@ from types import ModuleType
 
 import grpc
 import pytest
+from cloudimg.gateway.v1 import account_service_pb2 as account_pb
+from cloudimg.gateway.v1 import image_service_pb2 as image_pb
+from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
+from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from catalog_service.domain.seed import seed_image_id
 from chassis import ids
-from cloudimg.gateway.v1 import account_service_pb2 as account_pb
-from cloudimg.gateway.v1 import image_service_pb2 as image_pb
-from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
-from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
 from devtools.stack import Stack
 from tests.conftest import ALICE, BOB, CAROL, unpacked_details
 
@@ -301,7 +301,9 @@ def _missing_like(id_: str) -> str:
     """An id of the same shape that was never issued (8 random letters and digits: 36**8 of them)."""
     prefix = id_.split("-")[0]
     missing = ids.new_id(prefix)
-    assert len(missing) == len(id_) and ids.is_id(prefix, id_) and missing != id_
+    assert len(missing) == len(id_)
+    assert ids.is_id(prefix, id_)
+    assert missing != id_
     return missing
 
 

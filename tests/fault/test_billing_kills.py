@@ -14,10 +14,10 @@ import time
 
 import grpc
 import pytest
-
 from cloudimg.gateway.v1 import account_service_pb2, account_service_pb2_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
+
 from devtools.stack import Stack
 from tests.conftest import rich_status
 from tests.fault.callers import GZ, UBUNTU, api_key, every_page, kill_and_restart
@@ -127,5 +127,6 @@ async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack, 
     assert len(charged) == len(set(charged))
     assert set(charged) == set(launched), "a charge without an answer that returned its instances"
     print(f"\n{len(launched)} launches, {len(found)} instances")
-    assert running == {i for ids in launched for i in ids} and len(found) == len(running)
+    assert running == {i for ids in launched for i in ids}
+    assert len(found) == len(running)
     await channel.close()

@@ -35,6 +35,13 @@ from typing import Any
 
 import grpc
 import pytest
+from cloudimg.gateway.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    image_service_pb2,
+    image_share_service_pb2,
+    instance_service_pb2,
+)
 from google.protobuf import field_mask_pb2, text_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -45,9 +52,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from catalog_service.domain.seed import DEMO_REGION, REGIONS, seed_image_id
-from cloudimg.gateway.v1 import (
-    account_service_pb2, account_service_pb2_grpc, image_service_pb2, image_share_service_pb2, instance_service_pb2,
-)
 from devtools.stack import SERVICES, Stack
 from gateway.domain.api_keys import Account
 from tests.conftest import ALICE, BOB, rich_status, unpacked_details
@@ -177,8 +181,7 @@ HOSTILE_STRINGS = [
     "-1", "1e309", "NaN", "<script>alert(1)</script>", "img-", "img-ABCDEFGH", "img-abcdefg", "img-abcdefghi",
     "ins-", "ins-ABCDEFGH", "img-abcdefgh ", " img-abcdefgh", "ins-abcdefgh\n",
 ]
-MASK_PATHS = sorted({f.name for m in (image_service_pb2, image_share_service_pb2) for d in m.DESCRIPTOR
-                     .message_types_by_name.values() for f in d.fields}) + ["*", "", "image.name", "policy.mode"]
+MASK_PATHS = [*sorted({f.name for m in (image_service_pb2, image_share_service_pb2) for d in m.DESCRIPTOR.message_types_by_name.values() for f in d.fields}), "*", "", "image.name", "policy.mode"]
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 _NAME_CHARS = "abcxyz-_ 019"
 # plausible numbers by a part of the field's name (instance_count, system_disk_gb, period_months, page_size)
@@ -436,7 +439,7 @@ def with_request_id(identity: Identity, request_id: str | None) -> Identity:
     if request_id is None:
         return identity
     return Identity(identity.label + f" (x-request-id {request_id[:20]!r})",
-                    identity.metadata + (("x-request-id", request_id),), identity.account_id, identity.may_change)
+                    (*identity.metadata, ("x-request-id", request_id)), identity.account_id, identity.may_change)
 
 
 @dataclass(frozen=True, repr=False)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cloudimg.catalog.v1 import catalog_service_pb2 as pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 
 from catalog_service.adapters.tables import JOBS
 from chassis.clock import SystemClock
 from chassis.db import Database
 from chassis.jobs import JobQueue
-from cloudimg.catalog.v1 import catalog_service_pb2 as pb
-from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
 from tests.conftest import ALICE
 
@@ -82,7 +82,8 @@ async def test_a_catalog_killed_mid_import_and_mid_sync_finishes_both_jobs(stack
     assert checksum not in _blobs(store, GZ), "a half-imported image appeared under its address"
     done = await _wait(stub, meta, imported.image_id)
     assert done.state == pb.IMAGE_STATE_NORMAL, done.state_reason
-    assert done.checksum_sha256 == checksum and done.size_gb == 1
+    assert done.checksum_sha256 == checksum
+    assert done.size_gb == 1
 
     copy = (await stub.SyncImage(pb.SyncImageRequest(image_id=imported.image_id, destination_regions=[SH],
                                                      request_id="sync-big"), metadata=meta)).images[0]
@@ -90,7 +91,8 @@ async def test_a_catalog_killed_mid_import_and_mid_sync_finishes_both_jobs(stack
     figures.add(kills=1, jobs=1)
     assert checksum not in _blobs(store, SH), "a half-copied image appeared under its address"
     synced = await _wait(stub, meta, copy.image_id)
-    assert synced.state == pb.IMAGE_STATE_NORMAL and synced.checksum_sha256 == checksum
+    assert synced.state == pb.IMAGE_STATE_NORMAL
+    assert synced.checksum_sha256 == checksum
     blob = store / SH / "sha256" / checksum[:2] / checksum
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == checksum
 

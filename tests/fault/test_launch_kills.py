@@ -28,16 +28,25 @@ from typing import Any
 
 import grpc
 import pytest
-
 from cloudimg.gateway.v1 import account_service_pb2 as account_pb
 from cloudimg.gateway.v1 import account_service_pb2_grpc as account_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
+
 from devtools.stack import Stack
 from tests.conftest import billing_writes_held
 from tests.fault.callers import (
-    DEBIAN, GZ, INSTANCE_TYPE, PROMPT_RECONNECT, UBUNTU, Tally, api_key, eventually, every_page,
-    kill_and_restart, until_definite,
+    DEBIAN,
+    GZ,
+    INSTANCE_TYPE,
+    PROMPT_RECONNECT,
+    UBUNTU,
+    Tally,
+    api_key,
+    eventually,
+    every_page,
+    kill_and_restart,
+    until_definite,
 )
 
 SEED = 20240611

@@ -15,14 +15,14 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
 from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from devtools.stack import SERVICES, Stack
 from tests.conftest import ALICE
 from tests.fault.callers import GZ, UBUNTU, Calls, api_key, quote_or_launch

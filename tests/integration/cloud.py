@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
-
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from billing_service.bootstrap import bootstrap as billing_bootstrap

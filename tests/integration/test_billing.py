@@ -11,6 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 from alembic import command
+from cloudimg.billing.v1 import billing_service_pb2 as pb
+from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from sqlalchemy import create_engine, func, select, text
 
 import billing_service
@@ -21,8 +23,6 @@ from chassis.clock import FakeClock
 from chassis.convert import decimal_of, timestamp
 from chassis.db import Database
 from chassis.migrations import config
-from cloudimg.billing.v1 import billing_service_pb2 as pb
-from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
 
 
@@ -94,7 +94,7 @@ async def test_charges_are_listed_per_account_in_pages(billing):
     assert len(seen) == len(set(seen)) == 5
 
 
-@pytest.mark.parametrize("overrides, reason", [
+@pytest.mark.parametrize(("overrides", "reason"), [
     ({"instance_type": "S5.GIGANTIC"}, "INSTANCE_TYPE_NOT_OFFERED"),
     ({"instance_type": "SR1.MEDIUM4", "region": "eu-frankfurt"}, "INSTANCE_TYPE_NOT_OFFERED"),
     ({"instance_count": 101}, "INVALID_INSTANCE_COUNT"),
@@ -115,10 +115,12 @@ async def test_resolving_a_key_returns_its_charge_or_voids_it_for_good(billing, 
     for _ in range(2):  # asking again gives the same answer
         resolved = await billing.ResolveCharge(pb.ResolveChargeRequest(idempotency_key="lch-charged1"),
                                                metadata=internal_metadata())
-        assert not resolved.voided and resolved.charge == first
+        assert not resolved.voided
+        assert resolved.charge == first
         void = await billing.ResolveCharge(pb.ResolveChargeRequest(idempotency_key="lch-nothing1"),
                                            metadata=internal_metadata())
-        assert void.voided and not void.HasField("charge")
+        assert void.voided
+        assert not void.HasField("charge")
     with pytest.raises(grpc.aio.AioRpcError) as late:
         await billing.CreateCharge(pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-nothing1"),
                                    metadata=internal_metadata())

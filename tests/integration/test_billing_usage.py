@@ -4,6 +4,7 @@ twice; and the whole story (launch, usage, reset, termination, listings) through
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,8 @@ from typing import Any
 
 import grpc
 import pytest
+from cloudimg.billing.v1 import billing_service_pb2 as pb
+from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 from sqlalchemy import func, select
 
@@ -29,11 +32,15 @@ from chassis.clock import FakeClock
 from chassis.convert import decimal_of, timestamp
 from chassis.db import Database
 from chassis.migrations import migrate
-from cloudimg.billing.v1 import billing_service_pb2 as pb
-from cloudimg.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
 from tests.unit.test_billing_handlers import (
-    INSTANCE_HOUR, LICENSE_HOUR, WINDOWS, Billing, assert_hours_tile, instance_ids, usage_hours,
+    INSTANCE_HOUR,
+    LICENSE_HOUR,
+    WINDOWS,
+    Billing,
+    assert_hours_tile,
+    instance_ids,
+    usage_hours,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -166,7 +173,7 @@ def test_resets_racing_on_replicas_record_each_key_once_and_chain_the_segments(r
     segments = one.segments("ins-race0001")
     assert [s.segment_no for s in segments] == [0, 1, 2, 3, 4, 5]
     assert [s.end_time is None for s in segments] == [False] * 5 + [True]
-    for before, after in zip(segments, segments[1:], strict=False):
+    for before, after in itertools.pairwise(segments):
         assert before.end_time == after.start_time
     assert len(one.ledger(ChargeKind.RESET)) == 5
     usage_keys_are_unique(one)
@@ -248,7 +255,9 @@ async def test_the_whole_story_through_the_rpcs(billing):
     assert decimal_of(quoted.total) == INSTANCE_HOUR + LICENSE_HOUR
     charged = (await stub.ChargeReset(pb.ChargeResetRequest(reset=reset, idempotency_key="rst-story001"),
                                       metadata=md)).charge
-    assert charged.kind == pb.CHARGE_KIND_RESET and charged.quote == quoted and list(charged.instance_ids) == ids[:1]
+    assert charged.kind == pb.CHARGE_KIND_RESET
+    assert charged.quote == quoted
+    assert list(charged.instance_ids) == ids[:1]
     again = (await stub.ChargeReset(pb.ChargeResetRequest(reset=reset, idempotency_key="rst-story001"),
                                     metadata=md)).charge
     assert again == charged

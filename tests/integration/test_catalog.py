@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import grpc
 import pytest
+from cloudimg.catalog.v1 import catalog_service_pb2 as pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 
 from catalog_service.bootstrap import bootstrap
 from catalog_service.domain.seed import seed_image_id
 from catalog_service.settings import CatalogSettings
-from cloudimg.catalog.v1 import catalog_service_pb2 as pb
-from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
 
 
@@ -38,27 +37,33 @@ async def test_regions_are_seeded(catalog):
     response = await catalog.ListRegions(pb.ListRegionsRequest(), metadata=internal_metadata())
     regions = {r.region_id: r for r in response.regions}
     assert len(regions) == 8
-    assert regions["ap-guangzhou"].mainland and regions["ap-guangzhou"].sync_enabled
-    assert not regions["ap-singapore"].mainland and not regions["ap-singapore"].sync_enabled
+    assert regions["ap-guangzhou"].mainland
+    assert regions["ap-guangzhou"].sync_enabled
+    assert not regions["ap-singapore"].mainland
+    assert not regions["ap-singapore"].sync_enabled
 
 
 async def test_get_image_and_its_errors(catalog):
     image_id = seed_image_id("ap-singapore", "windows-2022-x86")
     image = (await catalog.GetImage(pb.GetImageRequest(image_id=image_id), metadata=internal_metadata())).image
-    assert image.os_type == pb.OS_TYPE_WINDOWS and image.region == "ap-singapore"
-    assert image.image_type == pb.IMAGE_TYPE_PUBLIC and image.state == pb.IMAGE_STATE_NORMAL
+    assert image.os_type == pb.OS_TYPE_WINDOWS
+    assert image.region == "ap-singapore"
+    assert image.image_type == pb.IMAGE_TYPE_PUBLIC
+    assert image.state == pb.IMAGE_STATE_NORMAL
 
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await catalog.GetImage(pb.GetImageRequest(image_id="img-00000000"), metadata=internal_metadata())
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     _, info, details = rich_status(missing.value)
-    assert info.reason == "IMAGE_NOT_FOUND" and details[0].resource_name == "img-00000000"
+    assert info.reason == "IMAGE_NOT_FOUND"
+    assert details[0].resource_name == "img-00000000"
 
     with pytest.raises(grpc.aio.AioRpcError) as malformed:
         await catalog.GetImage(pb.GetImageRequest(image_id="ami-1234"), metadata=internal_metadata())
     assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, info, details = rich_status(malformed.value)
-    assert info.reason == "INVALID_ID" and details[0].field_violations[0].field == "image_id"
+    assert info.reason == "INVALID_ID"
+    assert details[0].field_violations[0].field == "image_id"
 
 
 async def test_batch_get_reports_missing_ids(catalog):
@@ -98,7 +103,8 @@ async def test_custom_images_are_visible_to_their_owner_and_listed_shares_only(c
 
 async def test_filters_by_platform_and_name(catalog):
     found = await list_all(catalog, region="ap-shanghai", image_types=[pb.IMAGE_TYPE_PUBLIC], platform="ubuntu")
-    assert {i.platform for i in found} == {"Ubuntu"} and len(found) == 2
+    assert {i.platform for i in found} == {"Ubuntu"}
+    assert len(found) == 2
     found = await list_all(catalog, region="ap-shanghai", image_types=[pb.IMAGE_TYPE_PUBLIC], name_filter="(ARM)")
     assert {i.architecture for i in found} == {pb.ARCHITECTURE_ARM64}
     assert await list_all(catalog, region="ap-shanghai", image_types=[pb.IMAGE_TYPE_PUBLIC], name_filter="%") == []
@@ -107,7 +113,8 @@ async def test_filters_by_platform_and_name(catalog):
 async def test_page_size_is_clamped_and_bad_pages_are_refused(catalog):
     response = await catalog.ListImages(pb.ListImagesRequest(region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_PUBLIC],
                                                              page_size=5000), metadata=internal_metadata())
-    assert len(response.images) == 6 and response.next_page_token == ""
+    assert len(response.images) == 6
+    assert response.next_page_token == ""
     first = await catalog.ListImages(pb.ListImagesRequest(region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_PUBLIC],
                                                           page_size=1), metadata=internal_metadata())
     for request, reason in [

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cloudimg.catalog.v1 import catalog_service_pb2 as pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 
 from catalog_service.bootstrap import bootstrap
 from catalog_service.domain.seed import seed_checksum, seed_image_id
 from catalog_service.settings import CatalogSettings
 from chassis.clock import FakeClock
-from cloudimg.catalog.v1 import catalog_service_pb2 as pb
-from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from tests.conftest import ALICE, BOB, CAROL, INTERNAL_TOKEN, internal_metadata, rich_status
 
 GZ, SH, BJ, SG = "ap-guangzhou", "ap-shanghai", "ap-beijing", "ap-singapore"
@@ -70,13 +70,18 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
 
 async def test_an_image_made_from_an_instance_copies_the_bytes_and_inherits_pricing_facts(catalogs):
     made = await catalogs.create("web", base=WORDPRESS)
-    assert made.state == pb.IMAGE_STATE_CREATING and made.checksum_sha256 == ""
-    assert made.image_type == pb.IMAGE_TYPE_CUSTOM and made.owner_account_id == CAROL
+    assert made.state == pb.IMAGE_STATE_CREATING
+    assert made.checksum_sha256 == ""
+    assert made.image_type == pb.IMAGE_TYPE_CUSTOM
+    assert made.owner_account_id == CAROL
     done = await catalogs.wait_done(made.image_id)
-    assert done.state == pb.IMAGE_STATE_NORMAL and done.progress_percent == 100
+    assert done.state == pb.IMAGE_STATE_NORMAL
+    assert done.progress_percent == 100
     assert done.checksum_sha256 == seed_checksum("wordpress")
-    assert done.source == pb.IMAGE_SOURCE_INSTANCE and done.base_image_id == WORDPRESS
-    assert done.marketplace_product_id == "mp-bitnami-wordpress" and done.size_gb == 50
+    assert done.source == pb.IMAGE_SOURCE_INSTANCE
+    assert done.base_image_id == WORDPRESS
+    assert done.marketplace_product_id == "mp-bitnami-wordpress"
+    assert done.size_gb == 50
     blob = catalogs.store / GZ / "sha256" / done.checksum_sha256[:2] / done.checksum_sha256
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == done.checksum_sha256
 
@@ -87,9 +92,12 @@ async def test_an_image_made_from_an_instance_copies_the_bytes_and_inherits_pric
     assert all(c.state == pb.IMAGE_STATE_SYNCING and c.source == pb.IMAGE_SOURCE_SYNC for c in copies)
     for copy in copies:
         synced = await catalogs.wait_done(copy.image_id)
-        assert synced.state == pb.IMAGE_STATE_NORMAL and synced.checksum_sha256 == done.checksum_sha256
-        assert synced.base_image_id == made.image_id and synced.marketplace_product_id == "mp-bitnami-wordpress"
-        assert synced.name == "web" and synced.image_id != made.image_id
+        assert synced.state == pb.IMAGE_STATE_NORMAL
+        assert synced.checksum_sha256 == done.checksum_sha256
+        assert synced.base_image_id == made.image_id
+        assert synced.marketplace_product_id == "mp-bitnami-wordpress"
+        assert synced.name == "web"
+        assert synced.image_id != made.image_id
         assert (catalogs.store / synced.region / "sha256" / done.checksum_sha256[:2] / done.checksum_sha256).exists()
 
 
@@ -101,7 +109,8 @@ async def test_thirty_concurrent_creates_on_two_replicas_use_exactly_the_daily_q
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
             _, info, details = rich_status(error)
-            assert info.reason == "DAILY_OPERATION_QUOTA_EXCEEDED" and info.metadata["limit"] == "5"
+            assert info.reason == "DAILY_OPERATION_QUOTA_EXCEEDED"
+            assert info.metadata["limit"] == "5"
             assert details[0].violations[0].subject == f"daily-image-operations:{GZ}"
             return info.reason
 
@@ -170,7 +179,8 @@ async def test_create_refuses_what_it_cannot_make(catalogs):
     await catalogs.create("taken")
     with pytest.raises(grpc.aio.AioRpcError) as taken:
         await catalogs.create("taken")
-    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS and _reason(taken.value) == "IMAGE_NAME_TAKEN"
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert _reason(taken.value) == "IMAGE_NAME_TAKEN"
     quota = await catalogs.one.GetImageQuota(pb.GetImageQuotaRequest(region=GZ), metadata=internal_metadata(CAROL))
     assert quota.daily_operation_used == 1
 
@@ -234,7 +244,8 @@ async def test_delete_waits_for_jobs_and_is_idempotent_by_request_id(serve, data
     made = await catalogs.create("slow")
     with pytest.raises(grpc.aio.AioRpcError) as busy:
         await stub.DeleteImage(pb.DeleteImageRequest(image_id=made.image_id), metadata=meta)
-    assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION and _reason(busy.value) == "IMAGE_BUSY"
+    assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _reason(busy.value) == "IMAGE_BUSY"
     await catalogs.wait_done(made.image_id)
     copies = (await stub.SyncImage(pb.SyncImageRequest(image_id=made.image_id, destination_regions=[SH]),
                                    metadata=meta)).images
@@ -271,16 +282,19 @@ async def test_imports_from_the_import_root_are_inspected_and_sized(catalogs):
                                     os_type=pb.OS_TYPE_LINUX, architecture=pb.ARCHITECTURE_X86_64,
                                     source_uri=raw.as_uri())
     made = (await catalogs.one.ImportImage(request, metadata=meta)).image
-    assert made.state == pb.IMAGE_STATE_IMPORTING and made.source == pb.IMAGE_SOURCE_IMPORT
+    assert made.state == pb.IMAGE_STATE_IMPORTING
+    assert made.source == pb.IMAGE_SOURCE_IMPORT
     done = await catalogs.wait_done(made.image_id)
     assert done.state == pb.IMAGE_STATE_NORMAL, done.state_reason
     assert done.checksum_sha256 == hashlib.sha256(raw.read_bytes()).hexdigest()
-    assert done.size_gb == 1 and done.platform == "Ubuntu"
+    assert done.size_gb == 1
+    assert done.platform == "Ubuntu"
 
     # Declared qcow2, found raw: refused by the inspection, with the reason on the image.
     request.name, request.format = "disguised", pb.IMAGE_FORMAT_QCOW2
     failed = await catalogs.wait_done((await catalogs.one.ImportImage(request, metadata=meta)).image.image_id)
-    assert failed.state == pb.IMAGE_STATE_IMPORT_FAILED and failed.state_reason.startswith("FORMAT_MISMATCH")
+    assert failed.state == pb.IMAGE_STATE_IMPORT_FAILED
+    assert failed.state_reason.startswith("FORMAT_MISMATCH")
     quota = await catalogs.one.GetImageQuota(pb.GetImageQuotaRequest(region=GZ), metadata=meta)
     assert (quota.custom_image_used, quota.daily_operation_used) == (1, 2)  # the failed one does not count
 

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cloudimg.gateway.v1 import instance_service_pb2 as pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from sqlalchemy import create_engine, func, select
 
 from billing_service.adapters.tables import CHARGES
 from catalog_service.domain.seed import seed_image_id
 from chassis.clients import Downstream
-from cloudimg.gateway.v1 import instance_service_pb2 as pb
-from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
+from chassis.errors import Unavailable
 from devtools.stack import free_port
 from gateway.adapters.tables import INSTANCES, JOBS, LAUNCHES
 from gateway.bootstrap import open_database
-from chassis.errors import Unavailable
 from tests.conftest import rich_status
 from tests.integration.cloud import SERVICES, start_services
 
@@ -89,7 +89,8 @@ async def test_a_launch_of_100_makes_as_many_downstream_calls_as_a_launch_of_1(c
     calls_for_one = list(calls)
     calls.clear()
     hundred = await cloud.instances.RunInstances(run_request(instance_count=100), metadata=cloud.auth())
-    assert len(one.instance_ids) == 1 and len(hundred.instance_ids) == 100
+    assert len(one.instance_ids) == 1
+    assert len(hundred.instance_ids) == 100
     assert calls == calls_for_one == ["catalog", "sharing", "billing"]
     assert cloud.count("gateway", INSTANCES) == 102
     assert cloud.count("billing", CHARGES) == 3
@@ -100,7 +101,8 @@ async def test_dry_run_and_quote_create_nothing(cloud):
     quote = await cloud.instances.QuoteRunInstances(
         pb.QuoteRunInstancesRequest(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4",
                                     instance_count=5), metadata=cloud.auth())
-    assert list(dry.instance_ids) == [] and dry.quote == quote.quote
+    assert list(dry.instance_ids) == []
+    assert dry.quote == quote.quote
     assert quote.quote.lines[0].quantity == 5
     assert cloud.count("gateway", INSTANCES) == 0
     assert cloud.count("billing", CHARGES) == 0
@@ -114,7 +116,8 @@ async def test_racing_calls_with_one_client_token_launch_once(cloud):
     assert cloud.count("gateway", LAUNCHES) == 1
     assert cloud.count("billing", CHARGES) == 1
     again = await cloud.instances.RunInstances(request, metadata=cloud.auth())
-    assert again.instance_ids == results[0].instance_ids and again.quote == results[0].quote
+    assert again.instance_ids == results[0].instance_ids
+    assert again.quote == results[0].quote
 
     with pytest.raises(grpc.aio.AioRpcError) as mismatch:
         await cloud.instances.RunInstances(run_request(instance_count=4, client_token="deploy-2026-11-27"),
@@ -126,7 +129,7 @@ async def test_racing_calls_with_one_client_token_launch_once(cloud):
     assert set(other.instance_ids).isdisjoint(results[0].instance_ids)
 
 
-@pytest.mark.parametrize("overrides, code, reason", [
+@pytest.mark.parametrize(("overrides", "code", "reason"), [
     ({"instance_count": 0}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INSTANCE_COUNT"),
     ({"instance_count": 101}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INSTANCE_COUNT"),
     ({"image_id": "img-1"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID"),
@@ -159,8 +162,9 @@ async def test_a_dependency_that_is_down_is_unavailable_not_internal(serve, tmp_
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await cloud.instances.RunInstances(run_request(), metadata=cloud.auth())
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    status, info, _ = rich_status(refused.value)
-    assert info.reason == "DEPENDENCY_UNAVAILABLE" and info.metadata["service"] == "billing"
+    _status, info, _ = rich_status(refused.value)
+    assert info.reason == "DEPENDENCY_UNAVAILABLE"
+    assert info.metadata["service"] == "billing"
 
 
 async def test_bad_api_keys_are_refused(cloud):
@@ -186,7 +190,8 @@ async def test_instances_are_the_callers_own_and_paged(cloud):
             break
     assert sorted(seen) == sorted(launched.instance_ids)
     one = await cloud.instances.GetInstance(pb.GetInstanceRequest(instance_id=seen[0]), metadata=cloud.auth())
-    assert one.instance.state == pb.INSTANCE_STATE_RUNNING and one.instance.instance_name == "web"
+    assert one.instance.state == pb.INSTANCE_STATE_RUNNING
+    assert one.instance.instance_name == "web"
     assert one.instance.architecture == pb.CPU_ARCHITECTURE_X86_64
     with pytest.raises(grpc.aio.AioRpcError) as hidden:
         await cloud.instances.GetInstance(pb.GetInstanceRequest(instance_id=seen[0]), metadata=cloud.auth("bob"))
@@ -217,9 +222,12 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guesse
         await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"), metadata=cloud.auth())
     assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
     _, info, _ = rich_status(lost.value)
-    assert info.reason == "LAUNCH_OUTCOME_UNKNOWN" and info.metadata["client_token"] == "t-1"
-    assert info.metadata["launch_id"].startswith("lch-") and "t-1" in lost.value.details()
-    assert cloud.count("gateway", INSTANCES) == 2 and cloud.count("billing", CHARGES) == 1
+    assert info.reason == "LAUNCH_OUTCOME_UNKNOWN"
+    assert info.metadata["client_token"] == "t-1"
+    assert info.metadata["launch_id"].startswith("lch-")
+    assert "t-1" in lost.value.details()
+    assert cloud.count("gateway", INSTANCES) == 2
+    assert cloud.count("billing", CHARGES) == 1
     listed = await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth())
     assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_PENDING}
     await until(lambda: cloud.count("gateway", JOBS, JOBS.c.attempts >= 1) == 1)  # tried, failed
@@ -229,7 +237,8 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guesse
     # Billing can be asked again: the gateway's own worker settles the launch (no call needed).
     await until(lambda: cloud.count("gateway", JOBS, JOBS.c.state == "DONE") == 1)
     listed = await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth())
-    assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_RUNNING} and len(listed.instances) == 2
+    assert {i.state for i in listed.instances} == {pb.INSTANCE_STATE_RUNNING}
+    assert len(listed.instances) == 2
     assert cloud.count("billing", CHARGES) == 1
     retried = await cloud.instances.RunInstances(run_request(instance_count=2, client_token="t-1"),
                                                  metadata=cloud.auth())
@@ -261,7 +270,8 @@ async def test_launches_left_open_by_gateways_that_died_are_settled_by_the_one_t
     db.dispose()
     cloud = await start_cloud(serve, tmp_path, gateway_url=database_url)
     await until(lambda: cloud.count("gateway", LAUNCHES) == 0)
-    assert cloud.count("gateway", INSTANCES) == 0 and cloud.count("billing", CHARGES) == 0
+    assert cloud.count("gateway", INSTANCES) == 0
+    assert cloud.count("billing", CHARGES) == 0
     assert cloud.count("gateway", JOBS, JOBS.c.state == "DONE") == 2
 
 
@@ -279,11 +289,13 @@ async def test_a_launch_that_billing_never_charged_is_voided_and_a_retry_launche
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await cloud.instances.RunInstances(run_request(client_token="t-2"), metadata=cloud.auth())
     assert rich_status(failed.value)[1].reason == "DEPENDENCY_UNAVAILABLE"  # resolved at once: nothing launched
-    assert cloud.count("gateway", INSTANCES) == 0 and cloud.count("gateway", LAUNCHES) == 0
+    assert cloud.count("gateway", INSTANCES) == 0
+    assert cloud.count("gateway", LAUNCHES) == 0
     monkeypatch.setattr(contexts.Billing, "charge", charge)
     launched = await cloud.instances.RunInstances(run_request(client_token="t-2"), metadata=cloud.auth())
     assert len(launched.instance_ids) == 1
-    assert cloud.count("billing", CHARGES) == 1 and cloud.count("gateway", INSTANCES) == 1
+    assert cloud.count("billing", CHARGES) == 1
+    assert cloud.count("gateway", INSTANCES) == 1
 
 
 @pytest.mark.parametrize("name", ["web\x00evil", "tab\tname", "esc\x1b[0m"])
@@ -294,15 +306,15 @@ async def test_a_launch_named_with_control_characters_is_refused_and_charges_not
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await cloud.instances.RunInstances(run_request(instance_name=name), metadata=cloud.auth())
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert cloud.count("billing", CHARGES) == 0 and cloud.count("gateway", LAUNCHES) == 0
+    assert cloud.count("billing", CHARGES) == 0
+    assert cloud.count("gateway", LAUNCHES) == 0
 
 
 async def test_no_public_rpc_answers_unimplemented(cloud):
     """Every RPC of the public API is built: called with an empty request, each answers OK or a mapped refusal
     (never UNIMPLEMENTED, never UNKNOWN); without a key each is UNAUTHENTICATED first."""
-    from google.protobuf import descriptor_pool, message_factory
-
     from cloudimg.gateway.v1 import account_service_pb2, image_service_pb2, image_share_service_pb2
+    from google.protobuf import descriptor_pool, message_factory
 
     called = 0
     for module in (image_service_pb2, image_share_service_pb2, pb, account_service_pb2):

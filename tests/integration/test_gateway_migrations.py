@@ -33,11 +33,14 @@ def test_instances_written_before_the_lifecycle_are_read_and_terminated_after_th
     assert {t.name for t in TABLES} >= {"gateway_request", "gateway_instance"}
     with new_uow() as uow:
         old = uow.instances.get("100000000001", "ins-old00001")
-        assert old is not None and old.update_time == NOW and old.terminate_time is None
+        assert old is not None
+        assert old.update_time == NOW
+        assert old.terminate_time is None
         uow.instances.terminate(["ins-old00001"], NOW.replace(hour=12))
         uow.commit()
     with new_uow(read_only=True) as uow:
         ended = uow.instances.get("100000000001", "ins-old00001")
-    assert ended is not None and ended.state is InstanceState.TERMINATED
+    assert ended is not None
+    assert ended.state is InstanceState.TERMINATED
     assert ended.terminate_time == ended.update_time == NOW.replace(hour=12)
     upgraded.dispose()

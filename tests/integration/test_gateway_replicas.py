@@ -12,12 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
+from cloudimg.gateway.v1 import instance_service_pb2 as pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from sqlalchemy import create_engine, func, select
 
 from billing_service.adapters.tables import CHARGES
 from catalog_service.domain.seed import seed_image_id
-from cloudimg.gateway.v1 import instance_service_pb2 as pb
-from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import wait_serving
 from gateway.adapters.tables import INSTANCES, LAUNCHES
 

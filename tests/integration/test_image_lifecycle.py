@@ -10,16 +10,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
-from sqlalchemy import create_engine, func, select
-
-from catalog_service.domain.seed import seed_image_id
 from cloudimg.gateway.v1 import image_service_pb2 as pb
 from cloudimg.gateway.v1 import image_service_pb2_grpc as pb_grpc
 from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as instance_grpc
+from google.protobuf import field_mask_pb2
+from sqlalchemy import create_engine, func, select
+
+from catalog_service.domain.seed import seed_image_id
 from sharing_service.adapters.tables import SHARES
 from tests.conftest import BOB, rich_status
 from tests.integration.cloud import SERVICES, start_services
@@ -83,16 +83,19 @@ async def test_an_image_made_from_an_instance_is_deleted_only_once_it_is_shared_
     quota = await cloud.images.GetImageQuota(pb.GetImageQuotaRequest(region="ap-guangzhou"), metadata=cloud.auth())
     dry = await cloud.images.CreateImage(pb.CreateImageRequest(instance_id=instance_id, name="web-base",
                                                                dry_run=True), metadata=cloud.auth())
-    assert dry.image.name == "web-base" and dry.image.base_image_id == UBUNTU
+    assert dry.image.name == "web-base"
+    assert dry.image.base_image_id == UBUNTU
     assert await cloud.images.GetImageQuota(pb.GetImageQuotaRequest(region="ap-guangzhou"),
                                             metadata=cloud.auth()) == quota  # a dry run counts nothing
 
     made = await cloud.images.CreateImage(pb.CreateImageRequest(instance_id=instance_id, name="web-base",
                                                                 request_id="c1"), metadata=cloud.auth())
-    assert made.image.state == pb.IMAGE_STATE_CREATING and made.image.image_type == pb.IMAGE_TYPE_PRIVATE
+    assert made.image.state == pb.IMAGE_STATE_CREATING
+    assert made.image.image_type == pb.IMAGE_TYPE_PRIVATE
     image_id = made.image.image_id
     ready = await normal(cloud, image_id)
-    assert len(ready.checksum_sha256) == 64 and ready.state_reason == ""
+    assert len(ready.checksum_sha256) == 64
+    assert ready.state_reason == ""
     after = await cloud.images.GetImageQuota(pb.GetImageQuotaRequest(region="ap-guangzhou"), metadata=cloud.auth())
     assert (after.region, after.custom_image_used, after.daily_operation_used) == (
         "ap-guangzhou", quota.custom_image_used + 1, quota.daily_operation_used + 1)

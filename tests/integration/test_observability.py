@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from cloudimg.gateway.v1 import instance_service_pb2 as pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,11 +20,9 @@ from sqlalchemy import create_engine, select
 
 from catalog_service.domain.seed import seed_image_id
 from chassis import tracing
+from gateway.adapters.tables import JOBS
 from gateway.bootstrap import open_database
 from gateway.service_layer import background
-from cloudimg.gateway.v1 import instance_service_pb2 as pb
-from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
-from gateway.adapters.tables import JOBS
 from tests.conftest import rich_status
 from tests.integration.cloud import SERVICES, start_services
 
@@ -82,7 +82,8 @@ async def test_a_launch_is_one_trace_across_the_four_services(serve, tmp_path: P
     finally:
         engine.dispose()
     traceparents = [p["trace"]["traceparent"] for p in payloads if "trace" in p]
-    assert traceparents and all(tp.split("-")[1] == format(trace_id, "032x") for tp in traceparents)
+    assert traceparents
+    assert all(tp.split("-")[1] == format(trace_id, "032x") for tp in traceparents)
 
     # Traced channels still hand a downstream's refusal on as it is, rich status and all.
     async with grpc.aio.insecure_channel(addrs["gateway"]) as channel:

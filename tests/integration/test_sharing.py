@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, func, select
-
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
+from sqlalchemy import create_engine, func, select
+
 from sharing_service.adapters.tables import IMAGE_LOCKS, REQUESTS, SHARES
 from sharing_service.bootstrap import bootstrap
 from sharing_service.domain.model import MAX_SHARES_PER_IMAGE
@@ -56,7 +56,9 @@ async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing):
         assert [(s.recipient_account_id, s.state) for s in response.shares] == [(BOB, pb.SHARE_STATE_ACCEPTED)]
     verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=IMAGE),
                                                   metadata=internal_metadata(BOB))
-    assert verdict.visible and verdict.allowed and verdict.basis == pb.LAUNCH_BASIS_SHARED
+    assert verdict.visible
+    assert verdict.allowed
+    assert verdict.basis == pb.LAUNCH_BASIS_SHARED
     received = await sharing.ListReceivedShares(pb.ListReceivedSharesRequest(region="ap-guangzhou"),
                                                 metadata=internal_metadata(BOB))
     assert [s.image_id for s in received.shares] == [IMAGE.image_id]
@@ -65,13 +67,15 @@ async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing):
                             owner_account_id=ALICE, launchable_state=True)
     verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=elsewhere),
                                                   metadata=internal_metadata(BOB))
-    assert not verdict.visible and verdict.basis == pb.LAUNCH_BASIS_NONE
+    assert not verdict.visible
+    assert verdict.basis == pb.LAUNCH_BASIS_NONE
 
     await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB]),
                                metadata=internal_metadata(ALICE))
     verdict = await sharing.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=IMAGE),
                                                   metadata=internal_metadata(BOB))
-    assert not verdict.visible and not verdict.allowed
+    assert not verdict.visible
+    assert not verdict.allowed
 
 
 async def test_refusals(sharing):
@@ -101,8 +105,9 @@ async def test_the_51st_account_is_refused_and_nothing_is_half_written(sharing):
         await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[account(100), account(101)]),
                                  metadata=internal_metadata(ALICE))
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    status, info, details = rich_status(refused.value)
-    assert info.reason == "SHARE_LIMIT_EXCEEDED" and details[0].violations[0].subject == f"image:{IMAGE.image_id}"
+    _status, info, details = rich_status(refused.value)
+    assert info.reason == "SHARE_LIMIT_EXCEEDED"
+    assert details[0].violations[0].subject == f"image:{IMAGE.image_id}"
     shares = await sharing.ListImageShares(pb.ListImageSharesRequest(image=IMAGE, page_size=1000),
                                            metadata=internal_metadata(ALICE))
     assert len(shares.shares) == 49
@@ -178,7 +183,8 @@ async def test_a_delayed_retry_does_not_share_again_after_an_unshare(sharing):
                                metadata=internal_metadata(ALICE))
     retry = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r1"),
                                      metadata=internal_metadata(ALICE))
-    assert retry == first and [s.recipient_account_id for s in first.shares] == [BOB]
+    assert retry == first
+    assert [s.recipient_account_id for s in first.shares] == [BOB]
     shares = await sharing.ListImageShares(pb.ListImageSharesRequest(image=IMAGE),
                                            metadata=internal_metadata(ALICE))
     assert list(shares.shares) == []
@@ -194,7 +200,8 @@ async def test_the_same_accounts_in_another_order_are_the_same_request(sharing):
                                metadata=internal_metadata(ALICE))
     again = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[CAROL, BOB, CAROL],
                                                           request_id="r1"), metadata=internal_metadata(ALICE))
-    assert again == first and len(first.shares) == 2
+    assert again == first
+    assert len(first.shares) == 2
 
 
 async def test_an_empty_request_id_asks_for_no_idempotency(sharing):
@@ -221,7 +228,7 @@ async def test_a_request_id_reused_with_other_parameters_is_refused(sharing):
     for reuse in reuses:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await reuse
-        status, info, details = rich_status(refused.value)
+        _status, info, details = rich_status(refused.value)
         assert (refused.value.code(), info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
                                                        "IDEMPOTENCY_PARAMETER_MISMATCH")
         assert details[0].violations[0].subject == "request_id:r1"
@@ -243,7 +250,8 @@ async def _race_one_request_id(stubs: list[pb_grpc.SharingServiceStub], database
 
     answers = await asyncio.gather(*(call(n) for n in range(40)))
     shared, unshared = answers[0::2], answers[1::2]
-    assert all(a == shared[0] for a in shared) and all(a == unshared[0] for a in unshared)
+    assert all(a == shared[0] for a in shared)
+    assert all(a == unshared[0] for a in unshared)
     assert [s.recipient_account_id for s in shared[0].shares] == [BOB]  # type: ignore[attr-defined]
     engine = create_engine(database_url)
     with engine.connect() as conn:
@@ -426,7 +434,7 @@ async def test_a_decision_is_idempotent_by_request_id(sharing):
     for rpc, image_id in (("RejectImageShare", IMAGE.image_id), ("AcceptImageShare", other.image_id)):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await decide(sharing, rpc, BOB, image_id, request_id="d1")
-        status, info, details = rich_status(refused.value)
+        _status, info, details = rich_status(refused.value)
         assert (refused.value.code(), info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
                                                        "IDEMPOTENCY_PARAMETER_MISMATCH")
         assert details[0].violations[0].subject == "request_id:d1"
@@ -452,7 +460,7 @@ async def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_n
         assert len(answers) == 1
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await decide(sharing, "AcceptImageShare", BOB, "img-BAD")
-    status, info, details = rich_status(refused.value)
+    _status, info, details = rich_status(refused.value)
     assert (refused.value.code(), info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID")
     assert details[0].field_violations[0].field == "image_id"
 
@@ -492,13 +500,14 @@ async def test_received_shares_are_listed_by_state(sharing):
     assert await received([pb.SHARE_STATE_ACCEPTED, pb.SHARE_STATE_REJECTED]) == ([accepted, rejected], "")
     everything = [pb.SHARE_STATE_PENDING, pb.SHARE_STATE_ACCEPTED, pb.SHARE_STATE_REJECTED]
     page, token = await received(everything, page_size=2)
-    assert page == [pending, accepted] and await received(everything, 2, token) == ([rejected], "")
+    assert page == [pending, accepted]
+    assert await received(everything, 2, token) == ([rejected], "")
     for states, page_token, field in (([pb.SHARE_STATE_PENDING], token, "page_token"),
                                       ([pb.SHARE_STATE_UNSPECIFIED], "", "states[0]"),
                                       ([pb.SHARE_STATE_PENDING, 9], "", "states[1]")):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await received(states, 2, page_token)
-        status, info, details = rich_status(refused.value)
+        _status, _info, details = rich_status(refused.value)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert details[0].field_violations[0].field == field
 
@@ -508,14 +517,16 @@ async def _race_one_accept(stubs: list[pb_grpc.SharingServiceStub], database_url
     await stubs[0].ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
     answers = await asyncio.gather(*(decide(stubs[n % len(stubs)], "AcceptImageShare", BOB, request_id="a-1",
                                             timeout=60) for n in range(20)))
-    assert all(a == answers[0] for a in answers) and answers[0].state == pb.SHARE_STATE_ACCEPTED
+    assert all(a == answers[0] for a in answers)
+    assert answers[0].state == pb.SHARE_STATE_ACCEPTED
     engine = create_engine(database_url)
     with engine.connect() as conn:
         ledger = conn.execute(select(REQUESTS.c.request_id, REQUESTS.c.method)
                               .where(REQUESTS.c.account_id == BOB)).all()
         state = conn.execute(select(SHARES.c.state).where(SHARES.c.image_id == IMAGE.image_id)).scalar_one()
     engine.dispose()
-    assert [tuple(r) for r in ledger] == [("a-1", "AcceptImageShare")] and state == "ACCEPTED"
+    assert [tuple(r) for r in ledger] == [("a-1", "AcceptImageShare")]
+    assert state == "ACCEPTED"
 
 
 async def test_one_accept_request_id_runs_once_across_replicas_on_sqlite(spawn, tmp_path: Path):

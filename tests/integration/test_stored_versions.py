@@ -20,6 +20,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
+from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
+from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from cloudimg.gateway.v1 import instance_service_pb2 as pb
+from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from sqlalchemy import create_engine, func, select
 
 import billing_service
@@ -30,12 +36,6 @@ from catalog_service.adapters.tables import JOBS as CATALOG_JOBS
 from catalog_service.domain.seed import seed_checksum, seed_image_id
 from chassis.db import Database
 from chassis.migrations import migrate
-from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
-from cloudimg.billing.v1 import billing_service_pb2_grpc as billing_grpc
-from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
-from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
-from cloudimg.gateway.v1 import instance_service_pb2 as pb
-from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from gateway.adapters.tables import INSTANCES, JOBS, LAUNCHES
 from gateway.bootstrap import open_database
 from tests.conftest import ALICE, CAROL, internal_metadata
@@ -154,7 +154,8 @@ async def test_a_launch_recorded_before_image_allowed_answers_its_retry_with_the
     replayed = await instances.RunInstances(run_request("t-old", 2), metadata=auth)
 
     assert list(replayed.instance_ids) == ids
-    assert replayed.quote.currency_code == "CNY" and replayed.quote.image_allowed
+    assert replayed.quote.currency_code == "CNY"
+    assert replayed.quote.image_allowed
     assert [(l.quantity, l.unit) for l in replayed.quote.lines] == [(2, "instance-hour")]
     assert (replayed.quote.total.units, replayed.quote.total.nanos) == (0, 240_000_000)
     assert count(urls["billing"], CHARGES) == 0  # replayed, not charged again
@@ -178,7 +179,8 @@ async def test_a_launch_left_pending_by_the_previous_release_is_settled_with_its
     instances = pb_grpc.InstanceServiceStub(grpc.aio.insecure_channel(addrs["gateway"]))
     auth = (("authorization", f"Bearer {keys['alice']}"),)
     replayed = await instances.RunInstances(run_request("t-pending", 2), metadata=auth)  # the quote reads
-    assert sorted(replayed.instance_ids) == ids and replayed.quote.image_allowed
+    assert sorted(replayed.instance_ids) == ids
+    assert replayed.quote.image_allowed
     assert count(urls["billing"], CHARGES) == 1
 
 
@@ -203,7 +205,8 @@ async def test_billing_answers_a_retried_charge_whose_first_charge_has_the_old_f
 
     answered = (await billing.CreateCharge(retried, metadata=internal_metadata())).charge
 
-    assert answered.charge_id == "chg-win00001" and sorted(answered.instance_ids) == ids
+    assert answered.charge_id == "chg-win00001"
+    assert sorted(answered.instance_ids) == ids
     assert [(l.quantity, l.unit) for l in answered.quote.lines] == [(2, "instance-hour")]
     assert count(urls["billing"], CHARGES) == 1
 
@@ -250,7 +253,8 @@ async def test_an_end_usage_job_of_the_previous_release_ends_the_usage_and_a_new
     auth = (("authorization", f"Bearer {keys['alice']}"),)
     launched = await instances.RunInstances(run_request("t-end-usage", 2), metadata=auth)
     old_one, newer_one = launched.instance_ids
-    assert segment_end(urls["billing"], old_one) is None and segment_end(urls["billing"], newer_one) is None
+    assert segment_end(urls["billing"], old_one) is None
+    assert segment_end(urls["billing"], newer_one) is None
     engine = create_engine(urls["gateway"])
     with engine.begin() as connection:  # what the termination's transaction wrote beside its job
         connection.execute(INSTANCES.update().where(INSTANCES.c.instance_id.in_([old_one, newer_one]))
@@ -266,9 +270,11 @@ async def test_an_end_usage_job_of_the_previous_release_ends_the_usage_and_a_new
     await until(lambda: job_row(urls["gateway"], JOBS, "job-new-end-usage").error != "")
 
     ended = segment_end(urls["billing"], old_one)
-    assert ended is not None and abs(ended - end_time) < timedelta(milliseconds=1)
+    assert ended is not None
+    assert abs(ended - end_time) < timedelta(milliseconds=1)
     newer = job_row(urls["gateway"], JOBS, "job-new-end-usage")
-    assert newer.state == "PENDING" and "stored end-usage job of version 2" in newer.error
+    assert newer.state == "PENDING"
+    assert "stored end-usage job of version 2" in newer.error
     assert newer.attempts == 0  # left untried for a newer replica: never counted towards giving up
     assert segment_end(urls["billing"], newer_one) is None
 
@@ -359,10 +365,12 @@ async def test_a_catalog_job_a_newer_release_wrote_is_refused_not_run(catalog, u
     await until(lambda: job_row(urls["catalog"], CATALOG_JOBS, "job-new-catalog").error != "")
 
     newer = job_row(urls["catalog"], CATALOG_JOBS, "job-new-catalog")
-    assert newer.state == "PENDING" and "stored create-image job of version 2" in newer.error
+    assert newer.state == "PENDING"
+    assert "stored create-image job of version 2" in newer.error
     assert newer.attempts == 0  # left untried for a newer replica: never counted towards giving up
     image = await image_of(stub, "img-new00001", done=False)
-    assert image.state == catalog_pb.IMAGE_STATE_CREATING and not image.checksum_sha256
+    assert image.state == catalog_pb.IMAGE_STATE_CREATING
+    assert not image.checksum_sha256
 
 
 def keep_catalog_answer(url: str, request_id: str, response: str) -> None:

@@ -13,14 +13,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
-from sqlalchemy import create_engine, func, select
-
-from billing_service.adapters.tables import CHARGES
-from catalog_service.domain.seed import seed_image_id
-from chassis.clients import Downstream
-from chassis.clock import FakeClock
-from chassis.convert import decimal_of
 from cloudimg.gateway.v1 import account_service_pb2 as account_pb
 from cloudimg.gateway.v1 import account_service_pb2_grpc as account_grpc
 from cloudimg.gateway.v1 import image_service_pb2 as pb
@@ -29,6 +21,14 @@ from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as ins_pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as ins_grpc
+from google.protobuf import field_mask_pb2
+from sqlalchemy import create_engine, func, select
+
+from billing_service.adapters.tables import CHARGES
+from catalog_service.domain.seed import seed_image_id
+from chassis.clients import Downstream
+from chassis.clock import FakeClock
+from chassis.convert import decimal_of
 from tests.conftest import ALICE, BOB, rich_status
 from tests.integration.cloud import SERVICES, start_gateway, start_services
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import Engine, create_engine, event, func, make_url, select
-
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
+from sqlalchemy import Engine, create_engine, event, func, make_url, select
+
 from sharing_service.adapters.tables import REQUESTS, TRUST_ENTRIES, TRUST_POLICIES
 from tests.conftest import ALICE, BOB, CAROL, internal_metadata, rich_status
 from tests.integration.test_sharing import process_replicas, replicas
@@ -53,7 +53,7 @@ async def update(stub, paths: list[str], caller: str = BOB, request_id: str = ""
 async def refused_update(stub, paths: list[str], **fields) -> tuple[grpc.StatusCode, str, list[str]]:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await update(stub, paths, **fields)
-    status, info, details = rich_status(refused.value)
+    _status, info, details = rich_status(refused.value)
     return refused.value.code(), info.reason, [v.field for v in details[0].field_violations]
 
 
@@ -132,7 +132,7 @@ async def test_an_update_is_idempotent_by_request_id(pair, database_url):
                           (["allow_platform_images"], {"mode": pb.TRUST_POLICY_MODE_AUDIT})):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await update(pair[0], paths, request_id="p1", **fields)
-        status, info, details = rich_status(refused.value)
+        _status, info, details = rich_status(refused.value)
         assert (refused.value.code(), info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
                                                        "IDEMPOTENCY_PARAMETER_MISMATCH")
         assert details[0].violations[0].subject == "request_id:p1"
@@ -164,7 +164,8 @@ async def _race_updates(stubs: list[pb_grpc.SharingServiceStub], database_url: s
             outcome(round_ + 1, caller, ["trusted_account_ids"], trusted_account_ids=[ALICE]),
             outcome(round_, caller, ["allow_platform_images"], allow_platform_images=False),
         )
-        assert sorted(results[:2]) == ["OK", "TOO_MANY_ALLOWED_ENTRIES"] and results[2:] == ["OK"] * 3
+        assert sorted(results[:2]) == ["OK", "TOO_MANY_ALLOWED_ENTRIES"]
+        assert results[2:] == ["OK"] * 3
         policy = await get(stubs[round_ % 2], caller)
         kept = list(policy.allowed_marketplace_providers) or list(policy.allowed_account_ids)
         assert kept == (providers if results[0] == "OK" else accounts)
@@ -256,7 +257,7 @@ async def test_a_batch_of_more_than_1000_images_is_refused(pair):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await pair[0].CheckLaunchPermissions(pb.CheckLaunchPermissionsRequest(images=images),
                                                  metadata=internal_metadata(BOB))
-        status, info, details = rich_status(refused.value)
+        _status, info, details = rich_status(refused.value)
         assert (refused.value.code(), info.reason, details[0].field_violations[0].field) == (
             grpc.StatusCode.INVALID_ARGUMENT, reason, field)
 

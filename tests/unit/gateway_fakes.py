@@ -22,9 +22,30 @@ from chassis.server import Background
 from gateway.adapters.tables import JOBS
 from gateway.domain.instances import Instance, Launch, LaunchRequest, Reset
 from gateway.domain.model import (
-    Architecture, CatalogKind, Charge, ChargeFilter, ChargeKind, ChargeType, Image, ImageImport, ImageQuota,
-    ImageShare, ImageSource, ImageState, InstanceType, OsType, Price, Quote, QuoteLine, QuoteLineKind, Region,
-    ShareState, TrustPolicy, TrustPolicyMode, Verdict, VerdictBasis,
+    Architecture,
+    CatalogKind,
+    Charge,
+    ChargeFilter,
+    ChargeKind,
+    ChargeType,
+    Image,
+    ImageImport,
+    ImageQuota,
+    ImageShare,
+    ImageSource,
+    ImageState,
+    InstanceType,
+    OsType,
+    Price,
+    Quote,
+    QuoteLine,
+    QuoteLineKind,
+    Region,
+    ShareState,
+    TrustPolicy,
+    TrustPolicyMode,
+    Verdict,
+    VerdictBasis,
 )
 from gateway.service_layer import background
 from gateway.service_layer.dependencies import BillingPort, CatalogPort, Dependencies, SharingPort

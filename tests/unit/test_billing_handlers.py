@@ -3,6 +3,7 @@ clock that moves by hours without sleeping."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,15 @@ import billing_service
 from billing_service.adapters.tables import CHARGES, SEGMENTS, TABLES
 from billing_service.domain.metering import HOUR, Segment
 from billing_service.domain.model import (
-    Charge, ChargeFilter, ChargeKind, ChargeType, ImagePricing, LaunchPricing, LineKind, OsKind, Quote,
+    Charge,
+    ChargeFilter,
+    ChargeKind,
+    ChargeType,
+    ImagePricing,
+    LaunchPricing,
+    LineKind,
+    OsKind,
+    Quote,
 )
 from billing_service.domain.price_book import load_price_book
 from billing_service.domain.price_list import PriceFilter, all_prices
@@ -120,8 +129,10 @@ def assert_hours_tile(charges: list[Charge]) -> None:
             by_instance.setdefault(charge.instance_ids[0], []).append(charge)
     for found in by_instance.values():
         spans = sorted((c.usage_start_time, c.usage_end_time) for c in found)
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
-            assert end is not None and start is not None and end <= start
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end is not None
+            assert start is not None
+            assert end <= start
 
 
 @pytest.fixture
@@ -163,10 +174,11 @@ def test_a_voided_launch_is_never_charged_nor_metered(billing):
     assert handlers.resolve_charge("lch-voided01", ALICE, new_uow=billing.new_uow, clock=billing.clock) is None
     error = refused(FailedPrecondition, billing.launch, ["ins-void0001"], key="lch-voided01")
     assert error.reason == "LAUNCH_VOIDED"
-    assert billing.segments("ins-void0001") == [] and billing.ledger() == []
+    assert billing.segments("ins-void0001") == []
+    assert billing.ledger() == []
 
 
-@pytest.mark.parametrize("ids, key", [
+@pytest.mark.parametrize(("ids", "key"), [
     (["ins-dup00001", "ins-dup00001"], "lch-dup00001"),
     (["x" * 33], "lch-long0001"),
     ([f"ins-{n:08d}" for n in range(101)], "lch-many0001"),
@@ -187,10 +199,12 @@ def test_usage_is_settled_once_per_completed_hour(billing):
     assert sorted(c.instance_ids[0] for c in settled) == ids
     for charge in settled:
         assert (charge.usage_start_time, charge.usage_end_time) == (T0 + HOUR, T0 + 2 * HOUR)
-        assert charge.create_time == billing.clock.now() and charge.charge_id.startswith("chg-")
+        assert charge.create_time == billing.clock.now()
+        assert charge.charge_id.startswith("chg-")
         assert [(l.kind, l.quantity, l.unit, l.amount) for l in charge.quote.lines] == [
             (LineKind.INSTANCE, 1, "instance-hour", INSTANCE_HOUR)]
-        assert charge.quote.charge_type is ChargeType.POSTPAID_BY_HOUR and charge.region == "ap-singapore"
+        assert charge.quote.charge_type is ChargeType.POSTPAID_BY_HOUR
+        assert charge.region == "ap-singapore"
     assert billing.settle() == 0  # at once again: nothing
     billing.clock.advance(hours=3)  # 5 h 10 min: hours 2, 3 and 4 are over, in one charge each
     assert billing.settle() == 3
@@ -217,7 +231,8 @@ def test_accrued_usage_follows_the_ledger_until_it_is_settled(billing):
     assert [c.kind for c in listed] == [ChargeKind.LAUNCH] + [ChargeKind.ACCRUED_USAGE] * 3
     assert listed[0] == launch
     for accrued, instance_id in zip(listed[1:], ids, strict=True):
-        assert accrued.charge_id == "" and accrued.instance_ids == (instance_id,)
+        assert accrued.charge_id == ""
+        assert accrued.instance_ids == (instance_id,)
         assert (accrued.usage_start_time, accrued.usage_end_time) == (T0 + HOUR, billing.clock.now())
         assert accrued.create_time == billing.clock.now()
         assert [(l.quantity, l.amount) for l in accrued.quote.lines] == [(2, 2 * INSTANCE_HOUR)]  # hours 1 and 2
@@ -240,7 +255,9 @@ def test_a_reset_changes_the_price_from_its_effective_time_and_termination_settl
         (LineKind.INSTANCE, 1, INSTANCE_HOUR), (LineKind.IMAGE_LICENSE, 1, LICENSE_HOUR)]
     assert billing.ledger(ChargeKind.RESET) == []  # a quote records nothing
     charge = billing.reset(reset, "rst-windows1")
-    assert charge.kind is ChargeKind.RESET and charge.instance_ids == (instance,) and charge.quote == quoted
+    assert charge.kind is ChargeKind.RESET
+    assert charge.instance_ids == (instance,)
+    assert charge.quote == quoted
     assert charge.quote.total == INSTANCE_HOUR + LICENSE_HOUR
     (old_usage,) = billing.ledger(ChargeKind.USAGE)  # hour 1 had begun: at the old (Linux) price
     assert (old_usage.usage_start_time, old_usage.usage_end_time) == (T0 + HOUR, T0 + 2 * HOUR)
@@ -258,11 +275,13 @@ def test_a_reset_changes_the_price_from_its_effective_time_and_termination_settl
 
     billing.clock.advance(hours=1, minutes=35)  # terminated at 3 h 5 min: hour 1 of the new segment had begun
     (ended,) = billing.end([instance])
-    assert ended.kind is ChargeKind.USAGE and ended.quote.total == INSTANCE_HOUR + LICENSE_HOUR
+    assert ended.kind is ChargeKind.USAGE
+    assert ended.quote.total == INSTANCE_HOUR + LICENSE_HOUR
     assert (ended.usage_start_time, ended.usage_end_time) == (T0 + timedelta(hours=2, minutes=30),
                                                               T0 + timedelta(hours=3, minutes=30))
     assert billing.end([instance]) == []  # idempotent
-    assert billing.settle() == 0 and [c.kind for c in billing.charges()] == [
+    assert billing.settle() == 0
+    assert [c.kind for c in billing.charges()] == [
         ChargeKind.LAUNCH, ChargeKind.USAGE, ChargeKind.RESET, ChargeKind.USAGE]
     error = refused(FailedPrecondition, billing.reset, other, "rst-linux001")
     assert error.reason == "INSTANCE_USAGE_ENDED"
@@ -275,16 +294,17 @@ def test_termination_settles_the_started_hours_not_billed_yet(billing):
     billing.clock.advance(hours=2, minutes=10)
     billing.settle()
     billing.clock.advance(minutes=55)  # 3 h 5 min
-    ended = billing.end(list(reversed(ids)) + [ids[0]])  # in any order, an id twice
+    ended = billing.end([*list(reversed(ids)), ids[0]])  # in any order, an id twice
     assert sorted(c.instance_ids[0] for c in ended) == ids
     assert {(c.usage_start_time, c.usage_end_time, c.quote.lines[0].quantity) for c in ended} == {
         (T0 + 2 * HOUR, T0 + 4 * HOUR, 2)}
     assert usage_hours(billing.ledger()) == {i: 3 for i in ids}  # with the launch's: 4 started hours
-    assert billing.end(ids) == [] and billing.settle() == 0
+    assert billing.end(ids) == []
+    assert billing.settle() == 0
     assert all(s.end_time == T0 + timedelta(hours=3, minutes=5) for i in ids for s in billing.segments(i))
 
 
-@pytest.mark.parametrize("end_after, hours", [
+@pytest.mark.parametrize(("end_after", "hours"), [
     (timedelta(hours=-1), 0),  # before the launch: its first hour, paid by the launch
     (timedelta(0), 0),
     (HOUR, 0),
@@ -308,7 +328,7 @@ def test_ending_usage_touches_only_the_callers_metered_instances(billing):
     assert usage_hours(billing.end(["ins-bob00001"], account=BOB)) == {"ins-bob00001": 2}
 
 
-@pytest.mark.parametrize("ids, reason", [
+@pytest.mark.parametrize(("ids", "reason"), [
     ([], "INVALID_INSTANCE_IDS"),
     (instance_ids(101), "INVALID_INSTANCE_IDS"),
     (["ins-a0000001", "ins-BAD00001"], "INVALID_ID"),
@@ -324,14 +344,17 @@ def test_a_prepaid_instance_is_never_metered_and_a_reset_pays_the_new_images_lin
     assert launch.quote.total == 2 * 3 * Decimal("35.08")
     assert billing.segments(ids[0])[0].prepaid_until == datetime(2026, 4, 1, tzinfo=UTC)
     billing.clock.advance(days=40)
-    assert billing.settle() == 0 and billing.charges() == [launch]  # nothing to settle, nothing accrued
+    assert billing.settle() == 0
+    assert billing.charges() == [launch]
     reset = billing.reset_of(ids[0], WINDOWS, charge_type=ChargeType.PREPAID, months=3)
     charge = billing.reset(reset)
     assert [(l.kind, l.quantity, l.unit, l.amount) for l in charge.quote.lines] == [
         (LineKind.IMAGE_LICENSE, 2, "instance-month", 2 * Decimal("23.50"))]  # February (begun) and March
     old, new = billing.segments(ids[0])
-    assert old.end_time == new.start_time == billing.clock.now() and new.prepaid_until == old.prepaid_until
-    assert new.next_settle_time is None and [p.kind for p in new.prices] == [LineKind.INSTANCE, LineKind.IMAGE_LICENSE]
+    assert old.end_time == new.start_time == billing.clock.now()
+    assert new.prepaid_until == old.prepaid_until
+    assert new.next_settle_time is None
+    assert [p.kind for p in new.prices] == [LineKind.INSTANCE, LineKind.IMAGE_LICENSE]
     assert billing.end(ids) == []  # PREPAID segments just close
     assert all(s.end_time is not None for i in ids for s in billing.segments(i))
     assert [c.kind for c in billing.charges()] == [ChargeKind.LAUNCH, ChargeKind.RESET]
@@ -341,7 +364,8 @@ def test_a_prepaid_reset_after_the_period_is_recorded_at_no_cost(billing):
     billing.launch(["ins-pre00001"], charge_type=ChargeType.PREPAID, months=1)
     billing.clock.advance(days=45)
     charge = billing.reset(billing.reset_of("ins-pre00001", WINDOWS, charge_type=ChargeType.PREPAID, months=1))
-    assert charge.quote.lines == () and charge.quote.total == 0
+    assert charge.quote.lines == ()
+    assert charge.quote.total == 0
     assert billing.ledger(ChargeKind.RESET) == [charge]
 
 
@@ -354,14 +378,15 @@ def test_an_instance_launched_before_meters_is_metered_from_its_first_reset(bill
     billing.clock.advance(hours=1)
     reset = billing.reset_of("ins-old00001", WINDOWS, effective=T0 + timedelta(hours=5, minutes=30))
     charge = billing.reset(reset)
-    assert charge.quote.total == INSTANCE_HOUR + LICENSE_HOUR and billing.ledger(ChargeKind.USAGE) == []
+    assert charge.quote.total == INSTANCE_HOUR + LICENSE_HOUR
+    assert billing.ledger(ChargeKind.USAGE) == []
     (first,) = billing.segments("ins-old00001")
     assert (first.segment_no, first.start_time, first.hours_billed) == (0, T0 + timedelta(hours=5, minutes=30), 1)
     billing.clock.advance(hours=1)  # 7 h: the hours from 5 h 30 min to 7 h 30 min have begun
     assert usage_hours(billing.end(["ins-old00001"])) == {"ins-old00001": 1}
 
 
-@pytest.mark.parametrize("reset, key, reason", [
+@pytest.mark.parametrize(("reset", "key", "reason"), [
     (ResetPricing("ins-r0000001", LaunchPricing("ap-singapore", "S5.MEDIUM4", 2, ChargeType.POSTPAID_BY_HOUR, 0,
                                                 WINDOWS), T0, None), "rst-00000001", "INVALID_INSTANCE_COUNT"),
     (ResetPricing("ins-r0000001", LaunchPricing("ap-nowhere", "S5.MEDIUM4", 1, ChargeType.POSTPAID_BY_HOUR, 0,
@@ -406,7 +431,8 @@ def test_charges_are_filtered_by_instance_and_time(billing):
     of_a1 = billing.charges(instance_id="ins-a0000001")
     assert [c.kind for c in of_a1] == [ChargeKind.LAUNCH, ChargeKind.USAGE, ChargeKind.RESET,
                                        ChargeKind.ACCRUED_USAGE]
-    assert of_a1[0] == made["first"] and of_a1[2] == made["reset"]
+    assert of_a1[0] == made["first"]
+    assert of_a1[2] == made["reset"]
     of_b1 = billing.charges(instance_id="ins-b0000001")
     assert [c.kind for c in of_b1] == [ChargeKind.LAUNCH, ChargeKind.USAGE, ChargeKind.ACCRUED_USAGE]
     assert all(c.instance_ids == ("ins-b0000001",) for c in of_b1)
@@ -424,7 +450,7 @@ def test_charges_are_filtered_by_instance_and_time(billing):
     assert billing.charges(account=BOB) == []
 
 
-@pytest.mark.parametrize("filters, reason", [
+@pytest.mark.parametrize(("filters", "reason"), [
     ({"instance_id": "ins-%"}, "INVALID_ID"),
     ({"instance_id": "ins-a000000_"}, "INVALID_ID"),
     ({"start_time": T0 + HOUR, "end_time": T0}, "INVALID_TIME_RANGE"),
@@ -446,7 +472,8 @@ def test_pages_of_charges_run_through_the_ledger_then_the_accrued_usage(billing,
             pages += 1
             if not token:
                 break
-        assert seen == everything and pages == max(1, -(-len(everything) // size))
+        assert seen == everything
+        assert pages == max(1, -(-len(everything) // size))
 
 
 def _forged(key: object, print_: str) -> str:
@@ -472,7 +499,9 @@ def test_page_tokens_are_bound_to_their_filters_and_forged_ones_are_refused(bill
     # a ledger token from before accrued usage was listed (a bare seq) goes on where it was
     first = billing.charges()[0]
     page, _ = billing.list(1, _forged("1", plain))
-    assert page and page[0] != first and page[0] == billing.charges()[1]
+    assert page
+    assert page[0] != first
+    assert page[0] == billing.charges()[1]
     assert billing.list(1, _forged("A999", plain)) == ([], "")
 
 
@@ -490,7 +519,8 @@ def test_the_price_list_is_filtered_and_paged(billing):
 
     assert listing(PriceFilter()) == prices == listing(PriceFilter(), 7) == listing(PriceFilter(), 5000)
     first, token = handlers.list_prices(PriceFilter(), 0, "", book=BOOK, prices=prices)
-    assert len(first) == 50 and token
+    assert len(first) == 50
+    assert token
     singapore = listing(PriceFilter("ap-singapore", ChargeType.SPOTPAID), 4)
     assert {(p.kind, p.region) for p in singapore} == {
         (LineKind.INSTANCE, "ap-singapore"), (LineKind.IMAGE_LICENSE, "ap-singapore"), (LineKind.MARKETPLACE, "")}

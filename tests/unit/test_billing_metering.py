@@ -11,8 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_service.domain.metering import (
-    HOUR, Segment, accrued_usage, add_months, clamp, completed_hours, final_usage, launch_segments, months_left,
-    settled_usage, started_hours,
+    HOUR,
+    Segment,
+    accrued_usage,
+    add_months,
+    clamp,
+    completed_hours,
+    final_usage,
+    launch_segments,
+    months_left,
+    settled_usage,
+    started_hours,
 )
 from billing_service.domain.model import ChargeType, ImagePricing, LaunchPricing, LineKind, OsKind
 from billing_service.domain.price_book import load_price_book
@@ -40,7 +49,7 @@ def segment(charge_type: ChargeType = ChargeType.POSTPAID_BY_HOUR, image: ImageP
     return launch_segments(ALICE, pricing, BOOK.quote(pricing), ["ins-aaaaaaa1"], start)[0]
 
 
-@pytest.mark.parametrize("elapsed, completed, started", [
+@pytest.mark.parametrize(("elapsed", "completed", "started"), [
     (timedelta(0), 0, 0),
     (US, 0, 1),
     (HOUR - US, 0, 1),
@@ -54,7 +63,7 @@ def test_hours_are_whole_and_exact_to_the_microsecond(elapsed, completed, starte
     assert started_hours(T0, T0 + elapsed) == started
 
 
-@pytest.mark.parametrize("moment, months, expected", [
+@pytest.mark.parametrize(("moment", "months", "expected"), [
     (datetime(2026, 1, 31, 9, 30, tzinfo=UTC), 1, datetime(2026, 2, 28, 9, 30, tzinfo=UTC)),
     (datetime(2028, 1, 31, tzinfo=UTC), 1, datetime(2028, 2, 29, tzinfo=UTC)),  # a leap year
     (datetime(2026, 3, 31, tzinfo=UTC), 1, datetime(2026, 4, 30, tzinfo=UTC)),
@@ -67,7 +76,7 @@ def test_months_are_calendar_months_ending_on_the_last_day_of_a_shorter_month(mo
     assert add_months(moment, months) == expected
 
 
-@pytest.mark.parametrize("moment, end, expected", [
+@pytest.mark.parametrize(("moment", "end", "expected"), [
     (T0, add_months(T0, 3), 3),  # at the start: the whole period
     (T0 + timedelta(days=40), add_months(T0, 3), 2),  # February in progress, and March
     (add_months(T0, 2) - US, add_months(T0, 3), 2),
@@ -92,10 +101,13 @@ def test_an_end_is_clamped_to_the_segment_and_to_now():
 
 def test_an_hourly_segment_starts_with_its_first_hour_paid_and_settles_completed_hours():
     s = segment()
-    assert s.hours_billed == 1 and s.next_settle_time == T0 + 2 * HOUR and s.prepaid_until is None
+    assert s.hours_billed == 1
+    assert s.next_settle_time == T0 + 2 * HOUR
+    assert s.prepaid_until is None
     assert settled_usage(s, T0 + 2 * HOUR - US) is None  # hour 1 is not over yet
     usage = settled_usage(s, T0 + timedelta(hours=2, minutes=10))
-    assert usage is not None and (usage.first_hour, usage.end_hour) == (1, 2)
+    assert usage is not None
+    assert (usage.first_hour, usage.end_hour) == (1, 2)
     assert (usage.start_time, usage.end_time) == (T0 + HOUR, T0 + 2 * HOUR)
     assert usage.idempotency_key == "usage:ins-aaaaaaa1:0:1"
     quote = usage.quote()
@@ -106,27 +118,33 @@ def test_an_hourly_segment_starts_with_its_first_hour_paid_and_settles_completed
 def test_a_segment_that_ends_pays_its_started_hours_and_at_least_one():
     s = segment(image=WINDOWS)
     usage = final_usage(s, T0 + timedelta(hours=3, minutes=5))
-    assert usage is not None and (usage.first_hour, usage.end_hour) == (1, 4)
+    assert usage is not None
+    assert (usage.first_hour, usage.end_hour) == (1, 4)
     assert usage.quote().total == 3 * (Decimal("0.0696") + Decimal("0.0460"))
     assert final_usage(s, T0) is None  # ended at once: the first hour, which the launch paid
     assert final_usage(s, T0 + HOUR) is None
     billed = s.closed(T0 + 3 * HOUR, 3)
-    assert billed.next_settle_time is None and final_usage(billed, T0 + 4 * HOUR) is None
+    assert billed.next_settle_time is None
+    assert final_usage(billed, T0 + 4 * HOUR) is None
 
 
 def test_accrued_usage_is_the_started_hours_not_billed():
     s = segment()
     assert accrued_usage(s, T0 + HOUR) is None
     usage = accrued_usage(s, T0 + timedelta(hours=2, minutes=10))
-    assert usage is not None and (usage.first_hour, usage.end_hour) == (1, 3)
+    assert usage is not None
+    assert (usage.first_hour, usage.end_hour) == (1, 3)
 
 
 def test_a_prepaid_segment_runs_to_the_end_of_its_period_and_is_never_metered():
     s = segment(ChargeType.PREPAID, start=datetime(2026, 1, 31, 12, tzinfo=UTC), months=1)
     assert s.prepaid_until == datetime(2026, 2, 28, 12, tzinfo=UTC)
-    assert s.hours_billed == 0 and s.next_settle_time is None
+    assert s.hours_billed == 0
+    assert s.next_settle_time is None
     later = datetime(2026, 6, 1, tzinfo=UTC)
-    assert settled_usage(s, later) is None and final_usage(s, later) is None and accrued_usage(s, later) is None
+    assert settled_usage(s, later) is None
+    assert final_usage(s, later) is None
+    assert accrued_usage(s, later) is None
 
 
 @given(settles=st.lists(st.integers(min_value=0, max_value=10 * 3600 * 1_000_000), max_size=8),
@@ -161,9 +179,12 @@ def test_an_hourly_reset_settles_the_old_price_and_pays_the_first_hour_at_the_ne
     plan = plan_reset(ALICE, reset(effective=T0 + timedelta(hours=1, minutes=30)), segment(), BOOK, now)
     assert plan.quote == BOOK.quote(reset().launch)
     assert plan.quote.total == Decimal("0.0696") + Decimal("0.0460")
-    assert plan.usage is not None and (plan.usage.first_hour, plan.usage.end_hour) == (1, 2)
+    assert plan.usage is not None
+    assert (plan.usage.first_hour, plan.usage.end_hour) == (1, 2)
     assert plan.usage.quote().total == Decimal("0.0696")  # the old (Linux) price
-    assert plan.closed is not None and plan.closed.end_time == plan.effective_time and plan.closed.hours_billed == 2
+    assert plan.closed is not None
+    assert plan.closed.end_time == plan.effective_time
+    assert plan.closed.hours_billed == 2
     opened = plan.opened
     assert (opened.segment_no, opened.start_time, opened.hours_billed) == (1, T0 + timedelta(hours=1, minutes=30), 1)
     assert [p.kind for p in opened.prices] == [LineKind.INSTANCE, LineKind.IMAGE_LICENSE]
@@ -183,28 +204,36 @@ def test_a_prepaid_reset_pays_the_new_images_lines_for_the_months_left():
                       BOOK, now)
     assert [(l.kind, l.quantity, l.unit, l.unit_price) for l in plan.quote.lines] == [
         (LineKind.MARKETPLACE, 2, "instance-month", Decimal("9.90"))]
-    assert plan.usage is None and plan.closed is not None and plan.closed.end_time == now
-    assert plan.opened.prepaid_until == old.prepaid_until and plan.opened.next_settle_time is None
+    assert plan.usage is None
+    assert plan.closed is not None
+    assert plan.closed.end_time == now
+    assert plan.opened.prepaid_until == old.prepaid_until
+    assert plan.opened.next_settle_time is None
     # no license in a mainland region, and a Linux image has no lines: nothing to pay
     linux = plan_reset(ALICE, reset(LINUX, charge_type=ChargeType.PREPAID, months=3, region="ap-guangzhou"), old,
                        BOOK, now)
-    assert linux.quote.lines == () and linux.quote.total == 0
+    assert linux.quote.lines == ()
+    assert linux.quote.total == 0
 
 
 def test_a_prepaid_reset_after_the_period_has_no_lines_and_without_a_meter_counts_from_the_launch():
     over = plan_reset(ALICE, reset(charge_type=ChargeType.PREPAID, months=1), segment(ChargeType.PREPAID, months=1),
                       BOOK, T0 + timedelta(days=45))
-    assert over.quote.lines == () and over.quote.total == 0
+    assert over.quote.lines == ()
+    assert over.quote.total == 0
     unmetered = plan_reset(ALICE, reset(charge_type=ChargeType.PREPAID, months=12, launched=T0), None, BOOK,
                            add_months(T0, 4) + HOUR)
     assert [(l.kind, l.quantity) for l in unmetered.quote.lines] == [(LineKind.IMAGE_LICENSE, 8)]
-    assert unmetered.opened.segment_no == 0 and unmetered.opened.prepaid_until == add_months(T0, 12)
-    assert unmetered.closed is None and unmetered.usage is None
+    assert unmetered.opened.segment_no == 0
+    assert unmetered.opened.prepaid_until == add_months(T0, 12)
+    assert unmetered.closed is None
+    assert unmetered.usage is None
     # a launch time after now is taken as now: the period cannot have begun later
     future = plan_reset(ALICE, reset(charge_type=ChargeType.PREPAID, months=60, launched=datetime(9999, 1, 1,
                                                                                                 tzinfo=UTC)),
                         None, BOOK, T0)
-    assert future.opened.prepaid_until == add_months(T0, 60) and future.quote.lines[0].quantity == 60
+    assert future.opened.prepaid_until == add_months(T0, 60)
+    assert future.quote.lines[0].quantity == 60
 
 
 def test_an_hourly_instance_never_metered_starts_at_the_reset_with_its_first_hour_paid():
@@ -233,7 +262,8 @@ def test_resets_that_cannot_be_priced_are_refused():
 def test_the_price_list_holds_every_price_once_in_a_stable_order():
     prices = all_prices(BOOK)
     keys = [p.key for p in prices]
-    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert keys == sorted(keys)
+    assert len(set(keys)) == len(keys)
     instances = sum(len(types) for types in BOOK.instance_prices.values()) * 3
     assert len(prices) == instances + len(BOOK.windows_license) * 3 + len(BOOK.marketplace_products) * 3
     wordpress = [p for p in prices if p.marketplace_product_id == "mp-bitnami-wordpress"]

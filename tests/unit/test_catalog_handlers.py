@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import catalog_service
 from catalog_service.adapters.tables import TABLES
 from catalog_service.domain import seed
 from catalog_service.domain.model import ImageQuery, ImageType
@@ -16,8 +17,6 @@ from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork
 from chassis.db import Database
 from chassis.errors import InvalidArgument, NotFound
 from chassis.migrations import migrate
-
-import catalog_service
 
 GZ = "ap-guangzhou"
 ALICE, BOB = seed.DEMO_ACCOUNT_IDS
@@ -58,7 +57,8 @@ def test_an_image_is_read_by_its_id_and_a_missing_one_is_not_found(new_uow):
 
 def test_a_batch_answers_found_and_missing_ids_once_each_in_order(new_uow):
     found, missing = handlers.batch_get_images([BOB_ARM, "img-zz000000", ALICE_WEB, BOB_ARM], new_uow=new_uow)
-    assert [i.image_id for i in found] == [BOB_ARM, ALICE_WEB] and missing == ["img-zz000000"]
+    assert [i.image_id for i in found] == [BOB_ARM, ALICE_WEB]
+    assert missing == ["img-zz000000"]
     with pytest.raises(InvalidArgument) as refused:
         handlers.batch_get_images(["img-zz000000"] * (handlers.MAX_BATCH + 1), new_uow=new_uow)
     assert refused.value.reason == "TOO_MANY_IDS"
@@ -67,7 +67,8 @@ def test_a_batch_answers_found_and_missing_ids_once_each_in_order(new_uow):
 def test_a_caller_lists_the_official_images_its_own_and_those_shared_with_it(new_uow):
     mine, _ = handlers.list_images(query(), 1000, "", regions=regions(), new_uow=new_uow)
     ids = {i.image_id for i in mine}
-    assert ALICE_WEB in ids and BOB_ARM not in ids
+    assert ALICE_WEB in ids
+    assert BOB_ARM not in ids
     assert {i.image_type for i in mine} == {ImageType.PUBLIC, ImageType.MARKET, ImageType.CUSTOM}
     shared, _ = handlers.list_images(query(BOB, frozenset(), frozenset({ALICE_WEB})), 1000, "", regions=regions(),
                                      new_uow=new_uow)
@@ -89,7 +90,7 @@ def test_pages_follow_one_another_and_their_tokens_are_bound_to_the_filters(new_
     assert refused.value.reason == "INVALID_PAGE_TOKEN"
 
 
-@pytest.mark.parametrize("filters, reason", [
+@pytest.mark.parametrize(("filters", "reason"), [
     ({"platform": "p" * 129}, "FILTER_TOO_LONG"), ({"name_filter": "n" * 129}, "FILTER_TOO_LONG")])
 def test_filters_are_bounded(new_uow, filters, reason):
     with pytest.raises(InvalidArgument) as refused:
@@ -107,4 +108,5 @@ def test_an_unknown_region_is_refused(new_uow):
 def test_platform_and_name_filters_are_case_insensitive(new_uow):
     ubuntu, _ = handlers.list_images(query(platform="ubuntu", name_filter="SERVER"), 1000, "", regions=regions(),
                                      new_uow=new_uow)
-    assert ubuntu and all(i.platform == "Ubuntu" and "server" in i.name.lower() for i in ubuntu)
+    assert ubuntu
+    assert all(i.platform == "Ubuntu" and "server" in i.name.lower() for i in ubuntu)

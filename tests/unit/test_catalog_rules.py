@@ -97,7 +97,8 @@ def test_the_day_boundary_is_utc_midnight_of_the_clock(world):
 def test_a_dry_run_checks_everything_and_writes_nothing(world):
     deps, _, _ = world
     image = _create(deps, "dry", dry_run=True)
-    assert image.state is ImageState.CREATING and image.base_image_id == UBUNTU
+    assert image.state is ImageState.CREATING
+    assert image.base_image_id == UBUNTU
     assert lifecycle.image_quota(CAROL, GZ, deps).daily_operation_used == 0
     with deps.new_uow(read_only=True) as uow:
         assert uow.images.get(image.image_id) is None
@@ -105,13 +106,15 @@ def test_a_dry_run_checks_everything_and_writes_nothing(world):
 
 
 def test_an_image_and_its_job_are_written_together(world):
-    deps, jobs, _ = world
+    deps, _jobs, _ = world
     image = _create(deps, "web")
     with deps.new_uow(read_only=True) as uow:
         (job,) = uow.connection.execute(JOBS.select()).all()
-    assert job.subject == image.image_id and job.kind == lifecycle.CREATE_JOB
+    assert job.subject == image.image_id
+    assert job.kind == lifecycle.CREATE_JOB
     data = json.loads(job.payload)["data"]
-    assert data["checksum"] == seed.seed_checksum("ubuntu-2204-x86") and data["region"] == GZ
+    assert data["checksum"] == seed.seed_checksum("ubuntu-2204-x86")
+    assert data["region"] == GZ
 
 
 def test_the_stored_response_format_reads_records_that_lack_newer_fields(world):
@@ -140,7 +143,8 @@ def test_garbage_collection_keeps_the_bytes_a_pending_job_will_copy(world):
         uow.commit()
     removed = jobs.collect_garbage(timedelta(0))
     assert removed == 1
-    assert store.has(GZ, source) and not store.has(GZ, orphan.checksum)
+    assert store.has(GZ, source)
+    assert not store.has(GZ, orphan.checksum)
 
 
 def test_sync_refuses_an_image_that_is_not_ready(world):
@@ -161,6 +165,8 @@ async def test_a_create_job_copies_the_base_bytes_and_finishes_the_image(world):
     await jobs.run(job, JobRun(jobs.queue, job))
     with deps.new_uow(read_only=True) as uow:
         done = uow.images.get(image.image_id)
-    assert done is not None and done.state is ImageState.NORMAL and done.progress_percent == 100
+    assert done is not None
+    assert done.state is ImageState.NORMAL
+    assert done.progress_percent == 100
     assert done.checksum_sha256 == seed.seed_checksum("ubuntu-2204-x86")
     assert jobs.queue.get(job.job_id).state == "DONE"  # type: ignore[union-attr]

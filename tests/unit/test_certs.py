@@ -68,7 +68,7 @@ def test_each_certificate_serves_and_is_a_client_certificate(issued, service):
 def test_certificates_expire_after_the_days_asked_for(tmp_path):
     assert certs.main([str(tmp_path / "pki"), "--days", "30"]) == 0
     expires = load(tmp_path / "pki" / "catalog.pem").not_valid_after_utc
-    remaining = expires - datetime.datetime.now(datetime.timezone.utc)
+    remaining = expires - datetime.datetime.now(datetime.UTC)
     assert datetime.timedelta(days=29) < remaining <= datetime.timedelta(days=30)
 
 

@@ -19,7 +19,7 @@ from chassis.settings import load_settings
 from tests.conftest import unpacked_details
 
 
-@pytest.mark.parametrize("exc, code, detail_type", [
+@pytest.mark.parametrize(("exc", "code", "detail_type"), [
     (errors.InvalidArgument("BAD", "bad", field="x"), code_pb2.INVALID_ARGUMENT, error_details_pb2.BadRequest),
     (errors.NotFound("GONE", "gone", resource_type="image", resource_name="img-1"), code_pb2.NOT_FOUND,
      error_details_pb2.ResourceInfo),
@@ -35,15 +35,18 @@ from tests.conftest import unpacked_details
 def test_every_domain_error_becomes_one_error_info_and_its_detail(exc, code, detail_type):
     status = status_of(exc)
     details = unpacked_details(status)
-    assert status.code == code and status.message == exc.message
-    assert isinstance(details[0], error_details_pb2.ErrorInfo) and details[0].reason == exc.reason
+    assert status.code == code
+    assert status.message == exc.message
+    assert isinstance(details[0], error_details_pb2.ErrorInfo)
+    assert details[0].reason == exc.reason
     assert sum(isinstance(d, error_details_pb2.ErrorInfo) for d in details) == 1
     assert [type(d) for d in details[1:]] == ([detail_type] if detail_type else [])
 
 
 def test_an_internal_error_says_nothing_of_its_cause():
     status = status_of(errors.DomainError("DEPENDENCY_FAILED", "SELECT * FROM secrets failed"))
-    assert status.code == code_pb2.INTERNAL and status.message == "internal error"
+    assert status.code == code_pb2.INTERNAL
+    assert status.message == "internal error"
     assert "SELECT" not in str(status)
 
 
@@ -89,7 +92,8 @@ def test_page_tokens_round_trip_and_are_bound_to_their_filters():
 
 def test_ids_have_the_seed_clouds_shape():
     new = ids.new_id("img")
-    assert ids.is_id("img", new) and not ids.is_id("ins", new)
+    assert ids.is_id("img", new)
+    assert not ids.is_id("ins", new)
     for bad in ["img-ABCDEFGH", "img-1234567", "img-123456789", "ami-12345678", "", "img-1234567\n"]:
         assert not ids.is_id("img", bad)
     with pytest.raises(errors.InvalidArgument) as refused:
@@ -122,7 +126,8 @@ def test_missing_settings_fail_fast_with_a_readable_message(monkeypatch, capsys)
         load_settings(GatewaySettings)
     assert stopped.value.code == 2
     message = capsys.readouterr().err
-    assert "CATALOG_ADDR: required" in message and "BILLING_ADDR: required" in message
+    assert "CATALOG_ADDR: required" in message
+    assert "BILLING_ADDR: required" in message
     assert "Traceback" not in message
 
 
@@ -427,7 +432,7 @@ async def test_streaming_handlers_get_the_same_authentication_decoding_and_error
         assert (refused.value.code(), _reason(refused.value)) == (code, reason), case
 
 
-@pytest.mark.parametrize("sent, echoed", [
+@pytest.mark.parametrize(("sent", "echoed"), [
     (None, None), ("req-7f3a.b:1", "req-7f3a.b:1"), ("x" * 65, None), ("a b", None), ("../../etc/passwd", None),
 ])
 async def test_every_answer_carries_the_request_id_success_and_error_alike(sent, echoed):

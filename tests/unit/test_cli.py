@@ -14,23 +14,38 @@ from concurrent import futures
 import grpc
 import pytest
 import yaml
+from cloudimg.gateway.v1 import (
+    account_service_pb2 as account_pb,
+)
+from cloudimg.gateway.v1 import (
+    account_service_pb2_grpc as account_grpc,
+)
+from cloudimg.gateway.v1 import (
+    image_service_pb2 as image_pb,
+)
+from cloudimg.gateway.v1 import (
+    image_service_pb2_grpc as image_grpc,
+)
+from cloudimg.gateway.v1 import (
+    image_share_service_pb2 as share_pb,
+)
+from cloudimg.gateway.v1 import (
+    image_share_service_pb2_grpc as share_grpc,
+)
+from cloudimg.gateway.v1 import (
+    instance_service_pb2 as instance_pb,
+)
+from cloudimg.gateway.v1 import (
+    instance_service_pb2_grpc as instance_grpc,
+)
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
 
-from cloudimg.gateway.v1 import (
-    account_service_pb2 as account_pb,
-    account_service_pb2_grpc as account_grpc,
-    image_service_pb2 as image_pb,
-    image_service_pb2_grpc as image_grpc,
-    image_share_service_pb2 as share_pb,
-    image_share_service_pb2_grpc as share_grpc,
-    instance_service_pb2 as instance_pb,
-    instance_service_pb2_grpc as instance_grpc,
-)
 import cloudimg_cli
-from cloudimg_cli import main as cli_main, render
+from cloudimg_cli import main as cli_main
+from cloudimg_cli import render
 from cloudimg_cli.main import main
 
 KEY = "ak-test-secret"
@@ -483,7 +498,8 @@ def test_run_dry_run(cli, fakes):
                        "S5.MEDIUM4", "--dry-run")
     assert code == 0
     assert out.startswith("dry run: validated and priced, nothing launched\n")
-    assert fakes.requests[0].dry_run and fakes.requests[0].instance_count == 1
+    assert fakes.requests[0].dry_run
+    assert fakes.requests[0].instance_count == 1
 
 
 def test_instance_types(cli):
@@ -504,7 +520,7 @@ def test_instances_lists_every_page_and_one_instance(cli, fakes):
     assert "instance_name   web-0\n" in out
 
 
-@pytest.mark.parametrize("command, state", [("share", "PENDING"), ("unshare", "-")])
+@pytest.mark.parametrize(("command", "state"), [("share", "PENDING"), ("unshare", "-")])
 def test_share_and_unshare(cli, fakes, command, state):
     code, out, _ = cli(command, "img-custom01", "acc-11111111", "acc-22222222")
     assert code == 0
@@ -534,7 +550,8 @@ def test_missing_api_key_exits_2(cli, monkeypatch):
     monkeypatch.delenv("CLOUDIMG_API_KEY")
     code, out, err = cli("regions")
     assert (code, out) == (2, "")
-    assert "no API key" in err and "CLOUDIMG_API_KEY" in err
+    assert "no API key" in err
+    assert "CLOUDIMG_API_KEY" in err
 
 
 def test_usage_error_exits_2(cli):
@@ -549,10 +566,11 @@ def test_runs_as_a_module_without_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", "whoami"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "no API key" in done.stderr and "Traceback" not in done.stderr
+    assert "no API key" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("units, nanos, shown", [
+@pytest.mark.parametrize(("units", "nanos", "shown"), [
     (0, 120_000_000, "USD 0.12"),
     (0, 12_500_000, "USD 0.0125"),
     (5, 0, "USD 5.00"),
@@ -567,7 +585,8 @@ def test_an_empty_endpoint_variable_is_refused(cli, monkeypatch, fakes):
     monkeypatch.setenv("CLOUDIMG_ENDPOINT", "")
     code, out, err = cli("regions")
     assert (code, out, err.count("\n")) == (2, "", 1)
-    assert "CLOUDIMG_ENDPOINT" in err and "empty" in err
+    assert "CLOUDIMG_ENDPOINT" in err
+    assert "empty" in err
     assert fakes.requests == []
 
 
@@ -606,7 +625,8 @@ LAUNCH = ("--region", "ap-guangzhou", "--image", "img-ubuntu22", "--instance-typ
 def test_numbers_and_tokens_out_of_range_are_usage_errors(cli, fakes, argv):
     code, out, err = cli(*argv)
     assert (code, out) == (2, "")
-    assert "error: argument" in err and "Traceback" not in err
+    assert "error: argument" in err
+    assert "Traceback" not in err
     assert fakes.requests == []
 
 
@@ -621,7 +641,9 @@ def test_run_always_sends_a_client_token(cli, fakes):
     assert cli("run", *LAUNCH)[0] == 0
     assert cli("run", *LAUNCH)[0] == 0
     first, second = (r.client_token for r in fakes.requests)
-    assert len(first) == 32 and first.isascii() and first != second
+    assert len(first) == 32
+    assert first.isascii()
+    assert first != second
 
 
 def abort_with(code: grpc.StatusCode, reason: str = "", message: str = "the launch's outcome is unknown"):
@@ -644,9 +666,12 @@ def test_run_retries_a_lost_launch_with_the_same_token(cli, fakes, no_backoff):
     fakes.run_failures[:] = [abort_with(grpc.StatusCode.UNAVAILABLE),
                              abort_with(grpc.StatusCode.ABORTED, "LAUNCH_IN_PROGRESS")]
     code, out, _ = cli("run", *LAUNCH)
-    assert code == 0 and out.startswith("INSTANCE_ID\nins-aaaaaaaa")
+    assert code == 0
+    assert out.startswith("INSTANCE_ID\nins-aaaaaaaa")
     tokens = [r.client_token for r in fakes.requests]
-    assert len(tokens) == 3 and len(set(tokens)) == 1 and tokens[0]
+    assert len(tokens) == 3
+    assert len(set(tokens)) == 1
+    assert tokens[0]
 
 
 def test_run_that_still_fails_names_the_token_to_retry_with(cli, fakes, no_backoff):
@@ -672,7 +697,8 @@ def test_bad_numbers_as_a_module_without_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", "run", *LAUNCH, "--count", "3000000000"],
                           env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "--count" in done.stderr and "Traceback" not in done.stderr
+    assert "--count" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # The image lifecycle
@@ -689,11 +715,13 @@ def sent(fakes, kind) -> list:
 def test_create_image_sends_a_request_id_and_shows_the_new_image(cli, fakes):
     code, out, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--description", "v1")
     assert (code, err) == (0, "")
-    assert "image_id              img-new00001\n" in out and "state                 CREATING\n" in out
+    assert "image_id              img-new00001\n" in out
+    assert "state                 CREATING\n" in out
     (request,) = fakes.requests
     assert (request.instance_id, request.name, request.description, request.dry_run) == (
         "ins-00000000", "web", "v1", False)
-    assert len(request.request_id) == 32 and request.request_id.isascii()
+    assert len(request.request_id) == 32
+    assert request.request_id.isascii()
 
 
 def test_create_image_wait_follows_the_job_with_a_progress_bar(cli, fakes, no_wait):
@@ -703,7 +731,8 @@ def test_create_image_wait_follows_the_job_with_a_progress_bar(cli, fakes, no_wa
     assert code == 0
     assert err.splitlines() == ["[----------] 0% CREATING img-new00001", "[#####-----] 50% CREATING img-new00001",
                                 "[##########] 100% NORMAL img-new00001"]
-    assert "state                 NORMAL\n" in out and "ab" * 32 in out
+    assert "state                 NORMAL\n" in out
+    assert "ab" * 32 in out
     assert [r.image_id for r in sent(fakes, image_pb.GetImageRequest)] == ["img-new00001"] * 3
 
 
@@ -711,7 +740,8 @@ def test_a_dry_run_waits_for_nothing(cli, fakes):
     code, out, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--dry-run", "--wait")
     assert (code, err) == (0, "")
     assert out.startswith("dry run: checked, nothing made\n")
-    assert fakes.requests[0].dry_run and sent(fakes, image_pb.GetImageRequest) == []
+    assert fakes.requests[0].dry_run
+    assert sent(fakes, image_pb.GetImageRequest) == []
 
 
 def test_import_image_that_fails_prints_its_reason_and_exits_1(cli, fakes, no_wait):
@@ -776,14 +806,15 @@ def test_progress_redraws_one_line_on_a_terminal():
                                  "\r[##########] 100% NORMAL img-a0000001  \n")  # padded over the longer line
 
 
-@pytest.mark.parametrize("flags, paths, name, description", [
+@pytest.mark.parametrize(("flags", "paths", "name", "description"), [
     (("--name", "web-2"), ["name"], "web-2", ""),
     (("--description", ""), ["description"], "", ""),
     (("--name", "web-2", "--description", "v2"), ["name", "description"], "web-2", "v2"),
 ])
 def test_update_image_masks_the_fields_it_is_given(cli, fakes, flags, paths, name, description):
     code, out, _ = cli("update-image", "img-custom01", *flags)
-    assert code == 0 and "image_id              img-custom01\n" in out
+    assert code == 0
+    assert "image_id              img-custom01\n" in out
     request = fakes.requests[0]
     assert list(request.update_mask.paths) == paths
     assert (request.image.image_id, request.image.name, request.image.description) == (
@@ -793,7 +824,8 @@ def test_update_image_masks_the_fields_it_is_given(cli, fakes, flags, paths, nam
 
 def test_update_image_without_a_change_is_a_usage_error(cli, fakes):
     code, out, err = cli("update-image", "img-custom01")
-    assert (code, out) == (2, "") and "--name, --description" in err
+    assert (code, out) == (2, "")
+    assert "--name, --description" in err
     assert fakes.requests == []
 
 
@@ -801,7 +833,9 @@ def test_delete_image_is_retried_with_its_request_id(cli, fakes, no_backoff):
     fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.UNAVAILABLE)]
     assert cli("delete-image", "img-custom01") == (0, "deleted img-custom01\n", "")
     ids = [r.request_id for r in fakes.requests]
-    assert len(ids) == 2 and len(set(ids)) == 1 and ids[0]
+    assert len(ids) == 2
+    assert len(set(ids)) == 1
+    assert ids[0]
 
 
 def test_a_delete_that_still_fails_names_the_request_id_to_retry_with(cli, fakes, no_backoff):
@@ -816,7 +850,8 @@ def test_a_refused_delete_is_not_retried(cli, fakes, no_backoff):
     fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_SHARED")]
     code, _, err = cli("delete-image", "img-custom01")
     assert (code, len(fakes.requests)) == (1, 1)
-    assert err.startswith("error: FAILED_PRECONDITION IMAGE_SHARED: ") and "--request-id" not in err
+    assert err.startswith("error: FAILED_PRECONDITION IMAGE_SHARED: ")
+    assert "--request-id" not in err
 
 
 def test_quota(cli, fakes):
@@ -847,7 +882,8 @@ IMPORT = ("import-image", "--region", "r", "--name", "n", "--format", "qcow2", "
 def test_image_command_usage_errors_send_nothing(cli, fakes, argv):
     code, out, err = cli(*argv)
     assert (code, out) == (2, "")
-    assert "error:" in err and "Traceback" not in err
+    assert "error:" in err
+    assert "Traceback" not in err
     assert fakes.requests == []
 
 
@@ -862,13 +898,14 @@ def test_shares_lists_every_page_of_one_images_shares(cli, fakes):
     assert [(r.image_id, r.page_token) for r in fakes.requests] == [("img-custom01", ""), ("img-custom01", "2")]
     code, out, _ = cli("--json", "shares", "img-custom01")
     body = json.loads(out)
-    assert code == 0 and "next_page_token" not in body
+    assert code == 0
+    assert "next_page_token" not in body
     assert [(s["recipient_account_id"], s["state"]) for s in body["shares"]] == [
         ("100000000002", "SHARE_STATE_ACCEPTED"), ("100000000003", "SHARE_STATE_PENDING"),
         ("100000000004", "SHARE_STATE_REJECTED")]
 
 
-@pytest.mark.parametrize("command, request_type, state", [
+@pytest.mark.parametrize(("command", "request_type", "state"), [
     ("accept-share", share_pb.AcceptImageShareRequest, "ACCEPTED"),
     ("reject-share", share_pb.RejectImageShareRequest, "REJECTED"),
 ])
@@ -879,8 +916,10 @@ def test_accept_and_reject_a_share_print_it(cli, fakes, command, request_type, s
                    "owner_account_id      100000000001\nrecipient_account_id  100000000002\n"
                    f"state                 {state}\ncreate_time           2026-11-01T10:00:00Z\n")
     (request,) = fakes.requests
-    assert isinstance(request, request_type) and request.image_id == "img-shared01"
-    assert len(request.request_id) == 32 and request.request_id.isascii()
+    assert isinstance(request, request_type)
+    assert request.image_id == "img-shared01"
+    assert len(request.request_id) == 32
+    assert request.request_id.isascii()
     code, out, _ = cli("--json", command, "img-shared01", "--request-id", "answer-1")
     assert (code, json.loads(out)["share"]["state"]) == (0, f"SHARE_STATE_{state}")
     assert fakes.requests[-1].request_id == "answer-1"
@@ -921,7 +960,7 @@ def test_a_policy_never_changed_shows_empty_lists_and_no_time():
         "allowed_marketplace_providers  -\nallowed_account_ids            -\nupdate_time                    -")
 
 
-@pytest.mark.parametrize("flags, paths, policy", [
+@pytest.mark.parametrize(("flags", "paths", "policy"), [
     (("--mode", "audit"), ["mode"], share_pb.TrustPolicy(mode=share_pb.TRUST_POLICY_MODE_AUDIT)),
     (("--allow-platform-images", "NO"), ["allow_platform_images"], share_pb.TrustPolicy()),
     (("--allow-platform-images", "yes"), ["allow_platform_images"], share_pb.TrustPolicy(allow_platform_images=True)),
@@ -934,7 +973,7 @@ def test_a_policy_never_changed_shows_empty_lists_and_no_time():
                           allowed_account_ids=["100000000005", "100000000006"])),
 ])
 def test_trust_policy_update_masks_only_the_flags_given(cli, fakes, flags, paths, policy):
-    code, out, err = cli("trust-policy", "update", *flags)
+    code, _out, err = cli("trust-policy", "update", *flags)
     assert (code, err) == (0, "")
     (request,) = fakes.requests
     assert list(request.update_mask.paths) == paths
@@ -974,16 +1013,17 @@ CHANGES = [
 ]
 
 
-@pytest.mark.parametrize("argv, method", CHANGES)
+@pytest.mark.parametrize(("argv", "method"), CHANGES)
 def test_a_change_is_retried_with_its_request_id(cli, fakes, no_backoff, argv, method):
     fakes.failures[method] = [abort_with(grpc.StatusCode.UNAVAILABLE)]
     code, _, err = cli(*argv)
     assert (code, err) == (0, "")
     first, second = fakes.requests
-    assert first.request_id and first == second  # the same request, the same id
+    assert first.request_id
+    assert first == second
 
 
-@pytest.mark.parametrize("argv, method", CHANGES)
+@pytest.mark.parametrize(("argv", "method"), CHANGES)
 def test_a_change_that_still_fails_names_its_request_id(cli, fakes, no_backoff, argv, method):
     fakes.failures[method] = [abort_with(grpc.StatusCode.UNAVAILABLE)] * 5
     code, out, err = cli(*argv, "--request-id", "chg-1")
@@ -991,7 +1031,7 @@ def test_a_change_that_still_fails_names_its_request_id(cli, fakes, no_backoff, 
     assert [r.request_id for r in fakes.requests] == ["chg-1"] * 3
 
 
-@pytest.mark.parametrize("argv, method", CHANGES)
+@pytest.mark.parametrize(("argv", "method"), CHANGES)
 def test_a_refused_change_is_one_line_and_not_retried(cli, fakes, no_backoff, argv, method):
     fakes.failures[method] = [abort_with(grpc.StatusCode.FAILED_PRECONDITION, "IDEMPOTENCY_PARAMETER_MISMATCH",
                                          "request_id chg-1 was used with other parameters")]
@@ -1041,13 +1081,15 @@ def test_reset_dry_run_says_nothing_changed(cli, fakes):
     assert code == 0
     assert out.startswith("dry run: validated and priced, nothing changed\n\ninstance_id     ins-00000000\n")
     assert "image_id        img-ubuntu22\n" in out
-    assert fakes.requests[0].dry_run and fakes.requests[0].request_id
+    assert fakes.requests[0].dry_run
+    assert fakes.requests[0].request_id
 
 
 def test_quote_reset_prints_the_quote(cli, fakes):
     code, out, _ = cli("quote-reset", "ins-00000000", "--image", "img-new00001")
     assert code == 0
-    assert out.startswith("KIND           DESCRIPTION") and out.endswith("image_allowed  yes\n")
+    assert out.startswith("KIND           DESCRIPTION")
+    assert out.endswith("image_allowed  yes\n")
     assert fakes.requests == [instance_pb.QuoteResetInstanceRequest(instance_id="ins-00000000",
                                                                     image_id="img-new00001")]
 
@@ -1067,13 +1109,15 @@ CHARGES_TEXT = [
 def test_charges_all_shows_the_ledger_then_the_accrued_usage(cli, fakes):
     assert cli("charges", "--all") == (0, "\n".join(CHARGES_TEXT) + "\n", "")
     assert [r.page_token for r in fakes.requests] == ["", "2"]
-    assert not fakes.requests[0].HasField("start_time") and not fakes.requests[0].HasField("end_time")
+    assert not fakes.requests[0].HasField("start_time")
+    assert not fakes.requests[0].HasField("end_time")
 
 
 def test_charges_one_page_names_the_next_token(cli, fakes):
     code, out, _ = cli("charges", "--page-size", "2")
     assert code == 0
-    assert out.splitlines()[1].startswith("LAUNCH ") and "ACCRUED_USAGE" not in out
+    assert out.splitlines()[1].startswith("LAUNCH ")
+    assert "ACCRUED_USAGE" not in out
     assert out.endswith("\n\nmore: --page-token 2 (or --all)\n")
 
 
@@ -1093,7 +1137,8 @@ def test_charges_as_json(cli):
     assert [(c.get("charge_id"), c["kind"]) for c in charges] == [
         ("chg-launch01", "CHARGE_KIND_LAUNCH"), ("chg-usage001", "CHARGE_KIND_USAGE"),
         (None, "CHARGE_KIND_ACCRUED_USAGE")]
-    assert len(charges[0]["instance_ids"]) == 5 and charges[2]["usage_end_time"] == "2026-12-01T10:00:00Z"
+    assert len(charges[0]["instance_ids"]) == 5
+    assert charges[2]["usage_end_time"] == "2026-12-01T10:00:00Z"
 
 
 PRICES_TEXT = ("REGION        KIND           INSTANCE_TYPE/PRODUCT   CHARGE_TYPE       UNIT_PRICE  UNIT\n"
@@ -1142,7 +1187,7 @@ def test_images_by_share_state(cli, fakes):
     assert list(fakes.requests[1].share_states) == []
 
 
-@pytest.mark.parametrize("argv, flag", [
+@pytest.mark.parametrize(("argv", "flag"), [
     (("charges", "--since", "2026-12-01"), "--since"),
     (("charges", "--since", "2026-12-01T00:00:00"), "--since"),  # no offset
     (("charges", "--until", "yesterday"), "--until"),
@@ -1182,7 +1227,9 @@ def test_help_names_every_command(cli):
                  "charges", "prices", "instances"):
         assert f"\n    {name} " in out
     code, out, _ = cli("trust-policy", "--help")
-    assert code == 0 and "[update ...]" in out.splitlines()[0] and "update" in out
+    assert code == 0
+    assert "[update ...]" in out.splitlines()[0]
+    assert "update" in out
     code, out, _ = cli("trust-policy", "update", "--help")
     assert code == 0
     assert all(flag in out for flag in ("--mode {OFF,AUDIT,ENFORCE}", "--trusted-accounts", "--allow-platform-images "
@@ -1223,7 +1270,7 @@ def test_the_api_key_may_be_in_the_config_file_but_the_credentials_file_wins(cli
     assert cli("whoami")[0] == 1  # UNAUTHENTICATED: the credentials file's key was sent
 
 
-@pytest.mark.parametrize("flag, env, expected", [
+@pytest.mark.parametrize(("flag", "env", "expected"), [
     ("ap-flag", "ap-env", "ap-flag"),
     (None, "ap-env", "ap-env"),
     (None, None, "ap-profile"),
@@ -1260,11 +1307,12 @@ def test_a_missing_default_profile_is_no_profile_but_a_named_one_is_an_error(cli
     assert cli("whoami")[0] == 0  # no config file at all
     code, out, err = cli("--profile", "prod", "whoami")
     assert (code, out, err.count("\n")) == (2, "", 1)
-    assert "profile 'prod'" in err and "cloudimg configure --profile prod" in err
+    assert "profile 'prod'" in err
+    assert "cloudimg configure --profile prod" in err
     assert len(fakes.requests) == 1
 
 
-@pytest.mark.parametrize("text, named", [
+@pytest.mark.parametrize(("text", "named"), [
     ("[default\nregion = 1", "config"),  # not TOML
     ('region = "ap-guangzhou"\n', "is not a profile"),
     ('[default]\nregoin = "ap-guangzhou"\n', "unknown setting 'regoin'"),
@@ -1279,12 +1327,13 @@ def test_a_bad_config_file_is_one_line_and_sends_nothing(cli, fakes, no_settings
     profiles(no_settings, text)
     code, out, err = cli("whoami")
     assert (code, out, err.count("\n")) == (2, "", 1)
-    assert err.startswith("cloudimg: error: ") and str(no_settings / ".cloudimg" / "config") in err
+    assert err.startswith("cloudimg: error: ")
+    assert str(no_settings / ".cloudimg" / "config") in err
     assert named in err
     assert fakes.requests == []
 
 
-@pytest.mark.parametrize("name, value, named", [
+@pytest.mark.parametrize(("name", "value", "named"), [
     ("CLOUDIMG_TIMEOUT", "soon", "CLOUDIMG_TIMEOUT must be a number"),
     ("CLOUDIMG_TLS", "2", "CLOUDIMG_TLS must be true or false"),
     ("CLOUDIMG_OUTPUT", "xml", "CLOUDIMG_OUTPUT must be one of"),
@@ -1336,7 +1385,7 @@ def test_configure_reads_the_key_from_stdin(cli, no_settings, monkeypatch):
     assert credentials == {"ci": {"api_key": "ak-from-stdin"}}
 
 
-@pytest.mark.parametrize("argv, named", [
+@pytest.mark.parametrize(("argv", "named"), [
     (("configure",), "configure: give the settings to save"),
     (("configure", "--ca-cert", "/nonexistent/ca.pem"), "--ca-cert /nonexistent/ca.pem: no such file"),
     (("configure", "--profile", "a.b", "--region", "r"), "argument --profile"),
@@ -1380,13 +1429,15 @@ def test_a_command_that_needs_a_region_says_so_in_one_line(cli, fakes):
 
 def test_the_listings_of_every_region_ignore_the_default_region(cli, fakes, monkeypatch):
     monkeypatch.setenv("CLOUDIMG_REGION", "ap-guangzhou")
-    assert cli("instances")[0] == 0 and cli("prices")[0] == 0
+    assert cli("instances")[0] == 0
+    assert cli("prices")[0] == 0
     assert {r.region for r in fakes.requests} == {""}
 
 
 def test_output_yaml_is_the_json_document(cli):
     code, out, _ = cli("--output", "yaml", "images", "--region", "ap-guangzhou", "--all")
-    assert code == 0 and out.startswith("images:\n- image_id: img-ubuntu22\n")
+    assert code == 0
+    assert out.startswith("images:\n- image_id: img-ubuntu22\n")
     assert yaml.safe_load(out) == json.loads(cli("--json", "images", "--region", "ap-guangzhou", "--all")[1])
 
 
@@ -1506,12 +1557,15 @@ def test_timeout_is_the_deadline_of_each_call(cli, fakes, no_settings, monkeypat
 def test_every_call_sends_an_x_request_id_of_its_own(cli, fakes):
     assert cli("images", "--region", "ap-guangzhou", "--all")[0] == 0
     first, second = fakes.request_ids
-    assert len(first) == 32 and int(first, 16) >= 0 and first != second
+    assert len(first) == 32
+    assert int(first, 16) >= 0
+    assert first != second
 
 
 def test_debug_describes_the_endpoint_and_every_call(cli, fakes):
     code, out, err = cli("--debug", "images", "--region", "ap-guangzhou", "--all")
-    assert code == 0 and out.startswith("IMAGE_ID")
+    assert code == 0
+    assert out.startswith("IMAGE_ID")
     lines = err.splitlines()
     assert lines[0] == (f"debug: endpoint {os.environ['CLOUDIMG_ENDPOINT']} (plaintext), profile default, "
                         "timeout 10 s")
@@ -1533,7 +1587,7 @@ def test_the_old_type_flags_still_work_with_a_warning(cli, fakes):
     assert fakes.requests[1].instance_type == "S5.MEDIUM4"
 
 
-@pytest.mark.parametrize("argv, named", [
+@pytest.mark.parametrize(("argv", "named"), [
     (("quote", "--region", "r", "--image", "i"), "one of the arguments --instance-type is required"),
     (("run", "--region", "r", "--image", "i", "--type", "a", "--instance-type", "b"),
      "argument --instance-type: not allowed with argument --type"),
@@ -1554,4 +1608,6 @@ def test_help_names_the_settings(cli):
                  "--tls, --no-tls", "configure"):
         assert flag in out, flag
     code, out, _ = cli("run", "--help")
-    assert code == 0 and "--instance-type INSTANCE_TYPE" in out and "--type" not in out
+    assert code == 0
+    assert "--instance-type INSTANCE_TYPE" in out
+    assert "--type" not in out

@@ -137,7 +137,8 @@ def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def test_dockerfile_builds_on_python_slim_and_runs_as_a_non_root_user(dockerfile):
     stages = [args.split()[0] for op, args in dockerfile if op == "FROM"]
-    assert stages and all(image == "python:3.11-slim" for image in stages)
+    assert stages
+    assert all(image == "python:3.11-slim" for image in stages)
     users = [args for op, args in final_stage(dockerfile) if op == "USER"]
     assert users, "the final stage must switch to a non-root USER"
     assert users[-1].split(":")[0] not in {"root", "0"}
@@ -145,7 +146,8 @@ def test_dockerfile_builds_on_python_slim_and_runs_as_a_non_root_user(dockerfile
 
 def test_dockerfile_generates_the_grpc_code_and_installs_every_package(dockerfile):
     runs = " ".join(args for op, args in dockerfile if op == "RUN")
-    assert "grpc_tools.protoc" in runs and "--grpc_python_out" in runs
+    assert "grpc_tools.protoc" in runs
+    assert "--grpc_python_out" in runs
     assert "pip install -r requirements.txt" in runs
     copied = {args.split()[0].rstrip("/") for op, args in dockerfile if op == "COPY"}
     pyproject = (ROOT / "pyproject.toml").read_text()

@@ -12,11 +12,27 @@ from billing_service.domain.price_book import load_price_book
 from chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from gateway.domain import api_keys
 from gateway.domain.instances import (
-    Instance, InstanceState, LaunchRequest, check_launchable, check_resettable, instance_ids_to_terminate, to_terminate,
+    Instance,
+    InstanceState,
+    LaunchRequest,
+    check_launchable,
+    check_resettable,
+    instance_ids_to_terminate,
+    to_terminate,
 )
 from gateway.domain.model import (
-    Architecture, CatalogKind, Image, ImageSource, ImageState, InstanceType, OsType, ShareState, TrustPolicyMode,
-    Verdict, VerdictBasis, trust_policy_paths,
+    Architecture,
+    CatalogKind,
+    Image,
+    ImageSource,
+    ImageState,
+    InstanceType,
+    OsType,
+    ShareState,
+    TrustPolicyMode,
+    Verdict,
+    VerdictBasis,
+    trust_policy_paths,
 )
 from gateway.domain.model import ChargeType as GatewayChargeType
 from sharing_service.domain import model as sharing
@@ -39,7 +55,8 @@ class TestQuotes:
 
     def test_a_marketplace_product_adds_its_price(self):
         quote = BOOK.quote(pricing(product="mp-bitnami-wordpress", count=3))
-        assert quote.lines[1].kind is LineKind.MARKETPLACE and quote.lines[1].unit_price == Decimal("0.0200")
+        assert quote.lines[1].kind is LineKind.MARKETPLACE
+        assert quote.lines[1].unit_price == Decimal("0.0200")
         assert quote.total == 3 * (Decimal("0.0580") + Decimal("0.0200"))
 
     def test_prepaid_is_priced_per_month_for_the_whole_period(self):
@@ -58,7 +75,7 @@ class TestQuotes:
         assert quote.total == sum(l.unit_price * l.quantity for l in quote.lines)
         assert isinstance(quote.total, Decimal)
 
-    @pytest.mark.parametrize("launch, reason", [
+    @pytest.mark.parametrize(("launch", "reason"), [
         (pricing(count=0), "INVALID_INSTANCE_COUNT"),
         (pricing(count=101), "INVALID_INSTANCE_COUNT"),
         (pricing(charge=ChargeType.PREPAID, period=0), "INVALID_PERIOD"),
@@ -101,13 +118,17 @@ class TestSharingRules:
         assert verdict(CUSTOM, ALICE, None).basis is sharing_verdict.LaunchBasis.OWNER
         assert verdict(CUSTOM, BOB, share()).allowed
         stranger = verdict(CUSTOM, BOB, None)
-        assert not stranger.visible and not stranger.allowed
+        assert not stranger.visible
+        assert not stranger.allowed
         pending = verdict(CUSTOM, BOB, share(sharing.ShareState.PENDING))
-        assert pending.visible and not pending.allowed and pending.basis is sharing_verdict.LaunchBasis.SHARE_PENDING
+        assert pending.visible
+        assert not pending.allowed
+        assert pending.basis is sharing_verdict.LaunchBasis.SHARE_PENDING
         assert not verdict(CUSTOM, BOB, share(region="ap-beijing")).visible
         # a rejected share stays visible (the recipient can still accept it), but is not launched
         rejected = verdict(CUSTOM, BOB, share(sharing.ShareState.REJECTED))
-        assert rejected.visible and not rejected.allowed
+        assert rejected.visible
+        assert not rejected.allowed
         assert rejected.basis is sharing_verdict.LaunchBasis.SHARE_REJECTED
 
     def test_only_the_owner_shares_custom_images(self):
@@ -155,7 +176,7 @@ class TestLaunchRules:
     def test_a_good_launch_passes(self):
         check_launchable(request(), image(), OK, X86)
 
-    @pytest.mark.parametrize("img, verdict, req, error, reason", [
+    @pytest.mark.parametrize(("img", "verdict", "req", "error", "reason"), [
         (image(architecture=Architecture.ARM64), OK, request(), InvalidArgument, "ARCHITECTURE_MISMATCH"),
         (image(size_gb=60), OK, request(), InvalidArgument, "SYSTEM_DISK_TOO_SMALL"),
         (image(state=ImageState.CREATING), OK, request(), FailedPrecondition, "IMAGE_STATE_INVALID"),
@@ -174,7 +195,7 @@ class TestLaunchRules:
             check_launchable(req, img, verdict, X86)
         assert refused.value.reason == reason
 
-    @pytest.mark.parametrize("overrides, reason", [
+    @pytest.mark.parametrize(("overrides", "reason"), [
         ({"region": ""}, "REGION_REQUIRED"),
         ({"image_id": "img-ABCDEFGH"}, "INVALID_ID"),
         ({"instance_type": ""}, "INSTANCE_TYPE_REQUIRED"),
@@ -200,7 +221,8 @@ class TestLaunchRules:
                           "images of account 100000000002 are not on allowed_account_ids")
         with pytest.raises(FailedPrecondition) as refused:
             check_launchable(request(), image(), verdict, X86)
-        assert "allowed_account_ids" in refused.value.message and "ENFORCE" in refused.value.message
+        assert "allowed_account_ids" in refused.value.message
+        assert "ENFORCE" in refused.value.message
         assert refused.value.metadata == {"rule": verdict.policy_rule, "mode": "ENFORCE"}
 
     def test_an_audited_image_outside_the_policy_launches(self):
@@ -214,7 +236,7 @@ def instance(state: InstanceState, instance_id: str = "ins-abcdefgh") -> Instanc
 
 
 class TestInstanceLifecycleRules:
-    @pytest.mark.parametrize("state, reason", [(InstanceState.TERMINATED, "INSTANCE_TERMINATED"),
+    @pytest.mark.parametrize(("state", "reason"), [(InstanceState.TERMINATED, "INSTANCE_TERMINATED"),
                                                (InstanceState.PENDING, "INSTANCE_BUSY"),
                                                (InstanceState.RESETTING, "INSTANCE_BUSY")])
     def test_what_cannot_be_reset(self, state, reason):
@@ -250,7 +272,8 @@ class TestApiKeys:
     def test_a_key_matches_only_its_own_secret(self):
         stored, plain = api_keys.new_api_key(ALICE)
         key_id, secret = api_keys.parse(plain)
-        assert key_id == stored.key_id and api_keys.matches(stored, secret)
+        assert key_id == stored.key_id
+        assert api_keys.matches(stored, secret)
         assert not api_keys.matches(stored, secret[:-1] + ("A" if secret[-1] != "A" else "B"))
         assert not api_keys.matches(None, secret)
         assert secret not in stored.secret_hash

@@ -48,11 +48,13 @@ def test_the_section_between_the_markers_becomes_the_table_and_the_rest_stays(fi
     report, readme = files
     assert run(report, readme) == 0
     text = readme.read_text()
-    assert text.startswith(BEFORE + START + "\n") and text.endswith(END + "\n" + AFTER)
+    assert text.startswith(BEFORE + START + "\n")
+    assert text.endswith(END + "\n" + AFTER)
     lines = section(readme)
     assert "an old table" not in text
     assert lines[0].startswith("The fault suite's figures of 2025-03-04")
-    assert "4 tests, 3,600 calls, 24 faults survived" in lines[0] and lines[0].endswith(", 0 lost.")
+    assert "4 tests, 3,600 calls, 24 faults survived" in lines[0]
+    assert lines[0].endswith(", 0 lost.")
     rows = {line.split(" | ")[0].strip("| `"): line for line in lines if line.startswith("| `")}
     assert list(rows) == [  # the known tests in the suite's order, then the others by name
         "test_sigterm_lets_every_call_in_flight_finish_then_exits_cleanly",
@@ -71,7 +73,8 @@ def test_anything_lost_shows_in_its_row_and_the_total(files):
     assert run(report, readme) == 0
     lines = section(readme)
     assert lines[0].endswith("3 lost.")
-    assert lines[-2].endswith("| 10 | 2 | 3 |  |") and lines[-1] == "| **Total** | | 10 | 2 | 3 | |"
+    assert lines[-2].endswith("| 10 | 2 | 3 |  |")
+    assert lines[-1] == "| **Total** | | 10 | 2 | 3 | |"
 
 
 def test_a_second_run_changes_nothing(files):
@@ -87,7 +90,8 @@ def test_line_endings_outside_the_section_are_kept(files):
     readme.write_bytes(f"{BEFORE}{START}\n{END}\n{AFTER}".replace("\n", "\r\n").encode())
     assert run(report, readme) == 0
     written = readme.read_bytes()
-    assert written.startswith(BEFORE.replace("\n", "\r\n").encode()) and b"\n" not in written.replace(b"\r\n", b"")
+    assert written.startswith(BEFORE.replace("\n", "\r\n").encode())
+    assert b"\n" not in written.replace(b"\r\n", b"")
 
 
 @pytest.mark.parametrize("text", ["no markers at all\n", f"only the start\n{START}\n", f"{END}\nreversed\n{START}\n"])
@@ -104,4 +108,5 @@ def test_without_the_suites_figures_it_says_so_and_exits_1(files, capsys):
     before = readme.read_text()
     report.unlink()
     assert run(report, readme) == 1
-    assert "run the fault suite first" in capsys.readouterr().err and readme.read_text() == before
+    assert "run the fault suite first" in capsys.readouterr().err
+    assert readme.read_text() == before

@@ -14,7 +14,14 @@ from chassis import context
 from chassis.clock import FakeClock
 from chassis.context import Caller
 from chassis.errors import (
-    Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable,
+    Aborted,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RemoteError,
+    Unavailable,
     Unreached,
 )
 from chassis.jobs import JobRecord
@@ -28,7 +35,14 @@ from gateway.domain.model import Architecture, CatalogKind, ChargeType, ImageTyp
 from gateway.service_layer import images, instances, launches, shares
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
 from tests.unit.gateway_fakes import (
-    ALICES, NOW, PUBLIC, FakeBilling, FakeCatalog, FakeSharing, other_replica, run_another_replica,
+    ALICES,
+    NOW,
+    PUBLIC,
+    FakeBilling,
+    FakeCatalog,
+    FakeSharing,
+    other_replica,
+    run_another_replica,
 )
 
 ALICE, BOB, CAROL = Caller("100000000001"), Caller("100000000002"), Caller("100000000003")
@@ -36,7 +50,7 @@ ALICE, BOB, CAROL = Caller("100000000001"), Caller("100000000002"), Caller("1000
 
 @pytest.fixture
 def deps(tmp_path: Path) -> Dependencies:
-    db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
+    _db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
     with new_uow() as uow:
         uow.accounts.add_missing([Account(c.account_id, "") for c in (ALICE, BOB, CAROL)], NOW)
         uow.commit()
@@ -65,7 +79,8 @@ async def test_listing_asks_for_received_shares_only_when_shared_images_are_want
     as_caller(ALICE)
     await images.list_images(ALICE, "ap-guangzhou", {ImageType.PUBLIC, ImageType.PRIVATE}, set(), "", "", 0, "",
                              deps)
-    assert deps.sharing.calls == ["verdicts"] and deps.catalog.listed[-1][0] == {CatalogKind.PUBLIC,
+    assert deps.sharing.calls == ["verdicts"]
+    assert deps.catalog.listed[-1][0] == {CatalogKind.PUBLIC,
                                                                                  CatalogKind.CUSTOM}
     deps.sharing.calls.clear()
     await images.list_images(ALICE, "ap-guangzhou", set(), set(), "", "", 0, "", deps)
@@ -132,9 +147,11 @@ async def test_a_launch_refused_by_billing_frees_its_client_token(deps):
         await launches.run_instances(ALICE, launch(client_token="tok"), False, deps)
     deps.billing.refuse = None
     instance_ids, quote = await launches.run_instances(ALICE, launch(client_token="tok"), False, deps)
-    assert len(instance_ids) == 2 and quote.total == Decimal("0.116")
+    assert len(instance_ids) == 2
+    assert quote.total == Decimal("0.116")
     again, _ = await launches.run_instances(ALICE, launch(client_token="tok"), False, deps)
-    assert again == instance_ids and len(deps.billing.charged) == 1
+    assert again == instance_ids
+    assert len(deps.billing.charged) == 1
 
 
 UNAVAILABLE = Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
@@ -156,8 +173,10 @@ async def test_a_lost_answer_for_a_launch_that_was_charged_is_resolved_into_its_
     as_caller(ALICE)
     deps.billing.lose = failure
     instance_ids, quote = await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
-    assert len(instance_ids) == 2 and quote.total == Decimal("0.116")
-    assert deps.billing.calls == ["charge", "resolve"] and len(deps.billing.charged) == 1
+    assert len(instance_ids) == 2
+    assert quote.total == Decimal("0.116")
+    assert deps.billing.calls == ["charge", "resolve"]
+    assert len(deps.billing.charged) == 1
     assert await states_of(deps) == ["RUNNING", "RUNNING"]
     assert stored_launch(deps, "t").state is LaunchState.DONE
 
@@ -169,11 +188,14 @@ async def test_a_lost_answer_for_a_launch_that_was_not_charged_is_a_plain_failur
     with pytest.raises(DomainError) as failed:
         await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
     assert failed.value is failure  # the caller hears the truth: nothing was launched
-    assert stored_launch(deps, "t") is None and await states_of(deps) == []
-    assert deps.billing.charged == {} and len(deps.billing.voided) == 1
+    assert stored_launch(deps, "t") is None
+    assert await states_of(deps) == []
+    assert deps.billing.charged == {}
+    assert len(deps.billing.voided) == 1
     deps.billing.refuse = None
     instance_ids, _ = await launches.run_instances(ALICE, launch(client_token="t"), False, deps)  # "try again"
-    assert len(instance_ids) == 2 and len(deps.billing.charged) == 1
+    assert len(instance_ids) == 2
+    assert len(deps.billing.charged) == 1
 
 
 async def test_a_charge_that_never_left_the_gateway_is_a_plain_failure(deps):
@@ -181,8 +203,10 @@ async def test_a_charge_that_never_left_the_gateway_is_a_plain_failure(deps):
     deps.billing.refuse = Unreached("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
     with pytest.raises(Unreached):
         await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
-    assert deps.billing.calls == ["charge"] and deps.billing.voided == set()  # nothing to resolve
-    assert stored_launch(deps, "t") is None and await states_of(deps) == []
+    assert deps.billing.calls == ["charge"]
+    assert deps.billing.voided == set()
+    assert stored_launch(deps, "t") is None
+    assert await states_of(deps) == []
 
 
 @pytest.mark.parametrize("charged", [True, False], ids=["charged", "not-charged"])
@@ -213,8 +237,9 @@ async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unkn
     assert (job.state, job.attempts, job.lease_owner) == ("PENDING", 1, "")
     assert job.error == "Unavailable: the billing service is unavailable; try again"
     deps.billing.resolve, deps.billing.down, deps.billing.lose = real_resolve, None, None
-    instance_ids, _ = await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
-    assert len(deps.billing.charged) == 1 and await states_of(deps) == ["RUNNING", "RUNNING"]
+    _instance_ids, _ = await launches.run_instances(ALICE, launch(client_token="t"), False, deps)
+    assert len(deps.billing.charged) == 1
+    assert await states_of(deps) == ["RUNNING", "RUNNING"]
     assert (stored_launch(deps, "t").launch_id == launch_id) is charged  # not charged: voided, launched afresh
     assert (launch_id in deps.billing.voided) is not charged
     assert job_of(deps, "t", launch_id).state == "DONE"  # the retry settled it, and its job with it
@@ -223,7 +248,8 @@ async def test_when_billing_cannot_be_asked_the_caller_hears_the_outcome_is_unkn
 async def test_each_launch_has_a_job_held_by_its_call_and_finished_with_it(deps):
     as_caller(ALICE)
     await launches.run_instances(ALICE, launch(client_token="ok"), False, deps)
-    assert job_of(deps, "ok").state == "DONE" and job_of(deps, "ok").attempts == 0  # no worker was needed
+    assert job_of(deps, "ok").state == "DONE"
+    assert job_of(deps, "ok").attempts == 0
     deps.billing.refuse = billing_refusal()
     with pytest.raises(RemoteError):
         await launches.run_instances(ALICE, launch(client_token="refused"), False, deps)
@@ -253,8 +279,10 @@ async def test_another_replica_settles_launches_in_doubt_at_once_and_stranded_on
         uow.launches.claim(stale, "gateway-died", NOW + launches.STALE_LAUNCH_AFTER)
         uow.commit()
     await run_another_replica(deps)  # the two in doubt; "c" is still held by its call
-    assert stored_launch(deps, "a").state is LaunchState.DONE and stored_launch(deps, "b") is None
-    assert stored_launch(deps, "c").state is LaunchState.PENDING and "lch-died0000" not in deps.billing.voided
+    assert stored_launch(deps, "a").state is LaunchState.DONE
+    assert stored_launch(deps, "b") is None
+    assert stored_launch(deps, "c").state is LaunchState.PENDING
+    assert "lch-died0000" not in deps.billing.voided
     deps.clock.advance(seconds=launches.STALE_LAUNCH_AFTER.total_seconds())
     await run_another_replica(deps)
     assert stored_launch(deps, "c") is None
@@ -299,7 +327,8 @@ async def test_one_launch_that_cannot_be_resolved_does_not_stop_the_others_and_i
     deps.billing.resolve = real_resolve  # whatever poisoned it is fixed: the next attempt settles it
     deps.clock.advance(seconds=1)
     await run_another_replica(deps)
-    assert stored_launch(deps, "poison") is None and job_of(deps, "", poison).state == "DONE"
+    assert stored_launch(deps, "poison") is None
+    assert job_of(deps, "", poison).state == "DONE"
     assert job_of(deps, "", corrupt).attempts == 2  # still failing, still retried: never given up on
 
 
@@ -321,10 +350,12 @@ async def test_launches_claimed_before_the_jobs_existed_are_adopted_once(deps):
     assert job_of(deps, "pending").lease_until == NOW + launches.STALE_LAUNCH_AFTER  # once its call is over
     deps.billing.down = None
     await run_another_replica(deps)
-    assert stored_launch(deps, "doubt") is None and stored_launch(deps, "pending") is not None
+    assert stored_launch(deps, "doubt") is None
+    assert stored_launch(deps, "pending") is not None
     deps.clock.advance(seconds=launches.STALE_LAUNCH_AFTER.total_seconds())
     await run_another_replica(deps)
-    assert stored_launch(deps, "pending") is None and len(deps.billing.voided) == 2
+    assert stored_launch(deps, "pending") is None
+    assert len(deps.billing.voided) == 2
 
 
 async def test_a_launch_without_a_client_token_can_be_retried_with_its_launch_id(deps):
@@ -333,11 +364,13 @@ async def test_a_launch_without_a_client_token_can_be_retried_with_its_launch_id
     with pytest.raises(Unavailable) as unknown:
         await launches.run_instances(ALICE, launch(), False, deps)
     token = unknown.value.metadata["client_token"]
-    assert token == unknown.value.metadata["launch_id"] and token in unknown.value.message
+    assert token == unknown.value.metadata["launch_id"]
+    assert token in unknown.value.message
     deps.billing.down = None
     instance_ids, _ = await launches.run_instances(ALICE, launch(client_token=token), False, deps)
     again, _ = await launches.run_instances(ALICE, launch(client_token=token), False, deps)
-    assert again == instance_ids and len(deps.billing.charged) == 1
+    assert again == instance_ids
+    assert len(deps.billing.charged) == 1
 
 
 @pytest.mark.parametrize("name", ["web\x00evil", "line\nbreak", "bell\x07", "del\x7f"])
@@ -346,7 +379,8 @@ async def test_an_instance_name_with_control_characters_is_refused_before_anythi
     with pytest.raises(InvalidArgument) as refused:
         await launches.run_instances(ALICE, launch(instance_name=name), False, deps)
     assert refused.value.reason == "INVALID_INSTANCE_NAME"
-    assert deps.billing.calls == [] and await states_of(deps) == []
+    assert deps.billing.calls == []
+    assert await states_of(deps) == []
 
 
 async def test_a_missing_image_and_a_strangers_private_one_cost_the_same_calls(deps):
@@ -383,7 +417,9 @@ async def test_a_quote_reports_the_permission_problem_before_the_price_problem(d
 async def test_dry_run_creates_nothing(deps):
     as_caller(ALICE)
     instance_ids, quote = await launches.run_instances(ALICE, launch(), True, deps)
-    assert instance_ids == [] and quote.lines[0].quantity == 2 and deps.billing.charged == {}
+    assert instance_ids == []
+    assert quote.lines[0].quantity == 2
+    assert deps.billing.charged == {}
     found, _ = await instances.list_instances(ALICE, "", set(), 0, "", deps)
     assert found == []
 
@@ -418,6 +454,7 @@ async def test_a_retry_finds_the_launch_of_a_gateway_that_died_and_resolves_it_o
     finally:
         context.deadline.set(None)
     assert "lch-died0001" in deps.billing.voided  # never charged: voided, then launched afresh, once
-    assert instance_ids != ["ins-died0001"] and len(deps.billing.charged) == 1
+    assert instance_ids != ["ins-died0001"]
+    assert len(deps.billing.charged) == 1
     assert stored_launch(deps, "t").state is LaunchState.DONE
     assert job_of(deps, "", "lch-died0001").state == "DONE"  # the retry settled it: no worker needed

@@ -9,24 +9,43 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
+from cloudimg.gateway.v1 import image_service_pb2 as image_pb
+from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 
 from chassis import context
 from chassis.clock import FakeClock
 from chassis.context import Caller
 from chassis.errors import (
-    DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, RemoteError, Unavailable, Unreached,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RemoteError,
+    Unavailable,
+    Unreached,
 )
 from chassis.rpc import status_of
-from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
-from cloudimg.gateway.v1 import image_service_pb2 as image_pb
-from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from gateway.adapters.contexts import Catalog, Sharing
 from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
 from gateway.domain.instances import Instance, InstanceState
 from gateway.domain.model import (
-    Architecture, CatalogKind, ChargeType, Image, ImageFormat, ImageImport, ImageQuota, ImageSource, ImageState,
-    OsType, Region, ShareState, Verdict, VerdictBasis,
+    Architecture,
+    CatalogKind,
+    ChargeType,
+    Image,
+    ImageFormat,
+    ImageImport,
+    ImageQuota,
+    ImageSource,
+    ImageState,
+    OsType,
+    Region,
+    ShareState,
+    Verdict,
+    VerdictBasis,
 )
 from gateway.entrypoints import convert
 from gateway.service_layer import image_lifecycle
@@ -154,7 +173,7 @@ class FakeSharing:
 
 @pytest.fixture
 def deps(tmp_path: Path) -> Dependencies:
-    db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
+    _db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
     with new_uow() as uow:
         uow.accounts.add_missing([Account(c.account_id, "") for c in (ALICE, BOB, CAROL)], NOW)
         uow.instances.add([RUNNING, STOPPED, PENDING, TERMINATED, BOBS_INSTANCE])
@@ -192,7 +211,8 @@ def hidden_answer(error: DomainError, image_id: str) -> bytes:
 @pytest.mark.parametrize("source", [RUNNING, STOPPED], ids=["running", "stopped"])
 async def test_an_image_is_made_from_the_callers_own_instance(deps, source):
     made = await image_lifecycle.create_image(ALICE, source.instance_id, "web", "v1", "r1", False, deps)
-    assert made.state == "CREATING" and made.base_image_id == PUBLIC.image_id
+    assert made.state == "CREATING"
+    assert made.base_image_id == PUBLIC.image_id
     assert journal(deps) == [("catalog.create", source, "web", "v1", "r1", False)]
 
 
@@ -208,10 +228,11 @@ async def test_another_accounts_instance_is_not_found_like_a_missing_one(deps):
             await image_lifecycle.create_image(ALICE, instance_id, "web", "", "", False, deps)
         assert hidden.value.reason == "INSTANCE_NOT_FOUND"
         answers.append(hidden_answer(hidden.value, instance_id))
-    assert answers[0] == answers[1] and journal(deps) == []
+    assert answers[0] == answers[1]
+    assert journal(deps) == []
 
 
-@pytest.mark.parametrize("source, reason", [(TERMINATED, "INSTANCE_TERMINATED"), (PENDING, "INSTANCE_NOT_READY")])
+@pytest.mark.parametrize(("source", "reason"), [(TERMINATED, "INSTANCE_TERMINATED"), (PENDING, "INSTANCE_NOT_READY")])
 async def test_an_image_is_made_only_from_a_settled_instance(deps, source, reason):
     with pytest.raises(FailedPrecondition) as refused:
         await image_lifecycle.create_image(ALICE, source.instance_id, "web", "", "", False, deps)
@@ -220,12 +241,13 @@ async def test_an_image_is_made_only_from_a_settled_instance(deps, source, reaso
     assert journal(deps) == []
 
 
-@pytest.mark.parametrize("instance_id, request_id, reason", [
+@pytest.mark.parametrize(("instance_id", "request_id", "reason"), [
     ("i-1", "", "INVALID_ID"), (RUNNING.instance_id, "r" * 65, "INVALID_REQUEST_ID")])
 async def test_create_requests_are_checked_first(deps, instance_id, request_id, reason):
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.create_image(ALICE, instance_id, "web", "", request_id, False, deps)
-    assert refused.value.reason == reason and journal(deps) == []
+    assert refused.value.reason == reason
+    assert journal(deps) == []
 
 
 # ImportImage
@@ -241,7 +263,8 @@ async def test_an_import_is_passed_on_with_its_facts(deps):
     assert spec == ImageImport("ap-guangzhou", "disk", "", ImageFormat.QCOW2, "Debian 12", OsType.LINUX,
                                Architecture.ARM64, "file:///srv/imports/disk.qcow2")
     made = await image_lifecycle.import_image(spec, "r1", True, deps)
-    assert made.state == "IMPORTING" and journal(deps) == [("catalog.import", spec, "r1", True)]
+    assert made.state == "IMPORTING"
+    assert journal(deps) == [("catalog.import", spec, "r1", True)]
 
 
 @pytest.mark.parametrize("field", ["format", "os_type", "architecture"])
@@ -254,12 +277,13 @@ async def test_an_import_names_its_missing_enum_field(field):
     assert [v.field for v in refused.value.violations] == [field]
 
 
-@pytest.mark.parametrize("region, reason", [("", "REGION_REQUIRED"), ("mars-1", "UNKNOWN_REGION")])
+@pytest.mark.parametrize(("region", "reason"), [("", "REGION_REQUIRED"), ("mars-1", "UNKNOWN_REGION")])
 async def test_an_import_into_an_unknown_region_is_refused_before_the_catalog(deps, region, reason):
     spec = convert.image_import(image_pb.ImportImageRequest(**{**_fields(IMPORT), "region": region}))
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.import_image(spec, "", False, deps)
-    assert refused.value.reason == reason and journal(deps) == []
+    assert refused.value.reason == reason
+    assert journal(deps) == []
 
 
 def _fields(message: Any) -> dict[str, Any]:
@@ -268,7 +292,7 @@ def _fields(message: Any) -> dict[str, Any]:
 
 # UpdateImage
 
-@pytest.mark.parametrize("paths, reason", [
+@pytest.mark.parametrize(("paths", "reason"), [
     ([], "UPDATE_MASK_REQUIRED"), (["name", "size_gb"], "INVALID_UPDATE_MASK"), (["*"], "INVALID_UPDATE_MASK"),
     (["image_id"], "INVALID_UPDATE_MASK")])
 async def test_the_update_mask_names_only_name_and_description(deps, paths, reason):
@@ -334,7 +358,8 @@ async def test_a_strangers_image_is_not_found_exactly_like_a_missing_one(deps, n
 async def test_a_malformed_image_id_is_refused_before_any_call(deps, name):
     with pytest.raises(InvalidArgument) as refused:
         await change(name)(ALICE, "img-NOPE", deps)
-    assert refused.value.reason == "INVALID_ID" and journal(deps) == []
+    assert refused.value.reason == "INVALID_ID"
+    assert journal(deps) == []
 
 
 # SyncImage
@@ -362,14 +387,16 @@ async def test_a_delete_the_catalog_refuses_at_once_touches_no_share(deps):
     deps.catalog.refuse["validate"] = busy = refusal("FAILED_PRECONDITION", "IMAGE_BUSY")  # type: ignore[attr-defined]
     with pytest.raises(RemoteError) as refused:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
-    assert refused.value is busy and journal(deps) == DELETE_STEPS[:2]
+    assert refused.value is busy
+    assert journal(deps) == DELETE_STEPS[:2]
 
 
 async def test_a_shared_image_is_not_deleted(deps):
     deps.sharing.refuse["retire"] = shared = refusal("FAILED_PRECONDITION", "IMAGE_SHARED")  # type: ignore[attr-defined]
     with pytest.raises(RemoteError) as refused:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
-    assert refused.value is shared and journal(deps) == DELETE_STEPS[:3]
+    assert refused.value is shared
+    assert journal(deps) == DELETE_STEPS[:3]
     assert ALICES.image_id in deps.catalog.known  # type: ignore[attr-defined]
 
 
@@ -392,7 +419,8 @@ async def test_a_hold_that_cannot_be_released_leaves_the_caller_with_the_refusal
     deps.sharing.refuse["restore"] = Unavailable("DEPENDENCY_UNAVAILABLE", "down")  # type: ignore[attr-defined]
     with pytest.raises(RemoteError) as failed:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
-    assert failed.value is failure and calls(deps)[-1] == "sharing.restore"
+    assert failed.value is failure
+    assert calls(deps)[-1] == "sharing.restore"
 
 
 UNKNOWN = [Unavailable("DEPENDENCY_UNAVAILABLE", "the catalog service is unavailable; try again"),
@@ -405,7 +433,8 @@ async def test_a_delete_that_may_have_happened_keeps_the_hold(deps, failure):
     deps.catalog.refuse["delete"] = failure  # type: ignore[attr-defined]
     with pytest.raises(DomainError) as failed:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
-    assert failed.value is failure and journal(deps) == DELETE_STEPS
+    assert failed.value is failure
+    assert journal(deps) == DELETE_STEPS
 
 
 async def test_a_repeated_delete_of_a_deleted_image_succeeds_through_the_catalogs_ledger(deps):
@@ -424,7 +453,8 @@ async def test_a_repeated_delete_of_a_deleted_image_succeeds_through_the_catalog
 async def test_delete_requests_are_checked_first(deps):
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "caf\u00e9", deps)
-    assert refused.value.reason == "INVALID_REQUEST_ID" and journal(deps) == []
+    assert refused.value.reason == "INVALID_REQUEST_ID"
+    assert journal(deps) == []
 
 
 # GetImageQuota
@@ -437,11 +467,12 @@ async def test_the_quota_comes_from_the_catalog(deps):
         daily_operation_used=1)
 
 
-@pytest.mark.parametrize("region, reason", [("", "REGION_REQUIRED"), ("mars-1", "UNKNOWN_REGION")])
+@pytest.mark.parametrize(("region", "reason"), [("", "REGION_REQUIRED"), ("mars-1", "UNKNOWN_REGION")])
 async def test_the_quota_of_an_unknown_region_is_refused(deps, region, reason):
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.get_image_quota(region, deps)
-    assert refused.value.reason == reason and journal(deps) == []
+    assert refused.value.reason == reason
+    assert journal(deps) == []
 
 
 # The public Image carries the checksum and the reason of a failed job.
@@ -491,7 +522,8 @@ async def test_the_catalog_client_translates_each_lifecycle_call():
     })
     catalog = Catalog(d)  # type: ignore[arg-type]
     made = await catalog.create_image(RUNNING, "web", "v1", "r1", True)
-    assert made.checksum_sha256 == "cd" * 32 and made.architecture is Architecture.ARM64
+    assert made.checksum_sha256 == "cd" * 32
+    assert made.architecture is Architecture.ARM64
     await catalog.import_image(convert.image_import(IMPORT), "r2", False)
     await catalog.update_image(ALICES.image_id, "new", "", ["name"], "r3")
     await catalog.delete_image(ALICES.image_id, "", validate_only=True)

@@ -21,12 +21,29 @@ from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
 from gateway.domain.instances import InstanceState, LaunchRequest
 from gateway.domain.model import (
-    CatalogKind, ChargeFilter, ChargeType, ImageState, QuoteLineKind, ShareState, TrustPolicy, TrustPolicyMode,
+    CatalogKind,
+    ChargeFilter,
+    ChargeType,
+    ImageState,
+    QuoteLineKind,
+    ShareState,
+    TrustPolicy,
+    TrustPolicyMode,
 )
 from gateway.service_layer import accounts, image_lifecycle, instances, launches, resets
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
 from tests.unit.gateway_fakes import (
-    ARM, BIG, NOW, PUBLIC, WINDOWS, FakeBilling, FakeCatalog, FakeSharing, image, refusal, run_another_replica,
+    ARM,
+    BIG,
+    NOW,
+    PUBLIC,
+    WINDOWS,
+    FakeBilling,
+    FakeCatalog,
+    FakeSharing,
+    image,
+    refusal,
+    run_another_replica,
 )
 
 ALICE, BOB = Caller("100000000001"), Caller("100000000002")
@@ -36,7 +53,7 @@ BOBS = image("img-bob00001", CatalogKind.CUSTOM, BOB.account_id)
 
 @pytest.fixture
 def deps(tmp_path: Path) -> Dependencies:
-    db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
+    _db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
     with new_uow() as uow:
         uow.accounts.add_missing([Account(c.account_id, "") for c in (ALICE, BOB)], NOW)
         uow.commit()
@@ -112,7 +129,7 @@ async def test_a_strangers_instance_is_not_found_like_a_missing_one_and_nothing_
     assert deps.billing.ended == []
 
 
-@pytest.mark.parametrize("instance_ids, reason", [
+@pytest.mark.parametrize(("instance_ids", "reason"), [
     ([], "INVALID_INSTANCE_COUNT"), ([f"ins-{n:08d}" for n in range(101)], "INVALID_INSTANCE_COUNT"),
     (["i-1"], "INVALID_ID"),
 ])
@@ -135,7 +152,8 @@ async def test_an_instance_in_the_middle_of_a_change_refuses_the_whole_terminati
     for busy in (resetting, launching):
         with pytest.raises(FailedPrecondition) as refused:
             await instances.terminate_instances(ALICE, [running, busy], "", deps)
-        assert refused.value.reason == "INSTANCE_BUSY" and busy in refused.value.message
+        assert refused.value.reason == "INSTANCE_BUSY"
+        assert busy in refused.value.message
     assert (await state_of(deps, running))[0] is InstanceState.RUNNING
 
 
@@ -186,10 +204,11 @@ async def test_a_dry_run_prices_and_changes_nothing(deps):
     mine = (await launched(deps))[0]
     instance, quote = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "", True, deps)
     assert (instance.state, instance.image_id) == (InstanceState.RUNNING, PUBLIC.image_id)
-    assert quote.lines and deps.billing.resets == {}
+    assert quote.lines
+    assert deps.billing.resets == {}
 
 
-@pytest.mark.parametrize("target, reason, error", [
+@pytest.mark.parametrize(("target", "reason", "error"), [
     (ARM.image_id, "ARCHITECTURE_MISMATCH", InvalidArgument),
     (BIG.image_id, "SYSTEM_DISK_TOO_SMALL", InvalidArgument),
     (BOBS.image_id, "IMAGE_NOT_FOUND", NotFound),
@@ -208,7 +227,7 @@ async def test_a_reset_runs_the_launch_checks(deps, target, reason, error):
     assert deps.billing.resets == {}
 
 
-@pytest.mark.parametrize("share, reason", [(ShareState.PENDING, "SHARE_PENDING"),
+@pytest.mark.parametrize(("share", "reason"), [(ShareState.PENDING, "SHARE_PENDING"),
                                            (ShareState.REJECTED, "SHARE_REJECTED")])
 async def test_a_share_that_is_not_accepted_cannot_be_reset_to(deps, share, reason):
     mine = (await launched(deps))[0]
@@ -228,10 +247,12 @@ async def test_the_trust_policy_refuses_or_flags_a_reset(deps):
     with pytest.raises(FailedPrecondition) as refused:
         await resets.reset_instance(ALICE, mine, BOBS.image_id, "", False, deps)
     assert refused.value.reason == "IMAGE_NOT_ALLOWED"
-    assert "allowed_account_ids" in refused.value.message and refused.value.metadata["mode"] == "ENFORCE"
+    assert "allowed_account_ids" in refused.value.message
+    assert refused.value.metadata["mode"] == "ENFORCE"
     deps.sharing.policies[ALICE.account_id] = TrustPolicy(mode=TrustPolicyMode.AUDIT)
     reset, quote = await resets.reset_instance(ALICE, mine, BOBS.image_id, "", False, deps)
-    assert reset.image_id == BOBS.image_id and quote.image_allowed is False
+    assert reset.image_id == BOBS.image_id
+    assert quote.image_allowed is False
 
 
 async def test_a_terminated_or_strangers_instance_cannot_be_reset(deps):
@@ -254,7 +275,7 @@ async def test_a_terminated_or_strangers_instance_cannot_be_reset(deps):
 async def test_when_billing_is_down_a_reset_stays_resetting_until_its_job_finishes_it(deps):
     mine = (await launched(deps))[0]
     deps.billing.reset_down = DOWN
-    reset, quote = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)
+    reset, _quote = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)
     assert (reset.state, reset.image_id) == (InstanceState.RESETTING, PUBLIC.image_id)
     assert pending_jobs(deps, "reset-instance") == [("", NOW)]  # given up by its call: due at once
     with pytest.raises(FailedPrecondition) as busy:  # another reset meanwhile
@@ -269,7 +290,8 @@ async def test_when_billing_is_down_a_reset_stays_resetting_until_its_job_finish
     (charged,) = deps.billing.resets.values()
     assert charged.effective_time == NOW  # priced from when it was asked for
     finished, _ = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)
-    assert finished.state is InstanceState.RUNNING and len(deps.billing.resets) == 1
+    assert finished.state is InstanceState.RUNNING
+    assert len(deps.billing.resets) == 1
 
 
 class Died(BaseException):
@@ -357,7 +379,7 @@ async def test_instances_are_listed_by_state(deps):
     assert [i.instance_id for i in found] == [second]
     found, _ = await instances.list_instances(ALICE, "", {InstanceState.RUNNING}, 0, "", deps)
     assert [i.instance_id for i in found] == [first, third]
-    page, token = await instances.list_instances(ALICE, "", {InstanceState.RUNNING}, 1, "", deps)
+    _page, token = await instances.list_instances(ALICE, "", {InstanceState.RUNNING}, 1, "", deps)
     with pytest.raises(InvalidArgument) as refused:  # a token is bound to its filters
         await instances.list_instances(ALICE, "", {InstanceState.TERMINATED}, 1, token, deps)
     assert refused.value.reason == "INVALID_PAGE_TOKEN"
@@ -368,7 +390,8 @@ async def test_prices_are_listed_from_billing_and_the_region_is_checked_first(de
     assert [(p.region, p.charge_type) for p in prices] == [("ap-guangzhou", ChargeType.SPOTPAID)]
     with pytest.raises(InvalidArgument) as refused:
         await instances.list_prices("mars-1", None, "", 0, "", deps)
-    assert refused.value.reason == "UNKNOWN_REGION" and deps.billing.calls.count("prices") == 1
+    assert refused.value.reason == "UNKNOWN_REGION"
+    assert deps.billing.calls.count("prices") == 1
 
 
 async def test_charges_are_filtered_by_instance(deps):

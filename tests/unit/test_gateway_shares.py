@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 
 from chassis import context
 from chassis.clock import FakeClock
@@ -15,7 +16,6 @@ from chassis.errors import InvalidArgument, RemoteError
 from gateway.bootstrap import open_database
 from gateway.domain.model import ShareState, TrustPolicy, TrustPolicyMode
 from gateway.entrypoints import convert
-from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from gateway.service_layer import shares
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
 from tests.unit.gateway_fakes import ALICES, NOW, FakeBilling, FakeCatalog, FakeSharing
@@ -42,7 +42,7 @@ async def test_a_recipient_accepts_and_rejects_what_was_shared_with_it(deps):
     assert (refused.value.code, refused.value.reason) == ("NOT_FOUND", "SHARE_NOT_FOUND")
 
 
-@pytest.mark.parametrize("image_id, request_id, reason", [
+@pytest.mark.parametrize(("image_id", "request_id", "reason"), [
     ("img-1", "", "INVALID_ID"), (ALICES.image_id, "r" * 65, "INVALID_REQUEST_ID")])
 async def test_bad_share_answers_are_refused_before_sharing_is_asked(deps, image_id, request_id, reason):
     for answer in (shares.accept_image_share, shares.reject_image_share):
@@ -72,7 +72,8 @@ async def test_an_update_changes_only_the_fields_its_mask_names(deps):
 async def test_a_mask_naming_another_field_is_refused_before_sharing_is_asked(deps):
     with pytest.raises(InvalidArgument) as refused:
         await shares.update_trust_policy(TrustPolicy(), ["mode", "owner"], "", deps)
-    assert refused.value.reason == "INVALID_UPDATE_MASK" and deps.sharing.calls == []
+    assert refused.value.reason == "INVALID_UPDATE_MASK"
+    assert deps.sharing.calls == []
 
 
 async def test_an_unspecified_mode_reaches_sharing_as_unspecified(deps):

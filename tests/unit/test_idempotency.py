@@ -74,7 +74,8 @@ def test_a_repeat_returns_the_first_answer_through_its_format_version(db):
     assert rename(db, "r1", "a") == ["a", "r1"]
     DECODED.clear()
     assert rename(db, "r1", "a") == ["a", "r1"]
-    assert DECODED == [3] and stored(db) == 1
+    assert DECODED == [3]
+    assert stored(db) == 1
 
 
 def test_other_parameters_or_another_method_are_a_mismatch(db):
@@ -114,7 +115,8 @@ def test_records_are_kept_for_a_week_then_dropped_by_a_later_request_of_the_acco
     rename(db, "old-bob", "a", account_id=BOB)
     CLOCK.now += KEEP_FOR - timedelta(seconds=1)
     rename(db, "r2", "a")
-    assert rename(db, "old", "a") == ["a", "old"] and stored(db) == 3
+    assert rename(db, "old", "a") == ["a", "old"]
+    assert stored(db) == 3
     CLOCK.now += timedelta(seconds=2)
     rename(db, "r3", "a")
     assert stored(db) == 3  # ALICE's "old" went; BOB's waits for a request of BOB's
@@ -133,4 +135,5 @@ def test_a_concurrent_repeat_waits_for_the_first_and_returns_its_answer(db):
         claim.answer(["first"])
         first.commit()
     thread.join(30)
-    assert second == [["first"]] and stored(db) == 1
+    assert second == [["first"]]
+    assert stored(db) == 1

@@ -184,7 +184,8 @@ def test_copy_of_a_corrupted_blob_raises_and_stores_nothing(store: ImageStore) -
     with pytest.raises(ChecksumMismatch) as caught:
         store.copy("ap-guangzhou", blob.checksum, "ap-beijing")
 
-    assert caught.value.expected == blob.checksum and caught.value.region == "ap-guangzhou"
+    assert caught.value.expected == blob.checksum
+    assert caught.value.region == "ap-guangzhou"
     assert not store.has("ap-beijing", blob.checksum)
     assert not store.has("ap-beijing", sha256(bytes(data)))
     assert temps_under(store.root) == []
@@ -295,7 +296,8 @@ def test_garbage_collection_removes_only_old_unreferenced_blobs_and_old_temps(st
     assert store.has("ap-guangzhou", young.checksum)
     assert not store.has("ap-guangzhou", dropped.checksum)
     assert not store.has("ap-beijing", same_bytes_elsewhere.checksum)
-    assert not old_temp.exists() and young_temp.exists()
+    assert not old_temp.exists()
+    assert young_temp.exists()
 
 
 def test_garbage_collection_uses_the_given_time(store: ImageStore) -> None:

@@ -59,10 +59,9 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
 
 
 def test_a_job_enqueued_in_a_transaction_that_rolls_back_does_not_exist(db, clock):
-    with db.engine.connect() as connection:
-        with connection.begin() as transaction:
-            enqueue(connection, TABLE, "copy", "img-00000001", {}, NOW)
-            transaction.rollback()
+    with db.engine.connect() as connection, connection.begin() as transaction:
+        enqueue(connection, TABLE, "copy", "img-00000001", {}, NOW)
+        transaction.rollback()
     assert states(db) == {}
     assert queue(db, clock).claim({"copy"}) is None
 
@@ -81,7 +80,8 @@ def test_a_claimed_job_is_held_renewed_and_completed_by_its_owner(db, clock):
     with db.engine.begin() as connection:
         assert a.complete(connection, job)
     record = a.get(job_id)
-    assert record is not None and (record.state, record.progress, record.attempts) == ("DONE", 100, 1)
+    assert record is not None
+    assert (record.state, record.progress, record.attempts) == ("DONE", 100, 1)
     assert not a.heartbeat(job)  # done: nobody holds it any more
     assert states(db) == {job_id: "DONE", other: "PENDING"}
 
@@ -93,7 +93,9 @@ def test_an_expired_lease_is_taken_by_another_owner_and_the_first_can_no_longer_
     assert first is not None
     clock.advance(seconds=LEASE.total_seconds())
     second = b.claim({"copy"})
-    assert second is not None and second.job_id == job_id and second.attempts == 2
+    assert second is not None
+    assert second.job_id == job_id
+    assert second.attempts == 2
     assert not a.heartbeat(first)
     with db.engine.begin() as connection:
         assert not a.complete(connection, first)  # the caller rolls back
@@ -101,7 +103,8 @@ def test_an_expired_lease_is_taken_by_another_owner_and_the_first_can_no_longer_
     a.release(first)
     a.retry_later(first, "too late", timedelta(seconds=1))
     record = b.get(job_id)
-    assert record is not None and (record.state, record.lease_owner, record.error) == ("PENDING", "replica-b", "")
+    assert record is not None
+    assert (record.state, record.lease_owner, record.error) == ("PENDING", "replica-b", "")
     with db.engine.begin() as connection:
         assert b.complete(connection, second)
 
@@ -112,8 +115,11 @@ def test_a_lease_is_fenced_by_its_claim_even_for_the_same_owner(db, clock):
     stale = a.claim({"copy"})
     clock.advance(seconds=LEASE.total_seconds() + 1)
     fresh = a.claim({"copy"})  # the same process, another worker, after the lease ran out
-    assert stale is not None and fresh is not None and fresh.attempts == 2
-    assert not a.heartbeat(stale) and a.heartbeat(fresh)
+    assert stale is not None
+    assert fresh is not None
+    assert fresh.attempts == 2
+    assert not a.heartbeat(stale)
+    assert a.heartbeat(fresh)
 
 
 def test_a_job_enqueued_held_waits_for_its_holder_until_the_hold_ends(db, clock):
@@ -123,7 +129,9 @@ def test_a_job_enqueued_held_waits_for_its_holder_until_the_hold_ends(db, clock)
     assert worker.claim({"copy"}) is None
     clock.advance(seconds=10)  # its holder died: due when the hold ends
     job = worker.claim({"copy"})
-    assert job is not None and job.job_id == held and job.attempts == 1
+    assert job is not None
+    assert job.job_id == held
+    assert job.attempts == 1
 
 
 def test_a_holder_can_make_its_job_due_at_once_or_finish_it_in_its_own_transaction(db, clock):
@@ -134,7 +142,8 @@ def test_a_holder_can_make_its_job_due_at_once_or_finish_it_in_its_own_transacti
         assert jobs.release_hold(connection, TABLE, due, "replica-a", NOW)
         assert jobs.finish(connection, TABLE, done, NOW)
     job = queue(db, clock, "replica-b").claim({"copy"})
-    assert job is not None and job.job_id == due
+    assert job is not None
+    assert job.job_id == due
     with db.engine.begin() as connection:  # a claimed job is its worker's, no longer its holder's
         assert not jobs.release_hold(connection, TABLE, due, "replica-a", NOW)
     assert states(db) == {due: "PENDING", done: "DONE"}
@@ -159,14 +168,16 @@ def test_the_payload_is_versioned_and_read_tolerantly(db, clock):
     with db.engine.begin() as connection:
         connection.execute(update(TABLE).where(TABLE.c.job_id == job_id).values(payload='{"v": 1}'))
     job = queue(db, clock).claim({"copy"})
-    assert job is not None and job.data == {}
+    assert job is not None
+    assert job.data == {}
 
 
 def test_finished_jobs_are_pruned_once_old_enough(db, clock):
     ids = {add(db, subject="a"), add(db, subject="b"), add(db, subject="c")}
     a = queue(db, clock)
     first, second = a.claim({"copy"}), a.claim({"copy"})
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     (pending,) = ids - {first.job_id, second.job_id}
     with db.engine.begin() as connection:
         a.complete(connection, first)
@@ -212,7 +223,8 @@ async def test_the_worker_runs_jobs_and_marks_done_those_whose_handler_did_not(d
     background = Background([job_worker(queue(db, clock), {"copy": copy}, poll_seconds=0.01)])
     await until(lambda: set(states(db).values()) == {"DONE"})
     await background.drain(1)
-    assert sorted(seen) == [f"img-{n}" for n in range(5)] and set(states(db)) == set(ids)
+    assert sorted(seen) == [f"img-{n}" for n in range(5)]
+    assert set(states(db)) == set(ids)
 
 
 async def test_a_failing_job_is_retried_with_backoff_then_failed_for_good(db, clock):
@@ -234,7 +246,9 @@ async def test_a_failing_job_is_retried_with_backoff_then_failed_for_good(db, cl
         for attempt, delay in [(1, 1), (2, 2)]:
             await until(lambda n=attempt: (r := a.get(job_id)) is not None and r.attempts == n and r.lease_owner == "")
             record = a.get(job_id)
-            assert record is not None and record.state == "PENDING" and "the store is down" in record.error
+            assert record is not None
+            assert record.state == "PENDING"
+            assert "the store is down" in record.error
             assert record.lease_until == clock.now() + timedelta(seconds=delay)
             await asyncio.sleep(0.05)  # not due yet: not tried again
             assert attempts == list(range(1, attempt + 1))
@@ -243,8 +257,10 @@ async def test_a_failing_job_is_retried_with_backoff_then_failed_for_good(db, cl
     finally:
         await background.drain(1)
     record = a.get(job_id)
-    assert record is not None and (record.state, record.attempts) == ("FAILED", 3)
-    assert attempts == [1, 2, 3] and gave_up == [("img-00000001", "OSError: the store is down")]
+    assert record is not None
+    assert (record.state, record.attempts) == ("FAILED", 3)
+    assert attempts == [1, 2, 3]
+    assert gave_up == [("img-00000001", "OSError: the store is down")]
 
 
 async def test_the_worker_cancels_a_handler_whose_lease_was_lost(db, clock):
@@ -271,7 +287,8 @@ async def test_the_worker_cancels_a_handler_whose_lease_was_lost(db, clock):
     finally:
         await background.drain(1)
     record = queue(db, clock).get(job_id)
-    assert record is not None and (record.state, record.lease_owner) == ("PENDING", "replica-b")
+    assert record is not None
+    assert (record.state, record.lease_owner) == ("PENDING", "replica-b")
 
 
 async def test_a_job_cancelled_by_the_drain_is_given_back_at_once(db, clock):
@@ -295,9 +312,11 @@ async def test_a_job_cancelled_by_the_drain_is_given_back_at_once(db, clock):
     await drained
     assert sorted(started) == ["quick", "slow"]  # nothing new was claimed once stopping
     record = queue(db, clock).get(slow)
-    assert record is not None and (record.state, record.lease_owner, record.lease_until) == ("PENDING", "", NOW)
+    assert record is not None
+    assert (record.state, record.lease_owner, record.lease_until) == ("PENDING", "", NOW)
     assert states(db) == {slow: "PENDING", quick: "DONE", late: "PENDING"}
     # At once, with no lease to wait out (late and slow were added at the same instant: either comes first).
     other = queue(db, clock, "replica-b")
     taken = {job.job_id: job for job in (other.claim({"copy"}), other.claim({"copy"})) if job is not None}
-    assert set(taken) == {slow, late} and taken[slow].attempts == 2
+    assert set(taken) == {slow, late}
+    assert taken[slow].attempts == 2

@@ -25,8 +25,17 @@ from grpc_health.v1._async import HealthServicer
 
 from devtools import certs
 from devtools.loadgen import (
-    CLOSING, GO_CODE_NAMES, MAX_INT32, RunOptions, histogram, latencies, parse_args, parse_duration,
-    resolve_method, run_cli, run_load,
+    CLOSING,
+    GO_CODE_NAMES,
+    MAX_INT32,
+    RunOptions,
+    histogram,
+    latencies,
+    parse_args,
+    parse_duration,
+    resolve_method,
+    run_cli,
+    run_load,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,9 +125,12 @@ def assert_same_shape(ours: dict, ghz: dict) -> None:
     assert ours.keys() == ghz.keys()
     for key in ("count", "total", "average", "fastest", "slowest"):
         assert isinstance(ours[key], int) and isinstance(ghz[key], int), key
-    assert isinstance(ours["rps"], int | float) and isinstance(ghz["rps"], float)
-    assert RFC3339.match(ours["date"]) and RFC3339.match(ghz["date"])
-    assert ours["endReason"] in ("normal", "timeout") and ghz["endReason"] == "normal"
+    assert isinstance(ours["rps"], int | float)
+    assert isinstance(ghz["rps"], float)
+    assert RFC3339.match(ours["date"])
+    assert RFC3339.match(ghz["date"])
+    assert ours["endReason"] in ("normal", "timeout")
+    assert ghz["endReason"] == "normal"
 
     assert ghz["options"].keys() <= GHZ_OPTION_KEYS
     assert GHZ_ALWAYS <= ours["options"].keys() <= GHZ_OPTION_KEYS
@@ -134,10 +146,12 @@ def assert_same_shape(ours: dict, ghz: dict) -> None:
     assert all(isinstance(p["latency"], int) for p in ours["latencyDistribution"] + ghz["latencyDistribution"])
     assert len(ours["histogram"]) == len(ghz["histogram"]) == 11
     for bucket in ours["histogram"] + ghz["histogram"]:
-        assert isinstance(bucket["mark"], int | float) and isinstance(bucket["count"], int)
+        assert isinstance(bucket["mark"], int | float)
+        assert isinstance(bucket["count"], int)
         assert isinstance(bucket["frequency"], int | float)
     for detail in ours["details"] + ghz["details"]:
-        assert RFC3339_NANO.match(detail["timestamp"]) and isinstance(detail["latency"], int)
+        assert RFC3339_NANO.match(detail["timestamp"])
+        assert isinstance(detail["latency"], int)
         assert detail["status"] in GO_CODE_NAMES.values()
         assert detail["error"] == "" if detail["status"] == "OK" else GO_ERROR.match(detail["error"])[1] == \
             detail["status"]
@@ -168,7 +182,8 @@ async def test_a_refused_connection_reports_as_ghz_did(tmp_path, health_protoset
     assert_same_shape(ours, GHZ)
     assert ours["statusCodeDistribution"] == {"Unavailable": 10} == {
         k: v // 20 for k, v in GHZ["statusCodeDistribution"].items()}
-    assert ours["options"]["count-errors"] is True and ours["options"]["dial-timeout"] == 10 * 10**9
+    assert ours["options"]["count-errors"] is True
+    assert ours["options"]["dial-timeout"] == 10 * 10**9
 
 
 async def test_the_command_line_runs_a_protoset_method(server_addr, health_protoset, tmp_path):
@@ -179,12 +194,16 @@ async def test_the_command_line_runs_a_protoset_method(server_addr, health_proto
     assert code == 0
     ours = json.loads(out.read_text())
     assert ours["count"] == 40 == sum(ours["statusCodeDistribution"].values()) == len(ours["details"])
-    assert ours["statusCodeDistribution"] == {"OK": 40} and ours["errorDistribution"] == {}
-    assert ours["name"] == "health" and ours["endReason"] == "normal"
+    assert ours["statusCodeDistribution"] == {"OK": 40}
+    assert ours["errorDistribution"] == {}
+    assert ours["name"] == "health"
+    assert ours["endReason"] == "normal"
     options = ours["options"]
     assert (options["call"], options["host"], options["total"], options["concurrency"]) == (CHECK, server_addr, 40, 4)
-    assert options["data"] == {"service": ""} and options["metadata"] == {"x-request-id": "{{.RequestNumber}}"}
-    assert options["timeout"] == 20 * 10**9 and options["insecure"] is True
+    assert options["data"] == {"service": ""}
+    assert options["metadata"] == {"x-request-id": "{{.RequestNumber}}"}
+    assert options["timeout"] == 20 * 10**9
+    assert options["insecure"] is True
     assert sum(b["count"] for b in ours["histogram"]) == 40
 
 
@@ -206,8 +225,10 @@ async def test_duration_ignores_total_and_ends_by_time(server_addr, health_proto
                           "-n", "5", "-c", "2", "-O", "json", "-o", str(out), server_addr]) == 0
     assert time.perf_counter() - started < 2.0
     ours = json.loads(out.read_text())
-    assert ours["endReason"] == "timeout" and ours["count"] == sum(ours["statusCodeDistribution"].values()) > 0
-    assert ours["options"]["duration"] == 300_000_000 and ours["options"]["total"] == MAX_INT32  # as ghz
+    assert ours["endReason"] == "timeout"
+    assert ours["count"] == sum(ours["statusCodeDistribution"].values()) > 0
+    assert ours["options"]["duration"] == 300_000_000
+    assert ours["options"]["total"] == MAX_INT32
 
 
 async def test_tls_with_a_ca_and_a_client_certificate(tmp_path, health_protoset):
@@ -226,8 +247,10 @@ async def test_tls_with_a_ca_and_a_client_certificate(tmp_path, health_protoset)
         assert await run_cli([*base, "--cert", str(issued["gateway.pem"]), "--key", str(issued["gateway.key"]),
                               "--cname", "catalog", "-o", str(out), f"127.0.0.1:{port}"]) == 0
         ours = json.loads(out.read_text())
-        assert ours["statusCodeDistribution"] == {"OK": 4} and ours["options"]["insecure"] is False
-        assert ours["options"]["cacert"] == str(issued["ca.pem"]) and ours["options"]["cname"] == "catalog"
+        assert ours["statusCodeDistribution"] == {"OK": 4}
+        assert ours["options"]["insecure"] is False
+        assert ours["options"]["cacert"] == str(issued["ca.pem"])
+        assert ours["options"]["cname"] == "catalog"
         assert await run_cli([*base, "-o", str(out), f"127.0.0.1:{port}"]) == 0  # no client certificate
         assert "OK" not in json.loads(out.read_text())["statusCodeDistribution"]
     finally:
@@ -266,12 +289,16 @@ def test_a_config_file_is_read_and_flags_override_it(tmp_path):
     args = parse_args(["--config", str(config), "-n", "9"])
     assert (args.call, args.host, args.insecure, args.total, args.concurrency, args.timeout) == \
         ("a.B/C", "h:1", True, 9, 2, 3.0)
-    assert json.loads(args.data) == {"name": "x"} and args.import_paths == "p,q"
+    assert json.loads(args.data) == {"name": "x"}
+    assert args.import_paths == "p,q"
 
 
 def test_go_durations():
-    assert parse_duration("10s") == 10 and parse_duration("3m") == 180 and parse_duration("0") == 0
-    assert parse_duration("1h2m3.5s") == 3723.5 and parse_duration("250ms") == 0.25
+    assert parse_duration("10s") == 10
+    assert parse_duration("3m") == 180
+    assert parse_duration("0") == 0
+    assert parse_duration("1h2m3.5s") == 3723.5
+    assert parse_duration("250ms") == 0.25
     assert parse_duration("1500us") == pytest.approx(0.0015)
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration("10")  # Go wants a unit
@@ -293,17 +320,23 @@ def test_percentiles_and_histogram_follow_ghz():
         (10, 1_000_000), (25, 3_000_000), (50, 5_000_000), (75, 8_000_000), (90, 9_000_000),
         (95, 10_000_000), (99, 10_000_000)]
     buckets = histogram(ordered)
-    assert len(buckets) == 11 and buckets[0].mark == 0.001 and buckets[-1].mark == 0.010
-    assert sum(b.count for b in buckets) == 10 and sum(b.frequency for b in buckets) == pytest.approx(1)
+    assert len(buckets) == 11
+    assert buckets[0].mark == 0.001
+    assert buckets[-1].mark == 0.010
+    assert sum(b.count for b in buckets) == 10
+    assert sum(b.frequency for b in buckets) == pytest.approx(1)
 
 
 async def test_counts_add_up_and_percentiles_are_ordered(channel):
     report = await run_load(check(channel), RunOptions(concurrency=8, total=200, name="Check"))
     assert report.count == 200 == sum(report.status_code_distribution.values())
-    assert report.status_code_distribution == {"OK": 200} and report.error_distribution == {}
+    assert report.status_code_distribution == {"OK": 200}
+    assert report.error_distribution == {}
     assert report.end_reason == "normal"
     points = [p.latency_ns for p in report.latency_distribution]
-    assert 0 < report.fastest_ns <= points[0] and points == sorted(points) and points[-1] <= report.slowest_ns
+    assert 0 < report.fastest_ns <= points[0]
+    assert points == sorted(points)
+    assert points[-1] <= report.slowest_ns
     assert report.fastest_ns <= report.average_ns <= report.slowest_ns
     assert report.rps == pytest.approx(report.count / (report.total_ns / 1e9))
 
@@ -321,9 +354,12 @@ async def test_a_deadline_is_deadline_exceeded(channel):
     slow = channel.unary_unary(SLOW_METHOD)
     report = await run_load(lambda: slow(b"1", timeout=0.05), RunOptions(concurrency=2, total=2))
     assert report.status_code_distribution == {"DeadlineExceeded": 2}
-    assert report.latency_distribution is None and report.histogram is None and report.fastest_ns == 0
+    assert report.latency_distribution is None
+    assert report.histogram is None
+    assert report.fastest_ns == 0
     counted = await run_load(lambda: slow(b"1", timeout=0.05), RunOptions(concurrency=2, total=2, count_errors=True))
-    assert counted.latency_distribution and counted.fastest_ns > 0
+    assert counted.latency_distribution
+    assert counted.fastest_ns > 0
 
 
 async def test_warmup_calls_are_made_but_not_counted(channel):
@@ -335,7 +371,8 @@ async def test_warmup_calls_are_made_but_not_counted(channel):
         return stub()
 
     report = await run_load(counted, RunOptions(concurrency=3, total=20), warmup=10)
-    assert calls == 30 and report.count == 20
+    assert calls == 30
+    assert report.count == 20
 
 
 async def test_skip_first_leaves_calls_out_of_the_tally(channel):
@@ -345,7 +382,8 @@ async def test_skip_first_leaves_calls_out_of_the_tally(channel):
 
 async def test_max_duration_keeps_total(channel):
     report = await run_load(check(channel), RunOptions(concurrency=2, total=20, max_duration=5))
-    assert report.count == 20 and report.end_reason == "normal"
+    assert report.count == 20
+    assert report.end_reason == "normal"
 
 
 async def test_calls_in_flight_at_the_duration_close_as_canceled(channel):
@@ -353,7 +391,8 @@ async def test_calls_in_flight_at_the_duration_close_as_canceled(channel):
     started = time.perf_counter()
     report = await run_load(lambda: slow(b"10", timeout=30), RunOptions(concurrency=3, duration=0.1))
     assert time.perf_counter() - started < 1.5
-    assert report.status_code_distribution == {"Canceled": 3} and report.error_distribution == {CLOSING: 3}
+    assert report.status_code_distribution == {"Canceled": 3}
+    assert report.error_distribution == {CLOSING: 3}
     assert report.end_reason == "timeout"
 
 
@@ -361,10 +400,12 @@ async def test_duration_stop_wait_and_ignore(channel):
     slow = channel.unary_unary(SLOW_METHOD)
     waited = await run_load(lambda: slow(b"0.3", timeout=5), RunOptions(concurrency=2, duration=0.1,
                                                                        duration_stop="wait"))
-    assert waited.status_code_distribution == {"OK": 2} and waited.total_ns >= 0.3e9
+    assert waited.status_code_distribution == {"OK": 2}
+    assert waited.total_ns >= 0.3e9
     ignored = await run_load(lambda: slow(b"10", timeout=30), RunOptions(concurrency=2, duration=0.1,
                                                                         duration_stop="ignore"))
-    assert ignored.count == 0 and ignored.details is None
+    assert ignored.count == 0
+    assert ignored.details is None
     assert json.loads(ignored.render("json"))["details"] is None  # ghz writes null for no calls
 
 
@@ -376,7 +417,8 @@ async def test_summary_and_csv(channel):
                   "Error distribution:\n  [5]   rpc error: code = NotFound desc = "):
         assert label in text
     rows = report.csv().strip().splitlines()
-    assert rows[0] == "duration (ms),status,error" and len(rows) == 21
+    assert rows[0] == "duration (ms),status,error"
+    assert len(rows) == 21
     assert sum(row.split(",")[1] == "NotFound" for row in rows[1:]) == 5
 
 
@@ -395,4 +437,5 @@ def test_a_proto_file_is_compiled_with_its_imports(tmp_path):
                                                 "service Clock { rpc Now(When) returns (When); }\n")
     method = resolve_method(RunOptions(call="t.Clock/Now", proto=str(tmp_path / "svc" / "svc.proto"),
                                        import_paths=[str(tmp_path)]))
-    assert method.input_type.full_name == "t.When" and not method.client_streaming
+    assert method.input_type.full_name == "t.When"
+    assert not method.client_streaming

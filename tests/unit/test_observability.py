@@ -94,7 +94,8 @@ async def test_each_call_is_counted_by_its_code_and_timed():
     try:
         for _ in range(3):
             code, answer = await call(running.port, "Ok")
-            assert code == grpc.StatusCode.OK and answer == b"1.0"  # the call itself was in flight
+            assert code == grpc.StatusCode.OK
+            assert answer == b"1.0"
         assert (await call(running.port, "OverQuota"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert (await call(running.port, "Broken"))[0] == grpc.StatusCode.INTERNAL
         assert (await call(running.port, "Refusing"))[0] == grpc.StatusCode.FAILED_PRECONDITION
@@ -148,7 +149,8 @@ async def test_the_metrics_endpoint_serves_prometheus_text():
     finally:
         server.shutdown()
         server.server_close()
-    assert content_type.startswith("text/plain") and "version=0.0.4" in content_type
+    assert content_type.startswith("text/plain")
+    assert "version=0.0.4" in content_type
     assert "# TYPE grpc_server_handled_total counter" in body
     assert "# TYPE grpc_server_handling_seconds histogram" in body
     assert (f'grpc_server_handled_total{{grpc_code="OK",grpc_method="Ok",grpc_service="{SERVICE}",'
@@ -168,14 +170,20 @@ async def test_each_call_has_one_info_access_log_line(caplog):
     lines = [r for r in caplog.records if r.name == "chassis.rpc" and r.getMessage() == "rpc"]
     assert [r.levelno for r in lines] == [logging.INFO, logging.INFO]
     ok_line, quota_line = (r.fields for r in lines)  # type: ignore[attr-defined]
-    assert ok_line["method"] == f"/{SERVICE}/Ok" and ok_line["code"] == "OK"
-    assert ok_line["request_id"] == "obs-ok-1" and ok_line["account"] == ALICE
+    assert ok_line["method"] == f"/{SERVICE}/Ok"
+    assert ok_line["code"] == "OK"
+    assert ok_line["request_id"] == "obs-ok-1"
+    assert ok_line["account"] == ALICE
     assert ok_line["peer"].startswith("ipv4:127.0.0.1:")
-    assert isinstance(ok_line["ms"], float) and ok_line["ms"] >= 0
-    assert quota_line["code"] == "RESOURCE_EXHAUSTED" and quota_line["request_id"] == "obs-quota-1"
+    assert isinstance(ok_line["ms"], float)
+    assert ok_line["ms"] >= 0
+    assert quota_line["code"] == "RESOURCE_EXHAUSTED"
+    assert quota_line["request_id"] == "obs-quota-1"
     # The JSON line: one object, the request id once.
     entry = json.loads(logs._JsonFormatter("test").format(lines[0]))
-    assert entry["level"] == "INFO" and entry["request_id"] == "obs-ok-1" and entry["code"] == "OK"
+    assert entry["level"] == "INFO"
+    assert entry["request_id"] == "obs-ok-1"
+    assert entry["code"] == "OK"
 
 
 async def test_access_logs_can_be_turned_off_and_health_checks_are_not_in_them(caplog):
@@ -219,9 +227,8 @@ async def test_jobs_are_timed_and_counted_and_their_runs_join_the_trace_that_enq
     queue = JobQueue(db, TABLE, FakeClock(NOW), "replica-a")
     assert tracing.enabled()
     tracer = tracing._provider.get_tracer("test")  # type: ignore[union-attr]
-    with tracer.start_as_current_span("the call") as call_span:
-        with db.engine.begin() as connection:
-            job_id = jobs.enqueue(connection, TABLE, "settle", "lch-1", {"n": 1}, NOW)
+    with tracer.start_as_current_span("the call") as call_span, db.engine.begin() as connection:
+        job_id = jobs.enqueue(connection, TABLE, "settle", "lch-1", {"n": 1}, NOW)
     with db.engine.begin() as connection:
         jobs.enqueue(connection, TABLE, "settle", "lch-2", {}, NOW)  # outside any span: no trace kept
     queued = Background([measure_queue(queue, ["settle", "other"], seconds=60)])
@@ -250,14 +257,17 @@ async def test_jobs_are_timed_and_counted_and_their_runs_join_the_trace_that_enq
     assert set(runs) == set(ran)
     traced = runs[job_id]
     assert traced.context.trace_id == call_span.get_span_context().trace_id
-    assert traced.parent is not None and traced.parent.span_id == call_span.get_span_context().span_id
+    assert traced.parent is not None
+    assert traced.parent.span_id == call_span.get_span_context().span_id
     untraced = next(s for i, s in runs.items() if i != job_id)
-    assert untraced.context.trace_id != call_span.get_span_context().trace_id and untraced.parent is None
+    assert untraced.context.trace_id != call_span.get_span_context().trace_id
+    assert untraced.parent is None
 
 
 def test_with_tracing_off_a_job_keeps_no_trace_and_nothing_is_installed(db):
     assert not tracing.enabled()
-    assert tracing.server_interceptors() == [] and tracing.client_interceptors() == []
+    assert tracing.server_interceptors() == []
+    assert tracing.client_interceptors() == []
     with db.engine.begin() as connection:
         job_id = jobs.enqueue(connection, TABLE, "settle", "lch-1", {"n": 1}, NOW)
         payload = json.loads(connection.execute(TABLE.select().where(TABLE.c.job_id == job_id)).one().payload)
@@ -278,19 +288,23 @@ def test_observability_settings_default_to_off_and_access_logs_on(env, monkeypat
     for variable in ("CATALOG_METRICS_ADDR", "GATEWAY_METRICS_ADDR", "CLOUDIMG_OTLP_ENDPOINT", "CLOUDIMG_ACCESS_LOG"):
         monkeypatch.delenv(variable, raising=False)
     for settings in (CatalogSettings(), GatewaySettings()):
-        assert settings.metrics_addr is None and settings.otlp_endpoint is None and settings.access_log is True
+        assert settings.metrics_addr is None
+        assert settings.otlp_endpoint is None
+        assert settings.access_log is True
 
 
 def test_observability_settings_are_read_from_their_variables(env):
     env(CATALOG_METRICS_ADDR="127.0.0.1:9451", GATEWAY_METRICS_ADDR="0.0.0.0:9450",
         CLOUDIMG_OTLP_ENDPOINT="http://otel-collector:4317", CLOUDIMG_ACCESS_LOG="false")
     catalog, gateway = CatalogSettings(), GatewaySettings()
-    assert catalog.metrics_addr == "127.0.0.1:9451" and gateway.metrics_addr == "0.0.0.0:9450"
+    assert catalog.metrics_addr == "127.0.0.1:9451"
+    assert gateway.metrics_addr == "0.0.0.0:9450"
     assert catalog.otlp_endpoint == gateway.otlp_endpoint == "http://otel-collector:4317"
-    assert catalog.access_log is False and gateway.access_log is False
+    assert catalog.access_log is False
+    assert gateway.access_log is False
 
 
-@pytest.mark.parametrize("variable, value, problem", [
+@pytest.mark.parametrize(("variable", "value", "problem"), [
     ("CATALOG_METRICS_ADDR", "9451", "must be host:port"),
     ("CATALOG_METRICS_ADDR", "127.0.0.1:0", "port must be 1-65535"),
     ("CATALOG_METRICS_ADDR", "127.0.0.1:50051", "takes the port of CATALOG_LISTEN_ADDR"),

@@ -40,7 +40,7 @@ def test_valid_addresses(env, addr):
     assert GatewaySettings().catalog_addr == addr
 
 
-@pytest.mark.parametrize("addr, problem", [
+@pytest.mark.parametrize(("addr", "problem"), [
     ("127.0.0.1:99999", "port must be 1-65535 (got 99999)"),
     ("127.0.0.1:0", "port must be 1-65535 (got 0)"),
     ("garbage", "must be host:port"),
@@ -73,7 +73,7 @@ def test_supported_database_urls(env, url):
     assert GatewayDatabaseSettings().database_url == url
 
 
-@pytest.mark.parametrize("url, problem", [
+@pytest.mark.parametrize(("url", "problem"), [
     ("garbage", "not a database URL"),
     ("", "not a database URL"),
     ("mysql://user:secret@db/catalog", "unsupported database 'mysql'"),
@@ -107,7 +107,7 @@ def test_unknown_log_levels_are_refused(env, level):
         SharingSettings()
 
 
-@pytest.mark.parametrize("name, value", [
+@pytest.mark.parametrize(("name", "value"), [
     ("GATEWAY_RECONCILE_INTERVAL_SECONDS", "0"),
     ("GATEWAY_RECONCILE_INTERVAL_SECONDS", "-5"),
     ("GATEWAY_RECONCILE_INTERVAL_SECONDS", "0.01"),
@@ -144,12 +144,14 @@ def test_load_settings_names_every_bad_setting_on_one_line(env, capsys):
         load_settings(GatewaySettings)
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("cloudimg: invalid settings for gateway: ")
+    assert err.count("\n") == 1
+    assert err.startswith("cloudimg: invalid settings for gateway: ")
     assert "GATEWAY_LISTEN_ADDR: port must be 1-65535 (got 99999)" in err
     assert "CATALOG_ADDR: must be host:port" in err
     assert "GATEWAY_DATABASE_URL: unsupported database 'mysql'" in err
     assert "GATEWAY_RECONCILE_INTERVAL_SECONDS: " in err
-    assert "hunter2" not in err and "Value error" not in err
+    assert "hunter2" not in err
+    assert "Value error" not in err
 
 
 def test_load_settings_names_missing_settings(monkeypatch, capsys):
@@ -159,7 +161,8 @@ def test_load_settings_names_missing_settings(monkeypatch, capsys):
         load_settings(GatewaySettings)
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "SHARING_ADDR: required" in err and "BILLING_ADDR: required" in err
+    assert "SHARING_ADDR: required" in err
+    assert "BILLING_ADDR: required" in err
 
 
 def test_a_missing_price_book_file_is_a_bad_setting(env, tmp_path):
@@ -170,7 +173,9 @@ def test_a_missing_price_book_file_is_a_bad_setting(env, tmp_path):
 
 def test_the_published_price_book_loads():
     book = load_price_book(DEFAULT_PRICE_BOOK)
-    assert book.currency == "USD" and book.instance_types and book.instance_prices
+    assert book.currency == "USD"
+    assert book.instance_types
+    assert book.instance_prices
 
 
 def broken(book: dict, path: list, value: object) -> dict:
@@ -185,7 +190,7 @@ def broken(book: dict, path: list, value: object) -> dict:
     return book
 
 
-@pytest.mark.parametrize("path, value, problem", [
+@pytest.mark.parametrize(("path", "value", "problem"), [
     (["currency"], None, "currency"),
     (["currency"], 12, "currency"),
     (["instance_prices", "ap-guangzhou", "S5.MEDIUM4", "PREPAID"], None, "PREPAID"),
@@ -203,10 +208,12 @@ def test_a_price_book_of_the_wrong_shape_is_one_line_naming_the_file(tmp_path, p
     with pytest.raises(PriceBookError) as refused:
         load_price_book(book_path)
     message = str(refused.value)
-    assert message.startswith(f"{book_path}: ") and problem in message and "\n" not in message
+    assert message.startswith(f"{book_path}: ")
+    assert problem in message
+    assert "\n" not in message
 
 
-@pytest.mark.parametrize("text, problem", [
+@pytest.mark.parametrize(("text", "problem"), [
     ('{"currency": "USD",', "invalid JSON"),
     ("", "invalid JSON"),
     ("[]", "not a price book: it must be an object"),
@@ -217,7 +224,9 @@ def test_a_price_book_that_is_not_json_is_one_line_naming_the_file(tmp_path, tex
     with pytest.raises(PriceBookError) as refused:
         load_price_book(path)
     message = str(refused.value)
-    assert message.startswith(f"{path}: ") and problem in message and "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert problem in message
+    assert "\n" not in message
 
 
 def test_a_price_book_that_cannot_be_read_names_the_file(tmp_path):
@@ -265,7 +274,7 @@ def refusal(settings_class) -> str:
     return str(refused.value)
 
 
-@pytest.mark.parametrize("settings_class, variable", [(CatalogSettings, "CATALOG_LISTEN_ADDR"),
+@pytest.mark.parametrize(("settings_class", "variable"), [(CatalogSettings, "CATALOG_LISTEN_ADDR"),
                                                       (GatewaySettings, "GATEWAY_LISTEN_ADDR")])
 def test_plaintext_off_loopback_is_refused_unless_allowed(transport_env, settings_class, variable):
     transport_env(CLOUDIMG_INTERNAL_TOKEN=TOKEN, **{variable: "0.0.0.0:50050"})
@@ -284,7 +293,8 @@ def test_on_loopback_plaintext_needs_the_internal_token(transport_env):
     assert "CLOUDIMG_INTERNAL_TOKEN: required without CATALOG_TLS_CERT_FILE" in refusal(CatalogSettings)
     assert "CLOUDIMG_INTERNAL_TOKEN: required without CLOUDIMG_INTERNAL_CA_FILE" in refusal(GatewaySettings)
     transport_env(CLOUDIMG_INTERNAL_TOKEN=TOKEN)
-    assert CatalogSettings().internal_token is not None and not CatalogSettings().serves_tls
+    assert CatalogSettings().internal_token is not None
+    assert not CatalogSettings().serves_tls
 
 
 def test_a_certificate_goes_with_its_key(transport_env, pki):
@@ -299,7 +309,9 @@ def test_an_internal_service_serving_tls_serves_mutual_tls_so_needs_the_ca(trans
     transport_env(CATALOG_LISTEN_ADDR="0.0.0.0:50051", CATALOG_TLS_CERT_FILE=cert, CATALOG_TLS_KEY_FILE=key,
                   CLOUDIMG_INTERNAL_CA_FILE=pki["ca"])
     settings = CatalogSettings()  # no token needed: the gateway's certificate is its credential
-    assert settings.serves_tls and settings.internal_token is None and settings.internal_peer == "gateway"
+    assert settings.serves_tls
+    assert settings.internal_token is None
+    assert settings.internal_peer == "gateway"
 
 
 def test_the_gateway_with_the_internal_ca_needs_its_client_certificate(transport_env, pki):
@@ -311,7 +323,9 @@ def test_the_gateway_with_the_internal_ca_needs_its_client_certificate(transport
     assert "GATEWAY_INTERNAL_CERT_FILE and GATEWAY_INTERNAL_KEY_FILE: required" in refusal(GatewaySettings)
     transport_env(**tls, GATEWAY_INTERNAL_CERT_FILE=cert, GATEWAY_INTERNAL_KEY_FILE=key)
     settings = GatewaySettings()
-    assert settings.serves_tls and settings.internal_tls and settings.internal_token is None
+    assert settings.serves_tls
+    assert settings.internal_tls
+    assert settings.internal_token is None
 
 
 def test_a_certificate_file_that_is_not_pem_cannot_be_served_with(tmp_path, pki):
@@ -327,7 +341,7 @@ def test_a_certificate_file_that_is_not_pem_cannot_be_served_with(tmp_path, pki)
     assert tls.server_credentials(*pki["catalog"], client_ca_file=pki["ca"]) is not None
 
 
-@pytest.mark.parametrize("addr, loopback", [
+@pytest.mark.parametrize(("addr", "loopback"), [
     ("127.0.0.1:1", True), ("127.1.2.3:1", True), ("localhost:1", True), ("[::1]:1", True),
     ("0.0.0.0:1", False), ("[::]:1", False), ("catalog:50051", False), ("10.0.0.1:1", False),
 ])

@@ -301,7 +301,8 @@ def test_received_shares_are_listed_in_the_states_asked_for(new_uow, clock):
     assert received([ShareState.REJECTED, ShareState.PENDING]) == ([ids[0], ids[2]], "")
     assert received(list(ShareState)) == (ids, "")
     page, token = received(list(ShareState), page_size=2)
-    assert page == ids[:2] and received(list(ShareState), 2, token) == (ids[2:], "")
+    assert page == ids[:2]
+    assert received(list(ShareState), 2, token) == (ids[2:], "")
     with pytest.raises(InvalidArgument) as refused:  # the token is bound to the states
         received([], 2, token)
     assert refused.value.reason == "INVALID_PAGE_TOKEN"
@@ -344,10 +345,12 @@ def test_a_policy_change_counts_from_the_next_verdict(new_uow, clock):
     assert (verdict().allowed, verdict().policy_rule) == (
         False, "marketplace provider 'Bitnami' is not on allowed_marketplace_providers")
     update(new_uow, clock, BOB, ["allowed_marketplace_providers"], providers=["Bitnami"])
-    assert verdict().allowed and verdict().image_allowed
+    assert verdict().allowed
+    assert verdict().image_allowed
     update(new_uow, clock, BOB, ["mode"], mode=TrustPolicyMode.AUDIT)
     update(new_uow, clock, BOB, ["allowed_marketplace_providers"], providers=[])
-    assert verdict().allowed and not verdict().image_allowed
+    assert verdict().allowed
+    assert not verdict().image_allowed
 
 
 def test_a_page_costs_the_same_statements_whatever_its_size(db, new_uow, clock):

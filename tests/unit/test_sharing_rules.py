@@ -65,7 +65,8 @@ def test_the_verdict_matrix(case, mode, listed):
     judged = visible and case != "own" and mode is not TrustPolicyMode.OFF
     image_allowed = listed or not judged
     assert found.visible is visible
-    assert found.basis is basis and found.share_state is share_state
+    assert found.basis is basis
+    assert found.share_state is share_state
     assert found.policy_mode is mode
     assert found.image_allowed is image_allowed
     assert found.policy_rule == ("" if image_allowed else RULES[image.image_id])

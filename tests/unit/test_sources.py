@@ -21,8 +21,13 @@ from catalog_service.adapters.sources import (
     inspecting,
     open_source,
 )
-from tests.fixtures.disk_images import CASES, TOO_LARGE_LIMIT, DiskImages, virtual_size
-from tests.fixtures.disk_images import disk_images_fixture  # noqa: F401 - provides the disk_images fixture
+from tests.fixtures.disk_images import (
+    CASES,
+    TOO_LARGE_LIMIT,
+    DiskImages,
+    disk_images_fixture,  # noqa: F401 - provides the disk_images fixture
+    virtual_size,
+)
 
 MiB = 1 << 20
 
@@ -34,7 +39,8 @@ def policy(root: Path | None = None, *allowed: str, max_bytes: int = 64 * MiB) -
 def refusal(uri: str, rules: ImportPolicy) -> str:
     with pytest.raises(ImportRefused) as caught:
         check_source(uri, rules)
-    assert caught.value.message and str(caught.value) == f"{caught.value.reason}: {caught.value.message}"
+    assert caught.value.message
+    assert str(caught.value) == f"{caught.value.reason}: {caught.value.message}"
     return caught.value.reason
 
 
@@ -215,10 +221,10 @@ class ImageServer(http.server.ThreadingHTTPServer):
 class Handler(http.server.BaseHTTPRequestHandler):
     server: ImageServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.server.hosts.append(self.headers.get("Host", ""))
         url = urlsplit(self.path)
         query = parse_qs(url.query)
@@ -512,7 +518,8 @@ def test_https_verifies_the_certificate_for_the_name_while_connecting_to_the_che
     rules = policy(None, "https://mirror.internal")
 
     untrusted = fetch_refusal(f"https://mirror.internal:{port}/image/raw", rules)
-    assert untrusted.reason == "SOURCE_UNREACHABLE" and "certificate" in untrusted.message.lower()
+    assert untrusted.reason == "SOURCE_UNREACHABLE"
+    assert "certificate" in untrusted.message.lower()
 
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust the test's own CA (OpenSSL reads it per context)
     assert fetch(f"https://mirror.internal:{port}/image/raw", rules) == disk_images["raw"].read_bytes()

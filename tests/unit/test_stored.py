@@ -18,8 +18,19 @@ from billing_service.domain.model import ChargeType as BillingChargeType
 from billing_service.domain.model import ImagePricing, LaunchPricing, OsKind
 from billing_service.service_layer.handlers import legacy_charge_fingerprint
 from catalog_service.adapters.repository import (
-    CREATE_JOB, CREATE_JOB_DATA, IMPORT_JOB, IMPORT_JOB_DATA, SYNC_JOB, SYNC_JOB_DATA, CatalogRepository, CopyJob,
-    ImportJob, create_job_data, image_job, import_job_data, sync_job_data,
+    CREATE_JOB,
+    CREATE_JOB_DATA,
+    IMPORT_JOB,
+    IMPORT_JOB_DATA,
+    SYNC_JOB,
+    SYNC_JOB_DATA,
+    CatalogRepository,
+    CopyJob,
+    ImportJob,
+    create_job_data,
+    image_job,
+    import_job_data,
+    sync_job_data,
 )
 from catalog_service.adapters.tables import JOBS as CATALOG_JOBS
 from catalog_service.domain.model import ImageState
@@ -30,8 +41,18 @@ from chassis.db import Database
 from chassis.idempotency import RequestLedger, ResponseFormat, request_table
 from chassis.stored import Document, UnknownVersion
 from gateway.adapters.repository import (
-    END_USAGE_JOB, LAUNCH_REQUEST, QUOTE, RESET_ANSWER, RESET_JOB, EndUsage, end_usage_from_json, end_usage_to_json,
-    quote_from_json, quote_to_json, reset_from_json, reset_to_json,
+    END_USAGE_JOB,
+    LAUNCH_REQUEST,
+    QUOTE,
+    RESET_ANSWER,
+    RESET_JOB,
+    EndUsage,
+    end_usage_from_json,
+    end_usage_to_json,
+    quote_from_json,
+    quote_to_json,
+    reset_from_json,
+    reset_to_json,
 )
 from gateway.domain.model import ChargeType, OsType, QuoteLineKind
 from gateway.service_layer.instances import end_usage_job
@@ -64,7 +85,8 @@ def test_a_version_this_release_does_not_know_is_refused_clearly(stored):
     with pytest.raises(UnknownVersion, match=r"stored person of version .*: this release reads versions 0 to 2") \
             as refused:
         PERSON.load(stored)
-    assert refused.value.kind == "person" and refused.value.current == 2
+    assert refused.value.kind == "person"
+    assert refused.value.current == 2
 
 
 def test_a_newer_version_is_named_as_a_newer_release_s():
@@ -108,7 +130,8 @@ UNVERSIONED_QUOTE = {"currency": "CNY", "charge_type": "PREPAID", "total": "10.0
 def test_an_unversioned_quote_reads_and_a_written_one_is_versioned():
     quote = quote_from_json(UNVERSIONED_QUOTE)
     assert (quote.charge_type, quote.total, quote.image_allowed) == (ChargeType.PREPAID, Decimal("10.00"), False)
-    assert quote.lines[0].kind is QuoteLineKind.IMAGE_LICENSE and quote.lines[0].amount == Decimal("10.00")
+    assert quote.lines[0].kind is QuoteLineKind.IMAGE_LICENSE
+    assert quote.lines[0].amount == Decimal("10.00")
     assert quote_to_json(quote) == {**UNVERSIONED_QUOTE, "v": 1}
     assert quote_from_json({k: v for k, v in UNVERSIONED_QUOTE.items() if k != "image_allowed"}).image_allowed
     with pytest.raises(UnknownVersion, match="stored quote of version 2"):
@@ -120,7 +143,8 @@ def test_a_reset_answer_kept_with_an_unversioned_quote_reads():
     """ResetInstance answers kept by request_id from 8fe2015 on: envelope version 1, the quote inside unversioned."""
     answer = RESET_ANSWER.decode(1, {"reset_id": "rst-00000001", "instance_id": "ins-00000001",
                                      "quote": UNVERSIONED_QUOTE})
-    assert answer.reset_id == "rst-00000001" and answer.quote.total == Decimal("10.00")
+    assert answer.reset_id == "rst-00000001"
+    assert answer.quote.total == Decimal("10.00")
     with pytest.raises(UnknownVersion, match="ResetInstance answer of version 2"):
         RESET_ANSWER.decode(2, {})
 
@@ -132,7 +156,8 @@ def test_a_reset_job_s_data_from_before_it_carried_a_version_reads():
            "image_os_type": "LINUX", "marketplace_product_id": "",
            "effective_time": "2026-11-28T01:00:00+00:00"}
     reset = reset_from_json(old)
-    assert reset.image_os_type is OsType.LINUX and reset.effective_time == datetime(2026, 11, 28, 1, tzinfo=UTC)
+    assert reset.image_os_type is OsType.LINUX
+    assert reset.effective_time == datetime(2026, 11, 28, 1, tzinfo=UTC)
     assert reset_to_json(reset) == {**old, "v": 1}
     with pytest.raises(UnknownVersion):
         RESET_JOB.load({**old, "v": 2})
@@ -193,7 +218,7 @@ def test_catalog_job_data_from_before_it_carried_a_version_reads_and_is_written_
     assert image_job(CREATE_JOB, {**OLD_CREATE_JOB, "v": 1}) == image_job(CREATE_JOB, OLD_CREATE_JOB)
 
 
-@pytest.mark.parametrize("kind, old, document", [(CREATE_JOB, OLD_CREATE_JOB, CREATE_JOB_DATA),
+@pytest.mark.parametrize(("kind", "old", "document"), [(CREATE_JOB, OLD_CREATE_JOB, CREATE_JOB_DATA),
                                                  (IMPORT_JOB, OLD_IMPORT_JOB, IMPORT_JOB_DATA),
                                                  (SYNC_JOB, OLD_SYNC_JOB, SYNC_JOB_DATA)])
 def test_catalog_job_data_of_a_newer_release_is_refused(kind, old, document):
@@ -232,7 +257,8 @@ OLD_IMAGE_ANSWER = [{
 
 def test_a_catalog_answer_kept_by_the_previous_release_reads_and_a_newer_one_is_refused():
     (image,) = IMAGES_RESPONSE.decode(1, OLD_IMAGE_ANSWER)
-    assert image.state is ImageState.CREATING and image.create_time == datetime(2026, 11, 28, 12, tzinfo=UTC)
+    assert image.state is ImageState.CREATING
+    assert image.create_time == datetime(2026, 11, 28, 12, tzinfo=UTC)
     assert IMAGES_RESPONSE.encode([image]) == OLD_IMAGE_ANSWER
     assert IMAGES_RESPONSE.version == 1
     with pytest.raises(UnknownVersion, match="stored catalog mutation answer of version 2"):
@@ -301,7 +327,9 @@ def test_a_job_a_newer_release_wrote_is_left_untried_for_a_replica_that_reads_it
 
     claimed = queue.claim({"copy"})
 
-    assert claimed is not None and claimed.job_id == readable and claimed.data == {"image_id": "img-00000002"}
+    assert claimed is not None
+    assert claimed.job_id == readable
+    assert claimed.data == {"image_id": "img-00000002"}
     with db.engine.connect() as connection:
         left = connection.execute(select(JOB_TABLE).where(JOB_TABLE.c.job_id == newer)).one()
     assert (left.state, left.attempts, left.lease_owner) == ("PENDING", 0, "")
@@ -311,7 +339,9 @@ def test_a_job_a_newer_release_wrote_is_left_untried_for_a_replica_that_reads_it
     with pytest.raises(UnknownVersion):
         queue.get(newer)
     again = queue.claim({"copy"})  # the lease of the readable one ran out; the newer one is passed by again
-    assert again is not None and again.job_id == readable and queue.claim({"copy"}) is None
+    assert again is not None
+    assert again.job_id == readable
+    assert queue.claim({"copy"}) is None
 
 
 def test_a_stored_response_of_a_newer_version_is_refused_clearly(db):

@@ -6,14 +6,14 @@ import base64
 import json
 
 import pytest
+from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
+from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from google.protobuf import struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
 from chassis import errors, pagination
 from chassis.rpc import check_strings
-from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
-from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 
 MADE_FOR = pagination.fingerprint("charges", "100000000001")
 
@@ -24,7 +24,7 @@ def crafted(body: str) -> str:
 
 
 def with_key(key_json: str) -> str:
-    return crafted('{"k":%s,"f":"%s"}' % (key_json, MADE_FOR))
+    return crafted(f'{{"k":{key_json},"f":"{MADE_FOR}"}}')
 
 
 def refused(decode, token: str) -> errors.InvalidArgument:
@@ -45,7 +45,7 @@ def refused(decode, token: str) -> errors.InvalidArgument:
     pytest.param(with_key("[" * 50_000 + "]" * 50_000), id="deep"),
     pytest.param(with_key("1" * 5000), id="5000 digits"),  # int() refuses more than 4300
     pytest.param(crafted("[" * 100_000), id="unclosed"),
-    *(pytest.param(crafted(body), id=f"body {body[:8]}") for body in ('"k"', "[1,2]", '{"f":"%s"}' % MADE_FOR)),
+    *(pytest.param(crafted(body), id=f"body {body[:8]}") for body in ('"k"', "[1,2]", f'{{"f":"{MADE_FOR}"}}')),
     *(pytest.param(token, id=f"token {token[:8]}") for token in ("²", "①", "%%%", "a" * 5000, "e30")),
     pytest.param(base64.urlsafe_b64encode(b"\xff\xfe{").decode(), id="not UTF-8"),
 ])
