@@ -35,7 +35,8 @@ class CatalogSettings(ServiceSettings):
     import_root: Path | None = None
     # URL prefixes that imports may read from although their host is private or loopback
     # (e.g. http://127.0.0.1:8080/); comma-separated.
-    import_allowed_sources: Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)] = []
+    import_allowed_sources: Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)] = Field(
+        default_factory=list)
     # The largest image an import may bring in, checked while it streams.
     import_max_bytes: Annotated[int, Field(ge=1)] = 64 << 30
     # Custom images per account and region (every state but failed), and image operations (create,

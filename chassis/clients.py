@@ -205,5 +205,6 @@ def _reason_of(status: status_pb2.Status) -> str:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
+            reason: str = info.reason
+            return reason
     return ""

@@ -33,7 +33,7 @@ from chassis.logs import fields
 log = logging.getLogger("chassis.metrics")
 
 # No ``*_created`` series beside each counter and histogram: they double what is scraped and nothing reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 

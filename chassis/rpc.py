@@ -229,11 +229,12 @@ def _aborted_code(ctx: grpc.aio.ServicerContext) -> str:
     """The code a handler aborted with itself (ours abort through ``_abort``, which knows it)."""
     code = ctx.code()
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        name: str = code.name
+        return name
     return code_pb2.Code.Name(code) if isinstance(code, int) and code in code_pb2.Code.values() else "UNKNOWN"
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
+class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Besides the guard, it measures each call (chassis.metrics) and logs it: one INFO access-log line per call
     (method, code, duration, account, peer; the request id is on every line), health checks and reflection at
     DEBUG only, so that probes do not fill the log."""

@@ -105,13 +105,18 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _sparse_file(path: Path, size: int) -> None:
+    """A file of size bytes that takes no disk space (all a hole)."""
+    with open(path, "wb") as sparse:
+        sparse.truncate(size)
+
+
 async def import_while_serving(stack: Stack, api_key: str, args: argparse.Namespace
                                ) -> tuple[dict[str, float], list[Report]]:
     """GetImage at one call in flight, idle and while the catalog imports a sparse 2 GiB raw disk, and
     the catalog's peak RSS meanwhile: a running job must neither stall calls nor hold the image in memory."""
     disk = stack.imports_dir / "bench-2g.raw"
-    with open(disk, "wb") as sparse:
-        sparse.truncate(IMPORT_BYTES)
+    await asyncio.to_thread(_sparse_file, disk, IMPORT_BYTES)
     catalog_pid = stack.processes["catalog"].pid
     meta = (("x-cloudimg-internal-token", stack.internal_token), ("x-cloudimg-account-id", "100000000002"))
     get = image_service_pb2.GetImageRequest(image_id=seed_image_id(REGION, "ubuntu-2204-x86"))

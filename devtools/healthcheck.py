@@ -68,8 +68,10 @@ def check(address: str, timeout: float = TIMEOUT_SECONDS, tls: Tls | None = None
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
             )
         except grpc.RpcError as error:
-            return error.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            code: str = error.code().name
+            return code
+    status: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return status
 
 
 def service_of(env: Mapping[str, str]) -> str | None:

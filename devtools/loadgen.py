@@ -144,8 +144,10 @@ class RunOptions:
 
     def to_ghz(self) -> dict[str, Any]:
         """ghz's `runner.Options` JSON (runner/reporter.go): its names, order and omitempty fields."""
-        ns = lambda seconds: round(seconds * SECOND)  # noqa: E731
         out: dict[str, Any] = {}
+
+        def ns(seconds: float) -> int:
+            return round(seconds * SECOND)
 
         def put(key: str, value: Any, omitempty: bool = True) -> None:
             if value or not omitempty:
@@ -720,7 +722,9 @@ def _channel_options(options: RunOptions) -> list[tuple[str, Any]]:
 
 
 def _credentials(options: RunOptions) -> grpc.ChannelCredentials:
-    read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+    def read(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
     return grpc.ssl_channel_credentials(root_certificates=read(options.cacert), private_key=read(options.key),
                                         certificate_chain=read(options.cert))
 
@@ -813,6 +817,13 @@ def make_call(method: MethodDescriptor, channels: Sequence[grpc.aio.Channel], op
     return call
 
 
+def _binary_data(args: argparse.Namespace) -> bytes | None:
+    """The call data as one serialized message: stdin's (-b), a file's (-B), or None (JSON call data)."""
+    if args.binary:
+        return sys.stdin.buffer.read()
+    return Path(args.binary_file).read_bytes() if args.binary_file else None
+
+
 async def run_cli(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     channels: list[grpc.aio.Channel] = []
@@ -820,8 +831,7 @@ async def run_cli(argv: Sequence[str] | None = None) -> int:
         try:  # like ghz: a bad setting, file, method or data is one line on stderr and exit status 1
             options = options_from_args(args)
             options.check()
-            binary = sys.stdin.buffer.read() if args.binary else (
-                Path(args.binary_file).read_bytes() if args.binary_file else None)
+            binary = await asyncio.to_thread(_binary_data, args)
             method = resolve_method(options)
             channels = [open_channel(options) for _ in range(options.connections)]
             call = make_call(method, channels, options, binary)
@@ -834,7 +844,7 @@ async def run_cli(argv: Sequence[str] | None = None) -> int:
             await channel.close()
     text = report.render(args.format)
     if args.output.strip():
-        Path(args.output.strip()).write_text(text)
+        await asyncio.to_thread(Path(args.output.strip()).write_text, text)
     else:
         sys.stdout.write(text)
     return 0

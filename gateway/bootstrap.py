@@ -21,6 +21,7 @@ from cloudimg.gateway.v1 import (
     instance_service_pb2_grpc,
 )
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc
+from google.protobuf.descriptor import FileDescriptor
 
 from chassis import tls
 from chassis.clients import Downstream
@@ -47,8 +48,8 @@ _TEND_JOBS_SECONDS = 3600.0
 _MEASURE_SECONDS = 15.0
 
 
-def _name(module: object, service: str) -> str:
-    return module.DESCRIPTOR.services_by_name[service].full_name  # type: ignore[attr-defined]
+def _name(file: FileDescriptor, service: str) -> str:
+    return file.services_by_name[service].full_name
 
 
 def open_database(url: str) -> tuple[Database, partial[GatewayUnitOfWork]]:
@@ -85,13 +86,13 @@ async def bootstrap(settings: GatewaySettings, clock: Clock | None = None) -> Se
     return Service(
         register=servicers(
             (image_service_pb2_grpc.add_ImageServiceServicer_to_server, ImageServicer(deps),
-             _name(image_service_pb2, "ImageService")),
+             _name(image_service_pb2.DESCRIPTOR, "ImageService")),
             (image_share_service_pb2_grpc.add_ImageShareServiceServicer_to_server, ImageShareServicer(deps),
-             _name(image_share_service_pb2, "ImageShareService")),
+             _name(image_share_service_pb2.DESCRIPTOR, "ImageShareService")),
             (instance_service_pb2_grpc.add_InstanceServiceServicer_to_server, InstanceServicer(deps),
-             _name(instance_service_pb2, "InstanceService")),
+             _name(instance_service_pb2.DESCRIPTOR, "InstanceService")),
             (account_service_pb2_grpc.add_AccountServiceServicer_to_server, AccountServicer(deps),
-             _name(account_service_pb2, "AccountService")),
+             _name(account_service_pb2.DESCRIPTOR, "AccountService")),
         ),
         authenticate=ApiKeyAuthenticator(new_uow, settings.api_key_cache_seconds),
         close=close,

@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import func, or_, select
 
 from chassis import context
+from chassis.clock import FakeClock
 from chassis.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, RemoteError
 from chassis.jobs import JobQueue
 from chassis.rpc import status_of
@@ -325,6 +326,31 @@ class FakeBilling(BillingPort):
             raise InvalidArgument("INSTANCE_TYPE_NOT_OFFERED", "no", field="instance_type")
         return [Price(region or "ap-guangzhou", QuoteLineKind.INSTANCE, "S5.MEDIUM4",
                       charge_type or ChargeType.POSTPAID_BY_HOUR, "USD", HOURLY, "instance-hour", "S5.MEDIUM4")], ""
+
+
+@dataclass
+class FakeDependencies(Dependencies):
+    """The gateway's dependencies on these fakes and a FakeClock, typed as such: a test reaches into them (what
+    they were asked, what they hold, what they are to fail with) and moves the time."""
+
+    catalog: FakeCatalog
+    sharing: FakeSharing
+    billing: FakeBilling
+    clock: FakeClock
+
+
+class LaunchChanges(TypedDict, total=False):
+    """The fields of a LaunchRequest, as keyword arguments: what a test changes of its usual request."""
+
+    region: str
+    image_id: str
+    instance_type: str
+    instance_count: int
+    charge_type: ChargeType
+    period_months: int
+    system_disk_gb: int
+    instance_name: str
+    client_token: str
 
 
 def not_found() -> NotFound:

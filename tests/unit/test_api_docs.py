@@ -35,9 +35,11 @@ OUTPUT_ONLY = field_behavior_pb2.OUTPUT_ONLY
 REQUIRED = field_behavior_pb2.REQUIRED
 IDENTIFIER = field_behavior_pb2.IDENTIFIER
 
+ProtoFiles = list[descriptor_pb2.FileDescriptorProto]
+
 
 @pytest.fixture(scope="module")
-def public_files(tmp_path_factory: pytest.TempPathFactory) -> list[descriptor_pb2.FileDescriptorProto]:
+def public_files(tmp_path_factory: pytest.TempPathFactory) -> ProtoFiles:
     out = tmp_path_factory.mktemp("api_docs") / "gateway.protoset"
     includes = [f"-I{PROTOS}"] + ([f"-I{THIRD_PARTY}"] if THIRD_PARTY.is_dir() else [])
     sources = sorted(str(p) for p in PUBLIC.glob("*.proto"))
@@ -108,7 +110,7 @@ def _behaviors(field: descriptor_pb2.FieldDescriptorProto) -> set[int]:
     return set(field.options.Extensions[field_behavior_pb2.field_behavior])
 
 
-def test_every_element_of_the_public_api_has_a_leading_comment(public_files):
+def test_every_element_of_the_public_api_has_a_leading_comment(public_files: ProtoFiles) -> None:
     documented = _documented(public_files)
     kinds = {kind for kind, _ in documented.values()}
     assert {"service", "rpc", "message", "field", "enum", "enum value"} <= kinds
@@ -116,7 +118,7 @@ def test_every_element_of_the_public_api_has_a_leading_comment(public_files):
     assert not missing, f"{len(missing)} elements of {PACKAGE} have no leading comment:\n" + "\n".join(missing)
 
 
-def test_every_rpc_says_which_errors_it_answers(public_files):
+def test_every_rpc_says_which_errors_it_answers(public_files: ProtoFiles) -> None:
     """Each RPC's comment names its errors (code and reason), or says it has none of its own."""
     rpcs = {name: comment for name, (kind, comment) in _documented(public_files).items() if kind == "rpc"}
     assert len(rpcs) >= 25
@@ -125,7 +127,7 @@ def test_every_rpc_says_which_errors_it_answers(public_files):
     assert not silent, "RPCs whose comment names no errors: " + ", ".join(silent)
 
 
-def test_fields_that_bound_input_state_their_limits(public_files):
+def test_fields_that_bound_input_state_their_limits(public_files: ProtoFiles) -> None:
     """page_size says its default and maximum, the idempotency keys their length, and the request fields
     that take an id the id's shape."""
     shapes = ('"img-"', '"ins-"', "12 digits")
@@ -146,7 +148,7 @@ def test_fields_that_bound_input_state_their_limits(public_files):
     assert not problems, "\n".join(problems)
 
 
-def test_resources_mark_what_the_server_sets_as_output_only(public_files):
+def test_resources_mark_what_the_server_sets_as_output_only(public_files: ProtoFiles) -> None:
     messages = _messages(public_files)
     fields = {m: {f.name: f for f in messages[m].field} for m in ("Image", "Instance", "ImageShare", "Charge")}
     # The ids of resources the server creates.
@@ -168,7 +170,7 @@ def test_resources_mark_what_the_server_sets_as_output_only(public_files):
         assert not loose, f"{message} fields not OUTPUT_ONLY: {loose}"
 
 
-def test_requests_mark_what_the_caller_must_send(public_files):
+def test_requests_mark_what_the_caller_must_send(public_files: ProtoFiles) -> None:
     messages = _messages(public_files)
     required = {
         "GetImageRequest": ["image_id"], "DeleteImageRequest": ["image_id"],
@@ -184,9 +186,9 @@ def test_requests_mark_what_the_caller_must_send(public_files):
         fields = {f.name: f for f in messages[message].field}
         for name in names:
             assert REQUIRED in _behaviors(fields[name]), f"{message}.{name} is not REQUIRED"
-    for name, message in messages.items():
+    for name, request in messages.items():
         if name.endswith("Request"):
-            for field in message.field:
+            for field in request.field:
                 assert OUTPUT_ONLY not in _behaviors(field), f"{name}.{field.name}: a request field is OUTPUT_ONLY"
                 if field.name in ("request_id", "client_token", "page_token", "page_size", "dry_run"):
                     assert REQUIRED not in _behaviors(field), f"{name}.{field.name} is optional, not REQUIRED"

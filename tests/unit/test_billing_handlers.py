@@ -4,13 +4,13 @@ clock that moves by hours without sleeping."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pytest
 from sqlalchemy import delete, event, func, select
@@ -30,9 +30,10 @@ from billing_service.domain.model import (
     Quote,
 )
 from billing_service.domain.price_book import load_price_book
-from billing_service.domain.price_list import PriceFilter, all_prices
+from billing_service.domain.price_list import Price, PriceFilter, all_prices
 from billing_service.domain.resets import ResetPricing
 from billing_service.service_layer import handlers, ledger, usage
+from billing_service.service_layer.handlers import UnitOfWorkFactory
 from billing_service.service_layer.unit_of_work import BillingUnitOfWork
 from chassis import pagination
 from chassis.clock import FakeClock
@@ -49,6 +50,14 @@ WINDOWS = ImagePricing("img-win00001", OsKind.WINDOWS)
 INSTANCE_HOUR, LICENSE_HOUR = Decimal("0.0696"), Decimal("0.0460")
 
 
+class ChargeFilters(TypedDict, total=False):
+    """ChargeFilter's fields, as keyword arguments."""
+
+    instance_id: str
+    start_time: datetime
+    end_time: datetime
+
+
 def instance_ids(n: int, prefix: str = "a") -> list[str]:
     return [f"ins-{prefix}{i:07d}" for i in range(n)]
 
@@ -62,7 +71,7 @@ class Billing:
     keys: Iterator[int] = field(default_factory=lambda: iter(range(1, 1_000_000)))
 
     @property
-    def new_uow(self) -> Any:
+    def new_uow(self) -> UnitOfWorkFactory:
         return partial(BillingUnitOfWork, self.db)
 
     def launch(self, ids: list[str], *, charge_type: ChargeType = ChargeType.POSTPAID_BY_HOUR,
@@ -72,8 +81,8 @@ class Billing:
         return handlers.create_charge(pricing, key or f"lch-{next(self.keys):08d}", ids, account, book=BOOK,
                                       new_uow=self.new_uow, clock=self.clock)
 
-    def settle(self, **kwargs: Any) -> int:
-        return usage.settle_usage(new_uow=self.new_uow, clock=self.clock, **kwargs)
+    def settle(self, batch_size: int = usage.SETTLE_BATCH) -> int:
+        return usage.settle_usage(new_uow=self.new_uow, clock=self.clock, batch_size=batch_size)
 
     def end(self, ids: list[str], end_time: datetime | None = None, account: str = ALICE) -> list[Charge]:
         return usage.end_usage(ids, end_time, account, new_uow=self.new_uow, clock=self.clock)
@@ -90,13 +99,13 @@ class Billing:
     def reset(self, reset: ResetPricing, key: str = "rst-00000001", account: str = ALICE) -> Charge:
         return usage.charge_reset(reset, key, account, book=BOOK, new_uow=self.new_uow, clock=self.clock)
 
-    def list(self, page_size: int = 0, page_token: str = "", account: str = ALICE, **filters: Any
-             ) -> tuple[list[Charge], str]:
+    def list_charges(self, page_size: int = 0, page_token: str = "", account: str = ALICE,
+                     **filters: Unpack[ChargeFilters]) -> tuple[list[Charge], str]:
         return ledger.list_charges(account, page_size, page_token, ChargeFilter(**filters), new_uow=self.new_uow,
                                    clock=self.clock)
 
-    def charges(self, account: str = ALICE, **filters: Any) -> list[Charge]:
-        found, token = self.list(1000, account=account, **filters)
+    def charges(self, account: str = ALICE, **filters: Unpack[ChargeFilters]) -> list[Charge]:
+        found, token = self.list_charges(1000, account=account, **filters)
         assert not token
         return found
 
@@ -148,13 +157,13 @@ def billing(db: Database) -> Billing:
     return Billing(db, FakeClock(T0))
 
 
-def refused(kind: type[DomainError], call: Any, *args: Any, **kwargs: Any) -> DomainError:
+def refused(kind: type[DomainError], call: Callable[..., object], *args: Any, **kwargs: Any) -> DomainError:
     with pytest.raises(kind) as caught:
         call(*args, **kwargs)
     return caught.value
 
 
-def test_a_launch_meters_each_instance_from_its_charge_in_one_insert(billing, db):
+def test_a_launch_meters_each_instance_from_its_charge_in_one_insert(billing: Billing, db: Database) -> None:
     statements: list[str] = []
     event.listen(db.engine, "before_cursor_execute",
                  lambda _conn, _cursor, statement, *_: statements.append(statement))
@@ -170,7 +179,7 @@ def test_a_launch_meters_each_instance_from_its_charge_in_one_insert(billing, db
         assert uow.connection.execute(select(func.count()).select_from(SEGMENTS)).scalar_one() == 100
 
 
-def test_a_voided_launch_is_never_charged_nor_metered(billing):
+def test_a_voided_launch_is_never_charged_nor_metered(billing: Billing) -> None:
     assert handlers.resolve_charge("lch-voided01", ALICE, new_uow=billing.new_uow, clock=billing.clock) is None
     error = refused(FailedPrecondition, billing.launch, ["ins-void0001"], key="lch-voided01")
     assert error.reason == "LAUNCH_VOIDED"
@@ -184,13 +193,13 @@ def test_a_voided_launch_is_never_charged_nor_metered(billing):
     ([f"ins-{n:08d}" for n in range(101)], "lch-many0001"),
     (["ins-a0000001"], "usage:ins-a0000001:0:1"),  # usage charges' keys are the ledger's own
 ])
-def test_a_launch_whose_meters_could_not_be_kept_is_refused(billing, ids, key):
+def test_a_launch_whose_meters_could_not_be_kept_is_refused(billing: Billing, ids: list[str], key: str) -> None:
     error = refused(InvalidArgument, billing.launch, ids, key=key)
     assert error.reason in ("INVALID_INSTANCE_IDS", "INVALID_IDEMPOTENCY_KEY")
     assert billing.ledger() == []
 
 
-def test_usage_is_settled_once_per_completed_hour(billing):
+def test_usage_is_settled_once_per_completed_hour(billing: Billing) -> None:
     ids = instance_ids(3)
     billing.launch(ids)
     billing.clock.advance(hours=2, minutes=10)
@@ -212,7 +221,7 @@ def test_usage_is_settled_once_per_completed_hour(billing):
     assert [s.next_settle_time for s in billing.segments(ids[0])] == [T0 + 6 * HOUR]
 
 
-def test_settlement_reads_the_due_segments_in_batches(billing):
+def test_settlement_reads_the_due_segments_in_batches(billing: Billing) -> None:
     ids = instance_ids(7)
     billing.launch(ids[:3])
     billing.clock.advance(minutes=30)
@@ -223,7 +232,7 @@ def test_settlement_reads_the_due_segments_in_batches(billing):
     assert billing.settle(batch_size=2) == 0
 
 
-def test_accrued_usage_follows_the_ledger_until_it_is_settled(billing):
+def test_accrued_usage_follows_the_ledger_until_it_is_settled(billing: Billing) -> None:
     ids = instance_ids(3)
     launch = billing.launch(ids)
     billing.clock.advance(hours=2, minutes=10)
@@ -245,7 +254,8 @@ def test_accrued_usage_follows_the_ledger_until_it_is_settled(billing):
     assert [c.kind for c in billing.charges()] == [ChargeKind.LAUNCH] + [ChargeKind.USAGE] * 6
 
 
-def test_a_reset_changes_the_price_from_its_effective_time_and_termination_settles_the_started_hours(billing):
+def test_a_reset_changes_the_price_from_its_effective_time_and_termination_settles_the_started_hours(
+        billing: Billing) -> None:
     (instance,) = instance_ids(1)
     billing.launch([instance])
     billing.clock.advance(hours=1, minutes=30)
@@ -288,7 +298,7 @@ def test_a_reset_changes_the_price_from_its_effective_time_and_termination_settl
     assert refused(FailedPrecondition, billing.quote_reset, other).reason == "INSTANCE_USAGE_ENDED"
 
 
-def test_termination_settles_the_started_hours_not_billed_yet(billing):
+def test_termination_settles_the_started_hours_not_billed_yet(billing: Billing) -> None:
     ids = instance_ids(3)
     billing.launch(ids)
     billing.clock.advance(hours=2, minutes=10)
@@ -312,7 +322,8 @@ def test_termination_settles_the_started_hours_not_billed_yet(billing):
     (timedelta(hours=2, minutes=59), 2),
     (timedelta(hours=50), 4),  # never after now (4 h 30 min)
 ])
-def test_the_end_of_usage_is_within_the_segment_and_not_after_now(billing, end_after, hours):
+def test_the_end_of_usage_is_within_the_segment_and_not_after_now(billing: Billing, end_after: timedelta,
+                                                                  hours: int) -> None:
     billing.launch(["ins-end00001"])
     billing.clock.advance(hours=4, minutes=30)
     ended = billing.end(["ins-end00001"], T0 + end_after)
@@ -320,7 +331,7 @@ def test_the_end_of_usage_is_within_the_segment_and_not_after_now(billing, end_a
     assert billing.segments("ins-end00001")[0].end_time == min(max(T0 + end_after, T0), billing.clock.now())
 
 
-def test_ending_usage_touches_only_the_callers_metered_instances(billing):
+def test_ending_usage_touches_only_the_callers_metered_instances(billing: Billing) -> None:
     billing.launch(["ins-bob00001"], account=BOB)
     billing.clock.advance(hours=3)
     assert billing.end(["ins-bob00001", "ins-never001"]) == []  # not alice's, and never metered
@@ -334,11 +345,12 @@ def test_ending_usage_touches_only_the_callers_metered_instances(billing):
     (["ins-a0000001", "ins-BAD00001"], "INVALID_ID"),
     (["ins-a"], "INVALID_ID"),
 ])
-def test_bad_ends_of_usage_are_refused(billing, ids, reason):
+def test_bad_ends_of_usage_are_refused(billing: Billing, ids: list[str], reason: str) -> None:
     assert refused(InvalidArgument, billing.end, ids).reason == reason
 
 
-def test_a_prepaid_instance_is_never_metered_and_a_reset_pays_the_new_images_lines_for_the_months_left(billing):
+def test_a_prepaid_instance_is_never_metered_and_a_reset_pays_the_new_images_lines_for_the_months_left(
+        billing: Billing) -> None:
     ids = instance_ids(2)
     launch = billing.launch(ids, charge_type=ChargeType.PREPAID, months=3)
     assert launch.quote.total == 2 * 3 * Decimal("35.08")
@@ -360,7 +372,7 @@ def test_a_prepaid_instance_is_never_metered_and_a_reset_pays_the_new_images_lin
     assert [c.kind for c in billing.charges()] == [ChargeKind.LAUNCH, ChargeKind.RESET]
 
 
-def test_a_prepaid_reset_after_the_period_is_recorded_at_no_cost(billing):
+def test_a_prepaid_reset_after_the_period_is_recorded_at_no_cost(billing: Billing) -> None:
     billing.launch(["ins-pre00001"], charge_type=ChargeType.PREPAID, months=1)
     billing.clock.advance(days=45)
     charge = billing.reset(billing.reset_of("ins-pre00001", WINDOWS, charge_type=ChargeType.PREPAID, months=1))
@@ -369,7 +381,7 @@ def test_a_prepaid_reset_after_the_period_is_recorded_at_no_cost(billing):
     assert billing.ledger(ChargeKind.RESET) == [charge]
 
 
-def test_an_instance_launched_before_meters_is_metered_from_its_first_reset(billing, db):
+def test_an_instance_launched_before_meters_is_metered_from_its_first_reset(billing: Billing, db: Database) -> None:
     billing.launch(["ins-old00001"])
     with db.engine.begin() as connection:  # as a launch charged before meters existed
         connection.execute(delete(SEGMENTS))
@@ -396,13 +408,14 @@ def test_an_instance_launched_before_meters_is_metered_from_its_first_reset(bill
     (ResetPricing("ins-r0000001", LaunchPricing("ap-singapore", "S5.MEDIUM4", 1, ChargeType.POSTPAID_BY_HOUR, 0,
                                                 WINDOWS), T0, None), "", "INVALID_IDEMPOTENCY_KEY"),
 ])
-def test_bad_resets_are_refused_and_record_nothing(billing, reset, key, reason):
+def test_bad_resets_are_refused_and_record_nothing(billing: Billing, reset: ResetPricing, key: str,
+                                                   reason: str) -> None:
     billing.launch(["ins-r0000001"])
     assert refused(InvalidArgument, billing.reset, reset, key).reason == reason
     assert [c.kind for c in billing.ledger()] == [ChargeKind.LAUNCH]
 
 
-def test_a_reset_must_keep_the_instances_region_type_and_charge_type(billing):
+def test_a_reset_must_keep_the_instances_region_type_and_charge_type(billing: Billing) -> None:
     billing.launch(["ins-r0000001"])
     spot = billing.reset_of("ins-r0000001", charge_type=ChargeType.SPOTPAID)
     assert refused(FailedPrecondition, billing.reset, spot).reason == "INSTANCE_PRICING_MISMATCH"
@@ -420,7 +433,7 @@ def story(billing: Billing) -> dict[str, Charge]:
     return {"first": first, "second": second, "reset": reset}
 
 
-def test_charges_are_filtered_by_instance_and_time(billing):
+def test_charges_are_filtered_by_instance_and_time(billing: Billing) -> None:
     made = story(billing)
     everything = billing.charges()
     # the launches; ins-a0000001's hour 1 at the reset, and the reset; hour 1 of the others settled; then
@@ -455,18 +468,20 @@ def test_charges_are_filtered_by_instance_and_time(billing):
     ({"instance_id": "ins-a000000_"}, "INVALID_ID"),
     ({"start_time": T0 + HOUR, "end_time": T0}, "INVALID_TIME_RANGE"),
 ])
-def test_bad_charge_filters_are_refused(billing, filters, reason):
-    assert refused(InvalidArgument, billing.list, **filters).reason == reason
+def test_bad_charge_filters_are_refused(billing: Billing, filters: ChargeFilters, reason: str) -> None:
+    assert refused(InvalidArgument, billing.list_charges, **filters).reason == reason
 
 
 @pytest.mark.parametrize("filters", [{}, {"instance_id": "ins-a0000002"}, {"start_time": T0 + timedelta(minutes=1)}])
-def test_pages_of_charges_run_through_the_ledger_then_the_accrued_usage(billing, filters):
+def test_pages_of_charges_run_through_the_ledger_then_the_accrued_usage(billing: Billing,
+                                                                        filters: ChargeFilters) -> None:
     story(billing)
     everything = billing.charges(**filters)
     for size in range(1, len(everything) + 2):
-        seen, token, pages = [], "", 0
+        seen: list[Charge] = []
+        token, pages = "", 0
         while True:
-            page, token = billing.list(size, token, **filters)
+            page, token = billing.list_charges(size, token, **filters)
             assert len(page) <= size
             seen += page
             pages += 1
@@ -484,32 +499,34 @@ def _forged(key: object, print_: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def test_page_tokens_are_bound_to_their_filters_and_forged_ones_are_refused(billing):
+def test_page_tokens_are_bound_to_their_filters_and_forged_ones_are_refused(billing: Billing) -> None:
     story(billing)
-    _, token = billing.list(1, instance_id="ins-a0000001")
-    assert refused(InvalidArgument, billing.list, 1, token).reason == "INVALID_PAGE_TOKEN"
-    assert refused(InvalidArgument, billing.list, 1, token, instance_id="ins-a0000002").reason == "INVALID_PAGE_TOKEN"
-    _, token = billing.list(1)
-    assert refused(InvalidArgument, billing.list, 1, token, account=BOB).reason == "INVALID_PAGE_TOKEN"
+    _, token = billing.list_charges(1, instance_id="ins-a0000001")
+    assert refused(InvalidArgument, billing.list_charges, 1, token).reason == "INVALID_PAGE_TOKEN"
+    assert refused(InvalidArgument, billing.list_charges, 1, token,
+                   instance_id="ins-a0000002").reason == "INVALID_PAGE_TOKEN"
+    _, token = billing.list_charges(1)
+    assert refused(InvalidArgument, billing.list_charges, 1, token, account=BOB).reason == "INVALID_PAGE_TOKEN"
     plain = pagination.fingerprint("charges", ALICE)
     for forged in ["!!!", "x" * 10_000, _forged("X1", plain), _forged("A", plain), _forged("L-1", plain),
                    _forged("L1e3", plain), _forged(7, plain), _forged(["L1"], plain), _forged("A" + "9" * 19, plain),
                    _forged("L\x00", plain), _forged("L1", "0" * 16)]:
-        assert refused(InvalidArgument, billing.list, 1, forged).reason == "INVALID_PAGE_TOKEN", forged
+        assert refused(InvalidArgument, billing.list_charges, 1, forged).reason == "INVALID_PAGE_TOKEN", forged
     # a ledger token from before accrued usage was listed (a bare seq) goes on where it was
     first = billing.charges()[0]
-    page, _ = billing.list(1, _forged("1", plain))
+    page, _ = billing.list_charges(1, _forged("1", plain))
     assert page
     assert page[0] != first
     assert page[0] == billing.charges()[1]
-    assert billing.list(1, _forged("A999", plain)) == ([], "")
+    assert billing.list_charges(1, _forged("A999", plain)) == ([], "")
 
 
-def test_the_price_list_is_filtered_and_paged(billing):
+def test_the_price_list_is_filtered_and_paged(billing: Billing) -> None:
     prices = all_prices(BOOK)
 
-    def listing(filters: PriceFilter, size: int = 0) -> list:
-        seen, token = [], ""
+    def listing(filters: PriceFilter, size: int = 0) -> list[Price]:
+        seen: list[Price] = []
+        token = ""
         while True:
             page, token = handlers.list_prices(filters, size, token, book=BOOK, prices=prices)
             assert len(page) <= (size or pagination.DEFAULT_PAGE_SIZE)
@@ -534,7 +551,7 @@ def test_the_price_list_is_filtered_and_paged(billing):
     assert listing(PriceFilter("ap-hongkong", instance_type="SR1.MEDIUM4")) == []  # not offered there
 
 
-def test_bad_price_listings_are_refused():
+def test_bad_price_listings_are_refused() -> None:
     prices = all_prices(BOOK)
     _, token = handlers.list_prices(PriceFilter(), 3, "", book=BOOK, prices=prices)
     spot = pagination.fingerprint("prices", "", "", "")
@@ -555,7 +572,8 @@ def test_bad_price_listings_are_refused():
         assert invalid.value.reason == reason, (filters, page_token)
 
 
-def test_a_settlement_run_that_dies_midway_ends_with_the_same_ledger_when_run_again(billing, db):
+def test_a_settlement_run_that_dies_midway_ends_with_the_same_ledger_when_run_again(billing: Billing,
+                                                                                   db: Database) -> None:
     ids = instance_ids(10)
     billing.launch(ids)
     billing.clock.advance(hours=3, minutes=1)

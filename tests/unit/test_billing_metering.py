@@ -58,7 +58,7 @@ def segment(charge_type: ChargeType = ChargeType.POSTPAID_BY_HOUR, image: ImageP
     (timedelta(hours=2, minutes=10), 2, 3),
     (-HOUR, 0, 0),  # before the start nothing has begun
 ])
-def test_hours_are_whole_and_exact_to_the_microsecond(elapsed, completed, started):
+def test_hours_are_whole_and_exact_to_the_microsecond(elapsed: timedelta, completed: int, started: int) -> None:
     assert completed_hours(T0, T0 + elapsed) == completed
     assert started_hours(T0, T0 + elapsed) == started
 
@@ -72,7 +72,8 @@ def test_hours_are_whole_and_exact_to_the_microsecond(elapsed, completed, starte
     (datetime(2026, 1, 31, tzinfo=UTC), 60, datetime(2031, 1, 31, tzinfo=UTC)),
     (datetime(2027, 2, 28, tzinfo=UTC), 24, datetime(2029, 2, 28, tzinfo=UTC)),
 ])
-def test_months_are_calendar_months_ending_on_the_last_day_of_a_shorter_month(moment, months, expected):
+def test_months_are_calendar_months_ending_on_the_last_day_of_a_shorter_month(moment: datetime, months: int,
+                                                                              expected: datetime) -> None:
     assert add_months(moment, months) == expected
 
 
@@ -87,11 +88,11 @@ def test_months_are_calendar_months_ending_on_the_last_day_of_a_shorter_month(mo
     (datetime(2026, 1, 31, 10, tzinfo=UTC), datetime(2026, 2, 28, 9, tzinfo=UTC), 1),
     (T0, add_months(T0, 60), 60),
 ])
-def test_the_months_left_count_the_month_in_progress_whole(moment, end, expected):
+def test_the_months_left_count_the_month_in_progress_whole(moment: datetime, end: datetime, expected: int) -> None:
     assert months_left(moment, end) == expected
 
 
-def test_an_end_is_clamped_to_the_segment_and_to_now():
+def test_an_end_is_clamped_to_the_segment_and_to_now() -> None:
     now = T0 + 5 * HOUR
     assert clamp(None, T0, now) == now
     assert clamp(T0 - HOUR, T0, now) == T0
@@ -99,7 +100,7 @@ def test_an_end_is_clamped_to_the_segment_and_to_now():
     assert clamp(now + HOUR, T0, now) == now
 
 
-def test_an_hourly_segment_starts_with_its_first_hour_paid_and_settles_completed_hours():
+def test_an_hourly_segment_starts_with_its_first_hour_paid_and_settles_completed_hours() -> None:
     s = segment()
     assert s.hours_billed == 1
     assert s.next_settle_time == T0 + 2 * HOUR
@@ -115,7 +116,7 @@ def test_an_hourly_segment_starts_with_its_first_hour_paid_and_settles_completed
         (LineKind.INSTANCE, 1, "instance-hour", Decimal("0.0696"))]
 
 
-def test_a_segment_that_ends_pays_its_started_hours_and_at_least_one():
+def test_a_segment_that_ends_pays_its_started_hours_and_at_least_one() -> None:
     s = segment(image=WINDOWS)
     usage = final_usage(s, T0 + timedelta(hours=3, minutes=5))
     assert usage is not None
@@ -128,7 +129,7 @@ def test_a_segment_that_ends_pays_its_started_hours_and_at_least_one():
     assert final_usage(billed, T0 + 4 * HOUR) is None
 
 
-def test_accrued_usage_is_the_started_hours_not_billed():
+def test_accrued_usage_is_the_started_hours_not_billed() -> None:
     s = segment()
     assert accrued_usage(s, T0 + HOUR) is None
     usage = accrued_usage(s, T0 + timedelta(hours=2, minutes=10))
@@ -136,7 +137,7 @@ def test_accrued_usage_is_the_started_hours_not_billed():
     assert (usage.first_hour, usage.end_hour) == (1, 3)
 
 
-def test_a_prepaid_segment_runs_to_the_end_of_its_period_and_is_never_metered():
+def test_a_prepaid_segment_runs_to_the_end_of_its_period_and_is_never_metered() -> None:
     s = segment(ChargeType.PREPAID, start=datetime(2026, 1, 31, 12, tzinfo=UTC), months=1)
     assert s.prepaid_until == datetime(2026, 2, 28, 12, tzinfo=UTC)
     assert s.hours_billed == 0
@@ -149,7 +150,7 @@ def test_a_prepaid_segment_runs_to_the_end_of_its_period_and_is_never_metered():
 
 @given(settles=st.lists(st.integers(min_value=0, max_value=10 * 3600 * 1_000_000), max_size=8),
        end=st.integers(min_value=0, max_value=12 * 3600 * 1_000_000))
-def test_settlements_then_the_end_charge_every_started_hour_exactly_once(settles, end):
+def test_settlements_then_the_end_charge_every_started_hour_exactly_once(settles: list[int], end: int) -> None:
     s = segment()
     charged = [(0, 1)]  # the launch's hour
     end_time = T0 + timedelta(microseconds=end)
@@ -174,7 +175,7 @@ def reset(image: ImagePricing = WINDOWS, *, charge_type: ChargeType = ChargeType
     return ResetPricing("ins-aaaaaaa1", pricing, launched, effective)
 
 
-def test_an_hourly_reset_settles_the_old_price_and_pays_the_first_hour_at_the_new_one():
+def test_an_hourly_reset_settles_the_old_price_and_pays_the_first_hour_at_the_new_one() -> None:
     now = T0 + 2 * HOUR
     plan = plan_reset(ALICE, reset(effective=T0 + timedelta(hours=1, minutes=30)), segment(), BOOK, now)
     assert plan.quote == BOOK.quote(reset().launch)
@@ -190,14 +191,14 @@ def test_an_hourly_reset_settles_the_old_price_and_pays_the_first_hour_at_the_ne
     assert [p.kind for p in opened.prices] == [LineKind.INSTANCE, LineKind.IMAGE_LICENSE]
 
 
-def test_a_reset_takes_effect_within_the_segment_and_never_after_now():
+def test_a_reset_takes_effect_within_the_segment_and_never_after_now() -> None:
     now = T0 + 2 * HOUR
     assert plan_reset(ALICE, reset(effective=T0 - HOUR), segment(), BOOK, now).effective_time == T0
     assert plan_reset(ALICE, reset(effective=now + HOUR), segment(), BOOK, now).effective_time == now
     assert plan_reset(ALICE, reset(effective=None), segment(), BOOK, now).effective_time == now
 
 
-def test_a_prepaid_reset_pays_the_new_images_lines_for_the_months_left():
+def test_a_prepaid_reset_pays_the_new_images_lines_for_the_months_left() -> None:
     old = segment(ChargeType.PREPAID, months=3, region="ap-guangzhou")
     now = T0 + timedelta(days=40)
     plan = plan_reset(ALICE, reset(WORDPRESS, charge_type=ChargeType.PREPAID, months=3, region="ap-guangzhou"), old,
@@ -216,7 +217,7 @@ def test_a_prepaid_reset_pays_the_new_images_lines_for_the_months_left():
     assert linux.quote.total == 0
 
 
-def test_a_prepaid_reset_after_the_period_has_no_lines_and_without_a_meter_counts_from_the_launch():
+def test_a_prepaid_reset_after_the_period_has_no_lines_and_without_a_meter_counts_from_the_launch() -> None:
     over = plan_reset(ALICE, reset(charge_type=ChargeType.PREPAID, months=1), segment(ChargeType.PREPAID, months=1),
                       BOOK, T0 + timedelta(days=45))
     assert over.quote.lines == ()
@@ -236,13 +237,13 @@ def test_a_prepaid_reset_after_the_period_has_no_lines_and_without_a_meter_count
     assert future.quote.lines[0].quantity == 60
 
 
-def test_an_hourly_instance_never_metered_starts_at_the_reset_with_its_first_hour_paid():
+def test_an_hourly_instance_never_metered_starts_at_the_reset_with_its_first_hour_paid() -> None:
     now = T0 + 5 * HOUR
     plan = plan_reset(ALICE, reset(effective=T0 + 2 * HOUR, launched=None), None, BOOK, now)
     assert (plan.opened.segment_no, plan.opened.start_time, plan.opened.hours_billed) == (0, T0 + 2 * HOUR, 1)
 
 
-def test_resets_that_cannot_be_priced_are_refused():
+def test_resets_that_cannot_be_priced_are_refused() -> None:
     ended = segment().closed(T0 + HOUR, 1)
     with pytest.raises(FailedPrecondition) as refused:
         plan_reset(ALICE, reset(), ended, BOOK, T0 + 2 * HOUR)
@@ -259,7 +260,7 @@ def test_resets_that_cannot_be_priced_are_refused():
         assert invalid.value.reason == reason
 
 
-def test_the_price_list_holds_every_price_once_in_a_stable_order():
+def test_the_price_list_holds_every_price_once_in_a_stable_order() -> None:
     prices = all_prices(BOOK)
     keys = [p.key for p in prices]
     assert keys == sorted(keys)

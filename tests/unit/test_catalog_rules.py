@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -11,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from catalog_service.adapters.image_store import ImageStore
+from catalog_service.adapters.repository import CREATE_JOB, SYNC_JOB
 from catalog_service.adapters.sources import ImportPolicy
 from catalog_service.adapters.tables import JOBS, TABLES
 from catalog_service.domain import seed
-from catalog_service.domain.model import ImageState, OsType, Quota, check_name, platform_of
+from catalog_service.domain.model import Image, ImageState, OsType, Quota, check_name, platform_of
 from catalog_service.service_layer import lifecycle
 from catalog_service.service_layer.jobs import ImageJobs
 from catalog_service.service_layer.unit_of_work import IMAGES_RESPONSE, CatalogUnitOfWork
@@ -29,8 +31,11 @@ CAROL = "100000000003"
 UBUNTU = seed.seed_image_id(GZ, "ubuntu-2204-x86")
 
 
+World = tuple[lifecycle.Lifecycle, ImageJobs, ImageStore]
+
+
 @pytest.fixture
-def world(tmp_path: Path):
+def world(tmp_path: Path) -> Iterator[World]:
     db = Database(f"sqlite:///{tmp_path}/catalog.db")
     migrate(db, Path(lifecycle.__file__).parent.parent, "catalog", TABLES)
     new_uow = partial(CatalogUnitOfWork, db)
@@ -50,13 +55,13 @@ def world(tmp_path: Path):
     db.dispose()
 
 
-def _create(deps: lifecycle.Lifecycle, name: str, **extra: object):
+def _create(deps: lifecycle.Lifecycle, name: str, dry_run: bool = False) -> Image:
     request = lifecycle.CreateRequest(region=GZ, instance_id="ins-0000000a", name=name, description="",
-                                      base_image_id=UBUNTU, size_gb=20, **extra)  # type: ignore[arg-type]
+                                      base_image_id=UBUNTU, size_gb=20, dry_run=dry_run)
     return lifecycle.create_image(CAROL, request, deps)
 
 
-def test_quota_names_the_quota_its_limit_and_its_use():
+def test_quota_names_the_quota_its_limit_and_its_use() -> None:
     quota = Quota(10, 10, 5, 1)
     with pytest.raises(ResourceExhausted) as over:
         quota.check(1, 1, GZ)
@@ -69,17 +74,17 @@ def test_quota_names_the_quota_its_limit_and_its_use():
 
 
 @pytest.mark.parametrize("name", ["", " padded", "x" * 61, "trailing "])
-def test_names_are_1_to_60_characters_without_outer_spaces(name):
+def test_names_are_1_to_60_characters_without_outer_spaces(name: str) -> None:
     with pytest.raises(InvalidArgument):
         check_name(name)
 
 
-def test_an_imported_image_is_listed_under_the_first_word_of_its_os():
+def test_an_imported_image_is_listed_under_the_first_word_of_its_os() -> None:
     assert platform_of("Ubuntu 24.04 LTS", OsType.LINUX) == "Ubuntu"
     assert platform_of("", OsType.WINDOWS) == "Windows"
 
 
-def test_the_day_boundary_is_utc_midnight_of_the_clock(world):
+def test_the_day_boundary_is_utc_midnight_of_the_clock(world: World) -> None:
     deps, _, _ = world
     _create(deps, "a")
     _create(deps, "b")
@@ -94,7 +99,7 @@ def test_the_day_boundary_is_utc_midnight_of_the_clock(world):
     assert full.value.reason == "CUSTOM_IMAGE_QUOTA_EXCEEDED"
 
 
-def test_a_dry_run_checks_everything_and_writes_nothing(world):
+def test_a_dry_run_checks_everything_and_writes_nothing(world: World) -> None:
     deps, _, _ = world
     image = _create(deps, "dry", dry_run=True)
     assert image.state is ImageState.CREATING
@@ -105,19 +110,19 @@ def test_a_dry_run_checks_everything_and_writes_nothing(world):
         assert uow.connection.execute(JOBS.select()).first() is None
 
 
-def test_an_image_and_its_job_are_written_together(world):
+def test_an_image_and_its_job_are_written_together(world: World) -> None:
     deps, _jobs, _ = world
     image = _create(deps, "web")
     with deps.new_uow(read_only=True) as uow:
         (job,) = uow.connection.execute(JOBS.select()).all()
     assert job.subject == image.image_id
-    assert job.kind == lifecycle.CREATE_JOB
+    assert job.kind == CREATE_JOB
     data = json.loads(job.payload)["data"]
     assert data["checksum"] == seed.seed_checksum("ubuntu-2204-x86")
     assert data["region"] == GZ
 
 
-def test_the_stored_response_format_reads_records_that_lack_newer_fields(world):
+def test_the_stored_response_format_reads_records_that_lack_newer_fields(world: World) -> None:
     deps, _, _ = world
     image = _create(deps, "old record")
     encoded = IMAGES_RESPONSE.encode([image])
@@ -126,7 +131,7 @@ def test_the_stored_response_format_reads_records_that_lack_newer_fields(world):
     assert decoded == dataclasses.replace(image, state_reason="", checksum_sha256="")
 
 
-def test_garbage_collection_keeps_the_bytes_a_pending_job_will_copy(world):
+def test_garbage_collection_keeps_the_bytes_a_pending_job_will_copy(world: World) -> None:
     deps, jobs, store = world
     source = seed.seed_checksum("debian-12-x86")
     orphan = store.put_bytes(GZ, b"no image refers to these bytes")
@@ -138,7 +143,7 @@ def test_garbage_collection_keeps_the_bytes_a_pending_job_will_copy(world):
     with deps.new_uow() as uow:
         from chassis import jobs as chassis_jobs
 
-        chassis_jobs.enqueue(uow.connection, JOBS, lifecycle.SYNC_JOB, "img-00000001",
+        chassis_jobs.enqueue(uow.connection, JOBS, SYNC_JOB, "img-00000001",
                              {"image_id": "img-00000001", "region": GZ, "checksum": source}, deps.clock.now())
         uow.commit()
     removed = jobs.collect_garbage(timedelta(0))
@@ -147,7 +152,7 @@ def test_garbage_collection_keeps_the_bytes_a_pending_job_will_copy(world):
     assert not store.has(GZ, orphan.checksum)
 
 
-def test_sync_refuses_an_image_that_is_not_ready(world):
+def test_sync_refuses_an_image_that_is_not_ready(world: World) -> None:
     deps, _, _ = world
     image = _create(deps, "not yet")
     with pytest.raises(FailedPrecondition) as not_ready:
@@ -155,10 +160,10 @@ def test_sync_refuses_an_image_that_is_not_ready(world):
     assert not_ready.value.reason == "IMAGE_NOT_READY"
 
 
-async def test_a_create_job_copies_the_base_bytes_and_finishes_the_image(world):
+async def test_a_create_job_copies_the_base_bytes_and_finishes_the_image(world: World) -> None:
     deps, jobs, _ = world
     image = _create(deps, "web")
-    job = jobs.queue.claim([lifecycle.CREATE_JOB])
+    job = jobs.queue.claim([CREATE_JOB])
     assert job is not None
     from chassis.jobs import JobRun
 
@@ -169,4 +174,6 @@ async def test_a_create_job_copies_the_base_bytes_and_finishes_the_image(world):
     assert done.state is ImageState.NORMAL
     assert done.progress_percent == 100
     assert done.checksum_sha256 == seed.seed_checksum("ubuntu-2204-x86")
-    assert jobs.queue.get(job.job_id).state == "DONE"  # type: ignore[union-attr]
+    record = jobs.queue.get(job.job_id)
+    assert record is not None
+    assert record.state == "DONE"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
+from typing import Protocol, TypedDict
 
 import grpc
 import pytest
-from google.rpc import code_pb2, error_details_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from chassis import context, errors, ids, pagination
 from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY, Downstream
@@ -32,7 +36,8 @@ from tests.conftest import unpacked_details
     (errors.Unauthenticated("WHO", "who"), code_pb2.UNAUTHENTICATED, None),
     (errors.Unavailable("DOWN", "down"), code_pb2.UNAVAILABLE, None),
 ])
-def test_every_domain_error_becomes_one_error_info_and_its_detail(exc, code, detail_type):
+def test_every_domain_error_becomes_one_error_info_and_its_detail(exc: errors.DomainError, code: code_pb2.Code,
+                                                                  detail_type: type[Message] | None) -> None:
     status = status_of(exc)
     details = unpacked_details(status)
     assert status.code == code
@@ -43,14 +48,14 @@ def test_every_domain_error_becomes_one_error_info_and_its_detail(exc, code, det
     assert [type(d) for d in details[1:]] == ([detail_type] if detail_type else [])
 
 
-def test_an_internal_error_says_nothing_of_its_cause():
+def test_an_internal_error_says_nothing_of_its_cause() -> None:
     status = status_of(errors.DomainError("DEPENDENCY_FAILED", "SELECT * FROM secrets failed"))
     assert status.code == code_pb2.INTERNAL
     assert status.message == "internal error"
     assert "SELECT" not in str(status)
 
 
-async def test_an_unexpected_exception_reaches_the_caller_as_a_generic_internal():
+async def test_an_unexpected_exception_reaches_the_caller_as_a_generic_internal() -> None:
     async def broken(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
         raise RuntimeError("psycopg.OperationalError: password for user root at 10.0.0.5")
 
@@ -71,7 +76,7 @@ async def test_an_unexpected_exception_reaches_the_caller_as_a_generic_internal(
         await running.stop(None)
 
 
-def test_page_sizes_are_clamped():
+def test_page_sizes_are_clamped() -> None:
     assert pagination.clamp_page_size(0) == 50
     assert pagination.clamp_page_size(7) == 7
     assert pagination.clamp_page_size(10**6) == 1000
@@ -79,7 +84,7 @@ def test_page_sizes_are_clamped():
         pagination.clamp_page_size(-1)
 
 
-def test_page_tokens_round_trip_and_are_bound_to_their_filters():
+def test_page_tokens_round_trip_and_are_bound_to_their_filters() -> None:
     made_for = pagination.fingerprint("ap-guangzhou", "PUBLIC")
     token = pagination.encode_page_token("img-abc12345", made_for)
     assert pagination.decode_page_token(token, made_for) == "img-abc12345"
@@ -90,7 +95,7 @@ def test_page_tokens_round_trip_and_are_bound_to_their_filters():
         assert refused.value.reason == "INVALID_PAGE_TOKEN"
 
 
-def test_ids_have_the_seed_clouds_shape():
+def test_ids_have_the_seed_clouds_shape() -> None:
     new = ids.new_id("img")
     assert ids.is_id("img", new)
     assert not ids.is_id("ins", new)
@@ -105,19 +110,20 @@ def test_ids_have_the_seed_clouds_shape():
 
 
 @pytest.mark.parametrize("amount", ["0", "0.058", "12.345678901", "-3.25", "-0.000000001", "123456789.5"])
-def test_money_is_exact(amount):
+def test_money_is_exact(amount: str) -> None:
     value = Decimal(amount)
     converted = money("USD", value)
     assert decimal_of(converted) == value
     assert (converted.units >= 0 and converted.nanos >= 0) or (converted.units <= 0 and converted.nanos <= 0)
 
 
-def test_money_finer_than_a_nano_is_refused_not_rounded():
-    with pytest.raises(ValueError):
+def test_money_finer_than_a_nano_is_refused_not_rounded() -> None:
+    with pytest.raises(ValueError, match=r"finer than google\.type\.Money can carry"):
         money("USD", Decimal("0.0000000001"))
 
 
-def test_missing_settings_fail_fast_with_a_readable_message(monkeypatch, capsys):
+def test_missing_settings_fail_fast_with_a_readable_message(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.settings import GatewaySettings
 
     for name in ("CLOUDIMG_INTERNAL_TOKEN", "CATALOG_ADDR", "SHARING_ADDR", "BILLING_ADDR"):
@@ -131,22 +137,27 @@ def test_missing_settings_fail_fast_with_a_readable_message(monkeypatch, capsys)
     assert "Traceback" not in message
 
 
-async def test_downstream_calls_carry_the_remaining_budget_and_the_caller():
-    seen = {}
+class SeenCall(TypedDict, total=False):
+    timeout: float
+    metadata: dict[str, str]
 
-    async def method(request, timeout, metadata):
-        seen.update(timeout=timeout, metadata=dict(metadata))
+
+async def test_downstream_calls_carry_the_remaining_budget_and_the_caller() -> None:
+    seen: SeenCall = {}
+
+    async def method(request: object, timeout: float, metadata: Sequence[tuple[str, str]]) -> str:
+        seen["timeout"], seen["metadata"] = timeout, dict(metadata)
         return "ok"
 
     downstream = Downstream("catalog", "127.0.0.1:1", "secret-token-0123456789", lambda channel: None)
     try:
         context.current_caller.set(context.Caller("100000000001"))
-        context.deadline.set(context.time.monotonic() + 2.0)
+        context.deadline.set(time.monotonic() + 2.0)
         assert await downstream.call(method, object()) == "ok"
         assert 1.5 < seen["timeout"] < 2.0
         assert seen["metadata"][ACCOUNT_KEY] == "100000000001"
         assert seen["metadata"][INTERNAL_TOKEN_KEY] == "secret-token-0123456789"
-        context.deadline.set(context.time.monotonic() - 1)
+        context.deadline.set(time.monotonic() - 1)
         with pytest.raises(errors.Unavailable):
             await downstream.call(method, object())
     finally:
@@ -154,7 +165,7 @@ async def test_downstream_calls_carry_the_remaining_budget_and_the_caller():
         await downstream.close()
 
 
-async def test_downstream_calls_are_retried_on_unavailable_only():
+async def test_downstream_calls_are_retried_on_unavailable_only() -> None:
     attempts: dict[str, int] = {"flaky": 0, "refusing": 0}
 
     async def flaky(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
@@ -188,7 +199,7 @@ async def test_downstream_calls_are_retried_on_unavailable_only():
         await running.stop(None)
 
 
-async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones():
+async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones() -> None:
     import asyncio
     import os
     import signal
@@ -232,9 +243,7 @@ def _echo_register(server: grpc.aio.Server) -> list[str]:
     return ["test.Echo"]
 
 
-async def test_a_dependency_that_is_back_is_served_at_once_and_one_that_is_down_answers_promptly():
-    import time
-
+async def test_a_dependency_that_is_back_is_served_at_once_and_one_that_is_down_answers_promptly() -> None:
     from devtools.stack import free_port
 
     addr = f"127.0.0.1:{free_port()}"
@@ -262,7 +271,7 @@ async def test_a_dependency_that_is_back_is_served_at_once_and_one_that_is_down_
         await running.stop(None)
 
 
-async def test_a_dependency_answering_cancelled_is_unavailable_not_internal():
+async def test_a_dependency_answering_cancelled_is_unavailable_not_internal() -> None:
     async def stopping(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
         await ctx.abort(grpc.StatusCode.CANCELLED, "server shutting down")
         return b""
@@ -284,7 +293,7 @@ async def test_a_dependency_answering_cancelled_is_unavailable_not_internal():
         await running.stop(None)
 
 
-async def test_stopping_drains_calls_on_the_wire_then_lets_them_finish():
+async def test_stopping_drains_calls_on_the_wire_then_lets_them_finish() -> None:
     """Calls sent just before the stop have not reached a handler yet; the drain lets every one in."""
     import asyncio
 
@@ -311,7 +320,7 @@ async def test_stopping_drains_calls_on_the_wire_then_lets_them_finish():
         await stopping
 
 
-async def test_background_work_starts_and_is_drained_not_just_cancelled():
+async def test_background_work_starts_and_is_drained_not_just_cancelled() -> None:
     from chassis.server import Background, every
 
     rounds: list[int] = []
@@ -344,21 +353,22 @@ async def test_background_work_starts_and_is_drained_not_just_cancelled():
 def _streaming_register(server: grpc.aio.Server) -> list[str]:
     """A service of every streaming kind over google.rpc.Status messages: each answers its request's
     message back, and raises a domain error when the message is "refuse"."""
-    from google.rpc import status_pb2
-
     def answer(request: status_pb2.Status) -> status_pb2.Status:
         if request.message == "refuse":
             raise errors.FailedPrecondition("REFUSED", "refused", subject="stream")
         return status_pb2.Status(message=request.message)
 
-    async def one_to_many(request, ctx):
+    async def one_to_many(request: status_pb2.Status,
+                          ctx: grpc.aio.ServicerContext) -> AsyncIterator[status_pb2.Status]:
         yield answer(request)
         yield answer(request)
 
-    async def many_to_one(requests, ctx):
+    async def many_to_one(requests: AsyncIterator[status_pb2.Status],
+                          ctx: grpc.aio.ServicerContext) -> status_pb2.Status:
         return status_pb2.Status(message=",".join([answer(r).message async for r in requests]))
 
-    async def many_to_many(requests, ctx):
+    async def many_to_many(requests: AsyncIterator[status_pb2.Status],
+                           ctx: grpc.aio.ServicerContext) -> AsyncIterator[status_pb2.Status]:
         async for request in requests:
             yield answer(request)
 
@@ -374,9 +384,9 @@ def _streaming_register(server: grpc.aio.Server) -> list[str]:
 
 
 @pytest.fixture
-async def streams():
+async def streams() -> AsyncIterator[grpc.aio.Channel]:
     """The streaming service behind the chassis's interceptor, which lets in only "authorization: ok"."""
-    def authenticate(metadata, ctx):
+    def authenticate(metadata: Mapping[str, str], ctx: grpc.aio.ServicerContext) -> context.Caller:
         if metadata.get("authorization") != "ok":
             raise errors.Unauthenticated("API_KEY_MISSING", "who are you")
         return context.Caller("100000000001")
@@ -387,13 +397,18 @@ async def streams():
     await running.stop(None)
 
 
-def _stream_call(channel: grpc.aio.Channel, method: str):
+class StreamCall(Protocol):
+    async def __call__(self, bodies: list[bytes], metadata: Sequence[tuple[str, str]] = ...) -> list[bytes]: ...
+
+
+def _stream_call(channel: grpc.aio.Channel, method: str) -> StreamCall:
     """Calls a streaming method with raw bodies; returns its answers' bodies, or raises its error."""
     kind = {"OneToMany": channel.unary_stream, "ManyToOne": channel.stream_unary,
             "ManyToMany": channel.stream_stream}[method]
     stub = kind(f"/test.Streams/{method}")
 
-    async def call(bodies: list[bytes], metadata=(("authorization", "ok"),)):
+    async def call(bodies: list[bytes],
+                   metadata: Sequence[tuple[str, str]] = (("authorization", "ok"),)) -> list[bytes]:
         if method == "OneToMany":
             return [answer async for answer in stub(bodies[0], metadata=metadata)]
         if method == "ManyToOne":
@@ -406,19 +421,22 @@ def _stream_call(channel: grpc.aio.Channel, method: str):
 def _reason(error: grpc.aio.AioRpcError) -> str:
     from grpc_status import rpc_status
 
-    status = rpc_status.from_call(error)
+    status: status_pb2.Status | None = rpc_status.from_call(error)
     assert status is not None, error
-    return next(d.reason for d in unpacked_details(status) if isinstance(d, error_details_pb2.ErrorInfo))
+    for detail in unpacked_details(status):
+        if isinstance(detail, error_details_pb2.ErrorInfo):
+            reason: str = detail.reason  # google.rpc has no py.typed marker: mypy sees its messages as Any
+            return reason
+    raise AssertionError(f"no ErrorInfo on {error}")
 
 
 @pytest.mark.parametrize("method", ["OneToMany", "ManyToOne", "ManyToMany"])
-async def test_streaming_handlers_get_the_same_authentication_decoding_and_errors_as_unary(streams, method):
-    from google.rpc import status_pb2
-
+async def test_streaming_handlers_get_the_same_authentication_decoding_and_errors_as_unary(
+        streams: grpc.aio.Channel, method: str) -> None:
     call = _stream_call(streams, method)
     hello = status_pb2.Status(message="hello").SerializeToString()
     assert await call([hello])
-    refusals = {
+    refusals: dict[str, tuple[list[bytes], Sequence[tuple[str, str]] | None, grpc.StatusCode, str]] = {
         "no caller": ([hello], (), grpc.StatusCode.UNAUTHENTICATED, "API_KEY_MISSING"),
         "a body that is no message": ([b"\xff\xff\xff"], None, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST"),
         "a control character": ([status_pb2.Status(message="a\x00b").SerializeToString()], None,
@@ -435,7 +453,8 @@ async def test_streaming_handlers_get_the_same_authentication_decoding_and_error
 @pytest.mark.parametrize(("sent", "echoed"), [
     (None, None), ("req-7f3a.b:1", "req-7f3a.b:1"), ("x" * 65, None), ("a b", None), ("../../etc/passwd", None),
 ])
-async def test_every_answer_carries_the_request_id_success_and_error_alike(sent, echoed):
+async def test_every_answer_carries_the_request_id_success_and_error_alike(sent: str | None,
+                                                                           echoed: str | None) -> None:
     """The caller's x-request-id (a plain token of at most 64 characters) or a new one comes back in the
     response's trailers, on success and on error."""
     async def answer(request: bytes, ctx: grpc.aio.ServicerContext) -> bytes:

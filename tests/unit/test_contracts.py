@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def rename_an_rpc(text: str) -> tuple[str, str]:
 
 def test_vendored_protos_are_those_of_the_pinned_googleapis_common_protos() -> None:
     """At runtime google.rpc and google.type come from the installed package; the vendored copies
-    must describe the same messages (re-vendor when the pin in requirements.txt moves)."""
+    must describe the same messages (re-vendor when the lock's googleapis-common-protos moves)."""
     site = Path(descriptor_pb2.__file__).resolve().parents[2]  # .../site-packages
     vendored = vendored_protos(ROOT)
     assert {"google/type/money.proto", "google/rpc/status.proto", "google/rpc/error_details.proto",
@@ -107,7 +108,8 @@ def test_buf_breaking_passes_for_unchanged_protos(buf: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("change", [delete_a_field, rename_an_rpc], ids=["deleted-field", "renamed-rpc"])
-def test_buf_breaking_fails_for_a_breaking_change_of_the_public_api(buf: Path, tmp_path: Path, change) -> None:
+def test_buf_breaking_fails_for_a_breaking_change_of_the_public_api(buf: Path, tmp_path: Path,
+                                                                    change: Callable[[str], tuple[str, str]]) -> None:
     baseline = build_image(buf, copy_contracts(tmp_path / "baseline"))
     workspace = copy_contracts(tmp_path / "checkout")
     proto = workspace / PUBLIC_PROTO
@@ -160,7 +162,8 @@ def test_make_breaking_compares_with_a_commit_that_predates_the_vendored_module(
     proto.write_text(changed)
     broken = make_breaking()
     assert broken.returncode != 0
-    assert f'"{name}"' in broken.stderr and "breaks the API of release v0.1.0" in broken.stderr, broken.stderr
+    assert f'"{name}"' in broken.stderr, broken.stderr
+    assert "breaks the API of release v0.1.0" in broken.stderr, broken.stderr
 
 
 def test_protoset_carries_every_contract_and_the_error_details() -> None:

@@ -44,7 +44,7 @@ def section(readme: Path) -> list[str]:
     return text[text.index(START) + len(START):text.index(END)].strip().splitlines()
 
 
-def test_the_section_between_the_markers_becomes_the_table_and_the_rest_stays(files):
+def test_the_section_between_the_markers_becomes_the_table_and_the_rest_stays(files: tuple[Path, Path]) -> None:
     report, readme = files
     assert run(report, readme) == 0
     text = readme.read_text()
@@ -67,7 +67,7 @@ def test_the_section_between_the_markers_becomes_the_table_and_the_rest_stays(fi
     assert lines[-1] == "| **Total** | | 3,600 | 24 | 0 | |"
 
 
-def test_anything_lost_shows_in_its_row_and_the_total(files):
+def test_anything_lost_shows_in_its_row_and_the_total(files: tuple[Path, Path]) -> None:
     report, readme = files
     report.write_text(json.dumps({LAUNCH_KILLS: {"calls": 10, "kills": 2, "lost": 1, "duplicate_charges": 2}}))
     assert run(report, readme) == 0
@@ -77,7 +77,7 @@ def test_anything_lost_shows_in_its_row_and_the_total(files):
     assert lines[-1] == "| **Total** | | 10 | 2 | 3 | |"
 
 
-def test_a_second_run_changes_nothing(files):
+def test_a_second_run_changes_nothing(files: tuple[Path, Path]) -> None:
     report, readme = files
     assert run(report, readme) == 0
     first = readme.read_bytes()
@@ -85,7 +85,7 @@ def test_a_second_run_changes_nothing(files):
     assert readme.read_bytes() == first
 
 
-def test_line_endings_outside_the_section_are_kept(files):
+def test_line_endings_outside_the_section_are_kept(files: tuple[Path, Path]) -> None:
     report, readme = files
     readme.write_bytes(f"{BEFORE}{START}\n{END}\n{AFTER}".replace("\n", "\r\n").encode())
     assert run(report, readme) == 0
@@ -95,7 +95,8 @@ def test_line_endings_outside_the_section_are_kept(files):
 
 
 @pytest.mark.parametrize("text", ["no markers at all\n", f"only the start\n{START}\n", f"{END}\nreversed\n{START}\n"])
-def test_without_both_markers_in_order_it_says_so_exits_1_and_changes_nothing(files, capsys, text):
+def test_without_both_markers_in_order_it_says_so_exits_1_and_changes_nothing(
+        files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], text: str) -> None:
     report, readme = files
     readme.write_text(text)
     assert run(report, readme) == 1
@@ -103,7 +104,8 @@ def test_without_both_markers_in_order_it_says_so_exits_1_and_changes_nothing(fi
     assert START in capsys.readouterr().err
 
 
-def test_without_the_suites_figures_it_says_so_and_exits_1(files, capsys):
+def test_without_the_suites_figures_it_says_so_and_exits_1(
+        files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     report, readme = files
     before = readme.read_text()
     report.unlink()

@@ -3,15 +3,17 @@ and the gateway's own SQLite database; and the translation of their calls into t
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from cloudimg.gateway.v1 import image_service_pb2 as image_pb
 from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
+from google.protobuf.message import Message
 
 from chassis import context
 from chassis.clock import FakeClock
@@ -50,6 +52,7 @@ from gateway.domain.model import (
 from gateway.entrypoints import convert
 from gateway.service_layer import image_lifecycle
 from gateway.service_layer.dependencies import Dependencies, ReferenceData
+from tests.unit import gateway_fakes
 
 ALICE, BOB, CAROL = Caller("100000000001"), Caller("100000000002"), Caller("100000000003")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -65,6 +68,7 @@ ALICES = image("img-alice001", CatalogKind.CUSTOM, ALICE.account_id)
 SHARED_WITH_BOB = image("img-alice002", CatalogKind.CUSTOM, ALICE.account_id)
 CAROLS = image("img-carol001", CatalogKind.CUSTOM, CAROL.account_id)
 MISSING = "img-zz000000"
+Journal = list[tuple[str, *tuple[object, ...]]]  # the calls made of the contexts, in order: (what, arguments...)
 
 
 def instance(instance_id: str, state: InstanceState = InstanceState.RUNNING, owner: Caller = ALICE) -> Instance:
@@ -84,21 +88,23 @@ def refusal(code: str, reason: str) -> RemoteError:
     return RemoteError(code, reason, error.message, status_of(error).SerializeToString())
 
 
-class FakeCatalog:
+class FakeCatalog(gateway_fakes.FakeCatalog):
     """The catalog's images, with its ownership check (NOT_FOUND for an image the caller does not own) and its
-    request ledger for deletes (a repeated request_id answers as the first call did)."""
+    request ledger for deletes (a repeated request_id answers as the first call did); each call journaled. (Its
+    listing, which these handlers do not use, is gateway_fakes'.)"""
 
-    def __init__(self, journal: list[tuple]):
+    def __init__(self, journal: Journal):
+        super().__init__()
         self.known = {i.image_id: i for i in (PUBLIC, ALICES, SHARED_WITH_BOB, CAROLS)}
         self.journal = journal
         self.deleted: dict[tuple[str, str], str] = {}  # (account, request_id) -> image_id
         self.refuse: dict[str, DomainError] = {}  # "validate" or "delete" -> what that call raises
         self.quotas = ImageQuota("ap-guangzhou", 10, 3, 5, 1)
 
-    async def regions(self):
+    async def regions(self) -> list[Region]:
         return [Region("ap-guangzhou", "Guangzhou", True, True), Region("ap-beijing", "Beijing", True, True)]
 
-    async def image(self, image_id, region=""):
+    async def image(self, image_id: str, region: str = "") -> Image:
         self.journal.append(("catalog.image", image_id))
         return self.known.get(image_id) or Image.missing(image_id, region)
 
@@ -108,26 +114,29 @@ class FakeCatalog:
             raise refusal("NOT_FOUND", "IMAGE_NOT_FOUND")
         return found
 
-    async def create_image(self, source, name, description, request_id, dry_run):
+    async def create_image(self, source: Instance, name: str, description: str, request_id: str,
+                           dry_run: bool) -> Image:
         self.journal.append(("catalog.create", source, name, description, request_id, dry_run))
         return replace(image("img-new00001", CatalogKind.CUSTOM, source.account_id, "CREATING"),
                        base_image_id=source.image_id)
 
-    async def import_image(self, spec, request_id, dry_run):
+    async def import_image(self, spec: ImageImport, request_id: str, dry_run: bool) -> Image:
         self.journal.append(("catalog.import", spec, request_id, dry_run))
         return image("img-new00002", CatalogKind.CUSTOM, context.caller().account_id, "IMPORTING")
 
-    async def update_image(self, image_id, name, description, paths, request_id):
+    async def update_image(self, image_id: str, name: str, description: str, paths: list[str],
+                           request_id: str) -> Image:
         self.journal.append(("catalog.update", image_id, name, description, paths, request_id))
         return self._owned(image_id)
 
-    async def sync_image(self, image_id, destination_regions, request_id, dry_run):
+    async def sync_image(self, image_id: str, destination_regions: list[str], request_id: str,
+                         dry_run: bool) -> list[Image]:
         self.journal.append(("catalog.sync", image_id, destination_regions, request_id, dry_run))
         self._owned(image_id)
         return [image(f"img-sync000{n}", CatalogKind.CUSTOM, context.caller().account_id, "SYNCING")
                 for n, _ in enumerate(destination_regions)]
 
-    async def delete_image(self, image_id, request_id, validate_only=False):
+    async def delete_image(self, image_id: str, request_id: str, validate_only: bool = False) -> None:
         self.journal.append(("catalog.delete", image_id, request_id, validate_only))
         account = context.caller().account_id
         if not validate_only and self.deleted.get((account, request_id)) == image_id:
@@ -141,18 +150,22 @@ class FakeCatalog:
             if request_id:
                 self.deleted[(account, request_id)] = image_id
 
-    async def quota(self, region):
+    async def quota(self, region: str) -> ImageQuota:
         self.journal.append(("catalog.quota", region))
         return self.quotas
 
 
-class FakeSharing:
-    def __init__(self, journal: list[tuple]):
+class FakeSharing(gateway_fakes.FakeSharing):
+    """Shares as they stand, and the holds of a delete (retire, restore); each call journaled. (The rest, which
+    these handlers do not use, is gateway_fakes'.)"""
+
+    def __init__(self, journal: Journal):
+        super().__init__()
         self.shared = {(SHARED_WITH_BOB.image_id, BOB.account_id): ShareState.ACCEPTED}
         self.journal = journal
         self.refuse: dict[str, DomainError] = {}  # "retire" or "restore" -> what that call raises
 
-    async def verdict(self, img):
+    async def verdict(self, img: Image) -> Verdict:
         self.journal.append(("sharing.verdict", img.image_id))
         caller = context.caller().account_id
         if img.kind is not CatalogKind.CUSTOM or img.owner_account_id == caller:
@@ -160,28 +173,36 @@ class FakeSharing:
         state = self.shared.get((img.image_id, caller))
         return Verdict(state is not None, state is ShareState.ACCEPTED, VerdictBasis.SHARED, state)
 
-    async def retire(self, img):
+    async def retire(self, img: Image) -> None:
         self.journal.append(("sharing.retire", img.image_id))
         if "retire" in self.refuse:
             raise self.refuse["retire"]
 
-    async def restore(self, img):
+    async def restore(self, img: Image) -> None:
         self.journal.append(("sharing.restore", img.image_id))
         if "restore" in self.refuse:
             raise self.refuse["restore"]
 
 
+@dataclass
+class LifecycleDependencies(Dependencies):
+    """The dependencies of the lifecycle handlers, on these fakes (and no billing, which they never ask)."""
+
+    catalog: FakeCatalog
+    sharing: FakeSharing
+
+
 @pytest.fixture
-def deps(tmp_path: Path) -> Dependencies:
+def deps(tmp_path: Path) -> LifecycleDependencies:
     _db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
     with new_uow() as uow:
         uow.accounts.add_missing([Account(c.account_id, "") for c in (ALICE, BOB, CAROL)], NOW)
         uow.instances.add([RUNNING, STOPPED, PENDING, TERMINATED, BOBS_INSTANCE])
         uow.commit()
-    journal: list[tuple] = []
+    journal: Journal = []
     catalog = FakeCatalog(journal)
-    return Dependencies(catalog, FakeSharing(journal), None, ReferenceData(catalog, None),  # type: ignore[arg-type]
-                        new_uow, FakeClock(NOW))
+    return LifecycleDependencies(catalog, FakeSharing(journal), None,  # type: ignore[arg-type]
+                                 ReferenceData(catalog, None), new_uow, FakeClock(NOW))  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
@@ -193,36 +214,37 @@ def as_caller(caller: Caller) -> None:
     context.current_caller.set(caller)
 
 
-def journal(deps: Dependencies) -> list[tuple]:
-    return deps.catalog.journal  # type: ignore[attr-defined]
+def journal(deps: LifecycleDependencies) -> Journal:
+    return deps.catalog.journal
 
 
-def calls(deps: Dependencies) -> list[str]:
+def calls(deps: LifecycleDependencies) -> list[str]:
     return [entry[0] for entry in journal(deps)]
 
 
 def hidden_answer(error: DomainError, image_id: str) -> bytes:
     """The NOT_FOUND a caller hears, with the id itself blanked out."""
-    return status_of(error).SerializeToString().replace(image_id.encode(), b"ID")
+    answer: bytes = status_of(error).SerializeToString()  # google.rpc has no py.typed marker: Any to mypy
+    return answer.replace(image_id.encode(), b"ID")
 
 
 # CreateImage
 
 @pytest.mark.parametrize("source", [RUNNING, STOPPED], ids=["running", "stopped"])
-async def test_an_image_is_made_from_the_callers_own_instance(deps, source):
+async def test_an_image_is_made_from_the_callers_own_instance(deps: LifecycleDependencies, source: Instance) -> None:
     made = await image_lifecycle.create_image(ALICE, source.instance_id, "web", "v1", "r1", False, deps)
     assert made.state == "CREATING"
     assert made.base_image_id == PUBLIC.image_id
     assert journal(deps) == [("catalog.create", source, "web", "v1", "r1", False)]
 
 
-async def test_a_dry_run_is_passed_on(deps):
+async def test_a_dry_run_is_passed_on(deps: LifecycleDependencies) -> None:
     await image_lifecycle.create_image(ALICE, RUNNING.instance_id, "web", "", "", True, deps)
     assert journal(deps)[0][-1] is True
 
 
-async def test_another_accounts_instance_is_not_found_like_a_missing_one(deps):
-    answers = []
+async def test_another_accounts_instance_is_not_found_like_a_missing_one(deps: LifecycleDependencies) -> None:
+    answers: list[bytes] = []
     for instance_id in (BOBS_INSTANCE.instance_id, "ins-zz000000"):
         with pytest.raises(NotFound) as hidden:
             await image_lifecycle.create_image(ALICE, instance_id, "web", "", "", False, deps)
@@ -233,7 +255,8 @@ async def test_another_accounts_instance_is_not_found_like_a_missing_one(deps):
 
 
 @pytest.mark.parametrize(("source", "reason"), [(TERMINATED, "INSTANCE_TERMINATED"), (PENDING, "INSTANCE_NOT_READY")])
-async def test_an_image_is_made_only_from_a_settled_instance(deps, source, reason):
+async def test_an_image_is_made_only_from_a_settled_instance(deps: LifecycleDependencies, source: Instance,
+                                                             reason: str) -> None:
     with pytest.raises(FailedPrecondition) as refused:
         await image_lifecycle.create_image(ALICE, source.instance_id, "web", "", "", False, deps)
     assert refused.value.reason == reason
@@ -243,7 +266,8 @@ async def test_an_image_is_made_only_from_a_settled_instance(deps, source, reaso
 
 @pytest.mark.parametrize(("instance_id", "request_id", "reason"), [
     ("i-1", "", "INVALID_ID"), (RUNNING.instance_id, "r" * 65, "INVALID_REQUEST_ID")])
-async def test_create_requests_are_checked_first(deps, instance_id, request_id, reason):
+async def test_create_requests_are_checked_first(deps: LifecycleDependencies, instance_id: str, request_id: str,
+                                                 reason: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.create_image(ALICE, instance_id, "web", "", request_id, False, deps)
     assert refused.value.reason == reason
@@ -258,7 +282,7 @@ IMPORT = image_pb.ImportImageRequest(
     source_uri="file:///srv/imports/disk.qcow2")
 
 
-async def test_an_import_is_passed_on_with_its_facts(deps):
+async def test_an_import_is_passed_on_with_its_facts(deps: LifecycleDependencies) -> None:
     spec = convert.image_import(IMPORT)
     assert spec == ImageImport("ap-guangzhou", "disk", "", ImageFormat.QCOW2, "Debian 12", OsType.LINUX,
                                Architecture.ARM64, "file:///srv/imports/disk.qcow2")
@@ -268,7 +292,7 @@ async def test_an_import_is_passed_on_with_its_facts(deps):
 
 
 @pytest.mark.parametrize("field", ["format", "os_type", "architecture"])
-async def test_an_import_names_its_missing_enum_field(field):
+async def test_an_import_names_its_missing_enum_field(field: Literal["format", "os_type", "architecture"]) -> None:
     request = image_pb.ImportImageRequest()
     request.CopyFrom(IMPORT)
     request.ClearField(field)
@@ -278,7 +302,8 @@ async def test_an_import_names_its_missing_enum_field(field):
 
 
 @pytest.mark.parametrize(("region", "reason"), [("", "REGION_REQUIRED"), ("mars-1", "UNKNOWN_REGION")])
-async def test_an_import_into_an_unknown_region_is_refused_before_the_catalog(deps, region, reason):
+async def test_an_import_into_an_unknown_region_is_refused_before_the_catalog(deps: LifecycleDependencies, region: str,
+                                                                              reason: str) -> None:
     spec = convert.image_import(image_pb.ImportImageRequest(**{**_fields(IMPORT), "region": region}))
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.import_image(spec, "", False, deps)
@@ -286,7 +311,7 @@ async def test_an_import_into_an_unknown_region_is_refused_before_the_catalog(de
     assert journal(deps) == []
 
 
-def _fields(message: Any) -> dict[str, Any]:
+def _fields(message: Message) -> dict[str, Any]:
     return {f.name: v for f, v in message.ListFields()}
 
 
@@ -295,7 +320,8 @@ def _fields(message: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("paths", "reason"), [
     ([], "UPDATE_MASK_REQUIRED"), (["name", "size_gb"], "INVALID_UPDATE_MASK"), (["*"], "INVALID_UPDATE_MASK"),
     (["image_id"], "INVALID_UPDATE_MASK")])
-async def test_the_update_mask_names_only_name_and_description(deps, paths, reason):
+async def test_the_update_mask_names_only_name_and_description(deps: LifecycleDependencies, paths: list[str],
+                                                               reason: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.update_image(ALICE, ALICES.image_id, "new", "", paths, "", deps)
     assert refused.value.reason == reason
@@ -303,7 +329,7 @@ async def test_the_update_mask_names_only_name_and_description(deps, paths, reas
     assert journal(deps) == []
 
 
-async def test_the_owner_renames_its_image_with_the_paths_it_names(deps):
+async def test_the_owner_renames_its_image_with_the_paths_it_names(deps: LifecycleDependencies) -> None:
     await image_lifecycle.update_image(ALICE, ALICES.image_id, "new", "desc", ["description", "name", "name"],
                                        "r1", deps)
     assert journal(deps)[-1] == ("catalog.update", ALICES.image_id, "new", "desc", ["description", "name"], "r1")
@@ -311,20 +337,24 @@ async def test_the_owner_renames_its_image_with_the_paths_it_names(deps):
 
 # Who may change an image: the same for every lifecycle call that changes one.
 
-def change(name: str):
-    return {
+Change = Callable[[Caller, str, Dependencies], Awaitable[object]]
+
+
+def change(name: str) -> Change:
+    changes: dict[str, Change] = {
         "update": lambda c, i, d: image_lifecycle.update_image(c, i, "new", "", ["name"], "", d),
         "sync": lambda c, i, d: image_lifecycle.sync_image(c, i, ["ap-beijing"], "", False, d),
         "delete": lambda c, i, d: image_lifecycle.delete_image(c, i, "", d),
         "delete-with-request-id": lambda c, i, d: image_lifecycle.delete_image(c, i, "r-del", d),
-    }[name]
+    }
+    return changes[name]
 
 
 CHANGES = ["update", "sync", "delete", "delete-with-request-id"]
 
 
 @pytest.mark.parametrize("name", CHANGES)
-async def test_a_recipient_may_not_change_a_shared_image(deps, name):
+async def test_a_recipient_may_not_change_a_shared_image(deps: LifecycleDependencies, name: str) -> None:
     as_caller(BOB)
     with pytest.raises(PermissionDenied) as refused:
         await change(name)(BOB, SHARED_WITH_BOB.image_id, deps)
@@ -333,7 +363,7 @@ async def test_a_recipient_may_not_change_a_shared_image(deps, name):
 
 
 @pytest.mark.parametrize("name", CHANGES)
-async def test_nobody_changes_a_public_image(deps, name):
+async def test_nobody_changes_a_public_image(deps: LifecycleDependencies, name: str) -> None:
     with pytest.raises(PermissionDenied) as refused:
         await change(name)(ALICE, PUBLIC.image_id, deps)
     assert refused.value.reason == "NOT_IMAGE_OWNER"
@@ -341,9 +371,10 @@ async def test_nobody_changes_a_public_image(deps, name):
 
 
 @pytest.mark.parametrize("name", CHANGES)
-async def test_a_strangers_image_is_not_found_exactly_like_a_missing_one(deps, name):
+async def test_a_strangers_image_is_not_found_exactly_like_a_missing_one(deps: LifecycleDependencies,
+                                                                         name: str) -> None:
     as_caller(BOB)
-    seen = {}
+    seen: dict[str, tuple[list[str], bytes]] = {}
     for image_id in (CAROLS.image_id, MISSING):
         journal(deps).clear()
         with pytest.raises(NotFound) as hidden:
@@ -351,11 +382,11 @@ async def test_a_strangers_image_is_not_found_exactly_like_a_missing_one(deps, n
         assert hidden.value.reason == "IMAGE_NOT_FOUND"
         seen[image_id] = (calls(deps), hidden_answer(hidden.value, image_id))
     assert seen[CAROLS.image_id] == seen[MISSING]
-    assert CAROLS.image_id in deps.catalog.known  # type: ignore[attr-defined]
+    assert CAROLS.image_id in deps.catalog.known
 
 
 @pytest.mark.parametrize("name", ["update", "sync", "delete"])
-async def test_a_malformed_image_id_is_refused_before_any_call(deps, name):
+async def test_a_malformed_image_id_is_refused_before_any_call(deps: LifecycleDependencies, name: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await change(name)(ALICE, "img-NOPE", deps)
     assert refused.value.reason == "INVALID_ID"
@@ -364,7 +395,7 @@ async def test_a_malformed_image_id_is_refused_before_any_call(deps, name):
 
 # SyncImage
 
-async def test_the_owner_syncs_and_gets_the_new_images(deps):
+async def test_the_owner_syncs_and_gets_the_new_images(deps: LifecycleDependencies) -> None:
     copies = await image_lifecycle.sync_image(ALICE, ALICES.image_id, ["ap-beijing", "ap-shanghai"], "r1", True,
                                               deps)
     assert [c.state for c in copies] == ["SYNCING", "SYNCING"]
@@ -377,27 +408,27 @@ DELETE_STEPS = [("catalog.image", ALICES.image_id), ("catalog.delete", ALICES.im
                 ("sharing.retire", ALICES.image_id), ("catalog.delete", ALICES.image_id, "r1", False)]
 
 
-async def test_a_delete_validates_then_retires_then_deletes(deps):
+async def test_a_delete_validates_then_retires_then_deletes(deps: LifecycleDependencies) -> None:
     await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
     assert journal(deps) == DELETE_STEPS
-    assert ALICES.image_id not in deps.catalog.known  # type: ignore[attr-defined]
+    assert ALICES.image_id not in deps.catalog.known
 
 
-async def test_a_delete_the_catalog_refuses_at_once_touches_no_share(deps):
-    deps.catalog.refuse["validate"] = busy = refusal("FAILED_PRECONDITION", "IMAGE_BUSY")  # type: ignore[attr-defined]
+async def test_a_delete_the_catalog_refuses_at_once_touches_no_share(deps: LifecycleDependencies) -> None:
+    deps.catalog.refuse["validate"] = busy = refusal("FAILED_PRECONDITION", "IMAGE_BUSY")
     with pytest.raises(RemoteError) as refused:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
     assert refused.value is busy
     assert journal(deps) == DELETE_STEPS[:2]
 
 
-async def test_a_shared_image_is_not_deleted(deps):
-    deps.sharing.refuse["retire"] = shared = refusal("FAILED_PRECONDITION", "IMAGE_SHARED")  # type: ignore[attr-defined]
+async def test_a_shared_image_is_not_deleted(deps: LifecycleDependencies) -> None:
+    deps.sharing.refuse["retire"] = shared = refusal("FAILED_PRECONDITION", "IMAGE_SHARED")
     with pytest.raises(RemoteError) as refused:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
     assert refused.value is shared
     assert journal(deps) == DELETE_STEPS[:3]
-    assert ALICES.image_id in deps.catalog.known  # type: ignore[attr-defined]
+    assert ALICES.image_id in deps.catalog.known
 
 
 KEPT = [refusal("FAILED_PRECONDITION", "SYNC_RUNNING"),
@@ -406,17 +437,18 @@ KEPT = [refusal("FAILED_PRECONDITION", "SYNC_RUNNING"),
 
 
 @pytest.mark.parametrize("failure", KEPT, ids=["refused", "request-id-mismatch", "never-sent"])
-async def test_a_delete_that_certainly_did_not_happen_releases_the_hold(deps, failure):
-    deps.catalog.refuse["delete"] = failure  # type: ignore[attr-defined]
+async def test_a_delete_that_certainly_did_not_happen_releases_the_hold(deps: LifecycleDependencies,
+                                                                        failure: DomainError) -> None:
+    deps.catalog.refuse["delete"] = failure
     with pytest.raises(DomainError) as failed:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
     assert failed.value is failure
     assert journal(deps) == [*DELETE_STEPS, ("sharing.restore", ALICES.image_id)]
 
 
-async def test_a_hold_that_cannot_be_released_leaves_the_caller_with_the_refusal(deps):
-    deps.catalog.refuse["delete"] = failure = KEPT[0]  # type: ignore[attr-defined]
-    deps.sharing.refuse["restore"] = Unavailable("DEPENDENCY_UNAVAILABLE", "down")  # type: ignore[attr-defined]
+async def test_a_hold_that_cannot_be_released_leaves_the_caller_with_the_refusal(deps: LifecycleDependencies) -> None:
+    deps.catalog.refuse["delete"] = failure = KEPT[0]
+    deps.sharing.refuse["restore"] = Unavailable("DEPENDENCY_UNAVAILABLE", "down")
     with pytest.raises(RemoteError) as failed:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
     assert failed.value is failure
@@ -429,15 +461,17 @@ UNKNOWN = [Unavailable("DEPENDENCY_UNAVAILABLE", "the catalog service is unavail
 
 
 @pytest.mark.parametrize("failure", UNKNOWN, ids=["unavailable", "failed", "deleted-meanwhile"])
-async def test_a_delete_that_may_have_happened_keeps_the_hold(deps, failure):
-    deps.catalog.refuse["delete"] = failure  # type: ignore[attr-defined]
+async def test_a_delete_that_may_have_happened_keeps_the_hold(deps: LifecycleDependencies,
+                                                              failure: DomainError) -> None:
+    deps.catalog.refuse["delete"] = failure
     with pytest.raises(DomainError) as failed:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
     assert failed.value is failure
     assert journal(deps) == DELETE_STEPS
 
 
-async def test_a_repeated_delete_of_a_deleted_image_succeeds_through_the_catalogs_ledger(deps):
+async def test_a_repeated_delete_of_a_deleted_image_succeeds_through_the_catalogs_ledger(
+        deps: LifecycleDependencies) -> None:
     await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
     journal(deps).clear()
     await image_lifecycle.delete_image(ALICE, ALICES.image_id, "r1", deps)
@@ -450,7 +484,7 @@ async def test_a_repeated_delete_of_a_deleted_image_succeeds_through_the_catalog
     assert "sharing.retire" not in calls(deps)
 
 
-async def test_delete_requests_are_checked_first(deps):
+async def test_delete_requests_are_checked_first(deps: LifecycleDependencies) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.delete_image(ALICE, ALICES.image_id, "caf\u00e9", deps)
     assert refused.value.reason == "INVALID_REQUEST_ID"
@@ -459,7 +493,7 @@ async def test_delete_requests_are_checked_first(deps):
 
 # GetImageQuota
 
-async def test_the_quota_comes_from_the_catalog(deps):
+async def test_the_quota_comes_from_the_catalog(deps: LifecycleDependencies) -> None:
     assert await image_lifecycle.get_image_quota("ap-guangzhou", deps) == ImageQuota("ap-guangzhou", 10, 3, 5, 1)
     assert journal(deps) == [("catalog.quota", "ap-guangzhou")]
     assert convert.image_quota(ImageQuota("ap-guangzhou", 10, 3, 5, 1)) == image_pb.GetImageQuotaResponse(
@@ -468,7 +502,7 @@ async def test_the_quota_comes_from_the_catalog(deps):
 
 
 @pytest.mark.parametrize(("region", "reason"), [("", "REGION_REQUIRED"), ("mars-1", "UNKNOWN_REGION")])
-async def test_the_quota_of_an_unknown_region_is_refused(deps, region, reason):
+async def test_the_quota_of_an_unknown_region_is_refused(deps: LifecycleDependencies, region: str, reason: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await image_lifecycle.get_image_quota(region, deps)
     assert refused.value.reason == reason
@@ -477,7 +511,7 @@ async def test_the_quota_of_an_unknown_region_is_refused(deps, region, reason):
 
 # The public Image carries the checksum and the reason of a failed job.
 
-def test_the_public_image_carries_its_checksum_and_state_reason():
+def test_the_public_image_carries_its_checksum_and_state_reason() -> None:
     failed = image("img-fail0001", CatalogKind.CUSTOM, ALICE.account_id, "IMPORT_FAILED", checksum_sha256="ab" * 32,
                    state_reason="FORMAT_MISMATCH: the bytes are raw, not qcow2")
     shown = convert.image(failed, ALICE)
@@ -510,7 +544,7 @@ CATALOG_IMAGE = catalog_pb.Image(
     state_reason="")
 
 
-async def test_the_catalog_client_translates_each_lifecycle_call():
+async def test_the_catalog_client_translates_each_lifecycle_call() -> None:
     d = RecordingDownstream({
         "CreateImage": catalog_pb.CreateImageResponse(image=CATALOG_IMAGE),
         "ImportImage": catalog_pb.ImportImageResponse(image=CATALOG_IMAGE),
@@ -549,7 +583,7 @@ async def test_the_catalog_client_translates_each_lifecycle_call():
     ]
 
 
-async def test_the_sharing_client_retires_and_restores_the_image_it_is_given():
+async def test_the_sharing_client_retires_and_restores_the_image_it_is_given() -> None:
     d = RecordingDownstream({"RetireImage": sharing_pb.RetireImageResponse(),
                              "RestoreImage": sharing_pb.RestoreImageResponse()})
     sharing = Sharing(d)  # type: ignore[arg-type]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn, Unpack
 
 import pytest
 from sqlalchemy import select
@@ -19,7 +20,7 @@ from chassis.rpc import status_of
 from gateway.adapters.tables import JOBS
 from gateway.bootstrap import open_database
 from gateway.domain.api_keys import Account
-from gateway.domain.instances import InstanceState, LaunchRequest
+from gateway.domain.instances import InstanceState, LaunchRequest, Reset
 from gateway.domain.model import (
     CatalogKind,
     ChargeFilter,
@@ -40,7 +41,9 @@ from tests.unit.gateway_fakes import (
     WINDOWS,
     FakeBilling,
     FakeCatalog,
+    FakeDependencies,
     FakeSharing,
+    LaunchChanges,
     image,
     refusal,
     run_another_replica,
@@ -52,14 +55,14 @@ BOBS = image("img-bob00001", CatalogKind.CUSTOM, BOB.account_id)
 
 
 @pytest.fixture
-def deps(tmp_path: Path) -> Dependencies:
+def deps(tmp_path: Path) -> FakeDependencies:
     _db, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
     with new_uow() as uow:
         uow.accounts.add_missing([Account(c.account_id, "") for c in (ALICE, BOB)], NOW)
         uow.commit()
     catalog, billing = FakeCatalog(), FakeBilling()
     catalog.known[BOBS.image_id] = BOBS
-    return Dependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow, FakeClock(NOW))
+    return FakeDependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow, FakeClock(NOW))
 
 
 @pytest.fixture(autouse=True)
@@ -68,13 +71,13 @@ def as_alice() -> None:
     context.deadline.set(None)
 
 
-async def launched(deps: Dependencies, count: int = 1, caller: Caller = ALICE, **overrides: object) -> list[str]:
+async def launched(deps: Dependencies, count: int = 1, caller: Caller = ALICE,
+                   **changes: Unpack[LaunchChanges]) -> list[str]:
     context.current_caller.set(caller)
-    fields: dict[str, object] = dict(region="ap-guangzhou", image_id=PUBLIC.image_id, instance_type="S5.MEDIUM4",
-                                     instance_count=count, charge_type=ChargeType.POSTPAID_BY_HOUR, period_months=0,
-                                     system_disk_gb=50)
-    fields.update(overrides)
-    instance_ids, _ = await launches.run_instances(caller, LaunchRequest(**fields), False, deps)  # type: ignore[arg-type]
+    usual = LaunchRequest(region="ap-guangzhou", image_id=PUBLIC.image_id, instance_type="S5.MEDIUM4",
+                          instance_count=count, charge_type=ChargeType.POSTPAID_BY_HOUR, period_months=0,
+                          system_disk_gb=50)
+    instance_ids, _ = await launches.run_instances(caller, replace(usual, **changes), False, deps)
     context.current_caller.set(ALICE)
     return instance_ids
 
@@ -84,7 +87,7 @@ async def state_of(deps: Dependencies, instance_id: str, caller: Caller = ALICE)
     return found.state, found.image_id
 
 
-def pending_jobs(deps: Dependencies, kind: str) -> list[tuple[str, str]]:
+def pending_jobs(deps: Dependencies, kind: str) -> list[tuple[str, datetime | None]]:
     """(lease owner, due) of the PENDING jobs of a kind."""
     with deps.new_uow(read_only=True) as uow:
         rows = uow.connection.execute(select(JOBS.c.lease_owner, JOBS.c.lease_until).where(
@@ -93,12 +96,13 @@ def pending_jobs(deps: Dependencies, kind: str) -> list[tuple[str, str]]:
 
 
 def hidden(error: DomainError, instance_id: str) -> bytes:
-    return status_of(error).SerializeToString().replace(instance_id.encode(), b"ID")
+    answer: bytes = status_of(error).SerializeToString()  # google.rpc has no py.typed marker: Any to mypy
+    return answer.replace(instance_id.encode(), b"ID")
 
 
 # TerminateInstances
 
-async def test_terminating_ends_usage_once_and_again_changes_nothing(deps):
+async def test_terminating_ends_usage_once_and_again_changes_nothing(deps: FakeDependencies) -> None:
     first, second = await launched(deps, 2)
     deps.clock.advance(minutes=30)
     ended = await instances.terminate_instances(ALICE, [second, first, second], "r1", deps)
@@ -114,7 +118,8 @@ async def test_terminating_ends_usage_once_and_again_changes_nothing(deps):
     assert len(deps.billing.ended) == 1
 
 
-async def test_a_strangers_instance_is_not_found_like_a_missing_one_and_nothing_is_terminated(deps):
+async def test_a_strangers_instance_is_not_found_like_a_missing_one_and_nothing_is_terminated(
+        deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     bobs = (await launched(deps, caller=BOB))[0]
     answers = []
@@ -133,13 +138,13 @@ async def test_a_strangers_instance_is_not_found_like_a_missing_one_and_nothing_
     ([], "INVALID_INSTANCE_COUNT"), ([f"ins-{n:08d}" for n in range(101)], "INVALID_INSTANCE_COUNT"),
     (["i-1"], "INVALID_ID"),
 ])
-async def test_termination_requests_are_bounded(deps, instance_ids, reason):
+async def test_termination_requests_are_bounded(deps: FakeDependencies, instance_ids: list[str], reason: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await instances.terminate_instances(ALICE, instance_ids, "", deps)
     assert refused.value.reason == reason
 
 
-async def test_an_instance_in_the_middle_of_a_change_refuses_the_whole_termination(deps):
+async def test_an_instance_in_the_middle_of_a_change_refuses_the_whole_termination(deps: FakeDependencies) -> None:
     resetting, running = await launched(deps, 2)
     deps.billing.reset_down = DOWN
     reset_instance, _ = await resets.reset_instance(ALICE, resetting, WINDOWS.image_id, "", False, deps)
@@ -157,7 +162,8 @@ async def test_an_instance_in_the_middle_of_a_change_refuses_the_whole_terminati
     assert (await state_of(deps, running))[0] is InstanceState.RUNNING
 
 
-async def test_when_billing_is_down_the_instances_are_terminated_and_their_usage_ends_later(deps):
+async def test_when_billing_is_down_the_instances_are_terminated_and_their_usage_ends_later(
+        deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     deps.billing.down = DOWN
     ended = await instances.terminate_instances(ALICE, [mine], "", deps)
@@ -172,7 +178,7 @@ async def test_when_billing_is_down_the_instances_are_terminated_and_their_usage
     assert pending_jobs(deps, "end-usage") == []
 
 
-async def test_racing_terminations_with_one_request_id_end_usage_once(deps):
+async def test_racing_terminations_with_one_request_id_end_usage_once(deps: FakeDependencies) -> None:
     ids = await launched(deps, 3)
     answers = await asyncio.gather(*(instances.terminate_instances(ALICE, ids, "race", deps) for _ in range(10)))
     assert all(a == answers[0] for a in answers)
@@ -181,7 +187,7 @@ async def test_racing_terminations_with_one_request_id_end_usage_once(deps):
 
 # ResetInstance and QuoteResetInstance
 
-async def test_a_reset_runs_the_new_image_at_its_new_price(deps):
+async def test_a_reset_runs_the_new_image_at_its_new_price(deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     deps.clock.advance(hours=2)
     quote = await resets.quote_reset_instance(ALICE, mine, WINDOWS.image_id, deps)
@@ -200,7 +206,7 @@ async def test_a_reset_runs_the_new_image_at_its_new_price(deps):
     assert len(deps.billing.resets) == 1
 
 
-async def test_a_dry_run_prices_and_changes_nothing(deps):
+async def test_a_dry_run_prices_and_changes_nothing(deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     instance, quote = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "", True, deps)
     assert (instance.state, instance.image_id) == (InstanceState.RUNNING, PUBLIC.image_id)
@@ -215,7 +221,8 @@ async def test_a_dry_run_prices_and_changes_nothing(deps):
     ("img-zz000000", "IMAGE_NOT_FOUND", NotFound),
     ("bad", "INVALID_ID", InvalidArgument),
 ])
-async def test_a_reset_runs_the_launch_checks(deps, target, reason, error):
+async def test_a_reset_runs_the_launch_checks(deps: FakeDependencies, target: str, reason: str,
+                                              error: type[DomainError]) -> None:
     mine = (await launched(deps))[0]
     for dry_run in (True, False):
         with pytest.raises(error) as refused:
@@ -229,7 +236,8 @@ async def test_a_reset_runs_the_launch_checks(deps, target, reason, error):
 
 @pytest.mark.parametrize(("share", "reason"), [(ShareState.PENDING, "SHARE_PENDING"),
                                            (ShareState.REJECTED, "SHARE_REJECTED")])
-async def test_a_share_that_is_not_accepted_cannot_be_reset_to(deps, share, reason):
+async def test_a_share_that_is_not_accepted_cannot_be_reset_to(deps: FakeDependencies, share: ShareState,
+                                                               reason: str) -> None:
     mine = (await launched(deps))[0]
     deps.sharing.shared[(BOBS.image_id, ALICE.account_id)] = share
     with pytest.raises(FailedPrecondition) as refused:
@@ -240,7 +248,7 @@ async def test_a_share_that_is_not_accepted_cannot_be_reset_to(deps, share, reas
     assert reset.image_id == BOBS.image_id
 
 
-async def test_the_trust_policy_refuses_or_flags_a_reset(deps):
+async def test_the_trust_policy_refuses_or_flags_a_reset(deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     deps.sharing.shared[(BOBS.image_id, ALICE.account_id)] = ShareState.ACCEPTED
     deps.sharing.policies[ALICE.account_id] = TrustPolicy(mode=TrustPolicyMode.ENFORCE)
@@ -255,7 +263,7 @@ async def test_the_trust_policy_refuses_or_flags_a_reset(deps):
     assert quote.image_allowed is False
 
 
-async def test_a_terminated_or_strangers_instance_cannot_be_reset(deps):
+async def test_a_terminated_or_strangers_instance_cannot_be_reset(deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     bobs = (await launched(deps, caller=BOB))[0]
     with pytest.raises(NotFound) as refused:
@@ -264,15 +272,15 @@ async def test_a_terminated_or_strangers_instance_cannot_be_reset(deps):
     await instances.terminate_instances(ALICE, [mine], "", deps)
     for attempt in (resets.reset_instance(ALICE, mine, PUBLIC.image_id, "", False, deps),
                     resets.quote_reset_instance(ALICE, mine, PUBLIC.image_id, deps)):
-        with pytest.raises(FailedPrecondition) as refused:
+        with pytest.raises(FailedPrecondition) as terminated:
             await attempt
-        assert refused.value.reason == "INSTANCE_TERMINATED"
-    with pytest.raises(FailedPrecondition) as refused:
+        assert terminated.value.reason == "INSTANCE_TERMINATED"
+    with pytest.raises(FailedPrecondition) as terminated:
         await image_lifecycle.create_image(ALICE, mine, "backup", "", "", False, deps)
-    assert refused.value.reason == "INSTANCE_TERMINATED"
+    assert terminated.value.reason == "INSTANCE_TERMINATED"
 
 
-async def test_when_billing_is_down_a_reset_stays_resetting_until_its_job_finishes_it(deps):
+async def test_when_billing_is_down_a_reset_stays_resetting_until_its_job_finishes_it(deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     deps.billing.reset_down = DOWN
     reset, _quote = await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "r1", False, deps)
@@ -299,20 +307,21 @@ class Died(BaseException):
 
 
 @pytest.mark.parametrize("ending", [Died, asyncio.CancelledError], ids=["died", "caller-left"])
-async def test_a_reset_whose_call_did_not_finish_it_is_finished_by_its_job(deps, ending):
+async def test_a_reset_whose_call_did_not_finish_it_is_finished_by_its_job(deps: FakeDependencies,
+                                                                           ending: type[BaseException]) -> None:
     """A call that died leaves the job due when its hold ends; one whose caller left gives it up at once."""
     mine = (await launched(deps))[0]
     original = resets.finish_reset
 
-    async def interrupted(reset, deps):
+    async def interrupted(reset: Reset, deps: Dependencies) -> NoReturn:
         raise ending()
 
-    resets.finish_reset = interrupted  # type: ignore[assignment]
+    resets.finish_reset = interrupted
     try:
         with pytest.raises(ending):
             await resets.reset_instance(ALICE, mine, WINDOWS.image_id, "", False, deps)
     finally:
-        resets.finish_reset = original  # type: ignore[assignment]
+        resets.finish_reset = original
     assert (await state_of(deps, mine))[0] is InstanceState.RESETTING
     await run_another_replica(deps)
     if ending is Died:  # still held by the call that died
@@ -323,23 +332,24 @@ async def test_a_reset_whose_call_did_not_finish_it_is_finished_by_its_job(deps,
     assert len(deps.billing.resets) == 1
 
 
-async def test_a_termination_whose_caller_left_gives_its_job_up_at_once(deps):
+async def test_a_termination_whose_caller_left_gives_its_job_up_at_once(deps: FakeDependencies,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     mine = (await launched(deps))[0]
     original = deps.billing.end_usage
 
-    async def left(instance_ids, end_time):
+    async def left(instance_ids: list[str], end_time: datetime) -> NoReturn:
         raise asyncio.CancelledError
 
-    deps.billing.end_usage = left  # type: ignore[method-assign]
+    monkeypatch.setattr(deps.billing, "end_usage", left)
     with pytest.raises(asyncio.CancelledError):
         await instances.terminate_instances(ALICE, [mine], "", deps)
     assert pending_jobs(deps, "end-usage") == [("", NOW)]
-    deps.billing.end_usage = original  # type: ignore[method-assign]
+    monkeypatch.setattr(deps.billing, "end_usage", original)
     await run_another_replica(deps)
     assert deps.billing.ended == [((mine,), NOW)]
 
 
-async def test_a_reset_that_billing_refuses_is_undone(deps):
+async def test_a_reset_that_billing_refuses_is_undone(deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     deps.billing.lose = refusal("FAILED_PRECONDITION", "INSTANCE_USAGE_ENDED")
     with pytest.raises(DomainError):
@@ -348,16 +358,17 @@ async def test_a_reset_that_billing_refuses_is_undone(deps):
     assert pending_jobs(deps, "reset-instance") == []
 
 
-async def test_racing_resets_with_one_request_id_reset_once(deps):
+async def test_racing_resets_with_one_request_id_reset_once(deps: FakeDependencies) -> None:
     mine = (await launched(deps))[0]
     answers = await asyncio.gather(*(resets.reset_instance(ALICE, mine, WINDOWS.image_id, "race", False, deps)
                                      for _ in range(10)), return_exceptions=True)
     assert [a for a in answers if isinstance(a, BaseException)] == []
-    assert {(i.state, i.image_id) for i, _ in answers} == {(InstanceState.RUNNING, WINDOWS.image_id)}
+    done = [a for a in answers if not isinstance(a, BaseException)]
+    assert {(i.state, i.image_id) for i, _ in done} == {(InstanceState.RUNNING, WINDOWS.image_id)}
     assert len(deps.billing.resets) == 1
 
 
-async def test_the_backup_story(deps):
+async def test_the_backup_story(deps: FakeDependencies) -> None:
     """Launch two instances, make an image of one, reset both to it: both run it."""
     first, second = await launched(deps, 2)
     backup = await image_lifecycle.create_image(ALICE, first, "backup", "", "", False, deps)
@@ -372,7 +383,7 @@ async def test_the_backup_story(deps):
 
 # ListInstances by state, ListPrices, ListCharges
 
-async def test_instances_are_listed_by_state(deps):
+async def test_instances_are_listed_by_state(deps: FakeDependencies) -> None:
     first, second, third = sorted(await launched(deps, 3))
     await instances.terminate_instances(ALICE, [second], "", deps)
     found, _ = await instances.list_instances(ALICE, "", {InstanceState.TERMINATED}, 0, "", deps)
@@ -385,7 +396,7 @@ async def test_instances_are_listed_by_state(deps):
     assert refused.value.reason == "INVALID_PAGE_TOKEN"
 
 
-async def test_prices_are_listed_from_billing_and_the_region_is_checked_first(deps):
+async def test_prices_are_listed_from_billing_and_the_region_is_checked_first(deps: FakeDependencies) -> None:
     prices, _ = await instances.list_prices("ap-guangzhou", ChargeType.SPOTPAID, "", 0, "", deps)
     assert [(p.region, p.charge_type) for p in prices] == [("ap-guangzhou", ChargeType.SPOTPAID)]
     with pytest.raises(InvalidArgument) as refused:
@@ -394,7 +405,7 @@ async def test_prices_are_listed_from_billing_and_the_region_is_checked_first(de
     assert deps.billing.calls.count("prices") == 1
 
 
-async def test_charges_are_filtered_by_instance(deps):
+async def test_charges_are_filtered_by_instance(deps: FakeDependencies) -> None:
     first = (await launched(deps))[0]
     await launched(deps)
     charges, _ = await accounts.list_charges(ChargeFilter(instance_id=first), 0, "", deps.billing)

@@ -24,15 +24,21 @@ BOB = Caller("100000000002")
 
 
 @pytest.fixture
-def deps(tmp_path: Path) -> Dependencies:
+def sharing() -> FakeSharing:
+    return FakeSharing()
+
+
+@pytest.fixture
+def deps(tmp_path: Path, sharing: FakeSharing) -> Dependencies:
     _, new_uow = open_database(f"sqlite:///{tmp_path}/gateway.db")
     catalog, billing = FakeCatalog(), FakeBilling()
     context.current_caller.set(BOB)
-    return Dependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow, FakeClock(NOW))
+    return Dependencies(catalog, sharing, billing, ReferenceData(catalog, billing), new_uow, FakeClock(NOW))
 
 
-async def test_a_recipient_accepts_and_rejects_what_was_shared_with_it(deps):
-    deps.sharing.shared[(ALICES.image_id, BOB.account_id)] = ShareState.PENDING
+async def test_a_recipient_accepts_and_rejects_what_was_shared_with_it(
+        deps: Dependencies, sharing: FakeSharing) -> None:
+    sharing.shared[(ALICES.image_id, BOB.account_id)] = ShareState.PENDING
     accepted = await shares.accept_image_share(ALICES.image_id, "r1", deps)
     assert accepted.state is ShareState.ACCEPTED
     rejected = await shares.reject_image_share(ALICES.image_id, "r2", deps)
@@ -44,16 +50,17 @@ async def test_a_recipient_accepts_and_rejects_what_was_shared_with_it(deps):
 
 @pytest.mark.parametrize(("image_id", "request_id", "reason"), [
     ("img-1", "", "INVALID_ID"), (ALICES.image_id, "r" * 65, "INVALID_REQUEST_ID")])
-async def test_bad_share_answers_are_refused_before_sharing_is_asked(deps, image_id, request_id, reason):
+async def test_bad_share_answers_are_refused_before_sharing_is_asked(
+        deps: Dependencies, sharing: FakeSharing, image_id: str, request_id: str, reason: str) -> None:
     for answer in (shares.accept_image_share, shares.reject_image_share):
         with pytest.raises(InvalidArgument) as refused:
             await answer(image_id, request_id, deps)
         assert refused.value.reason == reason
-    assert deps.sharing.calls == []
+    assert sharing.calls == []
 
 
 @pytest.mark.parametrize("mask", [[], ["*"]])
-async def test_an_update_without_a_mask_replaces_the_whole_policy(deps, mask):
+async def test_an_update_without_a_mask_replaces_the_whole_policy(deps: Dependencies, mask: list[str]) -> None:
     wanted = TrustPolicy(trusted_account_ids=("100000000001",), mode=TrustPolicyMode.ENFORCE,
                          allow_platform_images=False, allowed_account_ids=("100000000001",))
     changed = await shares.update_trust_policy(wanted, mask, "", deps)
@@ -61,7 +68,7 @@ async def test_an_update_without_a_mask_replaces_the_whole_policy(deps, mask):
     assert await shares.get_trust_policy(deps) == changed
 
 
-async def test_an_update_changes_only_the_fields_its_mask_names(deps):
+async def test_an_update_changes_only_the_fields_its_mask_names(deps: Dependencies) -> None:
     await shares.update_trust_policy(TrustPolicy(trusted_account_ids=("100000000001",)), ["trusted_account_ids"],
                                      "", deps)
     changed = await shares.update_trust_policy(TrustPolicy(mode=TrustPolicyMode.AUDIT), ["mode", "mode"], "", deps)
@@ -69,14 +76,15 @@ async def test_an_update_changes_only_the_fields_its_mask_names(deps):
         ("100000000001",), TrustPolicyMode.AUDIT, True)
 
 
-async def test_a_mask_naming_another_field_is_refused_before_sharing_is_asked(deps):
+async def test_a_mask_naming_another_field_is_refused_before_sharing_is_asked(
+        deps: Dependencies, sharing: FakeSharing) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await shares.update_trust_policy(TrustPolicy(), ["mode", "owner"], "", deps)
     assert refused.value.reason == "INVALID_UPDATE_MASK"
-    assert deps.sharing.calls == []
+    assert sharing.calls == []
 
 
-async def test_an_unspecified_mode_reaches_sharing_as_unspecified(deps):
+async def test_an_unspecified_mode_reaches_sharing_as_unspecified(deps: Dependencies) -> None:
     policy = convert.trust_policy_of(share_pb.TrustPolicy(allow_platform_images=True))
     assert policy.mode is None
     with pytest.raises(RemoteError) as refused:

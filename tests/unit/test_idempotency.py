@@ -70,7 +70,7 @@ def stored(db: Database) -> int:
         return int(conn.execute(select(func.count()).select_from(REQUESTS)).scalar_one())
 
 
-def test_a_repeat_returns_the_first_answer_through_its_format_version(db):
+def test_a_repeat_returns_the_first_answer_through_its_format_version(db: Database) -> None:
     assert rename(db, "r1", "a") == ["a", "r1"]
     DECODED.clear()
     assert rename(db, "r1", "a") == ["a", "r1"]
@@ -78,7 +78,7 @@ def test_a_repeat_returns_the_first_answer_through_its_format_version(db):
     assert stored(db) == 1
 
 
-def test_other_parameters_or_another_method_are_a_mismatch(db):
+def test_other_parameters_or_another_method_are_a_mismatch(db: Database) -> None:
     rename(db, "r1", "a")
     for name, method in [("b", "Rename"), ("a", "Delete")]:
         with pytest.raises(FailedPrecondition) as refused:
@@ -88,29 +88,29 @@ def test_other_parameters_or_another_method_are_a_mismatch(db):
     assert "(for Rename)" in refused.value.message
 
 
-def test_request_ids_belong_to_an_account(db):
+def test_request_ids_belong_to_an_account(db: Database) -> None:
     rename(db, "r1", "a")
     assert rename(db, "r1", "b", account_id=BOB) == ["b", "r1"]
 
 
-def test_an_empty_request_id_records_nothing(db):
+def test_an_empty_request_id_records_nothing(db: Database) -> None:
     rename(db, "", "a")
     rename(db, "", "b")
     assert stored(db) == 0
 
 
-def test_a_call_that_rolls_back_leaves_its_request_id_free(db):
+def test_a_call_that_rolls_back_leaves_its_request_id_free(db: Database) -> None:
     with LedgerUnitOfWork(db) as uow:
         assert not uow.requests.claim(ALICE, "r1", "Rename", name="a").repeated
     assert rename(db, "r1", "b") == ["b", "r1"]
 
 
-def test_a_malformed_request_id_is_refused(db):
+def test_a_malformed_request_id_is_refused(db: Database) -> None:
     with pytest.raises(InvalidArgument):
         rename(db, "x" * 65, "a")
 
 
-def test_records_are_kept_for_a_week_then_dropped_by_a_later_request_of_the_account(db):
+def test_records_are_kept_for_a_week_then_dropped_by_a_later_request_of_the_account(db: Database) -> None:
     rename(db, "old", "a")
     rename(db, "old-bob", "a", account_id=BOB)
     CLOCK.now += KEEP_FOR - timedelta(seconds=1)
@@ -122,7 +122,7 @@ def test_records_are_kept_for_a_week_then_dropped_by_a_later_request_of_the_acco
     assert stored(db) == 3  # ALICE's "old" went; BOB's waits for a request of BOB's
 
 
-def test_a_concurrent_repeat_waits_for_the_first_and_returns_its_answer(db):
+def test_a_concurrent_repeat_waits_for_the_first_and_returns_its_answer(db: Database) -> None:
     """The second claim blocks (PostgreSQL: on the primary key; SQLite: on BEGIN IMMEDIATE) until the first
     transaction commits, then sees the answer instead of running the mutation again."""
     second: list[list[str]] = []

@@ -102,12 +102,12 @@ def test_missing_blob(store: ImageStore) -> None:
 
 @pytest.mark.parametrize("region", ["../etc", "AP", "a/b", ""])
 def test_region_names_cannot_leave_the_root(store: ImageStore, region: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a region name"):
         store.put_bytes(region, b"x")
 
 
 def test_not_a_checksum_is_refused(store: ImageStore) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a sha256 hex digest"):
         store.path("ap-guangzhou", "../../../etc/passwd")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +24,7 @@ TABLE = jobs.job_table("test", MetaData())
 
 
 @pytest.fixture
-def db(tmp_path: Path):
+def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path}/jobs.db")
     TABLE.metadata.create_all(database.engine)
     yield database
@@ -40,9 +40,11 @@ def queue(db: Database, clock: FakeClock, owner: str = "replica-a", lease: timed
     return JobQueue(db, TABLE, clock, owner, lease)
 
 
-def add(db: Database, kind: str = "copy", subject: str = "img-00000001", **options) -> str:
+def add(db: Database, kind: str = "copy", subject: str = "img-00000001", *, job_id: str | None = None,
+        lease_owner: str = "", lease_until: datetime | None = None) -> str:
     with db.engine.begin() as connection:
-        return enqueue(connection, TABLE, kind, subject, {"image_id": subject}, NOW, **options)
+        return enqueue(connection, TABLE, kind, subject, {"image_id": subject}, NOW, job_id=job_id,
+                       lease_owner=lease_owner, lease_until=lease_until)
 
 
 def states(db: Database) -> dict[str, str]:
@@ -58,7 +60,7 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def test_a_job_enqueued_in_a_transaction_that_rolls_back_does_not_exist(db, clock):
+def test_a_job_enqueued_in_a_transaction_that_rolls_back_does_not_exist(db: Database, clock: FakeClock) -> None:
     with db.engine.connect() as connection, connection.begin() as transaction:
         enqueue(connection, TABLE, "copy", "img-00000001", {}, NOW)
         transaction.rollback()
@@ -66,7 +68,7 @@ def test_a_job_enqueued_in_a_transaction_that_rolls_back_does_not_exist(db, cloc
     assert queue(db, clock).claim({"copy"}) is None
 
 
-def test_a_claimed_job_is_held_renewed_and_completed_by_its_owner(db, clock):
+def test_a_claimed_job_is_held_renewed_and_completed_by_its_owner(db: Database, clock: FakeClock) -> None:
     job_id = add(db)
     other = add(db, kind="sync")
     a = queue(db, clock)
@@ -86,7 +88,8 @@ def test_a_claimed_job_is_held_renewed_and_completed_by_its_owner(db, clock):
     assert states(db) == {job_id: "DONE", other: "PENDING"}
 
 
-def test_an_expired_lease_is_taken_by_another_owner_and_the_first_can_no_longer_finish_it(db, clock):
+def test_an_expired_lease_is_taken_by_another_owner_and_the_first_can_no_longer_finish_it(
+        db: Database, clock: FakeClock) -> None:
     job_id = add(db)
     a, b = queue(db, clock), queue(db, clock, "replica-b")
     first = a.claim({"copy"})
@@ -109,7 +112,7 @@ def test_an_expired_lease_is_taken_by_another_owner_and_the_first_can_no_longer_
         assert b.complete(connection, second)
 
 
-def test_a_lease_is_fenced_by_its_claim_even_for_the_same_owner(db, clock):
+def test_a_lease_is_fenced_by_its_claim_even_for_the_same_owner(db: Database, clock: FakeClock) -> None:
     add(db)
     a = queue(db, clock)
     stale = a.claim({"copy"})
@@ -122,7 +125,7 @@ def test_a_lease_is_fenced_by_its_claim_even_for_the_same_owner(db, clock):
     assert a.heartbeat(fresh)
 
 
-def test_a_job_enqueued_held_waits_for_its_holder_until_the_hold_ends(db, clock):
+def test_a_job_enqueued_held_waits_for_its_holder_until_the_hold_ends(db: Database, clock: FakeClock) -> None:
     held = add(db, job_id="settle-lch-00000001", lease_owner="replica-a", lease_until=NOW + timedelta(seconds=10))
     assert add(db, job_id="settle-lch-00000001") == held  # enqueued at most once
     worker = queue(db, clock, "replica-b")
@@ -134,7 +137,8 @@ def test_a_job_enqueued_held_waits_for_its_holder_until_the_hold_ends(db, clock)
     assert job.attempts == 1
 
 
-def test_a_holder_can_make_its_job_due_at_once_or_finish_it_in_its_own_transaction(db, clock):
+def test_a_holder_can_make_its_job_due_at_once_or_finish_it_in_its_own_transaction(
+        db: Database, clock: FakeClock) -> None:
     due = add(db, job_id="j-due", lease_owner="replica-a", lease_until=NOW + timedelta(seconds=10))
     done = add(db, job_id="j-done", lease_owner="replica-a", lease_until=NOW + timedelta(seconds=10))
     with db.engine.begin() as connection:
@@ -149,7 +153,7 @@ def test_a_holder_can_make_its_job_due_at_once_or_finish_it_in_its_own_transacti
     assert states(db) == {due: "PENDING", done: "DONE"}
 
 
-def test_jobs_are_claimed_oldest_first_and_only_of_the_kinds_asked_for(db, clock):
+def test_jobs_are_claimed_oldest_first_and_only_of_the_kinds_asked_for(db: Database, clock: FakeClock) -> None:
     with db.engine.begin() as connection:
         late = enqueue(connection, TABLE, "copy", "b", {}, NOW + timedelta(seconds=1))
         early = enqueue(connection, TABLE, "copy", "a", {}, NOW)
@@ -160,7 +164,7 @@ def test_jobs_are_claimed_oldest_first_and_only_of_the_kinds_asked_for(db, clock
     assert a.claim(set()) is None
 
 
-def test_the_payload_is_versioned_and_read_tolerantly(db, clock):
+def test_the_payload_is_versioned_and_read_tolerantly(db: Database, clock: FakeClock) -> None:
     job_id = add(db)
     with db.engine.connect() as connection:
         raw = connection.execute(select(TABLE.c.payload).where(TABLE.c.job_id == job_id)).scalar_one()
@@ -172,7 +176,7 @@ def test_the_payload_is_versioned_and_read_tolerantly(db, clock):
     assert job.data == {}
 
 
-def test_finished_jobs_are_pruned_once_old_enough(db, clock):
+def test_finished_jobs_are_pruned_once_old_enough(db: Database, clock: FakeClock) -> None:
     ids = {add(db, subject="a"), add(db, subject="b"), add(db, subject="c")}
     a = queue(db, clock)
     first, second = a.claim({"copy"}), a.claim({"copy"})
@@ -188,12 +192,13 @@ def test_finished_jobs_are_pruned_once_old_enough(db, clock):
     assert states(db) == {pending: "PENDING"}
 
 
-def test_backoff_doubles_from_a_second_up_to_its_cap():
+def test_backoff_doubles_from_a_second_up_to_its_cap() -> None:
     cap = timedelta(seconds=60)
     assert [jobs.backoff(n, cap).total_seconds() for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
-async def test_a_heartbeat_from_a_thread_raises_job_lost_once_another_owner_took_the_job(db, clock):
+async def test_a_heartbeat_from_a_thread_raises_job_lost_once_another_owner_took_the_job(
+        db: Database, clock: FakeClock) -> None:
     add(db)
     a = queue(db, clock)
     job = a.claim({"copy"})
@@ -209,7 +214,7 @@ async def test_a_heartbeat_from_a_thread_raises_job_lost_once_another_owner_took
         await asyncio.to_thread(run.heartbeat)
 
 
-async def test_the_worker_runs_jobs_and_marks_done_those_whose_handler_did_not(db, clock):
+async def test_the_worker_runs_jobs_and_marks_done_those_whose_handler_did_not(db: Database, clock: FakeClock) -> None:
     ids = [add(db, subject=f"img-{n}") for n in range(5)]
     seen: list[str] = []
 
@@ -227,7 +232,7 @@ async def test_the_worker_runs_jobs_and_marks_done_those_whose_handler_did_not(d
     assert set(states(db)) == set(ids)
 
 
-async def test_a_failing_job_is_retried_with_backoff_then_failed_for_good(db, clock):
+async def test_a_failing_job_is_retried_with_backoff_then_failed_for_good(db: Database, clock: FakeClock) -> None:
     job_id = add(db)
     attempts: list[int] = []
     gave_up: list[tuple[str, str]] = []
@@ -244,7 +249,10 @@ async def test_a_failing_job_is_retried_with_backoff_then_failed_for_good(db, cl
                                         on_give_up={"copy": mark_failed})])
     try:
         for attempt, delay in [(1, 1), (2, 2)]:
-            await until(lambda n=attempt: (r := a.get(job_id)) is not None and r.attempts == n and r.lease_owner == "")
+            def tried(n: int = attempt) -> bool:
+                return (r := a.get(job_id)) is not None and r.attempts == n and r.lease_owner == ""
+
+            await until(tried)
             record = a.get(job_id)
             assert record is not None
             assert record.state == "PENDING"
@@ -263,7 +271,7 @@ async def test_a_failing_job_is_retried_with_backoff_then_failed_for_good(db, cl
     assert gave_up == [("img-00000001", "OSError: the store is down")]
 
 
-async def test_the_worker_cancels_a_handler_whose_lease_was_lost(db, clock):
+async def test_the_worker_cancels_a_handler_whose_lease_was_lost(db: Database, clock: FakeClock) -> None:
     job_id = add(db)
     started, cancelled = asyncio.Event(), asyncio.Event()
 
@@ -291,7 +299,7 @@ async def test_the_worker_cancels_a_handler_whose_lease_was_lost(db, clock):
     assert (record.state, record.lease_owner) == ("PENDING", "replica-b")
 
 
-async def test_a_job_cancelled_by_the_drain_is_given_back_at_once(db, clock):
+async def test_a_job_cancelled_by_the_drain_is_given_back_at_once(db: Database, clock: FakeClock) -> None:
     slow, quick = add(db, subject="slow"), add(db, subject="quick")
     started: list[str] = []
     finish_quick = asyncio.Event()

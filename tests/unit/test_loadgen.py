@@ -15,7 +15,9 @@ import json
 import re
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -62,6 +64,8 @@ RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)$")
 RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
 GO_ERROR = re.compile(r"^rpc error: code = (\w+) desc = ")
 
+Call = Callable[[], Awaitable[object]]
+
 
 async def _sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     await asyncio.sleep(float(request.decode()))
@@ -69,7 +73,7 @@ async def _sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
 
 
 @pytest.fixture(scope="module")
-async def server_addr():
+async def server_addr() -> AsyncIterator[str]:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
@@ -81,13 +85,13 @@ async def server_addr():
 
 
 @pytest.fixture(scope="module")
-async def channel(server_addr):
+async def channel(server_addr: str) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(server_addr) as ch:
         yield ch
 
 
 @pytest.fixture(scope="module")
-def health_protoset(tmp_path_factory) -> Path:
+def health_protoset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A protoset of grpc/health/v1/health.proto, as `protoc --include_imports --descriptor_set_out` makes."""
     files = descriptor_pb2.FileDescriptorSet()
     health_pb2.DESCRIPTOR.CopyToProto(files.file.add())
@@ -96,17 +100,17 @@ def health_protoset(tmp_path_factory) -> Path:
     return path
 
 
-def check(channel: grpc.aio.Channel, service: str = ""):
+def check(channel: grpc.aio.Channel, service: str = "") -> Call:
     stub = health_pb2_grpc.HealthStub(channel)
     return lambda: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
 
 
-def mixed(channel: grpc.aio.Channel, every: int = 4):
+def mixed(channel: grpc.aio.Channel, every: int = 4) -> Call:
     """Check, with every `every`th call asking for an unknown service (NOT_FOUND)."""
     known, unknown = check(channel), check(channel, "no.such.Service")
     calls = 0
 
-    def call():
+    def call() -> Awaitable[object]:
         nonlocal calls
         calls += 1
         return unknown() if calls % every == 0 else known()
@@ -117,14 +121,23 @@ def mixed(channel: grpc.aio.Channel, every: int = 4):
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def assert_same_shape(ours: dict, ghz: dict) -> None:
+def go_code(error: str) -> str:
+    """The gRPC code name in an error as Go's grpc writes it (``rpc error: code = NotFound desc = ...``)."""
+    matched = GO_ERROR.match(error)
+    assert matched is not None, error
+    return matched[1]
+
+
+def assert_same_shape(ours: dict[str, Any], ghz: dict[str, Any]) -> None:
     """Our report has ghz's keys at every level, its value types and its spellings."""
     assert ours.keys() == ghz.keys()
     for key in ("count", "total", "average", "fastest", "slowest"):
-        assert isinstance(ours[key], int) and isinstance(ghz[key], int), key
+        assert isinstance(ours[key], int), key
+        assert isinstance(ghz[key], int), key
     assert isinstance(ours["rps"], int | float)
     assert isinstance(ghz["rps"], float)
     assert RFC3339.match(ours["date"])
@@ -138,7 +151,8 @@ def assert_same_shape(ours: dict, ghz: dict) -> None:
         assert type(ours["options"][key]) is type(ghz["options"][key]), key
 
     for section in ("latencyDistribution", "histogram", "details"):
-        assert ours[section] and ghz[section], section
+        assert ours[section], section
+        assert ghz[section], section
         for ours_entry in ours[section]:
             assert ours_entry.keys() == ghz[section][0].keys(), section
     assert [p["percentage"] for p in ours["latencyDistribution"]] == \
@@ -153,16 +167,18 @@ def assert_same_shape(ours: dict, ghz: dict) -> None:
         assert RFC3339_NANO.match(detail["timestamp"])
         assert isinstance(detail["latency"], int)
         assert detail["status"] in GO_CODE_NAMES.values()
-        assert detail["error"] == "" if detail["status"] == "OK" else GO_ERROR.match(detail["error"])[1] == \
-            detail["status"]
+        if detail["status"] == "OK":
+            assert detail["error"] == ""
+        else:
+            assert go_code(detail["error"]) == detail["status"]
 
     for distribution in (ours, ghz):
         assert set(distribution["statusCodeDistribution"]) <= set(GO_CODE_NAMES.values())
         for error in distribution["errorDistribution"]:
-            assert GO_ERROR.match(error)[1] in distribution["statusCodeDistribution"]
+            assert go_code(error) in distribution["statusCodeDistribution"]
 
 
-async def test_the_json_report_has_ghz_keys_types_and_spellings(channel):
+async def test_the_json_report_has_ghz_keys_types_and_spellings(channel: grpc.aio.Channel) -> None:
     report = await run_load(mixed(channel), RunOptions(call=CHECK, host="127.0.0.1:1", insecure=True,
                                                        concurrency=4, total=40))
     ours = json.loads(report.render("json"))
@@ -171,7 +187,7 @@ async def test_the_json_report_has_ghz_keys_types_and_spellings(channel):
     assert len(ours["details"]) == ours["count"] == 40
 
 
-async def test_a_refused_connection_reports_as_ghz_did(tmp_path, health_protoset):
+async def test_a_refused_connection_reports_as_ghz_did(tmp_path: Path, health_protoset: Path) -> None:
     """The fixture's run: every call Unavailable, the latency statistics from failed calls (--count-errors)."""
     out = tmp_path / "refused.json"
     code = await run_cli(["--insecure", "--protoset", str(health_protoset), "--call", CHECK, "--count-errors",
@@ -186,7 +202,8 @@ async def test_a_refused_connection_reports_as_ghz_did(tmp_path, health_protoset
     assert ours["options"]["dial-timeout"] == 10 * 10**9
 
 
-async def test_the_command_line_runs_a_protoset_method(server_addr, health_protoset, tmp_path):
+async def test_the_command_line_runs_a_protoset_method(server_addr: str, health_protoset: Path,
+                                                       tmp_path: Path) -> None:
     out = tmp_path / "check.json"
     code = await run_cli(["--insecure", "--protoset", str(health_protoset), "--call", CHECK, "-d", '{"service": ""}',
                           "-m", '{"x-request-id": "{{.RequestNumber}}"}', "-c", "4", "-n", "40", "--name", "health",
@@ -207,7 +224,8 @@ async def test_the_command_line_runs_a_protoset_method(server_addr, health_proto
     assert sum(b["count"] for b in ours["histogram"]) == 40
 
 
-async def test_the_default_output_is_ghz_summary(server_addr, health_protoset, capsys):
+async def test_the_default_output_is_ghz_summary(server_addr: str, health_protoset: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert await run_cli(["--insecure", "--protoset", str(health_protoset), "--call", "grpc.health.v1.Health.Check",
                           "-c", "2", "-n", "20", server_addr]) == 0
     text = capsys.readouterr().out
@@ -218,7 +236,8 @@ async def test_the_default_output_is_ghz_summary(server_addr, health_protoset, c
     assert "Error distribution" not in text
 
 
-async def test_duration_ignores_total_and_ends_by_time(server_addr, health_protoset, tmp_path):
+async def test_duration_ignores_total_and_ends_by_time(server_addr: str, health_protoset: Path,
+                                                       tmp_path: Path) -> None:
     out = tmp_path / "z.json"
     started = time.perf_counter()
     assert await run_cli(["--insecure", "--protoset", str(health_protoset), "--call", CHECK, "-z", "300ms",
@@ -231,10 +250,13 @@ async def test_duration_ignores_total_and_ends_by_time(server_addr, health_proto
     assert ours["options"]["total"] == MAX_INT32
 
 
-async def test_tls_with_a_ca_and_a_client_certificate(tmp_path, health_protoset):
+async def test_tls_with_a_ca_and_a_client_certificate(tmp_path: Path, health_protoset: Path) -> None:
     """--cacert verifies the server; --cert/--key present a client certificate to a mutual-TLS server."""
     issued = certs.issue(tmp_path / "pki")
-    read = lambda name: issued[name].read_bytes()  # noqa: E731
+
+    def read(name: str) -> bytes:
+        return issued[name].read_bytes()
+
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
     port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
@@ -257,13 +279,14 @@ async def test_tls_with_a_ca_and_a_client_certificate(tmp_path, health_protoset)
         await server.stop(0)
 
 
-async def test_bad_data_is_one_line_and_exit_status_1(health_protoset, capsys):
+async def test_bad_data_is_one_line_and_exit_status_1(health_protoset: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert await run_cli(["--insecure", "--protoset", str(health_protoset), "--call", CHECK, "-d", '{"nope": 1}',
                           "127.0.0.1:1"]) == 1
     assert "nope" in capsys.readouterr().err
 
 
-def test_flags_parse_like_ghz():
+def test_flags_parse_like_ghz() -> None:
     args = parse_args(["--call", "pkg.Service/Method", "--protoset", "x.protoset", "--insecure", "-c", "7",
                        "-n", "300", "-z", "1m30s", "-x", "2s", "-t", "250ms", "-d", '{"a": 1}', "-m", '{"k": "v"}',
                        "-O", "pretty", "-o", "out.json", "-i", "a,b", "--connections", "2", "--skipFirst", "3",
@@ -282,7 +305,7 @@ def test_flags_parse_like_ghz():
         parse_args(["--call", "a.B/C", "--async", "h:1"])  # refused, not ignored
 
 
-def test_a_config_file_is_read_and_flags_override_it(tmp_path):
+def test_a_config_file_is_read_and_flags_override_it(tmp_path: Path) -> None:
     config = tmp_path / "ghz.json"
     config.write_text(json.dumps({"call": "a.B/C", "host": "h:1", "insecure": True, "total": 5, "concurrency": 2,
                                   "timeout": "3s", "data": {"name": "x"}, "import-paths": ["p", "q"]}))
@@ -293,7 +316,7 @@ def test_a_config_file_is_read_and_flags_override_it(tmp_path):
     assert args.import_paths == "p,q"
 
 
-def test_go_durations():
+def test_go_durations() -> None:
     assert parse_duration("10s") == 10
     assert parse_duration("3m") == 180
     assert parse_duration("0") == 0
@@ -305,16 +328,16 @@ def test_go_durations():
 
 
 @pytest.mark.skipif(not PROTOSET.exists(), reason="build/cloudimg.protoset is made by `make gen`")
-def test_methods_resolve_from_the_cloudimg_protoset():
+def test_methods_resolve_from_the_cloudimg_protoset() -> None:
     method = resolve_method(RunOptions(call="cloudimg.gateway.v1.ImageService/GetImage", protoset=str(PROTOSET)))
     assert method.input_type.full_name == "cloudimg.gateway.v1.GetImageRequest"
     request = json_format.ParseDict({"imageId": "img-12345678"}, message_factory.GetMessageClass(method.input_type)())
-    assert request.image_id == "img-12345678"
+    assert [(field.name, value) for field, value in request.ListFields()] == [("image_id", "img-12345678")]
     dotted = resolve_method(RunOptions(call="cloudimg.gateway.v1.ImageService.GetImage", protoset=str(PROTOSET)))
     assert dotted.full_name == method.full_name
 
 
-def test_percentiles_and_histogram_follow_ghz():
+def test_percentiles_and_histogram_follow_ghz() -> None:
     ordered = [i / 1000 for i in range(1, 11)]  # 1..10 ms
     assert [(p.percentage, p.latency_ns) for p in latencies(ordered)] == [
         (10, 1_000_000), (25, 3_000_000), (50, 5_000_000), (75, 8_000_000), (90, 9_000_000),
@@ -327,12 +350,13 @@ def test_percentiles_and_histogram_follow_ghz():
     assert sum(b.frequency for b in buckets) == pytest.approx(1)
 
 
-async def test_counts_add_up_and_percentiles_are_ordered(channel):
+async def test_counts_add_up_and_percentiles_are_ordered(channel: grpc.aio.Channel) -> None:
     report = await run_load(check(channel), RunOptions(concurrency=8, total=200, name="Check"))
     assert report.count == 200 == sum(report.status_code_distribution.values())
     assert report.status_code_distribution == {"OK": 200}
     assert report.error_distribution == {}
     assert report.end_reason == "normal"
+    assert report.latency_distribution is not None
     points = [p.latency_ns for p in report.latency_distribution]
     assert 0 < report.fastest_ns <= points[0]
     assert points == sorted(points)
@@ -341,16 +365,17 @@ async def test_counts_add_up_and_percentiles_are_ordered(channel):
     assert report.rps == pytest.approx(report.count / (report.total_ns / 1e9))
 
 
-async def test_failures_are_counted_by_ghz_code_names(channel):
+async def test_failures_are_counted_by_ghz_code_names(channel: grpc.aio.Channel) -> None:
     report = await run_load(mixed(channel), RunOptions(concurrency=4, total=100))
     assert report.status_code_distribution == {"OK": 75, "NotFound": 25}
     assert sum(report.error_distribution.values()) == 25
     assert all(key.startswith("rpc error: code = NotFound desc = ") for key in report.error_distribution)
     assert report.failure_rate == pytest.approx(0.25)
+    assert report.histogram is not None
     assert sum(b.count for b in report.histogram) == 75  # OK calls only, as ghz without --count-errors
 
 
-async def test_a_deadline_is_deadline_exceeded(channel):
+async def test_a_deadline_is_deadline_exceeded(channel: grpc.aio.Channel) -> None:
     slow = channel.unary_unary(SLOW_METHOD)
     report = await run_load(lambda: slow(b"1", timeout=0.05), RunOptions(concurrency=2, total=2))
     assert report.status_code_distribution == {"DeadlineExceeded": 2}
@@ -362,10 +387,10 @@ async def test_a_deadline_is_deadline_exceeded(channel):
     assert counted.fastest_ns > 0
 
 
-async def test_warmup_calls_are_made_but_not_counted(channel):
+async def test_warmup_calls_are_made_but_not_counted(channel: grpc.aio.Channel) -> None:
     stub, calls = check(channel), 0
 
-    def counted():
+    def counted() -> Awaitable[object]:
         nonlocal calls
         calls += 1
         return stub()
@@ -375,18 +400,19 @@ async def test_warmup_calls_are_made_but_not_counted(channel):
     assert report.count == 20
 
 
-async def test_skip_first_leaves_calls_out_of_the_tally(channel):
+async def test_skip_first_leaves_calls_out_of_the_tally(channel: grpc.aio.Channel) -> None:
     report = await run_load(check(channel), RunOptions(concurrency=2, total=20, skip_first=5))
+    assert report.details is not None
     assert report.count == 15 == len(report.details)
 
 
-async def test_max_duration_keeps_total(channel):
+async def test_max_duration_keeps_total(channel: grpc.aio.Channel) -> None:
     report = await run_load(check(channel), RunOptions(concurrency=2, total=20, max_duration=5))
     assert report.count == 20
     assert report.end_reason == "normal"
 
 
-async def test_calls_in_flight_at_the_duration_close_as_canceled(channel):
+async def test_calls_in_flight_at_the_duration_close_as_canceled(channel: grpc.aio.Channel) -> None:
     slow = channel.unary_unary(SLOW_METHOD)
     started = time.perf_counter()
     report = await run_load(lambda: slow(b"10", timeout=30), RunOptions(concurrency=3, duration=0.1))
@@ -396,7 +422,7 @@ async def test_calls_in_flight_at_the_duration_close_as_canceled(channel):
     assert report.end_reason == "timeout"
 
 
-async def test_duration_stop_wait_and_ignore(channel):
+async def test_duration_stop_wait_and_ignore(channel: grpc.aio.Channel) -> None:
     slow = channel.unary_unary(SLOW_METHOD)
     waited = await run_load(lambda: slow(b"0.3", timeout=5), RunOptions(concurrency=2, duration=0.1,
                                                                        duration_stop="wait"))
@@ -409,7 +435,7 @@ async def test_duration_stop_wait_and_ignore(channel):
     assert json.loads(ignored.render("json"))["details"] is None  # ghz writes null for no calls
 
 
-async def test_summary_and_csv(channel):
+async def test_summary_and_csv(channel: grpc.aio.Channel) -> None:
     report = await run_load(mixed(channel), RunOptions(concurrency=2, total=20, name="Check c=2"))
     text = report.summary()
     for label in ("Summary:\n  Name:\t\tCheck c=2\n  Count:\t20\n", "Response time histogram:", "  50 % in ",
@@ -422,14 +448,14 @@ async def test_summary_and_csv(channel):
     assert sum(row.split(",")[1] == "NotFound" for row in rows[1:]) == 5
 
 
-def test_bad_options_are_refused():
-    with pytest.raises(ValueError):
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="number of connections cannot be greater than concurrency"):
         RunOptions(concurrency=1, connections=2).check()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="you cannot skip more requests than those run"):
         RunOptions(total=5, skip_first=6).check()
 
 
-def test_a_proto_file_is_compiled_with_its_imports(tmp_path):
+def test_a_proto_file_is_compiled_with_its_imports(tmp_path: Path) -> None:
     (tmp_path / "dep.proto").write_text('syntax = "proto3";\npackage t;\nimport "google/protobuf/timestamp.proto";\n'
                                         "message When { google.protobuf.Timestamp at = 1; }\n")
     (tmp_path / "svc").mkdir()

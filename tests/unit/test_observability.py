@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 from sqlalchemy import MetaData
 
 from catalog_service.settings import CatalogSettings
@@ -84,7 +86,7 @@ async def call(port: int, method: str, request_id: str = "obs-1") -> tuple[grpc.
         return grpc.StatusCode.OK, answer
 
 
-async def test_each_call_is_counted_by_its_code_and_timed():
+async def test_each_call_is_counted_by_its_code_and_timed() -> None:
     before = {code: sample("grpc_server_handled_total", _labels(method, code)) for method, code in
               (("Ok", "OK"), ("OverQuota", "RESOURCE_EXHAUSTED"), ("Broken", "INTERNAL"),
                ("Refusing", "FAILED_PRECONDITION"))}
@@ -114,7 +116,7 @@ async def test_each_call_is_counted_by_its_code_and_timed():
                   {"grpc_service": SERVICE, "reason": "CUSTOM_IMAGE_QUOTA"}) - refused == 1
 
 
-async def test_downstream_calls_are_counted_by_method_and_code():
+async def test_downstream_calls_are_counted_by_method_and_code() -> None:
     ok_before = sample("grpc_client_handled_total", _labels("Ok", "OK"))
     refused_before = sample("grpc_client_handled_total", _labels("Refusing", "FAILED_PRECONDITION"))
     timed = sample("grpc_client_handling_seconds_count", _labels("Ok"))
@@ -134,7 +136,7 @@ async def test_downstream_calls_are_counted_by_method_and_code():
     assert sample("grpc_client_handling_seconds_count", _labels("Ok")) - timed == 2
 
 
-async def test_the_metrics_endpoint_serves_prometheus_text():
+async def test_the_metrics_endpoint_serves_prometheus_text() -> None:
     running = await started()
     try:
         await call(running.port, "Ok")
@@ -159,7 +161,7 @@ async def test_the_metrics_endpoint_serves_prometheus_text():
            f'le="+Inf"}}' in body
 
 
-async def test_each_call_has_one_info_access_log_line(caplog):
+async def test_each_call_has_one_info_access_log_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="chassis.rpc")
     running = await started()
     try:
@@ -186,7 +188,8 @@ async def test_each_call_has_one_info_access_log_line(caplog):
     assert entry["code"] == "OK"
 
 
-async def test_access_logs_can_be_turned_off_and_health_checks_are_not_in_them(caplog):
+async def test_access_logs_can_be_turned_off_and_health_checks_are_not_in_them(
+        caplog: pytest.LogCaptureFixture) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     caplog.set_level(logging.INFO, logger="chassis.rpc")
@@ -223,7 +226,8 @@ def spans() -> Iterator[InMemorySpanExporter]:
     tracing.disable()
 
 
-async def test_jobs_are_timed_and_counted_and_their_runs_join_the_trace_that_enqueued_them(db, spans):
+async def test_jobs_are_timed_and_counted_and_their_runs_join_the_trace_that_enqueued_them(
+        db: Database, spans: InMemorySpanExporter) -> None:
     queue = JobQueue(db, TABLE, FakeClock(NOW), "replica-a")
     assert tracing.enabled()
     tracer = tracing._provider.get_tracer("test")  # type: ignore[union-attr]
@@ -253,7 +257,7 @@ async def test_jobs_are_timed_and_counted_and_their_runs_join_the_trace_that_enq
     await asyncio.sleep(0.05)
     assert sample("cloudimg_job_duration_seconds_count", {"context": "observed", "kind": "settle",
                                                           "outcome": "done"}) - done_before == 2
-    runs = {s.attributes["job.id"]: s for s in spans.get_finished_spans() if s.name == "job settle"}
+    runs = {s.attributes["job.id"]: s for s in spans.get_finished_spans() if s.name == "job settle" and s.attributes}
     assert set(runs) == set(ran)
     traced = runs[job_id]
     assert traced.context.trace_id == call_span.get_span_context().trace_id
@@ -264,7 +268,7 @@ async def test_jobs_are_timed_and_counted_and_their_runs_join_the_trace_that_enq
     assert untraced.parent is None
 
 
-def test_with_tracing_off_a_job_keeps_no_trace_and_nothing_is_installed(db):
+def test_with_tracing_off_a_job_keeps_no_trace_and_nothing_is_installed(db: Database) -> None:
     assert not tracing.enabled()
     assert tracing.server_interceptors() == []
     assert tracing.client_interceptors() == []
@@ -274,8 +278,21 @@ def test_with_tracing_off_a_job_keeps_no_trace_and_nothing_is_installed(db):
     assert payload == {"v": 1, "data": {"n": 1}}
 
 
+S = TypeVar("S", bound=BaseSettings)
+
+
+def from_environment(settings_class: type[S]) -> S:
+    """The settings as a service's start-up reads them: every field from the environment (so none is passed,
+    though some, like the gateway's downstream addresses, are required)."""
+    return settings_class()
+
+
+class SetEnv(Protocol):
+    def __call__(self, **values: str) -> None: ...
+
+
 @pytest.fixture
-def env(monkeypatch):
+def env(monkeypatch: pytest.MonkeyPatch) -> SetEnv:
     def set_env(**values: str) -> None:
         for name, value in {"CLOUDIMG_INTERNAL_TOKEN": TOKEN, "CATALOG_ADDR": "127.0.0.1:50051",
                             "SHARING_ADDR": "127.0.0.1:50052", "BILLING_ADDR": "127.0.0.1:50053", **values}.items():
@@ -283,20 +300,20 @@ def env(monkeypatch):
     return set_env
 
 
-def test_observability_settings_default_to_off_and_access_logs_on(env, monkeypatch):
+def test_observability_settings_default_to_off_and_access_logs_on(env: SetEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     env()
     for variable in ("CATALOG_METRICS_ADDR", "GATEWAY_METRICS_ADDR", "CLOUDIMG_OTLP_ENDPOINT", "CLOUDIMG_ACCESS_LOG"):
         monkeypatch.delenv(variable, raising=False)
-    for settings in (CatalogSettings(), GatewaySettings()):
+    for settings in (from_environment(CatalogSettings), from_environment(GatewaySettings)):
         assert settings.metrics_addr is None
         assert settings.otlp_endpoint is None
         assert settings.access_log is True
 
 
-def test_observability_settings_are_read_from_their_variables(env):
+def test_observability_settings_are_read_from_their_variables(env: SetEnv) -> None:
     env(CATALOG_METRICS_ADDR="127.0.0.1:9451", GATEWAY_METRICS_ADDR="0.0.0.0:9450",
         CLOUDIMG_OTLP_ENDPOINT="http://otel-collector:4317", CLOUDIMG_ACCESS_LOG="false")
-    catalog, gateway = CatalogSettings(), GatewaySettings()
+    catalog, gateway = from_environment(CatalogSettings), from_environment(GatewaySettings)
     assert catalog.metrics_addr == "127.0.0.1:9451"
     assert gateway.metrics_addr == "0.0.0.0:9450"
     assert catalog.otlp_endpoint == gateway.otlp_endpoint == "http://otel-collector:4317"
@@ -313,13 +330,13 @@ def test_observability_settings_are_read_from_their_variables(env):
     ("CLOUDIMG_OTLP_ENDPOINT", "http://otel-collector", "must be host:port"),
     ("CLOUDIMG_ACCESS_LOG", "sometimes", "valid boolean"),
 ])
-def test_bad_observability_settings_are_refused(env, variable, value, problem):
+def test_bad_observability_settings_are_refused(env: SetEnv, variable: str, value: str, problem: str) -> None:
     env(**{variable: value, "CATALOG_LISTEN_ADDR": "127.0.0.1:50051"})
     with pytest.raises(ValidationError, match=problem):
         CatalogSettings()
 
 
-def test_the_otlp_endpoint_falls_back_to_opentelemetrys_own_variable(monkeypatch):
+def test_the_otlp_endpoint_falls_back_to_opentelemetrys_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     assert tracing.endpoint(None) is None

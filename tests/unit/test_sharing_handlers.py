@@ -3,12 +3,14 @@ the recipient's decisions, trust policies, received shares by state and the verd
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import Table, event, func, select
 
 import sharing_service
 from chassis.clock import FakeClock
@@ -18,8 +20,9 @@ from chassis.migrations import migrate
 from sharing_service.adapters.tables import REQUESTS, TABLES, TRUST_ENTRIES, TRUST_POLICIES
 from sharing_service.domain.model import ImageKind, ImageRef, Share, ShareDecision, ShareState
 from sharing_service.domain.trust import DEFAULT_POLICY, PolicyDraft, TrustPolicy, TrustPolicyMode
-from sharing_service.domain.verdict import LaunchBasis
+from sharing_service.domain.verdict import LaunchBasis, Verdict
 from sharing_service.service_layer import handlers, trust_policies, verdicts
+from sharing_service.service_layer.unit_of_work import SharingUnitOfWork, UnitOfWorkFactory
 
 ALICE, BOB, CAROL, DAVE = "100000000001", "100000000002", "100000000003", "100000000004"
 REGION = "ap-guangzhou"
@@ -29,7 +32,7 @@ ALL = ["trusted_account_ids", "mode", "allow_platform_images", "allowed_marketpl
 
 
 @pytest.fixture
-def db(tmp_path: Path):
+def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path}/sharing.db")
     migrate(database, Path(sharing_service.__file__).parent, "sharing", TABLES)
     yield database
@@ -37,9 +40,7 @@ def db(tmp_path: Path):
 
 
 @pytest.fixture
-def new_uow(db):
-    from sharing_service.service_layer.unit_of_work import SharingUnitOfWork
-
+def new_uow(db: Database) -> UnitOfWorkFactory:
     return partial(SharingUnitOfWork, db)
 
 
@@ -48,28 +49,38 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def share(new_uow, clock, *accounts: str, image: ImageRef = IMAGE, request_id: str = "") -> dict[str, ShareState]:
+def share(new_uow: UnitOfWorkFactory, clock: FakeClock, *accounts: str, image: ImageRef = IMAGE,
+          request_id: str = "") -> dict[str, ShareState]:
     shares = handlers.share_image(image, list(accounts), image.owner_account_id, request_id, new_uow=new_uow,
                                   clock=clock)
     return {s.recipient_account_id: s.state for s in shares}
 
 
-def decide(new_uow, caller: str, decision: ShareDecision, image_id: str = IMAGE.image_id,
+def decide(new_uow: UnitOfWorkFactory, caller: str, decision: ShareDecision, image_id: str = IMAGE.image_id,
            request_id: str = "") -> Share:
     return handlers.decide_share(image_id, decision, caller, request_id, new_uow=new_uow)
 
 
-def update(new_uow, clock, caller: str, paths: list[str], request_id: str = "", *, trusted=(), mode=None,
-           allow_platform=False, providers=(), accounts=()) -> TrustPolicy:
+def update(new_uow: UnitOfWorkFactory, clock: FakeClock, caller: str, paths: list[str], request_id: str = "", *,
+           trusted: Iterable[str] = (), mode: TrustPolicyMode | None = None, allow_platform: bool = False,
+           providers: Iterable[str] = (), accounts: Iterable[str] = ()) -> TrustPolicy:
     draft = PolicyDraft(list(trusted), mode, allow_platform, list(providers), list(accounts))
     return trust_policies.update_trust_policy(draft, paths, caller, request_id, new_uow=new_uow, clock=clock)
 
 
-def trust(new_uow, clock, recipient: str, *owners: str) -> None:
+class DraftLists(TypedDict, total=False):
+    """The lists of a draft, as ``update``'s keyword arguments."""
+
+    trusted: list[str]
+    providers: list[str]
+    accounts: list[str]
+
+
+def trust(new_uow: UnitOfWorkFactory, clock: FakeClock, recipient: str, *owners: str) -> None:
     update(new_uow, clock, recipient, ["trusted_account_ids"], trusted=owners)
 
 
-def rows(db, table) -> int:
+def rows(db: Database, table: Table) -> int:
     with db.engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
@@ -82,7 +93,7 @@ class Statements:
         self._engine = db.engine
         event.listen(self._engine, "before_cursor_execute", self._seen)
 
-    def _seen(self, *args) -> None:
+    def _seen(self, *args: object) -> None:
         self.count += 1
 
     def close(self) -> None:
@@ -91,14 +102,16 @@ class Statements:
 
 # Share acceptance.
 
-def test_a_share_is_accepted_at_once_only_by_a_recipient_that_trusts_the_owner(new_uow, clock):
+def test_a_share_is_accepted_at_once_only_by_a_recipient_that_trusts_the_owner(new_uow: UnitOfWorkFactory,
+                                                                               clock: FakeClock) -> None:
     trust(new_uow, clock, BOB, CAROL, ALICE)
     trust(new_uow, clock, DAVE, CAROL)  # trusts someone else
     assert share(new_uow, clock, BOB, CAROL, DAVE) == {BOB: ShareState.ACCEPTED, CAROL: ShareState.PENDING,
                                                        DAVE: ShareState.PENDING}
 
 
-def test_the_trust_of_every_new_recipient_is_read_in_one_query(db, new_uow, clock):
+def test_the_trust_of_every_new_recipient_is_read_in_one_query(db: Database, new_uow: UnitOfWorkFactory,
+                                                               clock: FakeClock) -> None:
     def statements(*recipients: str) -> int:
         counted = Statements(db)
         try:
@@ -112,7 +125,7 @@ def test_the_trust_of_every_new_recipient_is_read_in_one_query(db, new_uow, cloc
     assert one == many
 
 
-def test_sharing_again_keeps_the_state_of_every_share(new_uow, clock):
+def test_sharing_again_keeps_the_state_of_every_share(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     share(new_uow, clock, BOB, CAROL, DAVE)
     decide(new_uow, CAROL, ShareDecision.ACCEPT)
     decide(new_uow, DAVE, ShareDecision.REJECT)
@@ -123,7 +136,7 @@ def test_sharing_again_keeps_the_state_of_every_share(new_uow, clock):
     assert share(new_uow, clock, DAVE, "100000000005") == {**expected, "100000000005": ShareState.PENDING}
 
 
-def test_the_limit_counts_pending_accepted_and_rejected_shares(new_uow, clock):
+def test_the_limit_counts_pending_accepted_and_rejected_shares(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     recipients = [f"{300000000000 + i}" for i in range(50)]
     trust(new_uow, clock, recipients[0], ALICE)
     share(new_uow, clock, *recipients)
@@ -137,7 +150,7 @@ def test_the_limit_counts_pending_accepted_and_rejected_shares(new_uow, clock):
 
 # The recipient's decisions.
 
-def test_accept_and_reject_move_a_share_between_its_states(new_uow, clock):
+def test_accept_and_reject_move_a_share_between_its_states(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     share(new_uow, clock, BOB)
     steps = [(ShareDecision.ACCEPT, ShareState.ACCEPTED), (ShareDecision.ACCEPT, ShareState.ACCEPTED),
              (ShareDecision.REJECT, ShareState.REJECTED), (ShareDecision.REJECT, ShareState.REJECTED),
@@ -146,14 +159,17 @@ def test_accept_and_reject_move_a_share_between_its_states(new_uow, clock):
         decided = decide(new_uow, BOB, decision)
         assert decided == Share(IMAGE.image_id, REGION, ALICE, BOB, state, clock.now())
         with new_uow(read_only=True) as uow:
-            assert uow.shares.get(IMAGE.image_id, BOB).state is state
+            stored = uow.shares.get(IMAGE.image_id, BOB)
+            assert stored is not None
+            assert stored.state is state
     share(new_uow, clock, CAROL)
     assert decide(new_uow, CAROL, ShareDecision.REJECT).state is ShareState.REJECTED  # PENDING -> REJECTED
 
 
-def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_not_found(db, new_uow, clock):
+def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_not_found(
+        db: Database, new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     share(new_uow, clock, BOB)
-    answers = []
+    answers: list[tuple[str, str, str, bool]] = []
     for caller, image_id in ((CAROL, IMAGE.image_id), (ALICE, IMAGE.image_id), (BOB, "img-missing1")):
         for decision in ShareDecision:
             with pytest.raises(NotFound) as refused:
@@ -166,7 +182,8 @@ def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_not_fou
     assert decide(new_uow, BOB, ShareDecision.ACCEPT, request_id="r1").state is ShareState.ACCEPTED
 
 
-def test_the_cost_of_not_found_does_not_tell_a_missing_image_from_a_strangers(db, new_uow, clock):
+def test_the_cost_of_not_found_does_not_tell_a_missing_image_from_a_strangers(db: Database, new_uow: UnitOfWorkFactory,
+                                                                              clock: FakeClock) -> None:
     share(new_uow, clock, BOB)
 
     def statements(image_id: str) -> int:
@@ -181,21 +198,23 @@ def test_the_cost_of_not_found_does_not_tell_a_missing_image_from_a_strangers(db
     assert statements(IMAGE.image_id) == statements("img-missing1")
 
 
-def test_the_image_id_must_be_well_formed(new_uow):
+def test_the_image_id_must_be_well_formed(new_uow: UnitOfWorkFactory) -> None:
     for bad in ("", "img-ABCDEFGH", "ins-abcdefgh"):
         with pytest.raises(InvalidArgument) as refused:
             decide(new_uow, BOB, ShareDecision.ACCEPT, bad)
         assert (refused.value.reason, refused.value.violations[0].field) == ("INVALID_ID", "image_id")
 
 
-def test_a_decision_is_idempotent_by_request_id(new_uow, clock):
+def test_a_decision_is_idempotent_by_request_id(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     share(new_uow, clock, BOB)
     share(new_uow, clock, BOB, image=ImageRef("img-alice002", REGION, ImageKind.CUSTOM, ALICE))
     first = decide(new_uow, BOB, ShareDecision.ACCEPT, request_id="r1")
     decide(new_uow, BOB, ShareDecision.REJECT, request_id="r2")
     assert decide(new_uow, BOB, ShareDecision.ACCEPT, request_id="r1") == first  # the first answer, not a new one
     with new_uow(read_only=True) as uow:
-        assert uow.shares.get(IMAGE.image_id, BOB).state is ShareState.REJECTED
+        stored = uow.shares.get(IMAGE.image_id, BOB)
+        assert stored is not None
+        assert stored.state is ShareState.REJECTED
     for decision, image_id in ((ShareDecision.REJECT, IMAGE.image_id), (ShareDecision.ACCEPT, "img-alice002")):
         with pytest.raises(FailedPrecondition) as refused:
             decide(new_uow, BOB, decision, image_id, request_id="r1")
@@ -205,7 +224,7 @@ def test_a_decision_is_idempotent_by_request_id(new_uow, clock):
     assert refused.value.reason == "IDEMPOTENCY_PARAMETER_MISMATCH"
 
 
-def test_a_share_unshared_is_gone_for_its_recipient(new_uow, clock):
+def test_a_share_unshared_is_gone_for_its_recipient(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     share(new_uow, clock, BOB)
     handlers.unshare_image(IMAGE, [BOB], ALICE, "", new_uow=new_uow)
     with pytest.raises(NotFound):
@@ -214,12 +233,13 @@ def test_a_share_unshared_is_gone_for_its_recipient(new_uow, clock):
 
 # Trust policies.
 
-def test_an_account_without_a_policy_has_the_default_one(new_uow):
+def test_an_account_without_a_policy_has_the_default_one(new_uow: UnitOfWorkFactory) -> None:
     assert trust_policies.get_trust_policy(BOB, new_uow=new_uow) == DEFAULT_POLICY == TrustPolicy(
         (), TrustPolicyMode.OFF, True, (), (), None)
 
 
-def test_an_update_changes_the_named_fields_and_keeps_the_others(db, new_uow, clock):
+def test_an_update_changes_the_named_fields_and_keeps_the_others(db: Database, new_uow: UnitOfWorkFactory,
+                                                                 clock: FakeClock) -> None:
     first = update(new_uow, clock, BOB, ["mode", "allowed_marketplace_providers"], mode=TrustPolicyMode.AUDIT,
                    providers=["Bitnami", "Acme", "Bitnami"], trusted=[CAROL])
     assert first == TrustPolicy((), TrustPolicyMode.AUDIT, True, ("Bitnami", "Acme"), (), clock.now())
@@ -238,14 +258,14 @@ def test_an_update_changes_the_named_fields_and_keeps_the_others(db, new_uow, cl
     assert trust_policies.get_trust_policy(CAROL, new_uow=new_uow) == DEFAULT_POLICY
 
 
-def test_the_update_time_is_kept_as_an_aware_utc_time(new_uow, clock):
+def test_the_update_time_is_kept_as_an_aware_utc_time(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     update(new_uow, clock, BOB, ["mode"], mode=TrustPolicyMode.AUDIT)
     assert trust_policies.get_trust_policy(BOB, new_uow=new_uow).update_time == datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def test_refused_updates_change_nothing(db, new_uow, clock):
+def test_refused_updates_change_nothing(db: Database, new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     update(new_uow, clock, BOB, ["allowed_marketplace_providers"], providers=[f"p{i}" for i in range(150)])
-    cases = [
+    cases: list[tuple[list[str], DraftLists, str]] = [
         (["mode"], {}, "MODE_REQUIRED"),
         (["owner"], {}, "INVALID_UPDATE_MASK"),
         (["allowed_account_ids"], {"accounts": [f"{300000000000 + i}" for i in range(51)]},
@@ -266,7 +286,7 @@ def test_refused_updates_change_nothing(db, new_uow, clock):
     assert len(fits.allowed_marketplace_providers) + len(fits.allowed_account_ids) == 200
 
 
-def test_an_update_is_idempotent_by_request_id(db, new_uow, clock):
+def test_an_update_is_idempotent_by_request_id(db: Database, new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     first = update(new_uow, clock, BOB, ["mode"], "r1", mode=TrustPolicyMode.AUDIT)
     clock.advance(seconds=5)
     update(new_uow, clock, BOB, ["mode"], "r2", mode=TrustPolicyMode.ENFORCE)
@@ -284,14 +304,14 @@ def test_an_update_is_idempotent_by_request_id(db, new_uow, clock):
 
 # Received shares.
 
-def test_received_shares_are_listed_in_the_states_asked_for(new_uow, clock):
+def test_received_shares_are_listed_in_the_states_asked_for(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     images = [ImageRef(f"img-recv000{n}", REGION, ImageKind.CUSTOM, ALICE) for n in range(3)]
     for image in images:
         share(new_uow, clock, BOB, image=image)
     decide(new_uow, BOB, ShareDecision.ACCEPT, images[1].image_id)
     decide(new_uow, BOB, ShareDecision.REJECT, images[2].image_id)
 
-    def received(states, page_size=0, token=""):
+    def received(states: list[ShareState], page_size: int = 0, token: str = "") -> tuple[list[str], str]:
         shares, next_token = handlers.list_received_shares(BOB, REGION, states, page_size, token, new_uow=new_uow)
         return [s.image_id for s in shares], next_token
 
@@ -310,7 +330,7 @@ def test_received_shares_are_listed_in_the_states_asked_for(new_uow, clock):
 
 # Verdicts.
 
-def test_the_verdicts_of_a_page_come_in_its_order(new_uow, clock):
+def test_the_verdicts_of_a_page_come_in_its_order(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     market = ImageRef("img-market01", REGION, ImageKind.MARKET, "", "Bitnami")
     public = ImageRef("img-public01", REGION, ImageKind.PUBLIC, "")
     bobs = ImageRef("img-bob00001", REGION, ImageKind.CUSTOM, BOB)
@@ -334,10 +354,10 @@ def test_the_verdicts_of_a_page_come_in_its_order(new_uow, clock):
     assert refused.value.reason == "TOO_MANY_IMAGES"
 
 
-def test_a_policy_change_counts_from_the_next_verdict(new_uow, clock):
+def test_a_policy_change_counts_from_the_next_verdict(new_uow: UnitOfWorkFactory, clock: FakeClock) -> None:
     market = ImageRef("img-market01", REGION, ImageKind.MARKET, "", "Bitnami")
 
-    def verdict():
+    def verdict() -> Verdict:
         return verdicts.check_launch_permission(market, BOB, new_uow=new_uow)
 
     assert (verdict().allowed, verdict().policy_mode) == (True, TrustPolicyMode.OFF)
@@ -353,9 +373,10 @@ def test_a_policy_change_counts_from_the_next_verdict(new_uow, clock):
     assert not verdict().image_allowed
 
 
-def test_a_page_costs_the_same_statements_whatever_its_size(db, new_uow, clock):
+def test_a_page_costs_the_same_statements_whatever_its_size(db: Database, new_uow: UnitOfWorkFactory,
+                                                            clock: FakeClock) -> None:
     update(new_uow, clock, BOB, ["mode", "allowed_account_ids"], mode=TrustPolicyMode.AUDIT, accounts=[CAROL])
-    images = []
+    images: list[ImageRef] = []
     for n in range(500):
         kind = (ImageKind.CUSTOM, ImageKind.MARKET, ImageKind.PUBLIC)[n % 3]
         images.append(ImageRef(f"img-p{n:07d}", REGION, kind, (CAROL, DAVE, BOB, "")[n % 4] if kind is

@@ -6,7 +6,7 @@ import http.server
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,6 +17,7 @@ from catalog_service.adapters.image_store import ImageStore
 from catalog_service.adapters.sources import (
     ImportPolicy,
     ImportRefused,
+    Inspection,
     check_source,
     inspecting,
     open_source,
@@ -140,9 +141,9 @@ def test_the_allow_list_opens_a_host_port_and_path(fake_dns: dict[str, list[str]
 
 
 def test_a_malformed_allow_list_entry_is_a_configuration_error() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not an http"):
         policy(None, "127.0.0.1:8080")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not an http"):
         policy(None, "http://user:pw@127.0.0.1/")
 
 
@@ -362,6 +363,13 @@ def read_chunks(path: Path, size: int = MiB) -> Iterator[bytes]:
             yield chunk
 
 
+def inspected(stream: Iterator[bytes], verdict: Callable[[], Inspection]) -> Inspection:
+    """The verdict once the whole stream is read (a refusal comes from the stream or from the verdict)."""
+    for _ in stream:
+        pass
+    return verdict()
+
+
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.refused is None])
 def test_real_images_are_accepted_with_their_virtual_size(name: str, disk_images: DiskImages) -> None:
     case = CASES[name]
@@ -381,9 +389,7 @@ def test_hostile_images_are_refused_with_their_reason(name: str, disk_images: Di
     stream, verdict = inspecting(read_chunks(disk_images[case.image]), case.declared)
 
     with pytest.raises(ImportRefused) as caught:
-        for _ in stream:
-            pass
-        verdict()
+        inspected(stream, verdict)
 
     assert caught.value.reason == case.refused
     assert len(str(caught.value)) < 160
@@ -392,8 +398,7 @@ def test_hostile_images_are_refused_with_their_reason(name: str, disk_images: Di
 def test_a_mismatch_names_both_formats(disk_images: DiskImages) -> None:
     stream, verdict = inspecting(read_chunks(disk_images["raw"]), "qcow2")
     with pytest.raises(ImportRefused) as caught:
-        list(stream)
-        verdict()
+        inspected(stream, verdict)
     assert str(caught.value) == "FORMAT_MISMATCH: declared qcow2, but the image is raw"
 
 
@@ -432,7 +437,7 @@ def test_the_verdict_repeats_the_refusal_the_stream_raised(disk_images: DiskImag
 
 
 def test_an_unknown_declared_format_is_a_programming_error() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot inspect declared format 'iso'"):
         inspecting([b""], "iso")
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -64,7 +66,7 @@ PERSON = Document("person", 2, upgrades={
 })
 
 
-def test_each_old_version_upgrades_step_by_step_to_the_current_one():
+def test_each_old_version_upgrades_step_by_step_to_the_current_one() -> None:
     assert PERSON.load({"name": "Ada Lovelace"}) == {"first": "Ada", "last": "Lovelace", "tags": []}
     assert PERSON.load({"v": 1, "first": "Ada", "last": "L"}) == {"first": "Ada", "last": "L", "tags": []}
     assert PERSON.load({"v": 2, "first": "Ada", "last": "L", "tags": ["x"]}) == {"first": "Ada", "last": "L",
@@ -72,7 +74,7 @@ def test_each_old_version_upgrades_step_by_step_to_the_current_one():
     assert PERSON.upgrade(1, {"first": "A", "last": "B"}) == {"first": "A", "last": "B", "tags": []}
 
 
-def test_what_is_written_carries_the_current_version_and_reads_back():
+def test_what_is_written_carries_the_current_version_and_reads_back() -> None:
     written = PERSON.dumps({"first": "Ada", "last": "L", "tags": []})
     assert json.loads(written)["v"] == 2
     assert PERSON.loads(written) == {"first": "Ada", "last": "L", "tags": []}
@@ -81,7 +83,7 @@ def test_what_is_written_carries_the_current_version_and_reads_back():
 
 
 @pytest.mark.parametrize("stored", [{"v": 3, "first": "A"}, {"v": "2"}, {"v": True}, {"v": None}, {"v": -1}])
-def test_a_version_this_release_does_not_know_is_refused_clearly(stored):
+def test_a_version_this_release_does_not_know_is_refused_clearly(stored: dict[str, object]) -> None:
     with pytest.raises(UnknownVersion, match=r"stored person of version .*: this release reads versions 0 to 2") \
             as refused:
         PERSON.load(stored)
@@ -89,12 +91,12 @@ def test_a_version_this_release_does_not_know_is_refused_clearly(stored):
     assert refused.value.current == 2
 
 
-def test_a_newer_version_is_named_as_a_newer_release_s():
+def test_a_newer_version_is_named_as_a_newer_release_s() -> None:
     with pytest.raises(UnknownVersion, match="written by a newer release"):
         PERSON.load({"v": 3})
 
 
-def test_an_unversioned_document_of_a_kind_that_was_always_versioned_is_refused():
+def test_an_unversioned_document_of_a_kind_that_was_always_versioned_is_refused() -> None:
     always = Document("segment", 1)
     with pytest.raises(UnknownVersion, match="version 0: this release reads versions 1 to 1"):
         always.load({"prices": []})
@@ -102,14 +104,14 @@ def test_an_unversioned_document_of_a_kind_that_was_always_versioned_is_refused(
         always.load([1, 2])
 
 
-def test_a_document_with_a_gap_in_its_upgrades_is_refused_at_once():
+def test_a_document_with_a_gap_in_its_upgrades_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="upgrades must run"):
         Document("broken", 3, upgrades={0: dict, 2: dict})
 
 
 # The exact shapes of earlier releases.
 
-def test_a_launch_request_from_before_image_allowed_reads_as_allowed():
+def test_a_launch_request_from_before_image_allowed_reads_as_allowed() -> None:
     """734d158, the release before 432bc98: no image_allowed, no version."""
     old = {"request": {"region": "ap-guangzhou", "image_id": "img-00000001", "instance_type": "S5.MEDIUM4",
                        "instance_count": 1, "charge_type": "POSTPAID_BY_HOUR", "period_months": 0,
@@ -127,7 +129,7 @@ UNVERSIONED_QUOTE = {"currency": "CNY", "charge_type": "PREPAID", "total": "10.0
                                 "quantity": 2, "unit": "instance-month", "amount": "10.00"}]}
 
 
-def test_an_unversioned_quote_reads_and_a_written_one_is_versioned():
+def test_an_unversioned_quote_reads_and_a_written_one_is_versioned() -> None:
     quote = quote_from_json(UNVERSIONED_QUOTE)
     assert (quote.charge_type, quote.total, quote.image_allowed) == (ChargeType.PREPAID, Decimal("10.00"), False)
     assert quote.lines[0].kind is QuoteLineKind.IMAGE_LICENSE
@@ -139,7 +141,7 @@ def test_an_unversioned_quote_reads_and_a_written_one_is_versioned():
     assert QUOTE.version == 1
 
 
-def test_a_reset_answer_kept_with_an_unversioned_quote_reads():
+def test_a_reset_answer_kept_with_an_unversioned_quote_reads() -> None:
     """ResetInstance answers kept by request_id from 8fe2015 on: envelope version 1, the quote inside unversioned."""
     answer = RESET_ANSWER.decode(1, {"reset_id": "rst-00000001", "instance_id": "ins-00000001",
                                      "quote": UNVERSIONED_QUOTE})
@@ -149,7 +151,7 @@ def test_a_reset_answer_kept_with_an_unversioned_quote_reads():
         RESET_ANSWER.decode(2, {})
 
 
-def test_a_reset_job_s_data_from_before_it_carried_a_version_reads():
+def test_a_reset_job_s_data_from_before_it_carried_a_version_reads() -> None:
     old = {"reset_id": "rst-00000001", "account_id": "100000000001", "instance_id": "ins-00000001",
            "region": "ap-guangzhou", "instance_type": "S5.MEDIUM4", "charge_type": "POSTPAID_BY_HOUR",
            "period_months": 0, "launch_time": "2026-11-28T00:00:00+00:00", "image_id": "img-00000002",
@@ -168,7 +170,7 @@ OLD_END_USAGE = {"account_id": "100000000001", "instance_ids": ["ins-00000001", 
                  "end_time": "2026-11-28T01:00:00+00:00"}
 
 
-def test_an_end_usage_job_s_data_from_before_it_carried_a_version_reads():
+def test_an_end_usage_job_s_data_from_before_it_carried_a_version_reads() -> None:
     end = end_usage_from_json(OLD_END_USAGE)
     assert end == EndUsage("100000000001", ["ins-00000001", "ins-00000002"], datetime(2026, 11, 28, 1, tzinfo=UTC))
     assert end_usage_to_json(end) == {**OLD_END_USAGE, "v": 1}
@@ -185,7 +187,7 @@ class _Billing:
         self.ended.append((instance_ids, end_time))
 
 
-async def test_an_end_usage_job_of_a_newer_release_tells_billing_nothing_and_an_old_one_tells_it():
+async def test_an_end_usage_job_of_a_newer_release_tells_billing_nothing_and_an_old_one_tells_it() -> None:
     billing = _Billing()
     deps = SimpleNamespace(billing=billing)
     newer = jobs.Job("job-1", "end-usage", "100000000001", {**OLD_END_USAGE, "v": 2}, 1, 0)
@@ -205,7 +207,7 @@ OLD_SYNC_JOB = {"image_id": "img-00000005", "source_image_id": "img-00000003", "
                 "destination": "ap-shanghai", "checksum": "ab" * 32}
 
 
-def test_catalog_job_data_from_before_it_carried_a_version_reads_and_is_written_versioned():
+def test_catalog_job_data_from_before_it_carried_a_version_reads_and_is_written_versioned() -> None:
     assert image_job(CREATE_JOB, OLD_CREATE_JOB) == CopyJob("img-00000003", "ap-guangzhou", "ab" * 32)
     assert image_job(IMPORT_JOB, OLD_IMPORT_JOB) == ImportJob("img-00000004", "ap-guangzhou",
                                                               "file:///imports/disk.raw", "RAW")
@@ -221,7 +223,7 @@ def test_catalog_job_data_from_before_it_carried_a_version_reads_and_is_written_
 @pytest.mark.parametrize(("kind", "old", "document"), [(CREATE_JOB, OLD_CREATE_JOB, CREATE_JOB_DATA),
                                                  (IMPORT_JOB, OLD_IMPORT_JOB, IMPORT_JOB_DATA),
                                                  (SYNC_JOB, OLD_SYNC_JOB, SYNC_JOB_DATA)])
-def test_catalog_job_data_of_a_newer_release_is_refused(kind, old, document):
+def test_catalog_job_data_of_a_newer_release_is_refused(kind: str, old: dict[str, str], document: Document) -> None:
     with pytest.raises(UnknownVersion, match=f"stored {kind} job of version 2") as refused:
         image_job(kind, {**old, "v": 2})
     assert refused.value.kind == document.kind
@@ -229,7 +231,7 @@ def test_catalog_job_data_of_a_newer_release_is_refused(kind, old, document):
         image_job("resize-image", old)
 
 
-def test_the_catalog_s_garbage_collection_stops_at_job_data_of_a_newer_release(tmp_path):
+def test_the_catalog_s_garbage_collection_stops_at_job_data_of_a_newer_release(tmp_path: Path) -> None:
     """A pending copy this release cannot read may be about to read any bytes: nothing is counted as unread."""
     db = Database(f"sqlite:///{tmp_path}/catalog.db")
     CATALOG_JOBS.create(db.engine)
@@ -255,7 +257,7 @@ OLD_IMAGE_ANSWER = [{
 }]
 
 
-def test_a_catalog_answer_kept_by_the_previous_release_reads_and_a_newer_one_is_refused():
+def test_a_catalog_answer_kept_by_the_previous_release_reads_and_a_newer_one_is_refused() -> None:
     (image,) = IMAGES_RESPONSE.decode(1, OLD_IMAGE_ANSWER)
     assert image.state is ImageState.CREATING
     assert image.create_time == datetime(2026, 11, 28, 12, tzinfo=UTC)
@@ -267,7 +269,7 @@ def test_a_catalog_answer_kept_by_the_previous_release_reads_and_a_newer_one_is_
         IMAGES_RESPONSE.decode(0, OLD_IMAGE_ANSWER)
 
 
-def test_billing_reads_charge_lines_kept_as_a_bare_list_and_refuses_unversioned_prices():
+def test_billing_reads_charge_lines_kept_as_a_bare_list_and_refuses_unversioned_prices() -> None:
     lines = [{"kind": "INSTANCE", "description": "S5", "unit_price": "0.12", "quantity": 2, "unit": "instance-hour"}]
     assert CHARGE_LINES.loads(json.dumps(lines)) == {"lines": lines}
     assert CHARGE_LINES.loads(json.dumps({"v": 1, "lines": lines})) == {"lines": lines}
@@ -278,17 +280,17 @@ def test_billing_reads_charge_lines_kept_as_a_bare_list_and_refuses_unversioned_
 
 
 @pytest.mark.parametrize("raw", ['{"v": 2, "data": {"image_id": "img-1"}}', '{"data": {}}', "not json", "[]"])
-def test_a_job_payload_this_release_cannot_read_is_refused(raw):
+def test_a_job_payload_this_release_cannot_read_is_refused(raw: str) -> None:
     with pytest.raises(UnknownVersion, match="stored job payload"):
         jobs.payload_data(raw)
 
 
-def test_job_payloads_of_the_current_shape_read():
+def test_job_payloads_of_the_current_shape_read() -> None:
     assert jobs.payload_data('{"v":1,"data":{"image_id":"img-1"}}') == {"image_id": "img-1"}
     assert jobs.payload_data('{"v": 1}') == {}
 
 
-def test_billing_s_legacy_fingerprint_is_the_old_repr_spelled_out():
+def test_billing_s_legacy_fingerprint_is_the_old_repr_spelled_out() -> None:
     """What d1e6c55's predecessor stored: sha256(repr((LaunchPricing, sorted ids))), as that release printed it."""
     launch = LaunchPricing("ap-singapore", "S5.MEDIUM4", 2, BillingChargeType.PREPAID, 3,
                            ImagePricing("img-win00001", OsKind.WINDOWS, "mkt-1"))
@@ -307,7 +309,7 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(tmp_path):
+def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path}/stored.db")
     JOB_TABLE.metadata.create_all(database.engine)
     REQUEST_TABLE.metadata.create_all(database.engine)
@@ -315,7 +317,7 @@ def db(tmp_path):
     database.dispose()
 
 
-def test_a_job_a_newer_release_wrote_is_left_untried_for_a_replica_that_reads_it(db):
+def test_a_job_a_newer_release_wrote_is_left_untried_for_a_replica_that_reads_it(db: Database) -> None:
     with db.engine.begin() as connection:
         newer = jobs.enqueue(connection, JOB_TABLE, "copy", "img-00000001", {}, NOW)
         connection.execute(update(JOB_TABLE).where(JOB_TABLE.c.job_id == newer).values(
@@ -344,7 +346,7 @@ def test_a_job_a_newer_release_wrote_is_left_untried_for_a_replica_that_reads_it
     assert queue.claim({"copy"}) is None
 
 
-def test_a_stored_response_of_a_newer_version_is_refused_clearly(db):
+def test_a_stored_response_of_a_newer_version_is_refused_clearly(db: Database) -> None:
     fmt = ResponseFormat.of(Document("names answer", 1), encode=list, decode=list)
     with db.engine.begin() as connection:
         ledger = RequestLedger(connection, REQUEST_TABLE, fmt, clock=lambda: NOW)
