@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 import pytest
@@ -19,6 +21,9 @@ from sqlalchemy import create_engine, text
 
 from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY
 from chassis.server import Background, RunningServer, Service, start_server
+
+if TYPE_CHECKING:
+    from devtools.stack import Stack
 
 pytest_plugins = ["tests.fixtures.disk_images"]
 
@@ -33,7 +38,7 @@ def internal_metadata(account_id: str = ALICE, token: str = INTERNAL_TOKEN) -> t
 
 def rich_status(error: grpc.RpcError) -> tuple[status_pb2.Status, error_details_pb2.ErrorInfo, list[Any]]:
     """The google.rpc.Status of a failed call, its one ErrorInfo, and its other details (unpacked)."""
-    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")  # type: ignore[attr-defined]
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
     assert raw, f"no rich status on {error}"
     status = status_pb2.Status.FromString(raw)
     details = unpacked_details(status)
@@ -55,7 +60,14 @@ def unpacked_details(status: status_pb2.Status) -> list[Any]:
     return found
 
 
-ServerFactory = Callable[[Callable[[Any], Awaitable[Service]], Any], Awaitable[str]]
+SettingsT = TypeVar("SettingsT")
+
+
+class ServerFactory(Protocol):
+    """The ``serve`` fixture: ``addr = await serve(bootstrap, settings)``."""
+
+    def __call__(self, bootstrap: Callable[[SettingsT], Awaitable[Service]],
+                 settings: SettingsT) -> Awaitable[str]: ...
 
 
 @pytest_asyncio.fixture
@@ -63,7 +75,7 @@ async def serve() -> AsyncIterator[ServerFactory]:
     """Starts a context's real server in-process: ``addr = await serve(bootstrap, settings)``."""
     started: list[tuple[RunningServer, Background, Service]] = []
 
-    async def start(bootstrap: Callable[[Any], Awaitable[Service]], settings: Any) -> str:
+    async def start(bootstrap: Callable[[SettingsT], Awaitable[Service]], settings: SettingsT) -> str:
         service = await bootstrap(settings)
         running = await start_server("127.0.0.1:0", service.register, service.authenticate)
         started.append((running, Background(service.background), service))
@@ -129,28 +141,39 @@ def postgres_databases(postgres_server: str) -> Iterator[Callable[[], str]]:
         yield create
 
 
+class ServiceProcess(subprocess.Popen[bytes]):
+    """A service started by ``spawn``, with the address it listens on."""
+
+    addr: str
+
+
+class Spawn(Protocol):
+    """The ``spawn`` fixture: ``spawn(service, env, wait=True)``."""
+
+    def __call__(self, service: str, env: dict[str, str], wait: bool = True) -> ServiceProcess: ...
+
+
 @pytest.fixture
-def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], Any]]:
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
     """Starts a service as a real process: ``spawn("sharing", {"SHARING_DATABASE_URL": ...})`` gives the
     process, with its address as ``.addr``, once it is SERVING; it is stopped afterwards."""
-    import subprocess
     import sys
 
     from devtools.stack import free_port, wait_serving
 
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[ServiceProcess] = []
     modules = {"catalog": "catalog_service", "sharing": "sharing_service", "billing": "billing_service",
                "gateway": "gateway"}
 
-    def start(service: str, env: dict[str, str], wait: bool = True) -> subprocess.Popen[bytes]:
+    def start(service: str, env: dict[str, str], wait: bool = True) -> ServiceProcess:
         addr = f"127.0.0.1:{free_port()}"
         log = open(tmp_path / f"{service}-{len(processes)}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
+        process = ServiceProcess(
             [sys.executable, "-m", modules[service]], stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "CLOUDIMG_INTERNAL_TOKEN": INTERNAL_TOKEN,
                  f"{service.upper()}_LISTEN_ADDR": addr, **env},
         )
-        process.addr = addr  # type: ignore[attr-defined]
+        process.addr = addr
         processes.append(process)
         if wait:
             wait_serving(addr, 60)
@@ -165,19 +188,17 @@ def spawn(tmp_path: Any) -> Iterator[Callable[[str, dict[str, str]], Any]]:
 
 
 @contextlib.contextmanager
-def running_stack(request: pytest.FixtureRequest, data_dir: Any, database_factory: str = "postgres_databases",
-                  **options: Any) -> Iterator[Any]:
+def running_stack(request: pytest.FixtureRequest, data_dir: Path, database_factory: str = "postgres_databases",
+                  extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """The four services as real processes (devtools.stack.Stack), over TLS: on SQLite files when
     ``request.param`` is "sqlite", each on its own new PostgreSQL database when it is "postgres"."""
-    from pathlib import Path
-
     from devtools.stack import Stack
 
-    urls = {}
+    urls: dict[str, str] = {}
     if request.param == "postgres":
-        new_database = request.getfixturevalue(database_factory)
+        new_database: Callable[[], str] = request.getfixturevalue(database_factory)
         urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
-    with Stack(Path(data_dir), database_urls=urls, **{"tls": True, **options}) as running:
+    with Stack(data_dir, database_urls=urls, extra_env=dict(extra_env or {}), tls=True) as running:
         yield running
 
 
@@ -185,7 +206,7 @@ BOTH_DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A new, empty database for one service: a SQLite file, then a PostgreSQL database."""
     if request.param == "postgres":
         return str(request.getfixturevalue("postgres_database")())
@@ -193,7 +214,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @contextlib.contextmanager
-def billing_writes_held(stack: Any) -> Iterator[None]:
+def billing_writes_held(stack: Stack) -> Iterator[None]:
     """Billing's ledger locked against writes while the block runs (reads go on): charges wait in billing."""
     url = stack.database_urls.get("billing")
     if url is None:

@@ -31,7 +31,8 @@ def start(service: str, tmp_path: Path, env: dict[str, str]) -> subprocess.Compl
 
 def assert_one_line(done: subprocess.CompletedProcess[str], code: int, expected: str) -> None:
     assert (done.returncode, done.stderr.count("\n")) == (code, 1), done.stderr
-    assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(("service", "env", "expected"), [
@@ -46,25 +47,25 @@ def assert_one_line(done: subprocess.CompletedProcess[str], code: int, expected:
     ("gateway", {"GATEWAY_RECONCILE_INTERVAL_SECONDS": "0"}, "GATEWAY_RECONCILE_INTERVAL_SECONDS: "),
     ("gateway", {"GATEWAY_RECONCILE_INTERVAL_SECONDS": "-5"}, "GATEWAY_RECONCILE_INTERVAL_SECONDS: "),
 ])
-def test_a_bad_setting_exits_2_with_one_line(tmp_path, service, env, expected):
+def test_a_bad_setting_exits_2_with_one_line(tmp_path: Path, service: str, env: dict[str, str], expected: str) -> None:
     assert_one_line(start(service, tmp_path, env), 2, expected)
 
 
-def test_a_price_book_that_is_not_json_exits_2_naming_the_file(tmp_path):
+def test_a_price_book_that_is_not_json_exits_2_naming_the_file(tmp_path: Path) -> None:
     book = tmp_path / "book.json"
     book.write_text('{"currency": ')
     done = start("billing", tmp_path, {"BILLING_PRICE_BOOK_PATH": str(book)})
     assert_one_line(done, 2, f"cloudimg: billing cannot start: BILLING_PRICE_BOOK_PATH: {book}: invalid JSON")
 
 
-def test_an_unreachable_database_exits_1_without_its_password(tmp_path):
+def test_an_unreachable_database_exits_1_without_its_password(tmp_path: Path) -> None:
     done = start("catalog", tmp_path, {"CATALOG_LISTEN_ADDR": "127.0.0.1:50999",
                                        "CATALOG_DATABASE_URL": "postgresql+psycopg://cloudimg:hunter2@127.0.0.1:1/x"})
     assert_one_line(done, 1, "cloudimg: catalog cannot start: database ")
     assert "hunter2" not in done.stderr
 
 
-def test_an_address_in_use_exits_1(tmp_path):
+def test_an_address_in_use_exits_1(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

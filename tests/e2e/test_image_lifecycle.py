@@ -10,7 +10,7 @@ import random
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -22,11 +22,12 @@ from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as ins_pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as ins_grpc
+from google.protobuf import field_mask_pb2
 
 from catalog_service.domain.seed import seed_image_id
 from devtools.stack import Stack
 from tests.conftest import BOB, rich_status
-from tests.fixtures.disk_images import CASES, QEMU_MADE, QEMU_MISSING
+from tests.fixtures.disk_images import CASES, QEMU_MADE, QEMU_MISSING, DiskImages
 
 IMPORT_LIMIT = 8 << 20  # every fixture is smaller; the test over HTTP sends one byte more
 
@@ -38,9 +39,9 @@ FORMATS = {"raw": pb.IMAGE_FORMAT_RAW, "qcow2": pb.IMAGE_FORMAT_QCOW2, "vhd": pb
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    urls = {}
+    urls: dict[str, str] = {}
     if request.param == "postgres":
-        new_database = request.getfixturevalue("postgres_databases")
+        new_database: Callable[[], str] = request.getfixturevalue("postgres_databases")
         urls = {service: new_database() for service in ("catalog", "sharing", "billing", "gateway")}
     env = {"CATALOG_DAILY_OPERATION_QUOTA": "1000", "CATALOG_CUSTOM_IMAGE_QUOTA": "1000",
            "CATALOG_IMPORT_MAX_BYTES": str(IMPORT_LIMIT), "CATALOG_JOB_CONCURRENCY": "4"}
@@ -58,14 +59,15 @@ class Api:
     async def wait(self, image_id: str, timeout: float = 60) -> pb.Image:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            image = (await self.images.GetImage(pb.GetImageRequest(image_id=image_id), metadata=self.meta)).image
+            image: pb.Image = (await self.images.GetImage(pb.GetImageRequest(image_id=image_id),
+                                                          metadata=self.meta)).image
             if image.state not in BUSY:
                 return image
             assert asyncio.get_running_loop().time() < deadline, f"{image_id} still {image.state}"
             await asyncio.sleep(0.05)
 
     async def launch(self, image_id: str, region: str = GZ) -> str:
-        response = await self.instances.RunInstances(ins_pb.RunInstancesRequest(
+        response: ins_pb.RunInstancesResponse = await self.instances.RunInstances(ins_pb.RunInstancesRequest(
             region=region, image_id=image_id, instance_type="S5.MEDIUM4", instance_count=1), metadata=self.meta)
         return response.instance_ids[0]
 
@@ -76,13 +78,13 @@ class Api:
 
 
 @pytest.fixture
-async def apis(stack: Stack):
+async def apis(stack: Stack) -> AsyncIterator[tuple[Api, Api]]:
     channel = stack.aio_channel()
     yield Api(channel, stack.api_keys["alice"]), Api(channel, stack.api_keys["bob"])
     await channel.close()
 
 
-async def test_the_lifecycle_of_an_image_made_from_an_instance(apis):
+async def test_the_lifecycle_of_an_image_made_from_an_instance(apis: tuple[Api, Api]) -> None:
     alice, bob = apis
     instance = await alice.launch(seed_image_id(GZ, "wordpress"))
     image = await alice.image_of(instance, "blog golden")
@@ -126,7 +128,7 @@ async def test_the_lifecycle_of_an_image_made_from_an_instance(apis):
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     renamed = (await alice.images.UpdateImage(pb.UpdateImageRequest(
-        image=pb.Image(image_id=image.image_id, name="blog v2"), update_mask={"paths": ["name"]}),
+        image=pb.Image(image_id=image.image_id, name="blog v2"), update_mask=field_mask_pb2.FieldMask(paths=["name"])),
         metadata=alice.meta)).image
     assert renamed.name == "blog v2"
 
@@ -150,7 +152,7 @@ async def test_the_lifecycle_of_an_image_made_from_an_instance(apis):
     assert quota.daily_operation_used >= 1
 
 
-async def test_a_windows_image_pays_the_license_wherever_its_copies_go_overseas(apis):
+async def test_a_windows_image_pays_the_license_wherever_its_copies_go_overseas(apis: tuple[Api, Api]) -> None:
     alice, _ = apis
     instance = await alice.launch(seed_image_id(GZ, "windows-2022-x86"))
     image = await alice.image_of(instance, "windows golden")
@@ -163,7 +165,8 @@ async def test_a_windows_image_pays_the_license_wherever_its_copies_go_overseas(
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-async def test_imports_are_inspected_and_hostile_images_refused_with_their_reason(case, apis, stack, disk_images):
+async def test_imports_are_inspected_and_hostile_images_refused_with_their_reason(
+        case: str, apis: tuple[Api, Api], stack: Stack, disk_images: DiskImages) -> None:
     alice, _ = apis
     spec = CASES[case]
     if spec.image in QEMU_MADE and spec.image not in disk_images:
@@ -184,13 +187,19 @@ async def test_imports_are_inspected_and_hostile_images_refused_with_their_reaso
         assert done.state_reason.startswith(spec.refused + ":"), done.state_reason
 
 
-async def test_an_import_over_http_and_the_sources_refused_at_once(apis, stack, disk_images):
-    alice, _ = apis
-    served = stack.imports_dir / "served"
+def _fill_served(served: Path, disk: Path) -> None:
+    """The folder served over HTTP: a raw disk, and a (sparse) file one byte over the import limit."""
     served.mkdir(exist_ok=True)
-    shutil.copyfile(disk_images["raw"], served / "disk.raw")
+    shutil.copyfile(disk, served / "disk.raw")
     with open(served / "big.raw", "wb") as big:
         big.truncate(IMPORT_LIMIT + 1)
+
+
+async def test_an_import_over_http_and_the_sources_refused_at_once(apis: tuple[Api, Api], stack: Stack,
+                                                                   disk_images: DiskImages) -> None:
+    alice, _ = apis
+    served = stack.imports_dir / "served"
+    await asyncio.to_thread(_fill_served, served, disk_images["raw"])
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -215,7 +224,8 @@ async def test_an_import_over_http_and_the_sources_refused_at_once(apis, stack, 
         assert rich_status(refused.value)[1].reason == "SOURCE_NOT_ALLOWED", uri
 
 
-async def test_share_and_delete_raced_200_times_never_leave_a_share_of_a_deleted_image(apis):
+async def test_share_and_delete_raced_200_times_never_leave_a_share_of_a_deleted_image(apis: tuple[Api, Api]
+                                                                                        ) -> None:
     alice, bob = apis
     instance = await alice.launch(seed_image_id(GZ, "debian-12-x86"))
 
@@ -224,13 +234,16 @@ async def test_share_and_delete_raced_200_times_never_leave_a_share_of_a_deleted
         request = pb.CreateImageRequest(instance_id=instance, name=f"race {n}", request_id=f"race-{n}")
         for _ in range(10):
             try:
-                return (await alice.images.CreateImage(request, metadata=alice.meta, timeout=30)).image.image_id
+                made: pb.CreateImageResponse = await alice.images.CreateImage(request, metadata=alice.meta,
+                                                                              timeout=30)
+                return made.image.image_id
             except grpc.aio.AioRpcError as error:
-                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), error
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise AssertionError(error) from error
                 await asyncio.sleep(0.5)
         raise AssertionError(f"CreateImage race-{n} never succeeded")
 
-    images = []
+    images: list[str] = []
     for start in range(0, 200, 20):
         images += await asyncio.gather(*(create(n) for n in range(start, start + 20)))
     for image_id in images:
@@ -261,14 +274,14 @@ async def test_share_and_delete_raced_200_times_never_leave_a_share_of_a_deleted
                 errors[rich_status(outcome)[1].reason] += 1
         return not isinstance(share, BaseException), not isinstance(delete, BaseException)
 
-    outcomes = []
+    outcomes: list[tuple[bool, bool]] = []
     for start in range(0, len(images), 20):
         outcomes += await asyncio.gather(*(race(i) for i in images[start:start + 20]))
     assert not any(shared and deleted for shared, deleted in outcomes)
     print("race outcomes (shared, deleted):", Counter(outcomes), errors)
     assert any(shared for shared, _ in outcomes)
     assert any(deleted for _, deleted in outcomes)
-    listed = []
+    listed: list[str] = []
     token = ""
     while True:
         page = await bob.images.ListImages(pb.ListImagesRequest(region=GZ, image_types=[pb.IMAGE_TYPE_SHARED],
@@ -283,7 +296,8 @@ async def test_share_and_delete_raced_200_times_never_leave_a_share_of_a_deleted
         try:
             await alice.images.GetImage(pb.GetImageRequest(image_id=image_id), metadata=alice.meta)
         except grpc.aio.AioRpcError as error:
-            assert error.code() == grpc.StatusCode.NOT_FOUND
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise AssertionError(error) from error
             exists = False
         assert exists != deleted
         assert (image_id in listed) == shared

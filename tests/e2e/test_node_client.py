@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 import pytest
@@ -30,6 +30,15 @@ GZ = "ap-guangzhou"
 INSTANCE_TYPE = "S5.MEDIUM4"
 COUNT = 2
 MISSING_IMAGE_ID = "img-zz000000"  # the id smoke.js asks GetImage for
+
+
+class Launch(TypedDict):
+    """The fields a quote and a launch share."""
+
+    region: str
+    image_id: str
+    instance_type: str
+    instance_count: int
 
 
 def node_modules() -> None:
@@ -80,10 +89,11 @@ def run_client(node: str, stack: Stack, client_token: str,
     return done, summary
 
 
-def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node, stack):
+def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node: str, stack: Stack) -> None:
     token = f"node-e2e-{os.urandom(6).hex()}"
     done, summary = run_client(node, stack, token)
-    assert done.returncode == 0 and summary["ok"], f"{json.dumps(summary, indent=2)}\n{done.stderr}"
+    assert done.returncode == 0, f"{json.dumps(summary, indent=2)}\n{done.stderr}"
+    assert summary["ok"], f"{json.dumps(summary, indent=2)}\n{done.stderr}"
     assert summary["tls"] is True
     assert summary["mismatches"] == []
 
@@ -102,8 +112,8 @@ def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node
     assert summary["images"]["by_type"]["IMAGE_TYPE_PUBLIC"] == len(public)
 
     # 2. its quote is the Python stub's, to the nano
-    request = dict(region=GZ, image_id=seed_image_id(GZ, "ubuntu-2204-x86"), instance_type=INSTANCE_TYPE,
-                   instance_count=COUNT)
+    request = Launch(region=GZ, image_id=seed_image_id(GZ, "ubuntu-2204-x86"), instance_type=INSTANCE_TYPE,
+                     instance_count=COUNT)
     quote = instances.QuoteRunInstances(pb.QuoteRunInstancesRequest(**request), metadata=metadata, timeout=10).quote
     seen = summary["quote"]
     assert (seen["total"]["units"], seen["total"]["nanos"]) == (str(quote.total.units), quote.total.nanos)
@@ -131,12 +141,12 @@ def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node
     assert len([c for c in charges if set(c.instance_ids) == set(launch["instance_ids"])]) == 1
 
     # 4. the refusals it decoded are those the Python side decodes: code, message, ErrorInfo
+    arm_request: Launch = {**request, "image_id": seed_image_id(GZ, "ubuntu-2204-arm"), "instance_count": 1}
     expected = {
         "GetImage": lambda: images.GetImage(image_service_pb2.GetImageRequest(image_id=MISSING_IMAGE_ID),
                                             metadata=metadata, timeout=10),
         "RunInstances": lambda: instances.RunInstances(
-            pb.RunInstancesRequest(**{**request, "image_id": seed_image_id(GZ, "ubuntu-2204-arm"),
-                                      "instance_count": 1}), metadata=metadata, timeout=10),
+            pb.RunInstancesRequest(**arm_request), metadata=metadata, timeout=10),
     }
     assert [r["call"] for r in summary["refusals"]] == list(expected)
     for refusal in summary["refusals"]:
@@ -158,7 +168,7 @@ def test_the_node_client_lists_quotes_launches_replays_and_decodes_refusals(node
     assert bad_request["field_violations"][0]["field"] == "instance_type"
 
 
-def test_the_node_client_fails_on_a_bad_api_key(node, stack):
+def test_the_node_client_fails_on_a_bad_api_key(node: str, stack: Stack) -> None:
     """Not a silent pass: a call refused where it must not be makes it exit 2, naming the step and reason."""
     done, summary = run_client(node, stack, f"node-e2e-{os.urandom(6).hex()}", api_key="cik_aaaaaaaa_" + "B" * 43)
     assert (done.returncode, summary["ok"], summary["step"]) == (2, False, "ListImages")
@@ -166,7 +176,7 @@ def test_the_node_client_fails_on_a_bad_api_key(node, stack):
     assert "ListImages failed: UNAUTHENTICATED API_KEY_INVALID" in done.stderr
 
 
-def test_the_node_client_exits_1_on_a_mismatch(node, stack):
+def test_the_node_client_exits_1_on_a_mismatch(node: str, stack: Stack) -> None:
     """An x86 image given as the one that must be refused on an x86 type is launched: a mismatch, exit 1."""
     done, summary = run_client(node, stack, f"node-e2e-{os.urandom(6).hex()}",
                                extra={"CLOUDIMG_ARM_IMAGE_ID": seed_image_id(GZ, "ubuntu-2204-x86")})

@@ -29,8 +29,10 @@ GET_IMAGE = catalog_service_pb2.GetImageRequest(image_id=seed_image_id(GZ, "alic
 
 def _list_regions(stack: Stack, channel: grpc.Channel) -> image_service_pb2.ListRegionsResponse:
     stub = image_service_pb2_grpc.ImageServiceStub(channel)
-    return stub.ListRegions(image_service_pb2.ListRegionsRequest(),
-                            metadata=(("authorization", f"Bearer {stack.api_keys['alice']}"),), timeout=5)
+    response: image_service_pb2.ListRegionsResponse = stub.ListRegions(
+        image_service_pb2.ListRegionsRequest(), metadata=(("authorization", f"Bearer {stack.api_keys['alice']}"),),
+        timeout=5)
+    return response
 
 
 def _refused(call: Callable[[], object]) -> grpc.RpcError:
@@ -39,7 +41,7 @@ def _refused(call: Callable[[], object]) -> grpc.RpcError:
     return error.value
 
 
-def test_the_stack_runs_tls_and_has_no_internal_token(stack):
+def test_the_stack_runs_tls_and_has_no_internal_token(stack: Stack) -> None:
     assert stack.tls
     for service in ("catalog", "sharing", "billing", "gateway"):
         assert "CLOUDIMG_INTERNAL_TOKEN" not in stack.env(service)
@@ -47,7 +49,7 @@ def test_the_stack_runs_tls_and_has_no_internal_token(stack):
         assert _list_regions(stack, channel).regions
 
 
-def test_a_client_without_the_ca_cannot_reach_the_gateway(stack):
+def test_a_client_without_the_ca_cannot_reach_the_gateway(stack: Stack) -> None:
     with grpc.insecure_channel(stack.gateway_addr) as plaintext:
         assert _refused(lambda: _list_regions(stack, plaintext)).code() == grpc.StatusCode.UNAVAILABLE
     with grpc.secure_channel(stack.gateway_addr, grpc.ssl_channel_credentials()) as system_roots:
@@ -68,7 +70,7 @@ def _certificate_of(ca: trustme.CA, name: str, trusted_ca: bytes) -> grpc.Channe
 
 
 @pytest.mark.parametrize("client", ["plaintext", "no client certificate", "a certificate of another CA"])
-def test_an_internal_service_refuses_a_caller_without_a_certificate_of_its_ca(stack, client):
+def test_an_internal_service_refuses_a_caller_without_a_certificate_of_its_ca(stack: Stack, client: str) -> None:
     ca = stack.certificate("ca")
     credentials = {
         "plaintext": None,
@@ -84,7 +86,7 @@ def test_an_internal_service_refuses_a_caller_without_a_certificate_of_its_ca(st
             grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_certificate_of_the_ca_that_does_not_name_the_gateway_gets_health_only(stack):
+def test_a_certificate_of_the_ca_that_does_not_name_the_gateway_gets_health_only(stack: Stack) -> None:
     """Billing's own certificate is from the right CA: the handshake succeeds, health answers (a probe),
     the API refuses it whatever its metadata claims."""
     ca = stack.certificate("ca")
@@ -99,7 +101,7 @@ def test_a_certificate_of_the_ca_that_does_not_name_the_gateway_gets_health_only
         assert rich_status(error)[1].reason == "INTERNAL_CREDENTIAL_INVALID"
 
 
-def test_the_gateways_certificate_is_its_credential_and_the_account_is_still_required(stack):
+def test_the_gateways_certificate_is_its_credential_and_the_account_is_still_required(stack: Stack) -> None:
     with stack.channel("catalog") as channel:
         stub = catalog_service_pb2_grpc.CatalogServiceStub(channel)
         assert stub.GetImage(GET_IMAGE, metadata=stack.internal_metadata(ALICE), timeout=5).image.image_id
@@ -108,7 +110,7 @@ def test_the_gateways_certificate_is_its_credential_and_the_account_is_still_req
         assert rich_status(error)[1].reason == "CALLER_ACCOUNT_MISSING"
 
 
-def test_the_cli_needs_the_ca_to_reach_a_tls_gateway(stack):
+def test_the_cli_needs_the_ca_to_reach_a_tls_gateway(stack: Stack) -> None:
     env = {**os.environ, "CLOUDIMG_API_KEY": stack.api_keys["alice"]}
     for name in ("CLOUDIMG_CA_CERT", "CLOUDIMG_TLS", "CLOUDIMG_ENDPOINT"):
         env.pop(name, None)
@@ -118,10 +120,12 @@ def test_the_cli_needs_the_ca_to_reach_a_tls_gateway(stack):
                               capture_output=True, text=True, timeout=30)
 
     trusted = cli(*stack.cli_args())
-    assert trusted.returncode == 0 and GZ in trusted.stdout, trusted.stderr
+    assert trusted.returncode == 0, trusted.stderr
+    assert GZ in trusted.stdout, trusted.stderr
     for flags in (["--endpoint", stack.gateway_addr], ["--endpoint", stack.gateway_addr, "--tls"]):
         refused = cli(*flags)
-        assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr, refused.stderr
+        assert refused.returncode == 1, refused.stderr
+        assert "UNAVAILABLE" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
     missing = cli("--endpoint", stack.gateway_addr, "--ca-cert", str(stack.data_dir / "no-such-ca.pem"))
     assert missing.returncode == 2

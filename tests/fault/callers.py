@@ -14,11 +14,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
+from google.protobuf.message import Message
 
 from catalog_service.domain.seed import seed_image_id
 from devtools.stack import Stack
@@ -28,7 +29,18 @@ GZ = "ap-guangzhou"
 UBUNTU = seed_image_id(GZ, "ubuntu-2204-x86")
 DEBIAN = seed_image_id(GZ, "debian-12-x86")
 INSTANCE_TYPE = "S5.MEDIUM4"
-LAUNCH = dict(region=GZ, image_id=UBUNTU, instance_type=INSTANCE_TYPE, instance_count=1)
+
+
+class Launch(TypedDict):
+    """The fields a quote and a launch share."""
+
+    region: str
+    image_id: str
+    instance_type: str
+    instance_count: int
+
+
+LAUNCH = Launch(region=GZ, image_id=UBUNTU, instance_type=INSTANCE_TYPE, instance_count=1)
 # Reconnect to a restarted gateway within a tenth of a second, not after gRPC's 1 s, 1.6 s, ... backoff.
 PROMPT_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200))
 # The codes that leave a call's outcome open: the same client token or request id asks again.
@@ -44,14 +56,23 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
     """The ErrorInfo reason of a failed call; the code's name for a status made on the client side (a
     deadline, a dropped connection), which carries no details."""
     try:
-        return rich_status(error)[1].reason
+        reason: str = rich_status(error)[1].reason
     except AssertionError:
-        return error.code().name
+        reason = error.code().name
+    return reason
 
 
-async def every_page(call: Callable[..., Awaitable[Any]], request: Any, items: str,
+class PageRequest(Protocol):
+    """The request of a paginated listing (ListInstancesRequest, ListChargesRequest, ...)."""
+
+    page_size: int
+    page_token: str
+
+
+async def every_page(call: Callable[..., Awaitable[Any]], request: PageRequest, items: str,
                      metadata: Sequence[tuple[str, str]]) -> list[Any]:
-    """Every item of a paginated listing, reading page after page (a page holds at most 1000)."""
+    """Every item of a paginated listing (the ``items`` field of each page), reading page after page (a page
+    holds at most 1000)."""
     found: list[Any] = []
     request.page_size = 1000
     while True:
@@ -84,7 +105,7 @@ class Calls:
     def __init__(self) -> None:
         self.outcomes: list[Outcome] = []
 
-    async def record(self, call: Awaitable[Any]) -> Outcome:
+    async def record(self, call: Awaitable[object]) -> Outcome:
         """Awaits a call and records how it ended: OK, or its code and reason."""
         started = time.monotonic()
         try:
@@ -95,7 +116,7 @@ class Calls:
         self.outcomes.append(outcome)
         return outcome
 
-    async def keep_making(self, call: Callable[[int], Awaitable[Any]], until: asyncio.Event) -> None:
+    async def keep_making(self, call: Callable[[int], Awaitable[object]], until: asyncio.Event) -> None:
         """Makes ``call(turn)`` for turn 0, 1, 2, ..., one after the other, until told to stop."""
         turn = 0
         while not until.is_set():
@@ -113,18 +134,24 @@ class Calls:
         raise TimeoutError(f"fewer than {count} calls ended within {timeout} s")
 
 
+QuoteOrLaunch = pb.RunInstancesResponse | pb.QuoteRunInstancesResponse
+
+
 def quote_or_launch(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]], timeout: float = 10.0
-                    ) -> Callable[[int], Awaitable[Any]]:
+                    ) -> Callable[[int], Awaitable[QuoteOrLaunch]]:
     """A call through the public API for ``Calls.keep_making``: a quote on even turns, a launch of one
     instance on odd ones. Both go through all four services: the image (catalog), the verdict (sharing),
     the price or the charge (billing)."""
     instances = pb_grpc.InstanceServiceStub(channel)
 
-    def call(turn: int) -> Awaitable[Any]:
+    def call(turn: int) -> Awaitable[QuoteOrLaunch]:
+        answer: Awaitable[QuoteOrLaunch]
         if turn % 2:
-            return instances.RunInstances(pb.RunInstancesRequest(**LAUNCH), metadata=metadata, timeout=timeout)
-        return instances.QuoteRunInstances(pb.QuoteRunInstancesRequest(**LAUNCH), metadata=metadata,
-                                           timeout=timeout)
+            answer = instances.RunInstances(pb.RunInstancesRequest(**LAUNCH), metadata=metadata, timeout=timeout)
+        else:
+            answer = instances.QuoteRunInstances(pb.QuoteRunInstancesRequest(**LAUNCH), metadata=metadata,
+                                                 timeout=timeout)
+        return answer
 
     return call
 
@@ -139,8 +166,12 @@ class Tally:
     answers: list[str] = field(default_factory=list)  # the reason of every open answer, in order
 
 
-async def until_definite(call: Callable[..., Awaitable[Any]], request: Any, metadata: Sequence[tuple[str, str]],
-                         tally: Tally, give_up_after: float, timeout: float = 15.0) -> Any:
+AnswerT = TypeVar("AnswerT")
+
+
+async def until_definite(call: Callable[..., Awaitable[AnswerT]], request: Message,
+                         metadata: Sequence[tuple[str, str]], tally: Tally, give_up_after: float,
+                         timeout: float = 15.0) -> AnswerT | grpc.aio.AioRpcError:
     """Makes a call, and again with the same request (its client token or request id) while it ends open
     (UNAVAILABLE, ABORTED, a deadline): the answer once it is OK, or the error of a definite refusal.
     Fails if no definite answer comes within ``give_up_after`` seconds."""
@@ -178,7 +209,9 @@ async def kill_and_restart(stack: Stack, service: str, kills: int, rng: random.R
                 await asyncio.sleep(rng.uniform(0.4, 1.0))  # calls arrive and wait in the service
             else:
                 deadline = time.monotonic() + 1.0
-                while not busy() and time.monotonic() < deadline:
+                while not busy():
+                    if time.monotonic() >= deadline:
+                        break
                     await asyncio.sleep(0.002)
             await asyncio.to_thread(stack.kill, service)
         await asyncio.sleep(rng.uniform(*outages[kill % len(outages)]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,7 +17,7 @@ from devtools.stack import Stack
 from tests.conftest import BOTH_DATABASES, running_stack
 
 REPORT = Path(__file__).resolve().parents[2] / "build" / "fault-report.json"
-_figures: dict[str, dict[str, Any]] = {}
+_figures: dict[str, dict[str, int | float]] = {}
 
 
 class Figures:

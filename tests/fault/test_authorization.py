@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -39,7 +40,7 @@ from cloudimg.gateway.v1 import account_service_pb2 as account_pb
 from cloudimg.gateway.v1 import image_service_pb2 as image_pb
 from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
-from google.protobuf import descriptor, message_factory
+from google.protobuf import descriptor, field_mask_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
@@ -47,6 +48,7 @@ from catalog_service.domain.seed import seed_image_id
 from chassis import ids
 from devtools.stack import Stack
 from tests.conftest import ALICE, BOB, CAROL, unpacked_details
+from tests.fault.conftest import Figures
 
 GZ, SH = "ap-guangzhou", "ap-shanghai"
 INSTANCE_TYPE = "S5.MEDIUM4"
@@ -55,6 +57,7 @@ REQUEST_ID_KEY = "x-request-id"
 DETAILS_KEY = "grpc-status-details-bin"
 NOT_SYNC_ENABLED = "na-siliconvalley"
 ARM_INSTANCE_TYPE = "SR1.MEDIUM4"
+MessageT = TypeVar("MessageT", bound=Message)
 NOBODY = "999999999999"  # an account id of the right shape that no account has
 GATEWAY_MODULES: tuple[ModuleType, ...] = (image_pb, share_pb, instance_pb, account_pb)
 
@@ -110,7 +113,8 @@ MATRIX: dict[str, dict[str, Build]] = {
     },
     "ImageService.UpdateImage": {
         "image.image_id": each(lambda _, i: image_pb.UpdateImageRequest(
-            image=image_pb.Image(image_id=i, name="renamed by a stranger"), update_mask={"paths": ["name"]})),
+            image=image_pb.Image(image_id=i, name="renamed by a stranger"),
+            update_mask=field_mask_pb2.FieldMask(paths=["name"]))),
     },
     "ImageService.DeleteImage": {"image_id": each(lambda _, i: image_pb.DeleteImageRequest(image_id=i))},
     "ImageService.SyncImage": {  # to a sync-enabled region, to the image's own, to one that is not sync-enabled
@@ -204,7 +208,7 @@ def _methods() -> dict[str, descriptor.MethodDescriptor]:
             for method in service.methods}
 
 
-def test_the_matrix_covers_every_id_taking_rpc(figures):
+def test_the_matrix_covers_every_id_taking_rpc(figures: Figures) -> None:
     methods = _methods()
     found = {(name, path) for name, method in methods.items() for path in _id_fields(method.input_type)}
     covered = {(name, path) for name, fields in MATRIX.items() for path in fields}
@@ -272,18 +276,29 @@ class Gateway:
         def hide(value: str | bytes) -> str | bytes:
             return value.replace(raw, raw_placeholder) if isinstance(value, bytes) else value.replace(text, placeholder)
 
-        status = b"".join(v for k, v in metadata if k == DETAILS_KEY)
+        status = b"".join(v for k, v in metadata if k == DETAILS_KEY and isinstance(v, bytes))  # a -bin key
         # Every answer carries its call's own x-request-id: there, but nothing to compare.
         assert any(k == REQUEST_ID_KEY for k, _ in metadata), f"no {REQUEST_ID_KEY} in the answer"
         others = tuple((k, hide(v)) for k, v in metadata if k not in (DETAILS_KEY, REQUEST_ID_KEY))
         return Answer(code, message.replace(text, placeholder), status.replace(raw, raw_placeholder),
                       body.replace(raw, raw_placeholder), others)
 
-    def call(self, name: str, request: Message, who: str) -> Message:
+    def call(self, name: str, request: Message, who: str, response: type[MessageT]) -> MessageT:
+        """The answer of a call that must succeed, of its method's response type (``response``)."""
         method = _methods()[name]
         code, message, body, _ = self.raw(method, request, who)
         assert code == grpc.StatusCode.OK, f"{name}: {code.name} {message}"
-        return message_factory.GetMessageClass(method.output_type).FromString(body)
+        assert response.DESCRIPTOR is method.output_type, f"{name} answers a {method.output_type.full_name}"
+        return response.FromString(body)
+
+
+def _with(request: MessageT, **fields: object) -> MessageT:
+    """A copy of a request with some of its fields set."""
+    changed = type(request)()
+    changed.CopyFrom(request)
+    for name, value in fields.items():
+        setattr(changed, name, value)
+    return changed
 
 
 def _variants(request: Message) -> Iterator[Message]:
@@ -291,10 +306,7 @@ def _variants(request: Message) -> Iterator[Message]:
     yield request
     for name, value in VARIANTS.items():
         if name in request.DESCRIPTOR.fields_by_name:
-            variant = type(request)()
-            variant.CopyFrom(request)
-            setattr(variant, name, value())
-            yield variant
+            yield _with(request, **{name: value()})
 
 
 def _missing_like(id_: str) -> str:
@@ -335,7 +347,8 @@ def _check_answer(answer: Answer, expected: grpc.StatusCode, what: str) -> None:
 def _normal_image(gateway: Gateway, image_id: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        image = gateway.call("ImageService.GetImage", image_pb.GetImageRequest(image_id=image_id), "alice").image
+        image = gateway.call("ImageService.GetImage", image_pb.GetImageRequest(image_id=image_id), "alice",
+                             image_pb.GetImageResponse).image
         if image.state == image_pb.IMAGE_STATE_NORMAL:
             return
         assert image.state in (image_pb.IMAGE_STATE_CREATING, image_pb.IMAGE_STATE_SYNCING), image
@@ -362,28 +375,32 @@ def _make_world(gateway: Gateway) -> World:
             instance_type: str = INSTANCE_TYPE) -> list[str]:
         request = instance_pb.RunInstancesRequest(region=region, image_id=seed_image_id(region, image),
                                                   instance_type=instance_type, instance_count=count)
-        return list(gateway.call("InstanceService.RunInstances", request, who).instance_ids)
+        return list(gateway.call("InstanceService.RunInstances", request, who,
+                                 instance_pb.RunInstancesResponse).instance_ids)
 
-    def alice(rpc: str, request: Message) -> Message:
-        request.request_id = "alice-" + ids.new_id("r")
+    def alice(rpc: str, request: Message, response: type[MessageT]) -> MessageT:
+        request = _with(request, request_id="alice-" + ids.new_id("r"))
         requests.append((rpc, request))
-        return gateway.call(rpc, request, "alice")
+        return gateway.call(rpc, request, "alice", response)
 
     requests: list[tuple[str, Message]] = []
     running, terminated = run("alice", 2)
     images = [alice("ImageService.CreateImage", image_pb.CreateImageRequest(
-        instance_id=running, name=f"alice golden {n}")).image.image_id for n in (1, 2)]
+        instance_id=running, name=f"alice golden {n}"), image_pb.CreateImageResponse).image.image_id for n in (1, 2)]
     for image_id in images:
         _normal_image(gateway, image_id)
-    shared = alice("ImageShareService.ShareImage", share_pb.ShareImageRequest(image_id=images[0], account_ids=[CAROL]))
+    shared = alice("ImageShareService.ShareImage", share_pb.ShareImageRequest(image_id=images[0], account_ids=[CAROL]),
+                   share_pb.ShareImageResponse)
     assert [(s.recipient_account_id, s.state) for s in shared.shares] == [(CAROL, image_pb.SHARE_STATE_PENDING)]
     alice("ImageService.UpdateImage", image_pb.UpdateImageRequest(
-        image=image_pb.Image(image_id=images[1], description="not shared"), update_mask={"paths": ["description"]}))
-    alice("InstanceService.TerminateInstances", instance_pb.TerminateInstancesRequest(instance_ids=[terminated]))
+        image=image_pb.Image(image_id=images[1], description="not shared"),
+        update_mask=field_mask_pb2.FieldMask(paths=["description"])), image_pb.UpdateImageResponse)
+    alice("InstanceService.TerminateInstances", instance_pb.TerminateInstancesRequest(instance_ids=[terminated]),
+          instance_pb.TerminateInstancesResponse)
     for instance_id, state in ((running, instance_pb.INSTANCE_STATE_RUNNING),
                                (terminated, instance_pb.INSTANCE_STATE_TERMINATED)):
         got = gateway.call("InstanceService.GetInstance", instance_pb.GetInstanceRequest(instance_id=instance_id),
-                           "alice")
+                           "alice", instance_pb.GetInstanceResponse)
         assert got.instance.state == state, got
     bob = {"x86_64": run("bob")[0], "in another region": run("bob", region=SH)[0],
            "arm64": run("bob", image="ubuntu-2204-arm", instance_type=ARM_INSTANCE_TYPE)[0]}
@@ -398,21 +415,26 @@ def _seen(world: World, gateway: Gateway) -> dict[str, bytes]:
             seen[f"{who} images {region}"] = gateway.call("ImageService.ListImages", image_pb.ListImagesRequest(
                 region=region, image_types=[image_pb.IMAGE_TYPE_PRIVATE, image_pb.IMAGE_TYPE_SHARED],
                 share_states=[image_pb.SHARE_STATE_PENDING, image_pb.SHARE_STATE_ACCEPTED,
-                              image_pb.SHARE_STATE_REJECTED], page_size=1000), who)
+                              image_pb.SHARE_STATE_REJECTED], page_size=1000), who, image_pb.ListImagesResponse)
             seen[f"{who} quota {region}"] = gateway.call("ImageService.GetImageQuota",
-                                                         image_pb.GetImageQuotaRequest(region=region), who)
+                                                         image_pb.GetImageQuotaRequest(region=region), who,
+                                                         image_pb.GetImageQuotaResponse)
         seen[f"{who} instances"] = gateway.call("InstanceService.ListInstances",
-                                                instance_pb.ListInstancesRequest(page_size=1000), who)
-        charges = gateway.call("AccountService.ListCharges", account_pb.ListChargesRequest(page_size=1000), who)
+                                                instance_pb.ListInstancesRequest(page_size=1000), who,
+                                                instance_pb.ListInstancesResponse)
+        charges = gateway.call("AccountService.ListCharges", account_pb.ListChargesRequest(page_size=1000), who,
+                               account_pb.ListChargesResponse)
         seen[f"{who} charges"] = account_pb.ListChargesResponse(
             charges=[c for c in charges.charges if c.kind != account_pb.CHARGE_KIND_ACCRUED_USAGE])
         seen[f"{who} trust policy"] = gateway.call("ImageShareService.GetTrustPolicy",
-                                                   share_pb.GetTrustPolicyRequest(), who)
+                                                   share_pb.GetTrustPolicyRequest(), who,
+                                                   share_pb.GetTrustPolicyResponse)
     for image_id in world.alice["image"]:
         seen[f"image {image_id}"] = gateway.call("ImageService.GetImage", image_pb.GetImageRequest(image_id=image_id),
-                                                 "alice")
+                                                 "alice", image_pb.GetImageResponse)
         seen[f"shares of {image_id}"] = gateway.call("ImageShareService.ListImageShares",
-                                                     share_pb.ListImageSharesRequest(image_id=image_id), "alice")
+                                                     share_pb.ListImageSharesRequest(image_id=image_id), "alice",
+                                                     share_pb.ListImageSharesResponse)
     return {what: message.SerializeToString(deterministic=True) for what, message in seen.items()}
 
 
@@ -420,12 +442,14 @@ def _seen(world: World, gateway: Gateway) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("rpc", sorted(MATRIX))
-def test_a_strangers_id_is_answered_as_a_missing_one(rpc: str, world: tuple[World, Gateway], figures):
+def test_a_strangers_id_is_answered_as_a_missing_one(rpc: str, world: tuple[World, Gateway], figures: Figures
+                                                     ) -> None:
     world_, gateway = world
     method = _methods()[rpc]
     expected = EXPECTED_CODE.get(rpc, grpc.StatusCode.NOT_FOUND)
     before = _seen(world_, gateway)
-    leaks, pairs = [], 0
+    leaks: list[str] = []
+    pairs = 0
     for path, build in MATRIX[rpc].items():
         kind = path.rsplit(".", 1)[-1].removesuffix("_ids").removesuffix("_id")  # "image", "instance"
         for theirs in world_.alice[kind]:
@@ -445,19 +469,19 @@ def test_a_strangers_id_is_answered_as_a_missing_one(rpc: str, world: tuple[Worl
 
 
 def test_a_stranger_replaying_the_owners_request_id_is_answered_as_without_it(world: tuple[World, Gateway],
-                                                                               figures):
+                                                                               figures: Figures) -> None:
     """The request ledgers are per account: bob sending alice's very requests (her request_id included) is
     answered as the same request with a new request_id, NOT_FOUND, and not with alice's first answer."""
     world_, gateway = world
     methods = _methods()
     before = _seen(world_, gateway)
-    leaks = []
+    leaks: list[str] = []
     for rpc, request in world_.alices_requests:
-        named = _field(request, next(iter(MATRIX[rpc])))  # the resource the request names
-        named = named if isinstance(named, str) else named[0]
-        fresh = type(request)()
-        fresh.CopyFrom(request)
-        fresh.request_id = "bob-" + ids.new_id("r")
+        named = _field(request, next(iter(MATRIX[rpc])))  # the resource the request names (of a batch, the first)
+        if isinstance(named, Sequence) and not isinstance(named, str):
+            named = named[0]
+        assert isinstance(named, str), named
+        fresh = _with(request, request_id="bob-" + ids.new_id("r"))
         replayed = gateway.answer(methods[rpc], request, "bob", named)
         answered = gateway.answer(methods[rpc], fresh, "bob", named)
         _check_answer(replayed, grpc.StatusCode.NOT_FOUND, f"replayed {rpc} {request}")

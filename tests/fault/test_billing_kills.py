@@ -21,6 +21,7 @@ from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
 from devtools.stack import Stack
 from tests.conftest import rich_status
 from tests.fault.callers import GZ, UBUNTU, api_key, every_page, kill_and_restart
+from tests.fault.conftest import Figures
 
 CALLERS = 6
 MAX_CALLS_PER_CALLER = 400
@@ -44,7 +45,7 @@ def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
     return info.reason, dict(info.metadata)
 
 
-async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack, figures):
+async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack: Stack, figures: Figures) -> None:
     channel = stack.aio_channel("gateway")
     instances = pb_grpc.InstanceServiceStub(channel)
     auth = api_key(stack)
@@ -74,9 +75,11 @@ async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack, 
                 launched.append(frozenset(answer.instance_ids))
             except grpc.aio.AioRpcError as error:
                 reason, metadata = _reason(error)
-                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED), error
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
+                    raise AssertionError(error) from error
                 if reason == "LAUNCH_OUTCOME_UNKNOWN":
-                    assert metadata["client_token"] in error.details()
+                    if metadata["client_token"] not in error.details():
+                        raise AssertionError(error) from error
                     request.client_token = metadata["client_token"]
                 if request.client_token:
                     to_retry.append((request, reason))
@@ -105,7 +108,8 @@ async def test_calls_that_fail_while_billing_is_killed_are_never_charged(stack, 
                 launched.append(frozenset(answer.instance_ids))
                 break
             except grpc.aio.AioRpcError as error:
-                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED), error
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
+                    raise AssertionError(error) from error
                 await asyncio.sleep(0.25)
         else:
             pytest.fail(f"a retry with client token {request.client_token} never succeeded")

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
@@ -55,6 +55,10 @@ from catalog_service.domain.seed import DEMO_REGION, REGIONS, seed_image_id
 from devtools.stack import SERVICES, Stack
 from gateway.domain.api_keys import Account
 from tests.conftest import ALICE, BOB, rich_status, unpacked_details
+from tests.fault.conftest import Figures
+
+if TYPE_CHECKING:
+    from hypothesis.vendor.pretty import RepresentationPrinter
 
 MIN_CALLS = 10_000
 BATCH = 50  # calls drawn per example and sent at once over one channel
@@ -62,6 +66,7 @@ EXAMPLES = MIN_CALLS // BATCH + 10
 CALL_TIMEOUT = 30.0
 HOME = DEMO_REGION  # where the plausible calls go: ap-guangzhou
 FUZZERS = (Account("190000000001", "fuzzer-a"), Account("190000000002", "fuzzer-b"))
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------------------
 # The public RPCs
@@ -181,7 +186,9 @@ HOSTILE_STRINGS = [
     "-1", "1e309", "NaN", "<script>alert(1)</script>", "img-", "img-ABCDEFGH", "img-abcdefg", "img-abcdefghi",
     "ins-", "ins-ABCDEFGH", "img-abcdefgh ", " img-abcdefgh", "ins-abcdefgh\n",
 ]
-MASK_PATHS = [*sorted({f.name for m in (image_service_pb2, image_share_service_pb2) for d in m.DESCRIPTOR.message_types_by_name.values() for f in d.fields}), "*", "", "image.name", "policy.mode"]
+MASK_PATHS = [*sorted({f.name for m in (image_service_pb2, image_share_service_pb2)
+                       for d in m.DESCRIPTOR.message_types_by_name.values() for f in d.fields}),
+              "*", "", "image.name", "policy.mode"]
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 _NAME_CHARS = "abcxyz-_ 019"
 # plausible numbers by a part of the field's name (instance_count, system_disk_gb, period_months, page_size)
@@ -194,11 +201,11 @@ _EDGE_INTS = [0, 1, -1, 2, 12, 13, 24, 50, 51, 99, 100, 101, 200, 1000, 1001, 2*
               2**53 + 1, 2**63 - 1, -2**63, 2**64 - 1]
 
 
-def _as_is(value: Any) -> Any:
+def _as_is(value: T) -> T:
     return value
 
 
-def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+def weighted(*choices: tuple[int, st.SearchStrategy[T]]) -> st.SearchStrategy[T]:
     """One of the strategies, each as often as its weight says. st.one_of draws its branches evenly but counts
     a strategy given twice once, so each copy is made a distinct strategy (flatmap would do it, ten times slower)."""
     return st.one_of(*(s.map(_as_is) for weight, s in choices for _ in range(weight)))
@@ -209,7 +216,8 @@ def _is_repeated(fd: FieldDescriptor) -> bool:
 
 
 def _is_map(fd: FieldDescriptor) -> bool:
-    return fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.GetOptions().map_entry
+    return fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type is not None and \
+        fd.message_type.GetOptions().map_entry
 
 
 def shaped_strings(kind: str | None, known: Known) -> st.SearchStrategy[str]:
@@ -243,6 +251,7 @@ def integers(fd: FieldDescriptor, plausible: bool) -> st.SearchStrategy[int]:
 
 def enums(fd: FieldDescriptor, plausible: bool) -> st.SearchStrategy[int]:
     """Proto3 enums are open: besides the declared numbers, any int32."""
+    assert fd.enum_type is not None, fd.full_name
     declared = [v.number for v in fd.enum_type.values]
     if plausible:
         return st.sampled_from(declared[1:] or declared)  # not _UNSPECIFIED
@@ -286,6 +295,7 @@ MAX_DEPTH = 4
 def values(fd: FieldDescriptor, known: Known, depth: int, plausible: bool) -> st.SearchStrategy[Any]:
     """What one field is set to: a value, a list of them, or a dict for a map."""
     if _is_map(fd):
+        assert fd.message_type is not None  # a map's entry
         key, value = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
         return st.dictionaries(scalars(key, known, plausible), values(value, known, depth + 1, plausible),
                                max_size=4)
@@ -306,7 +316,7 @@ def values(fd: FieldDescriptor, known: Known, depth: int, plausible: bool) -> st
 MANY_BYTES = 512 * 1024
 
 
-def _encoded_size(value: Any) -> int:
+def _encoded_size(value: object) -> int:
     """About what one entry of a repeated field takes on the wire."""
     if isinstance(value, Message):
         return value.ByteSize() + 2
@@ -318,15 +328,15 @@ def _encoded_size(value: Any) -> int:
 
 
 def _set(message: Message, fd: FieldDescriptor, value: Any) -> None:
-    target = getattr(message, fd.name) if _is_repeated(fd) else None
     if _is_map(fd):
+        target = getattr(message, fd.name)
         for key, item in value.items():
             if isinstance(item, Message):
                 target[key].CopyFrom(item)
             else:
                 target[key] = item
-    elif target is not None:
-        target.extend(value)
+    elif _is_repeated(fd):
+        getattr(message, fd.name).extend(value)
     elif isinstance(value, Message):
         getattr(message, fd.name).CopyFrom(value)
     else:
@@ -451,7 +461,8 @@ class Call:
     def __repr__(self) -> str:
         return self.describe()
 
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # how hypothesis shows a falsifying example
+    # how hypothesis shows a falsifying example
+    def _repr_pretty_(self, printer: RepresentationPrinter, cycle: bool) -> None:
         printer.text(self.describe())
 
     def describe(self) -> str:
@@ -622,7 +633,7 @@ def assert_stack_whole(stack: Stack) -> None:
 # The tests
 
 
-def test_every_public_rpc_is_found_in_the_descriptors():
+def test_every_public_rpc_is_found_in_the_descriptors() -> None:
     services = {rpc.path.split("/")[1] for rpc in RPCS}
     assert services == {f"cloudimg.gateway.v1.{name}" for name in
                         ("InstanceService", "AccountService", "ImageService", "ImageShareService")}
@@ -631,7 +642,8 @@ def test_every_public_rpc_is_found_in_the_descriptors():
 
 @pytest.mark.parametrize("start_time", [timestamp_pb2.Timestamp(seconds=1_793_553_646, nanos=10**9),
                                         timestamp_pb2.Timestamp(seconds=2**63 - 1)])
-def test_list_charges_refuses_a_time_that_is_not_a_timestamp(stack: Stack, fuzzer_keys, start_time):
+def test_list_charges_refuses_a_time_that_is_not_a_timestamp(stack: Stack, fuzzer_keys: dict[str, str],
+                                                             start_time: timestamp_pb2.Timestamp) -> None:
     """Found by the fuzzer: nanos past 999999999 or seconds past year 9999 were INTERNAL (ToDatetime raised)."""
     request = account_service_pb2.ListChargesRequest(start_time=start_time)
     with stack.channel("gateway") as channel, pytest.raises(grpc.RpcError) as refused:
@@ -641,7 +653,8 @@ def test_list_charges_refuses_a_time_that_is_not_a_timestamp(stack: Stack, fuzze
     assert rich_status(refused.value)[1].reason == "INVALID_TIMESTAMP"
 
 
-def test_fuzzed_calls_to_every_public_rpc_get_a_clean_rich_error_or_an_answer(stack: Stack, fuzzer_keys, figures):
+def test_fuzzed_calls_to_every_public_rpc_get_a_clean_rich_error_or_an_answer(stack: Stack, fuzzer_keys: dict[str, str],
+                                                                              figures: Figures) -> None:
     known = seeded_known(stack)
     everyone = identities(stack, fuzzer_keys)
     tally = Tally()

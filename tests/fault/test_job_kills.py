@@ -20,6 +20,7 @@ from chassis.db import Database
 from chassis.jobs import JobQueue
 from devtools.stack import Stack
 from tests.conftest import ALICE
+from tests.fault.conftest import Figures
 
 GZ, SH = "ap-guangzhou", "ap-shanghai"
 DISK_BYTES = 6 << 20
@@ -38,20 +39,24 @@ def _blobs(store: Path, region: str) -> set[str]:
     return {p.name for p in (store / region / "sha256").glob("*/*") if not p.name.startswith(".")}
 
 
-async def _wait(stub: pb_grpc.CatalogServiceStub, meta, image_id: str, timeout: float = 60) -> pb.Image:
+async def _wait(stub: pb_grpc.CatalogServiceStub, meta: tuple[tuple[str, str], ...], image_id: str,
+                timeout: float = 60) -> pb.Image:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            image = (await stub.GetImage(pb.GetImageRequest(image_id=image_id), metadata=meta, timeout=5)).image
+            image: pb.Image = (await stub.GetImage(pb.GetImageRequest(image_id=image_id), metadata=meta,
+                                                   timeout=5)).image
             if image.state not in (pb.IMAGE_STATE_IMPORTING, pb.IMAGE_STATE_SYNCING, pb.IMAGE_STATE_CREATING):
                 return image
         except grpc.aio.AioRpcError as error:  # the catalog is restarting
-            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise AssertionError(error) from error
         assert asyncio.get_running_loop().time() < deadline, f"{image_id} never finished"
         await asyncio.sleep(0.1)
 
 
-async def _kill_mid_job(stack: Stack, stub, meta, image_id: str) -> None:
+async def _kill_mid_job(stack: Stack, stub: pb_grpc.CatalogServiceStub, meta: tuple[tuple[str, str], ...],
+                        image_id: str) -> None:
     """Waits until the job has moved some bytes, then SIGKILLs the catalog and starts it again."""
     deadline = asyncio.get_running_loop().time() + 20
     while (await stub.GetImage(pb.GetImageRequest(image_id=image_id), metadata=meta)).image.progress_percent < 5:
@@ -62,7 +67,7 @@ async def _kill_mid_job(stack: Stack, stub, meta, image_id: str) -> None:
     await asyncio.to_thread(stack.wait, "catalog")
 
 
-async def test_a_catalog_killed_mid_import_and_mid_sync_finishes_both_jobs(stack: Stack, figures):
+async def test_a_catalog_killed_mid_import_and_mid_sync_finishes_both_jobs(stack: Stack, figures: Figures) -> None:
     """An import and then a sync of a 6 MiB disk, moved at 2 MiB/s; the catalog is SIGKILLed once each
     has moved some bytes, and started again. Both jobs must finish NORMAL with the source's checksum, no
     blob may appear under that checksum before its job is done, and a replay starts nothing new."""
@@ -105,7 +110,8 @@ async def test_a_catalog_killed_mid_import_and_mid_sync_finishes_both_jobs(stack
     records = [queue.get(r.job_id) for r in rows]
     db.dispose()
     figures.add(lost=2 - sum(1 for r in records if r is not None and r.state == "DONE"))
-    assert len(records) == 2 and all(r is not None and r.state == "DONE" and r.attempts >= 2 for r in records), records
+    assert len(records) == 2, records
+    assert all(r is not None and r.state == "DONE" and r.attempts >= 2 for r in records), records
     # Replays of both requests answer the first result and start nothing new.
     again = (await stub.SyncImage(pb.SyncImageRequest(image_id=imported.image_id, destination_regions=[SH],
                                                       request_id="sync-big"), metadata=meta)).images

@@ -11,7 +11,6 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 import pytest
@@ -21,17 +20,20 @@ from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.stack import SERVICES, Stack
 from tests.conftest import ALICE
 from tests.fault.callers import GZ, UBUNTU, Calls, api_key, quote_or_launch
+from tests.fault.conftest import Figures
 
 # A restarted dependency must be served again within about a second of reporting SERVING.
 RECOVERY_SECONDS = 1.5
 
 
-async def test_a_restarted_dependency_is_served_at_once_and_no_call_fails_once_it_is_serving(stack, figures):
+async def test_a_restarted_dependency_is_served_at_once_and_no_call_fails_once_it_is_serving(stack: Stack,
+                                                                                             figures: Figures) -> None:
     """Sharing and billing, each SIGKILLed and restarted ten times under load: while one is down,
     calls fail with UNAVAILABLE only; from the moment it reports SERVING again, no call fails."""
     restarts, callers_count = 20, 4
@@ -77,7 +79,7 @@ async def test_a_restarted_dependency_is_served_at_once_and_no_call_fails_once_i
     assert max(recoveries) < RECOVERY_SECONDS, recoveries
 
 
-def _read_of(stack: Stack, service: str, channel: grpc.aio.Channel) -> Callable[[int], Awaitable[Any]]:
+def _read_of(stack: Stack, service: str, channel: grpc.aio.Channel) -> Callable[[int], Awaitable[Message]]:
     """A call straight to an internal service, with the gateway's credentials: a read it serves from its
     database (an image, a trust policy, the instance types)."""
     metadata = stack.internal_metadata(ALICE)
@@ -93,7 +95,8 @@ def _read_of(stack: Stack, service: str, channel: grpc.aio.Channel) -> Callable[
 
 
 @pytest.mark.parametrize("service", SERVICES)
-async def test_sigterm_lets_every_call_in_flight_finish_then_exits_cleanly(own_stack, service, figures):
+async def test_sigterm_lets_every_call_in_flight_finish_then_exits_cleanly(own_stack: Stack, service: str,
+                                                                           figures: Figures) -> None:
     """50 callers, each with a call in flight when the service gets SIGTERM: through the gateway they
     quote and launch in a loop (both reach all four services); when the service is an internal one, half
     of them call it directly instead (a read it serves), so that calls are surely in flight in it at the
