@@ -201,10 +201,8 @@ class Downstream:
 
 
 def _reason_of(status: status_pb2.Status) -> str:
+    info = error_details_pb2.ErrorInfo()
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason: str = info.reason
-            return reason
+        if detail.Unpack(info):  # False for a detail of another type
+            return info.reason
     return ""

@@ -53,9 +53,8 @@ def unpacked_details(status: status_pb2.Status) -> list[Any]:
     for detail in status.details:
         for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
                      error_details_pb2.PreconditionFailure, error_details_pb2.QuotaFailure):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
+            message = kind()
+            if detail.Unpack(message):  # False for a detail of another type
                 found.append(message)
     return found
 

@@ -494,7 +494,7 @@ LEAKS = re.compile(
     r"| FROM |File \"|line \d+, in |grpc\._|<[a-z_.]+ object at 0x")
 FORBIDDEN_CODES = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 # The detail each code carries beside its ErrorInfo (SPEC, "Errors").
-MATCHING_DETAIL = {
+MATCHING_DETAIL: dict[grpc.StatusCode, type[Message]] = {
     grpc.StatusCode.INVALID_ARGUMENT: error_details_pb2.BadRequest,
     grpc.StatusCode.NOT_FOUND: error_details_pb2.ResourceInfo,
     grpc.StatusCode.PERMISSION_DENIED: error_details_pb2.ResourceInfo,

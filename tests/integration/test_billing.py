@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import grpc
 import pytest
@@ -23,30 +24,42 @@ from chassis.clock import FakeClock
 from chassis.convert import decimal_of, timestamp
 from chassis.db import Database
 from chassis.migrations import config
-from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
+from tests.conftest import ALICE, BOB, ServerFactory, Spawn, internal_metadata, rich_status
+from tests.integration.cloud import INTERNAL_SECRET
 
 
-def launch(**overrides) -> pb.LaunchPricing:
-    fields = dict(region="ap-singapore", instance_type="S5.MEDIUM4", instance_count=2,
-                  charge_type=pb.CHARGE_TYPE_POSTPAID_BY_HOUR,
-                  image=pb.ImagePricing(image_id="img-win00001", os_kind=pb.OS_KIND_WINDOWS))
+class LaunchFields(TypedDict, total=False):
+    """The fields of a LaunchPricing."""
+
+    region: str
+    instance_type: str
+    instance_count: int
+    charge_type: pb.ChargeType.ValueType
+    period_months: int
+    image: pb.ImagePricing
+
+
+def launch(**overrides: Unpack[LaunchFields]) -> pb.LaunchPricing:
+    fields: LaunchFields = {"region": "ap-singapore", "instance_type": "S5.MEDIUM4", "instance_count": 2,
+                            "charge_type": pb.CHARGE_TYPE_POSTPAID_BY_HOUR,
+                            "image": pb.ImagePricing(image_id="img-win00001", os_kind=pb.OS_KIND_WINDOWS)}
     fields.update(overrides)
     return pb.LaunchPricing(**fields)
 
 
 @pytest.fixture
-async def billing(serve, database_url) -> pb_grpc.BillingServiceStub:
-    addr = await serve(bootstrap, BillingSettings(database_url=database_url, internal_token=INTERNAL_TOKEN))
+async def billing(serve: ServerFactory, database_url: str) -> pb_grpc.BillingServiceStub:
+    addr = await serve(bootstrap, BillingSettings(database_url=database_url, internal_token=INTERNAL_SECRET))
     return pb_grpc.BillingServiceStub(grpc.aio.insecure_channel(addr))
 
 
-async def test_instance_types_of_both_architectures(billing):
+async def test_instance_types_of_both_architectures(billing: pb_grpc.BillingServiceStub) -> None:
     response = await billing.ListInstanceTypes(pb.ListInstanceTypesRequest(region="ap-guangzhou"),
                                                metadata=internal_metadata())
     assert {t.architecture for t in response.instance_types} == {pb.CPU_ARCHITECTURE_X86_64, pb.CPU_ARCHITECTURE_ARM64}
 
 
-async def test_quote_lines_are_exact(billing):
+async def test_quote_lines_are_exact(billing: pb_grpc.BillingServiceStub) -> None:
     quote = (await billing.Quote(pb.QuoteRequest(launch=launch()), metadata=internal_metadata())).quote
     assert quote.currency_code == "USD"
     assert [l.kind for l in quote.lines] == [pb.LINE_KIND_INSTANCE, pb.LINE_KIND_IMAGE_LICENSE]
@@ -56,7 +69,8 @@ async def test_quote_lines_are_exact(billing):
     assert decimal_of(quote.total) == Decimal("0.2312")  # 2 x (0.0696 + 0.0460)
 
 
-async def test_a_charge_is_recorded_once_per_key_even_when_retries_race(billing, database_url):
+async def test_a_charge_is_recorded_once_per_key_even_when_retries_race(billing: pb_grpc.BillingServiceStub,
+                                                                        database_url: str) -> None:
     request = pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-race0001", instance_ids=["ins-a", "ins-b"])
     charges = await asyncio.gather(*(billing.CreateCharge(request, metadata=internal_metadata()) for _ in range(20)))
     assert len({c.charge.charge_id for c in charges}) == 1
@@ -68,21 +82,22 @@ async def test_a_charge_is_recorded_once_per_key_even_when_retries_race(billing,
             "ins-a", "ins-b"]
     engine.dispose()
 
+    other = pb.CreateChargeRequest(launch=launch(instance_count=3), idempotency_key="lch-race0001",
+                                   instance_ids=["ins-a", "ins-b", "ins-c"])
     with pytest.raises(grpc.aio.AioRpcError) as mismatch:
-        other = pb.CreateChargeRequest(launch=launch(instance_count=3), idempotency_key="lch-race0001",
-                                       instance_ids=["ins-a", "ins-b", "ins-c"])
         await billing.CreateCharge(other, metadata=internal_metadata())
     assert mismatch.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert rich_status(mismatch.value)[1].reason == "IDEMPOTENCY_PARAMETER_MISMATCH"
 
 
-async def test_charges_are_listed_per_account_in_pages(billing):
+async def test_charges_are_listed_per_account_in_pages(billing: pb_grpc.BillingServiceStub) -> None:
     for n in range(5):
         await billing.CreateCharge(pb.CreateChargeRequest(launch=launch(), idempotency_key=f"lch-page{n:04d}"),
                                    metadata=internal_metadata(ALICE))
     await billing.CreateCharge(pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-bob00001"),
                                metadata=internal_metadata(BOB))
-    seen, token = [], ""
+    seen: list[str] = []
+    token = ""
     while True:
         page = await billing.ListCharges(pb.ListChargesRequest(page_size=2, page_token=token),
                                          metadata=internal_metadata(ALICE))
@@ -102,14 +117,16 @@ async def test_charges_are_listed_per_account_in_pages(billing):
     ({"period_months": 3}, "INVALID_PERIOD"),
     ({"charge_type": 42}, "INVALID_ENUM_VALUE"),
 ])
-async def test_bad_launches_are_refused(billing, overrides, reason):
+async def test_bad_launches_are_refused(billing: pb_grpc.BillingServiceStub, overrides: LaunchFields,
+                                        reason: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await billing.Quote(pb.QuoteRequest(launch=launch(**overrides)), metadata=internal_metadata())
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert rich_status(refused.value)[1].reason == reason
 
 
-async def test_resolving_a_key_returns_its_charge_or_voids_it_for_good(billing, database_url):
+async def test_resolving_a_key_returns_its_charge_or_voids_it_for_good(billing: pb_grpc.BillingServiceStub,
+                                                                       database_url: str) -> None:
     charged = pb.CreateChargeRequest(launch=launch(), idempotency_key="lch-charged1", instance_ids=["ins-a"])
     first = (await billing.CreateCharge(charged, metadata=internal_metadata())).charge
     for _ in range(2):  # asking again gives the same answer
@@ -136,24 +153,29 @@ async def test_resolving_a_key_returns_its_charge_or_voids_it_for_good(billing, 
     assert other.charge.account_id == BOB
 
 
-async def test_a_charge_and_its_resolution_racing_on_two_replicas_never_both_win(spawn, database_url):
+async def test_a_charge_and_its_resolution_racing_on_two_replicas_never_both_win(spawn: Spawn,
+                                                                                 database_url: str) -> None:
     """Per launch id, either the charge lands and resolving returns it, or resolving voids it and the
     charge is refused: never a charge that resolution said does not exist."""
     env = {"BILLING_DATABASE_URL": database_url}
     replicas = [pb_grpc.BillingServiceStub(grpc.aio.insecure_channel(spawn("billing", env).addr)) for _ in range(2)]
     keys = [f"lch-rac{n:05d}" for n in range(40)]
 
-    async def charge(key: str, replica: int):
+    async def charge(key: str, replica: int) -> pb.Charge | None:
         try:
-            return (await replicas[replica].CreateCharge(pb.CreateChargeRequest(launch=launch(), idempotency_key=key),
-                                                         metadata=internal_metadata(), timeout=30)).charge
+            charged: pb.Charge = (await replicas[replica].CreateCharge(
+                pb.CreateChargeRequest(launch=launch(), idempotency_key=key), metadata=internal_metadata(),
+                timeout=30)).charge
         except grpc.aio.AioRpcError as refused:
-            assert rich_status(refused)[1].reason == "LAUNCH_VOIDED"
+            if rich_status(refused)[1].reason != "LAUNCH_VOIDED":
+                raise
             return None
+        return charged
 
-    async def resolve(key: str, replica: int):
-        return await replicas[replica].ResolveCharge(pb.ResolveChargeRequest(idempotency_key=key),
-                                                     metadata=internal_metadata(), timeout=30)
+    async def resolve(key: str, replica: int) -> pb.ResolveChargeResponse:
+        resolved: pb.ResolveChargeResponse = await replicas[replica].ResolveCharge(
+            pb.ResolveChargeRequest(idempotency_key=key), metadata=internal_metadata(), timeout=30)
+        return resolved
 
     answers = await asyncio.gather(*(
         asyncio.gather(charge(key, n % 2), resolve(key, (n + 1) % 2)) for n, key in enumerate(keys)))
@@ -168,7 +190,8 @@ async def test_a_charge_and_its_resolution_racing_on_two_replicas_never_both_win
     engine.dispose()
 
 
-async def test_a_ledger_from_before_meters_is_upgraded_and_its_launches_kept(serve, database_url):
+async def test_a_ledger_from_before_meters_is_upgraded_and_its_launches_kept(serve: ServerFactory,
+                                                                             database_url: str) -> None:
     """A charge written at revision 0002 (lines as a bare list, no kind) is a LAUNCH after the upgrade; its
     instance was never metered, so ending its usage records nothing and a reset starts its meter."""
     db = Database(database_url)
@@ -185,7 +208,7 @@ async def test_a_ledger_from_before_meters_is_upgraded_and_its_launches_kept(ser
     db.dispose()
     clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
     addr = await serve(partial(bootstrap, clock=clock), BillingSettings(database_url=database_url,
-                                                                        internal_token=INTERNAL_TOKEN))
+                                                                        internal_token=INTERNAL_SECRET))
     billing = pb_grpc.BillingServiceStub(grpc.aio.insecure_channel(addr))
     md = internal_metadata()
     (old,) = (await billing.ListCharges(pb.ListChargesRequest(instance_id="ins-00000001"), metadata=md)).charges

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 import pytest
@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 import billing_service
 from billing_service.adapters.tables import CHARGES, SEGMENTS, TABLES
 from billing_service.bootstrap import bootstrap
-from billing_service.domain.model import ChargeKind, ChargeType
+from billing_service.domain.model import Charge, ChargeKind, ChargeType
 from billing_service.service_layer import usage
 from billing_service.service_layer.unit_of_work import BillingUnitOfWork
 from billing_service.settings import BillingSettings
@@ -32,7 +32,8 @@ from chassis.clock import FakeClock
 from chassis.convert import decimal_of, timestamp
 from chassis.db import Database
 from chassis.migrations import migrate
-from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
+from tests.conftest import ALICE, BOB, ServerFactory, internal_metadata, rich_status
+from tests.integration.cloud import INTERNAL_SECRET
 from tests.unit.test_billing_handlers import (
     INSTANCE_HOUR,
     LICENSE_HOUR,
@@ -82,7 +83,7 @@ def usage_keys_are_unique(billing: Billing) -> None:
     assert len(keys) == len(set(keys))
 
 
-def test_two_settlers_at_once_charge_each_hour_exactly_once(replicas):
+def test_two_settlers_at_once_charge_each_hour_exactly_once(replicas: Callable[[], Billing]) -> None:
     one, two = replicas(), replicas()
     ids = instance_ids(200)
     for batch in (ids[:100], ids[100:]):
@@ -97,7 +98,7 @@ def test_two_settlers_at_once_charge_each_hour_exactly_once(replicas):
     usage_keys_are_unique(one)
 
 
-def test_ending_usage_while_replicas_settle_never_charges_an_hour_twice(replicas):
+def test_ending_usage_while_replicas_settle_never_charges_an_hour_twice(replicas: Callable[[], Billing]) -> None:
     settlers = [replicas(), replicas()]
     enders = [replicas(), replicas()]
     ids = instance_ids(200)
@@ -114,7 +115,7 @@ def test_ending_usage_while_replicas_settle_never_charges_an_hour_twice(replicas
             runs += 1
         return runs
 
-    def end(billing: Billing, batches: list[list[str]]) -> list:
+    def end(billing: Billing, batches: list[list[str]]) -> list[Charge]:
         try:
             return [charge for batch in batches for charge in billing.end(batch)]
         finally:
@@ -134,7 +135,7 @@ def test_ending_usage_while_replicas_settle_never_charges_an_hour_twice(replicas
     assert at_once(settlers[0].settle, settlers[1].settle) == [0, 0]
 
 
-def test_a_settlement_run_that_dies_midway_is_finished_by_the_next(replicas):
+def test_a_settlement_run_that_dies_midway_is_finished_by_the_next(replicas: Callable[[], Billing]) -> None:
     billing = replicas()
     ids = instance_ids(20)
     billing.launch(ids)
@@ -159,7 +160,7 @@ def test_a_settlement_run_that_dies_midway_is_finished_by_the_next(replicas):
     usage_keys_are_unique(billing)
 
 
-def test_resets_racing_on_replicas_record_each_key_once_and_chain_the_segments(replicas):
+def test_resets_racing_on_replicas_record_each_key_once_and_chain_the_segments(replicas: Callable[[], Billing]) -> None:
     one, two = replicas(), replicas()
     one.launch(["ins-race0001"])
     one.clock.advance(hours=1, minutes=20)
@@ -182,8 +183,9 @@ def test_resets_racing_on_replicas_record_each_key_once_and_chain_the_segments(r
 # --- through gRPC ---------------------------------------------------------------------------------------------
 
 
-def pricing(count: int = 1, *, image: pb.ImagePricing | None = None, charge_type: int = pb.CHARGE_TYPE_POSTPAID_BY_HOUR,
-            months: int = 0, region: str = "ap-singapore") -> pb.LaunchPricing:
+def pricing(count: int = 1, *, image: pb.ImagePricing | None = None,
+            charge_type: pb.ChargeType.ValueType = pb.CHARGE_TYPE_POSTPAID_BY_HOUR, months: int = 0,
+            region: str = "ap-singapore") -> pb.LaunchPricing:
     return pb.LaunchPricing(region=region, instance_type="S5.MEDIUM4", instance_count=count, charge_type=charge_type,
                             period_months=months,
                             image=image or pb.ImagePricing(image_id="img-linux001", os_kind=pb.OS_KIND_LINUX))
@@ -196,16 +198,25 @@ def stamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return timestamp(moment)
 
 
+class ChargeFilters(TypedDict, total=False):
+    """The filters of a ListChargesRequest."""
+
+    instance_id: str
+    start_time: timestamp_pb2.Timestamp
+    end_time: timestamp_pb2.Timestamp
+
+
 class Server:
     def __init__(self, stub: pb_grpc.BillingServiceStub, clock: FakeClock):
         self.stub = stub
         self.clock = clock
 
-    async def charges(self, account: str = ALICE, **filters: Any) -> list[pb.Charge]:
-        found, token = [], ""
+    async def charges(self, account: str = ALICE, **filters: Unpack[ChargeFilters]) -> list[pb.Charge]:
+        found: list[pb.Charge] = []
+        token = ""
         while True:
-            page = await self.stub.ListCharges(pb.ListChargesRequest(page_size=3, page_token=token, **filters),
-                                               metadata=internal_metadata(account))
+            page: pb.ListChargesResponse = await self.stub.ListCharges(
+                pb.ListChargesRequest(page_size=3, page_token=token, **filters), metadata=internal_metadata(account))
             found += page.charges
             token = page.next_page_token
             if not token:
@@ -225,9 +236,9 @@ class Server:
 
 
 @pytest.fixture
-async def billing(serve, database_url) -> Server:
+async def billing(serve: ServerFactory, database_url: str) -> Server:
     clock = FakeClock(T0)
-    settings = BillingSettings(database_url=database_url, internal_token=INTERNAL_TOKEN,
+    settings = BillingSettings(database_url=database_url, internal_token=INTERNAL_SECRET,
                                usage_settle_interval_seconds=0.02)
     addr = await serve(partial(bootstrap, clock=clock), settings)
     return Server(pb_grpc.BillingServiceStub(grpc.aio.insecure_channel(addr)), clock)
@@ -241,7 +252,7 @@ def hours_of(charges: list[pb.Charge]) -> dict[str, int]:
     return hours
 
 
-async def test_the_whole_story_through_the_rpcs(billing):
+async def test_the_whole_story_through_the_rpcs(billing: Server) -> None:
     stub, md = billing.stub, internal_metadata()
     ids = instance_ids(3)
     launch = (await stub.CreateCharge(pb.CreateChargeRequest(launch=pricing(3), idempotency_key="lch-story001",
@@ -302,7 +313,7 @@ async def test_the_whole_story_through_the_rpcs(billing):
     assert rich_status(ended_before.value)[1].reason == "INSTANCE_USAGE_ENDED"
 
 
-async def test_a_prepaid_instance_through_the_rpcs(billing):
+async def test_a_prepaid_instance_through_the_rpcs(billing: Server) -> None:
     stub, md = billing.stub, internal_metadata()
     prepaid = pricing(charge_type=pb.CHARGE_TYPE_PREPAID, months=3)
     await stub.CreateCharge(pb.CreateChargeRequest(launch=prepaid, idempotency_key="lch-prepaid1",
@@ -320,9 +331,10 @@ async def test_a_prepaid_instance_through_the_rpcs(billing):
     assert [c.kind for c in await billing.charges()] == [pb.CHARGE_KIND_LAUNCH, pb.CHARGE_KIND_RESET]
 
 
-async def test_two_replicas_settling_in_the_background_charge_each_hour_once(serve, database_url):
+async def test_two_replicas_settling_in_the_background_charge_each_hour_once(serve: ServerFactory,
+                                                                             database_url: str) -> None:
     clock = FakeClock(T0)
-    settings = BillingSettings(database_url=database_url, internal_token=INTERNAL_TOKEN,
+    settings = BillingSettings(database_url=database_url, internal_token=INTERNAL_SECRET,
                                usage_settle_interval_seconds=0.01)
     stubs = [pb_grpc.BillingServiceStub(grpc.aio.insecure_channel(await serve(partial(bootstrap, clock=clock),
                                                                               settings))) for _ in range(2)]
@@ -349,14 +361,14 @@ async def test_two_replicas_settling_in_the_background_charge_each_hour_once(ser
     assert len(spans) == len(set(spans))
 
 
-async def expect(call: Any, code: grpc.StatusCode, reason: str) -> None:
+async def expect(call: Awaitable[object], code: grpc.StatusCode, reason: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call
     assert refused.value.code() == code, refused.value.details()
     assert rich_status(refused.value)[1].reason == reason
 
 
-async def test_the_metering_rpcs_refuse_bad_requests(billing):
+async def test_the_metering_rpcs_refuse_bad_requests(billing: Server) -> None:
     stub, md = billing.stub, internal_metadata()
     bad = grpc.StatusCode.INVALID_ARGUMENT
     reset = pb.ResetPricing(instance_id="ins-r0000001", launch=pricing(image=WINDOWS_PB), launch_time=stamp(T0))
@@ -374,7 +386,7 @@ async def test_the_metering_rpcs_refuse_bad_requests(billing):
     await expect(stub.ChargeReset(pb.ChargeResetRequest(reset=reset), metadata=md), bad, "INVALID_IDEMPOTENCY_KEY")
     await expect(stub.ChargeReset(pb.ChargeResetRequest(reset=pb.ResetPricing(
         instance_id="ins-r0000001", launch=pb.LaunchPricing(region="ap-singapore", instance_type="S5.MEDIUM4",
-                                                            instance_count=1, charge_type=9)),
+                                                            instance_count=1, charge_type=pb.ChargeType.ValueType(9))),
         idempotency_key="rst-1"), metadata=md), bad, "INVALID_ENUM_VALUE")
     await stub.ChargeReset(pb.ChargeResetRequest(reset=reset, idempotency_key="rst-1"), metadata=md)
     other = pb.ResetPricing(instance_id="ins-r0000001", launch=pricing(), launch_time=stamp(T0))
@@ -403,12 +415,13 @@ async def test_the_metering_rpcs_refuse_bad_requests(billing):
                                   metadata=internal_metadata(BOB)), bad, "INVALID_PAGE_TOKEN")
 
 
-async def test_prices_are_listed_from_the_book(billing):
+async def test_prices_are_listed_from_the_book(billing: Server) -> None:
     stub, md = billing.stub, internal_metadata()
-    seen, token = [], ""
+    seen: list[pb.Price] = []
+    token = ""
     while True:
-        page = await stub.ListPrices(pb.ListPricesRequest(region="ap-singapore", page_size=10, page_token=token),
-                                     metadata=md)
+        page: pb.ListPricesResponse = await stub.ListPrices(
+            pb.ListPricesRequest(region="ap-singapore", page_size=10, page_token=token), metadata=md)
         seen += page.prices
         token = page.next_page_token
         if not token:
@@ -433,16 +446,16 @@ async def test_prices_are_listed_from_the_book(billing):
                                     "S5.MEDIUM4 in ap-singapore (POSTPAID_BY_HOUR)")]
     await expect(stub.ListPrices(pb.ListPricesRequest(region="mars-1"), metadata=md), grpc.StatusCode.INVALID_ARGUMENT,
                  "UNKNOWN_REGION")
-    await expect(stub.ListPrices(pb.ListPricesRequest(charge_type=7), metadata=md), grpc.StatusCode.INVALID_ARGUMENT,
-                 "INVALID_ENUM_VALUE")
+    await expect(stub.ListPrices(pb.ListPricesRequest(charge_type=pb.ChargeType.ValueType(7)), metadata=md),
+                 grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ENUM_VALUE")
     await expect(stub.ListPrices(pb.ListPricesRequest(page_token="AAAA"), metadata=md),
                  grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
 
 
-def test_the_settle_interval_must_be_positive():
+def test_the_settle_interval_must_be_positive() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        BillingSettings(internal_token=INTERNAL_TOKEN, usage_settle_interval_seconds=0)
-    assert BillingSettings(internal_token=INTERNAL_TOKEN).usage_settle_interval_seconds == 60
+        BillingSettings(internal_token=INTERNAL_SECRET, usage_settle_interval_seconds=0)
+    assert BillingSettings(internal_token=INTERNAL_SECRET).usage_settle_interval_seconds == 60
     assert ChargeType.PREPAID.unit == "instance-month"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TypedDict, Unpack
+
 import grpc
 import pytest
 from cloudimg.catalog.v1 import catalog_service_pb2 as pb
@@ -10,30 +13,44 @@ from cloudimg.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from catalog_service.bootstrap import bootstrap
 from catalog_service.domain.seed import seed_image_id
 from catalog_service.settings import CatalogSettings
-from tests.conftest import ALICE, BOB, INTERNAL_TOKEN, internal_metadata, rich_status
+from tests.conftest import ALICE, BOB, ServerFactory, Spawn, internal_metadata, rich_status
+from tests.integration.cloud import INTERNAL_SECRET
 
 
 @pytest.fixture
-async def catalog(serve, database_url: str) -> pb_grpc.CatalogServiceStub:
-    settings = CatalogSettings(database_url=database_url, internal_token=INTERNAL_TOKEN)
+async def catalog(serve: ServerFactory, database_url: str) -> AsyncIterator[pb_grpc.CatalogServiceStub]:
+    settings = CatalogSettings(database_url=database_url, internal_token=INTERNAL_SECRET)
     addr = await serve(bootstrap, settings)
     channel = grpc.aio.insecure_channel(addr)
     yield pb_grpc.CatalogServiceStub(channel)
     await channel.close()
 
 
-async def list_all(catalog, account: str = ALICE, **request) -> list[pb.Image]:
-    images, token = [], ""
+class ImageFilters(TypedDict, total=False):
+    """The fields of a ListImagesRequest but its page token."""
+
+    region: str
+    image_types: Iterable[pb.ImageType.ValueType]
+    shared_image_ids: Iterable[str]
+    platform: str
+    name_filter: str
+    page_size: int
+
+
+async def list_all(catalog: pb_grpc.CatalogServiceStub, account: str = ALICE,
+                   **request: Unpack[ImageFilters]) -> list[pb.Image]:
+    images: list[pb.Image] = []
+    token = ""
     while True:
-        response = await catalog.ListImages(pb.ListImagesRequest(page_token=token, **request),
-                                            metadata=internal_metadata(account))
+        response: pb.ListImagesResponse = await catalog.ListImages(
+            pb.ListImagesRequest(page_token=token, **request), metadata=internal_metadata(account))
         images.extend(response.images)
         token = response.next_page_token
         if not token:
             return images
 
 
-async def test_regions_are_seeded(catalog):
+async def test_regions_are_seeded(catalog: pb_grpc.CatalogServiceStub) -> None:
     response = await catalog.ListRegions(pb.ListRegionsRequest(), metadata=internal_metadata())
     regions = {r.region_id: r for r in response.regions}
     assert len(regions) == 8
@@ -43,7 +60,7 @@ async def test_regions_are_seeded(catalog):
     assert not regions["ap-singapore"].sync_enabled
 
 
-async def test_get_image_and_its_errors(catalog):
+async def test_get_image_and_its_errors(catalog: pb_grpc.CatalogServiceStub) -> None:
     image_id = seed_image_id("ap-singapore", "windows-2022-x86")
     image = (await catalog.GetImage(pb.GetImageRequest(image_id=image_id), metadata=internal_metadata())).image
     assert image.os_type == pb.OS_TYPE_WINDOWS
@@ -66,7 +83,7 @@ async def test_get_image_and_its_errors(catalog):
     assert details[0].field_violations[0].field == "image_id"
 
 
-async def test_batch_get_reports_missing_ids(catalog):
+async def test_batch_get_reports_missing_ids(catalog: pb_grpc.CatalogServiceStub) -> None:
     known = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
     response = await catalog.BatchGetImages(pb.BatchGetImagesRequest(image_ids=[known, "img-zzzzzzzz", known]),
                                             metadata=internal_metadata())
@@ -74,7 +91,7 @@ async def test_batch_get_reports_missing_ids(catalog):
     assert list(response.missing_image_ids) == ["img-zzzzzzzz"]
 
 
-async def test_keyset_pages_walk_every_image_once(catalog):
+async def test_keyset_pages_walk_every_image_once(catalog: pb_grpc.CatalogServiceStub) -> None:
     everything = await list_all(catalog, region="ap-guangzhou",
                                 image_types=[pb.IMAGE_TYPE_PUBLIC, pb.IMAGE_TYPE_MARKET], page_size=1000)
     paged = await list_all(catalog, region="ap-guangzhou",
@@ -84,13 +101,14 @@ async def test_keyset_pages_walk_every_image_once(catalog):
     assert [i.image_id for i in paged] == sorted(i.image_id for i in paged)
 
 
-async def test_marketplace_images_are_mainland_only(catalog):
+async def test_marketplace_images_are_mainland_only(catalog: pb_grpc.CatalogServiceStub) -> None:
     assert await list_all(catalog, region="ap-singapore", image_types=[pb.IMAGE_TYPE_MARKET]) == []
     market = await list_all(catalog, region="ap-beijing", image_types=[pb.IMAGE_TYPE_MARKET])
     assert {i.marketplace_provider for i in market} == {"Bitnami", "BT Panel"}
 
 
-async def test_custom_images_are_visible_to_their_owner_and_listed_shares_only(catalog):
+async def test_custom_images_are_visible_to_their_owner_and_listed_shares_only(
+        catalog: pb_grpc.CatalogServiceStub) -> None:
     alice_web = seed_image_id("ap-guangzhou", "alice-web")
     mine = await list_all(catalog, ALICE, region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_CUSTOM])
     assert alice_web in {i.image_id for i in mine}
@@ -101,7 +119,7 @@ async def test_custom_images_are_visible_to_their_owner_and_listed_shares_only(c
     assert [i.image_id for i in shared] == [alice_web]
 
 
-async def test_filters_by_platform_and_name(catalog):
+async def test_filters_by_platform_and_name(catalog: pb_grpc.CatalogServiceStub) -> None:
     found = await list_all(catalog, region="ap-shanghai", image_types=[pb.IMAGE_TYPE_PUBLIC], platform="ubuntu")
     assert {i.platform for i in found} == {"Ubuntu"}
     assert len(found) == 2
@@ -110,7 +128,7 @@ async def test_filters_by_platform_and_name(catalog):
     assert await list_all(catalog, region="ap-shanghai", image_types=[pb.IMAGE_TYPE_PUBLIC], name_filter="%") == []
 
 
-async def test_page_size_is_clamped_and_bad_pages_are_refused(catalog):
+async def test_page_size_is_clamped_and_bad_pages_are_refused(catalog: pb_grpc.CatalogServiceStub) -> None:
     response = await catalog.ListImages(pb.ListImagesRequest(region="ap-guangzhou", image_types=[pb.IMAGE_TYPE_PUBLIC],
                                                              page_size=5000), metadata=internal_metadata())
     assert len(response.images) == 6
@@ -132,7 +150,7 @@ async def test_page_size_is_clamped_and_bad_pages_are_refused(catalog):
         assert rich_status(refused.value)[1].reason == reason
 
 
-async def test_calls_without_the_internal_credential_are_refused(catalog):
+async def test_calls_without_the_internal_credential_are_refused(catalog: pb_grpc.CatalogServiceStub) -> None:
     request = pb.GetImageRequest(image_id=seed_image_id("ap-guangzhou", "alice-web"))
     for metadata in [(), internal_metadata(token="wrong-token-wrong-token"), (("x-cloudimg-account-id", ALICE),)]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -142,7 +160,8 @@ async def test_calls_without_the_internal_credential_are_refused(catalog):
 
 
 @pytest.mark.postgres
-def test_replicas_starting_at_once_on_one_postgres_database_all_serve(spawn, postgres_database):
+def test_replicas_starting_at_once_on_one_postgres_database_all_serve(spawn: Spawn,
+                                                                      postgres_database: Callable[[], str]) -> None:
     """Three catalogs start together on a new database: tables are created once, the seed is added once."""
     from sqlalchemy import create_engine, func, select
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import grpc
 import pytest
@@ -18,11 +20,34 @@ from catalog_service.bootstrap import bootstrap
 from catalog_service.domain.seed import seed_checksum, seed_image_id
 from catalog_service.settings import CatalogSettings
 from chassis.clock import FakeClock
-from tests.conftest import ALICE, BOB, CAROL, INTERNAL_TOKEN, internal_metadata, rich_status
+from tests.conftest import ALICE, BOB, CAROL, ServerFactory, internal_metadata, rich_status
+from tests.integration.cloud import INTERNAL_SECRET
 
 GZ, SH, BJ, SG = "ap-guangzhou", "ap-shanghai", "ap-beijing", "ap-singapore"
 UBUNTU = seed_image_id(GZ, "ubuntu-2204-x86")
 WORDPRESS = seed_image_id(GZ, "wordpress")
+
+
+class CreateOptions(TypedDict, total=False):
+    """The fields of a CreateImageRequest that Catalogs.create passes on as they are."""
+
+    description: str
+    request_id: str
+    dry_run: bool
+
+
+class CreateCase(CreateOptions, total=False):
+    """The arguments of one refused Catalogs.create."""
+
+    name: str
+    base: str
+
+
+class UpdateCase(TypedDict):
+    """The fields of one refused UpdateImageRequest, beside its image id."""
+
+    name: str
+    update_paths: list[str]
 
 
 class Catalogs:
@@ -37,25 +62,28 @@ class Catalogs:
         busy = {pb.IMAGE_STATE_CREATING, pb.IMAGE_STATE_IMPORTING, pb.IMAGE_STATE_SYNCING}
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            image = (await self.one.GetImage(pb.GetImageRequest(image_id=image_id),
-                                             metadata=internal_metadata(account))).image
+            image: pb.Image = (await self.one.GetImage(pb.GetImageRequest(image_id=image_id),
+                                                       metadata=internal_metadata(account))).image
             if image.state not in busy:
                 return image
             assert asyncio.get_running_loop().time() < deadline, f"{image_id} still {image.state} after {timeout}s"
             await asyncio.sleep(0.05)
 
-    async def create(self, name: str, account: str = CAROL, base: str = UBUNTU, stub: int = 0, **extra) -> pb.Image:
+    async def create(self, name: str, account: str = CAROL, base: str = UBUNTU, stub: int = 0,
+                     **extra: Unpack[CreateOptions]) -> pb.Image:
         request = pb.CreateImageRequest(region=GZ, instance_id="ins-0000000a", name=name, base_image_id=base,
                                         size_gb=50, **extra)
-        return (await self.stubs[stub].CreateImage(request, metadata=internal_metadata(account))).image
+        response: pb.CreateImageResponse = await self.stubs[stub].CreateImage(request,
+                                                                              metadata=internal_metadata(account))
+        return response.image
 
 
 @pytest.fixture
-async def catalogs(serve, database_url: str, tmp_path: Path) -> Catalogs:
+async def catalogs(serve: ServerFactory, database_url: str, tmp_path: Path) -> AsyncIterator[Catalogs]:
     clock = FakeClock(datetime.now(UTC).replace(hour=12, minute=0))
     imports = tmp_path / "imports"
     imports.mkdir()
-    settings = CatalogSettings(database_url=database_url, internal_token=INTERNAL_TOKEN,
+    settings = CatalogSettings(database_url=database_url, internal_token=INTERNAL_SECRET,
                                image_store_dir=tmp_path / "images", import_root=imports, job_lease_seconds=5)
     addrs = [await serve(partial(bootstrap, clock=clock), settings) for _ in range(2)]
     channels = [grpc.aio.insecure_channel(addr) for addr in addrs]
@@ -65,10 +93,11 @@ async def catalogs(serve, database_url: str, tmp_path: Path) -> Catalogs:
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
-    return rich_status(error)[1].reason
+    reason: str = rich_status(error)[1].reason
+    return reason
 
 
-async def test_an_image_made_from_an_instance_copies_the_bytes_and_inherits_pricing_facts(catalogs):
+async def test_an_image_made_from_an_instance_copies_the_bytes_and_inherits_pricing_facts(catalogs: Catalogs) -> None:
     made = await catalogs.create("web", base=WORDPRESS)
     assert made.state == pb.IMAGE_STATE_CREATING
     assert made.checksum_sha256 == ""
@@ -101,18 +130,20 @@ async def test_an_image_made_from_an_instance_copies_the_bytes_and_inherits_pric
         assert (catalogs.store / synced.region / "sha256" / done.checksum_sha256[:2] / done.checksum_sha256).exists()
 
 
-async def test_thirty_concurrent_creates_on_two_replicas_use_exactly_the_daily_quota(catalogs):
+async def test_thirty_concurrent_creates_on_two_replicas_use_exactly_the_daily_quota(catalogs: Catalogs) -> None:
     async def create(n: int) -> str:
         try:
             await catalogs.create(f"img-{n}", stub=n % 2, request_id=f"r-{n}")
             return "ok"
         except grpc.aio.AioRpcError as error:
-            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
             _, info, details = rich_status(error)
-            assert info.reason == "DAILY_OPERATION_QUOTA_EXCEEDED"
+            reason: str = info.reason
+            assert reason == "DAILY_OPERATION_QUOTA_EXCEEDED"
             assert info.metadata["limit"] == "5"
             assert details[0].violations[0].subject == f"daily-image-operations:{GZ}"
-            return info.reason
+            return reason
 
     outcomes = await asyncio.gather(*(create(n) for n in range(30)))
     assert outcomes.count("ok") == 5
@@ -129,8 +160,8 @@ async def test_thirty_concurrent_creates_on_two_replicas_use_exactly_the_daily_q
     assert (quota.daily_operation_used, quota.custom_image_used) == (1, 6)
 
 
-async def test_the_custom_image_quota_counts_every_image_but_failed_and_deleted_ones(catalogs):
-    made = []
+async def test_the_custom_image_quota_counts_every_image_but_failed_and_deleted_ones(catalogs: Catalogs) -> None:
+    made: list[pb.Image] = []
     for day in range(2):
         for n in range(5):
             made.append(await catalogs.create(f"d{day}-{n}"))
@@ -144,7 +175,7 @@ async def test_the_custom_image_quota_counts_every_image_but_failed_and_deleted_
     await catalogs.create("eleventh")
 
 
-async def test_dry_runs_and_replays_count_nothing_and_a_reused_request_id_must_match(catalogs):
+async def test_dry_runs_and_replays_count_nothing_and_a_reused_request_id_must_match(catalogs: Catalogs) -> None:
     dry = await catalogs.create("dry", dry_run=True)
     assert dry.state == pb.IMAGE_STATE_CREATING
     with pytest.raises(grpc.aio.AioRpcError) as missing:
@@ -163,14 +194,14 @@ async def test_dry_runs_and_replays_count_nothing_and_a_reused_request_id_must_m
     assert _reason(mismatch.value) == "IDEMPOTENCY_PARAMETER_MISMATCH"
 
 
-async def test_create_refuses_what_it_cannot_make(catalogs):
-    cases = [
-        (dict(name=""), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_IMAGE_NAME"),
-        (dict(name="x" * 61), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_IMAGE_NAME"),
-        (dict(name="ok", description="d" * 257), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DESCRIPTION"),
-        (dict(name="ok", base=seed_image_id(SH, "ubuntu-2204-x86")), grpc.StatusCode.FAILED_PRECONDITION,
+async def test_create_refuses_what_it_cannot_make(catalogs: Catalogs) -> None:
+    cases: list[tuple[CreateCase, grpc.StatusCode, str]] = [
+        ({"name": ""}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_IMAGE_NAME"),
+        ({"name": "x" * 61}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_IMAGE_NAME"),
+        ({"name": "ok", "description": "d" * 257}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DESCRIPTION"),
+        ({"name": "ok", "base": seed_image_id(SH, "ubuntu-2204-x86")}, grpc.StatusCode.FAILED_PRECONDITION,
          "BASE_IMAGE_UNAVAILABLE"),
-        (dict(name="ok", base="img-zzzzzzzz"), grpc.StatusCode.FAILED_PRECONDITION, "BASE_IMAGE_UNAVAILABLE"),
+        ({"name": "ok", "base": "img-zzzzzzzz"}, grpc.StatusCode.FAILED_PRECONDITION, "BASE_IMAGE_UNAVAILABLE"),
     ]
     for kwargs, code, reason in cases:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -185,7 +216,7 @@ async def test_create_refuses_what_it_cannot_make(catalogs):
     assert quota.daily_operation_used == 1
 
 
-async def test_sync_rules(catalogs):
+async def test_sync_rules(catalogs: Catalogs) -> None:
     made = await catalogs.create("src")
     await catalogs.wait_done(made.image_id)
     cases = [
@@ -206,7 +237,7 @@ async def test_sync_rules(catalogs):
     assert public.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_update_renames_and_describes_only_the_owners_image(catalogs):
+async def test_update_renames_and_describes_only_the_owners_image(catalogs: Catalogs) -> None:
     made = await catalogs.create("before")
     await catalogs.create("taken")
     meta = internal_metadata(CAROL)
@@ -216,12 +247,12 @@ async def test_update_renames_and_describes_only_the_owners_image(catalogs):
     assert (updated.name, updated.description) == ("after", "new words")
     stored = (await catalogs.one.GetImage(pb.GetImageRequest(image_id=made.image_id), metadata=meta)).image
     assert stored.name == "after"
-    cases = [
-        (dict(name="taken", update_paths=["name"]), grpc.StatusCode.ALREADY_EXISTS, "IMAGE_NAME_TAKEN", CAROL),
-        (dict(name="x", update_paths=["size_gb"]), grpc.StatusCode.INVALID_ARGUMENT, "FIELD_NOT_UPDATABLE", CAROL),
-        (dict(name="x", update_paths=[]), grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_UPDATE_MASK", CAROL),
-        (dict(name="", update_paths=["name"]), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_IMAGE_NAME", CAROL),
-        (dict(name="mine", update_paths=["name"]), grpc.StatusCode.NOT_FOUND, "IMAGE_NOT_FOUND", BOB),
+    cases: list[tuple[UpdateCase, grpc.StatusCode, str, str]] = [
+        ({"name": "taken", "update_paths": ["name"]}, grpc.StatusCode.ALREADY_EXISTS, "IMAGE_NAME_TAKEN", CAROL),
+        ({"name": "x", "update_paths": ["size_gb"]}, grpc.StatusCode.INVALID_ARGUMENT, "FIELD_NOT_UPDATABLE", CAROL),
+        ({"name": "x", "update_paths": []}, grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_UPDATE_MASK", CAROL),
+        ({"name": "", "update_paths": ["name"]}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_IMAGE_NAME", CAROL),
+        ({"name": "mine", "update_paths": ["name"]}, grpc.StatusCode.NOT_FOUND, "IMAGE_NOT_FOUND", BOB),
     ]
     for kwargs, code, reason, account in cases:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -234,9 +265,10 @@ async def test_update_renames_and_describes_only_the_owners_image(catalogs):
     assert (renamed.name, renamed.description) == ("again", "new words")
 
 
-async def test_delete_waits_for_jobs_and_is_idempotent_by_request_id(serve, database_url, tmp_path):
+async def test_delete_waits_for_jobs_and_is_idempotent_by_request_id(serve: ServerFactory, database_url: str,
+                                                                     tmp_path: Path) -> None:
     # A slow store: a sync of the 64 KiB seed bytes takes about two seconds, long enough to try a delete.
-    settings = CatalogSettings(database_url=database_url, internal_token=INTERNAL_TOKEN,
+    settings = CatalogSettings(database_url=database_url, internal_token=INTERNAL_SECRET,
                                image_store_dir=tmp_path / "images", copy_bytes_per_second=32 << 10)
     stub = pb_grpc.CatalogServiceStub(grpc.aio.insecure_channel(await serve(bootstrap, settings)))
     catalogs = Catalogs([stub], FakeClock(), tmp_path / "images", tmp_path)
@@ -274,7 +306,7 @@ async def test_delete_waits_for_jobs_and_is_idempotent_by_request_id(serve, data
         pb.IMAGE_STATE_NORMAL
 
 
-async def test_imports_from_the_import_root_are_inspected_and_sized(catalogs):
+async def test_imports_from_the_import_root_are_inspected_and_sized(catalogs: Catalogs) -> None:
     raw = catalogs.imports / "disk.raw"
     raw.write_bytes(b"\0" * (3 << 20))
     meta = internal_metadata(CAROL)
@@ -303,10 +335,12 @@ async def test_imports_from_the_import_root_are_inspected_and_sized(catalogs):
         request.name, request.source_uri = "bad", uri
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await catalogs.one.ImportImage(request, metadata=meta)
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(refused.value) == reason, uri
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, uri
+        assert _reason(refused.value) == reason, uri
 
 
-async def test_a_job_whose_replica_died_is_taken_over_when_its_lease_expires(catalogs, database_url):
+async def test_a_job_whose_replica_died_is_taken_over_when_its_lease_expires(
+        catalogs: Catalogs, database_url: str) -> None:
     """A job claimed by a replica that then vanished (its lease held, never heartbeated again) is
     finished by another once the lease runs out."""
     from catalog_service.adapters.tables import JOBS
@@ -331,7 +365,7 @@ async def test_a_job_whose_replica_died_is_taken_over_when_its_lease_expires(cat
     db.dispose()
 
 
-async def test_quota_of_an_unknown_region_is_refused(catalogs):
+async def test_quota_of_an_unknown_region_is_refused(catalogs: Catalogs) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await catalogs.one.GetImageQuota(pb.GetImageQuotaRequest(region="mars-1"), metadata=internal_metadata(ALICE))
     assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import pytest
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import ColumnElement, Table, create_engine, func, select
 
 from billing_service.adapters.tables import CHARGES
 from catalog_service.domain.seed import seed_image_id
@@ -22,10 +23,12 @@ from chassis.errors import Unavailable
 from devtools.stack import free_port
 from gateway.adapters.tables import INSTANCES, JOBS, LAUNCHES
 from gateway.bootstrap import open_database
-from tests.conftest import rich_status
-from tests.integration.cloud import SERVICES, start_services
+from gateway.domain.instances import Launch
+from tests.conftest import ServerFactory, rich_status
+from tests.integration.cloud import SERVICES, RunFields, run_request, start_services
 
 UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
+Resp = TypeVar("Resp")
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Cloud:
     def auth(self, who: str = "alice") -> tuple[tuple[str, str]]:
         return (("authorization", f"Bearer {self.keys[who]}"),)
 
-    def count(self, service: str, table, *where) -> int:
+    def count(self, service: str, table: Table, *where: ColumnElement[bool]) -> int:
         engine = create_engine(self.urls[service])
         with engine.connect() as conn:
             found = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
@@ -55,30 +58,25 @@ async def until(condition: Callable[[], bool], seconds: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def start_cloud(serve, tmp_path: Path, gateway_url: str = "", **addr_overrides: str) -> Cloud:
+async def start_cloud(serve: ServerFactory, tmp_path: Path, gateway_url: str = "", **addr_overrides: str) -> Cloud:
     urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in SERVICES}
     urls["gateway"] = gateway_url or urls["gateway"]
-    addrs, keys = await start_services(serve, urls, **addr_overrides)
+    addrs, keys = await start_services(serve, urls, addr_overrides=addr_overrides)
     channel = grpc.aio.insecure_channel(addrs["gateway"])
     return Cloud(channel, pb_grpc.InstanceServiceStub(channel), keys, urls, addrs)
 
 
 @pytest.fixture
-async def cloud(serve, tmp_path: Path) -> Cloud:
+async def cloud(serve: ServerFactory, tmp_path: Path) -> Cloud:
     return await start_cloud(serve, tmp_path)
 
 
-def run_request(**overrides) -> pb.RunInstancesRequest:
-    fields = dict(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4", instance_count=1)
-    fields.update(overrides)
-    return pb.RunInstancesRequest(**fields)
-
-
-async def test_a_launch_of_100_makes_as_many_downstream_calls_as_a_launch_of_1(cloud, monkeypatch):
+async def test_a_launch_of_100_makes_as_many_downstream_calls_as_a_launch_of_1(cloud: Cloud,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     original = Downstream.call
 
-    async def counted(self, method, request):
+    async def counted(self: Downstream, method: Callable[..., Awaitable[Resp]], request: Any) -> Resp:
         calls.append(self.name)
         return await original(self, method, request)
 
@@ -96,7 +94,7 @@ async def test_a_launch_of_100_makes_as_many_downstream_calls_as_a_launch_of_1(c
     assert cloud.count("billing", CHARGES) == 3
 
 
-async def test_dry_run_and_quote_create_nothing(cloud):
+async def test_dry_run_and_quote_create_nothing(cloud: Cloud) -> None:
     dry = await cloud.instances.RunInstances(run_request(instance_count=5, dry_run=True), metadata=cloud.auth())
     quote = await cloud.instances.QuoteRunInstances(
         pb.QuoteRunInstancesRequest(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4",
@@ -108,7 +106,7 @@ async def test_dry_run_and_quote_create_nothing(cloud):
     assert cloud.count("billing", CHARGES) == 0
 
 
-async def test_racing_calls_with_one_client_token_launch_once(cloud):
+async def test_racing_calls_with_one_client_token_launch_once(cloud: Cloud) -> None:
     request = run_request(instance_count=3, client_token="deploy-2026-11-27")
     results = await asyncio.gather(*(cloud.instances.RunInstances(request, metadata=cloud.auth()) for _ in range(20)))
     assert len({tuple(r.instance_ids) for r in results}) == 1
@@ -147,7 +145,8 @@ async def test_racing_calls_with_one_client_token_launch_once(cloud):
     ({"image_id": seed_image_id("ap-guangzhou", "bob-arm"), "instance_type": "SR1.MEDIUM4"},
      grpc.StatusCode.NOT_FOUND, "IMAGE_NOT_FOUND"),
 ])
-async def test_refused_launches_leave_nothing_behind(cloud, overrides, code, reason):
+async def test_refused_launches_leave_nothing_behind(cloud: Cloud, overrides: RunFields, code: grpc.StatusCode,
+                                                     reason: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await cloud.instances.RunInstances(run_request(**overrides), metadata=cloud.auth())
     assert (refused.value.code(), rich_status(refused.value)[1].reason) == (code, reason)
@@ -156,7 +155,7 @@ async def test_refused_launches_leave_nothing_behind(cloud, overrides, code, rea
     assert cloud.count("billing", CHARGES) == 0
 
 
-async def test_a_dependency_that_is_down_is_unavailable_not_internal(serve, tmp_path):
+async def test_a_dependency_that_is_down_is_unavailable_not_internal(serve: ServerFactory, tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"
     cloud = await start_cloud(serve, tmp_path, billing=dead)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -167,7 +166,7 @@ async def test_a_dependency_that_is_down_is_unavailable_not_internal(serve, tmp_
     assert info.metadata["service"] == "billing"
 
 
-async def test_bad_api_keys_are_refused(cloud):
+async def test_bad_api_keys_are_refused(cloud: Cloud) -> None:
     for metadata in [(), (("authorization", "Bearer nope"),), (("authorization", "Basic abc"),),
                      (("authorization", "Bearer cik_aaaaaaaa_" + "A" * 43),),
                      (("authorization", f"Bearer {cloud.keys['alice'][:-1]}x"),)]:
@@ -177,10 +176,11 @@ async def test_bad_api_keys_are_refused(cloud):
         assert rich_status(refused.value)[1].reason in {"API_KEY_MISSING", "API_KEY_INVALID"}
 
 
-async def test_instances_are_the_callers_own_and_paged(cloud):
+async def test_instances_are_the_callers_own_and_paged(cloud: Cloud) -> None:
     launched = await cloud.instances.RunInstances(run_request(instance_count=5, instance_name="web"),
                                                   metadata=cloud.auth())
-    seen, token = [], ""
+    seen: list[str] = []
+    token = ""
     while True:
         page = await cloud.instances.ListInstances(pb.ListInstancesRequest(page_size=2, page_token=token),
                                                    metadata=cloud.auth())
@@ -199,7 +199,8 @@ async def test_instances_are_the_callers_own_and_paged(cloud):
     assert (await cloud.instances.ListInstances(pb.ListInstancesRequest(), metadata=cloud.auth("bob"))).instances == []
 
 
-async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guessed(serve, tmp_path, monkeypatch):
+async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guessed(
+        serve: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Billing records the charge but its answer is lost, and billing cannot be asked either: the
     caller hears LAUNCH_OUTCOME_UNKNOWN (with the launch id), the instances wait PENDING, and the
     launch's job (retried while billing cannot be asked) or a retry with the client token resolves it
@@ -209,11 +210,11 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guesse
     cloud = await start_cloud(serve, tmp_path)
     charge, resolve = contexts.Billing.charge, contexts.Billing.resolve
 
-    async def charged_then_lost(self, launch):
+    async def charged_then_lost(self: contexts.Billing, launch: Launch) -> NoReturn:
         await charge(self, launch)
         raise Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
 
-    async def unreachable(self, launch):
+    async def unreachable(self: contexts.Billing, launch: Launch) -> NoReturn:
         raise Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
 
     monkeypatch.setattr(contexts.Billing, "charge", charged_then_lost)
@@ -245,8 +246,8 @@ async def test_a_launch_whose_charge_outcome_is_unknown_is_resolved_never_guesse
     assert sorted(retried.instance_ids) == sorted(i.instance_id for i in listed.instances)
 
 
-async def test_launches_left_open_by_gateways_that_died_are_settled_by_the_one_that_runs(serve, tmp_path,
-                                                                                          database_url):
+async def test_launches_left_open_by_gateways_that_died_are_settled_by_the_one_that_runs(
+        serve: ServerFactory, tmp_path: Path, database_url: str) -> None:
     """A launch left PENDING by a call that died (its job held by that call until the hold ran out) and
     an IN_DOUBT one claimed by a gateway from before the launch jobs (no job at all): the gateway that
     starts settles both, never charged, so both are voided and forgotten."""
@@ -275,14 +276,15 @@ async def test_launches_left_open_by_gateways_that_died_are_settled_by_the_one_t
     assert cloud.count("gateway", JOBS, JOBS.c.state == "DONE") == 2
 
 
-async def test_a_launch_that_billing_never_charged_is_voided_and_a_retry_launches_it_once(serve, tmp_path,
-                                                                                         monkeypatch):
+async def test_a_launch_that_billing_never_charged_is_voided_and_a_retry_launches_it_once(
+        serve: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.adapters import contexts
 
     cloud = await start_cloud(serve, tmp_path)
     charge = contexts.Billing.charge
 
-    async def lost_on_the_way(self, launch):  # the charge request never reached billing, or timed out there
+    # The charge request never reached billing, or timed out there.
+    async def lost_on_the_way(self: contexts.Billing, launch: Launch) -> NoReturn:
         raise Unavailable("DEPENDENCY_UNAVAILABLE", "the billing service is unavailable; try again")
 
     monkeypatch.setattr(contexts.Billing, "charge", lost_on_the_way)
@@ -299,8 +301,8 @@ async def test_a_launch_that_billing_never_charged_is_voided_and_a_retry_launche
 
 
 @pytest.mark.parametrize("name", ["web\x00evil", "tab\tname", "esc\x1b[0m"])
-async def test_a_launch_named_with_control_characters_is_refused_and_charges_nothing(serve, tmp_path, database_url,
-                                                                                     name):
+async def test_a_launch_named_with_control_characters_is_refused_and_charges_nothing(
+        serve: ServerFactory, tmp_path: Path, database_url: str, name: str) -> None:
     """On PostgreSQL a NUL byte once failed the instance INSERT after billing had charged."""
     cloud = await start_cloud(serve, tmp_path, gateway_url=database_url)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -310,7 +312,7 @@ async def test_a_launch_named_with_control_characters_is_refused_and_charges_not
     assert cloud.count("gateway", LAUNCHES) == 0
 
 
-async def test_no_public_rpc_answers_unimplemented(cloud):
+async def test_no_public_rpc_answers_unimplemented(cloud: Cloud) -> None:
     """Every RPC of the public API is built: called with an empty request, each answers OK or a mapped refusal
     (never UNIMPLEMENTED, never UNKNOWN); without a key each is UNAUTHENTICATED first."""
     from cloudimg.gateway.v1 import account_service_pb2, image_service_pb2, image_share_service_pb2

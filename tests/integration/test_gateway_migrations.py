@@ -19,7 +19,7 @@ from gateway.domain.instances import InstanceState
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 
 
-def test_instances_written_before_the_lifecycle_are_read_and_terminated_after_the_upgrade(database_url):
+def test_instances_written_before_the_lifecycle_are_read_and_terminated_after_the_upgrade(database_url: str) -> None:
     db = Database(database_url)
     with db.engine.begin() as connection:
         command.upgrade(config(Path(gateway.__file__).parent, "gateway", connection), "0002")

@@ -8,23 +8,24 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import grpc
 import pytest
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Table, create_engine, func, select
 
 from billing_service.adapters.tables import CHARGES
 from catalog_service.domain.seed import seed_image_id
 from devtools.stack import wait_serving
 from gateway.adapters.tables import INSTANCES, LAUNCHES
+from tests.conftest import Spawn
 
 GZ = "ap-guangzhou"
 
 
-def count(url: str, table) -> int:
+def count(url: str, table: Table) -> int:
     engine = create_engine(url)
     with engine.connect() as conn:
         found = conn.execute(select(func.count()).select_from(table)).scalar_one()
@@ -35,10 +36,12 @@ def count(url: str, table) -> int:
 def demo_key(gateway_url: str) -> str:
     out = subprocess.run([sys.executable, "-m", "gateway", "demo-accounts"], check=True, capture_output=True,
                          env={"GATEWAY_DATABASE_URL": gateway_url, "PATH": "/usr/bin:/bin"})
-    return json.loads(out.stdout)["alice"]["api_key"]
+    key = json.loads(out.stdout)["alice"]["api_key"]
+    assert isinstance(key, str), key
+    return key
 
 
-async def race_one_token_over_replicas(spawn: Callable[..., Any], urls: dict[str, str]) -> None:
+async def race_one_token_over_replicas(spawn: Spawn, urls: dict[str, str]) -> None:
     internal = {name: spawn(name, {f"{name.upper()}_DATABASE_URL": urls[name]}, wait=False)
                 for name in ("catalog", "sharing", "billing")}
     key = demo_key(urls["gateway"])
@@ -60,13 +63,14 @@ async def race_one_token_over_replicas(spawn: Callable[..., Any], urls: dict[str
     assert count(urls["billing"], CHARGES) == 1
 
 
-async def test_one_token_over_two_replicas_on_sqlite(spawn, tmp_path):
+async def test_one_token_over_two_replicas_on_sqlite(spawn: Spawn, tmp_path: Path) -> None:
     urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in ("catalog", "sharing", "billing", "gateway")}
     await race_one_token_over_replicas(spawn, urls)
 
 
 @pytest.mark.postgres
-async def test_one_token_over_two_replicas_on_postgres(spawn, postgres_database, tmp_path):
+async def test_one_token_over_two_replicas_on_postgres(spawn: Spawn,
+                                                      postgres_database: Callable[[], str], tmp_path: Path) -> None:
     urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in ("catalog", "sharing")}
     urls.update(billing=postgres_database(), gateway=postgres_database())
     await race_one_token_over_replicas(spawn, urls)

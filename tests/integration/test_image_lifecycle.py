@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -17,11 +18,12 @@ from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as instance_grpc
 from google.protobuf import field_mask_pb2
+from google.protobuf.message import Message
 from sqlalchemy import create_engine, func, select
 
 from catalog_service.domain.seed import seed_image_id
 from sharing_service.adapters.tables import SHARES
-from tests.conftest import BOB, rich_status
+from tests.conftest import BOB, ServerFactory, rich_status
 from tests.integration.cloud import SERVICES, start_services
 
 UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
@@ -41,7 +43,8 @@ class Cloud:
     def auth(self, who: str = "alice") -> tuple[tuple[str, str]]:
         return (("authorization", f"Bearer {self.keys[who]}"),)
 
-    async def refused(self, call, request, who: str = "alice") -> tuple[grpc.StatusCode, str]:
+    async def refused(self, call: Callable[..., Awaitable[object]], request: Message,
+                      who: str = "alice") -> tuple[grpc.StatusCode, str]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call(request, metadata=self.auth(who))
         return refused.value.code(), rich_status(refused.value)[1].reason
@@ -56,7 +59,7 @@ class Cloud:
 
 
 @pytest.fixture
-async def cloud(serve, tmp_path: Path) -> Cloud:
+async def cloud(serve: ServerFactory, tmp_path: Path) -> Cloud:
     urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in SERVICES}
     addrs, keys = await start_services(serve, urls)
     return Cloud(addrs["gateway"], keys, urls)
@@ -65,7 +68,8 @@ async def cloud(serve, tmp_path: Path) -> Cloud:
 async def normal(cloud: Cloud, image_id: str, seconds: float = 30.0) -> pb.Image:
     deadline = time.monotonic() + seconds
     while True:
-        image = (await cloud.images.GetImage(pb.GetImageRequest(image_id=image_id), metadata=cloud.auth())).image
+        image: pb.Image = (await cloud.images.GetImage(pb.GetImageRequest(image_id=image_id),
+                                                       metadata=cloud.auth())).image
         assert image.state not in (pb.IMAGE_STATE_CREATE_FAILED, pb.IMAGE_STATE_IMPORT_FAILED), image.state_reason
         if image.state == pb.IMAGE_STATE_NORMAL:
             return image
@@ -73,7 +77,7 @@ async def normal(cloud: Cloud, image_id: str, seconds: float = 30.0) -> pb.Image
         await asyncio.sleep(0.1)
 
 
-async def test_an_image_made_from_an_instance_is_deleted_only_once_it_is_shared_with_no_one(cloud):
+async def test_an_image_made_from_an_instance_is_deleted_only_once_it_is_shared_with_no_one(cloud: Cloud) -> None:
     launched = await cloud.instances.RunInstances(instance_pb.RunInstancesRequest(
         region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4", instance_count=1, client_token="t1"),
         metadata=cloud.auth())
@@ -107,6 +111,8 @@ async def test_an_image_made_from_an_instance_is_deleted_only_once_it_is_shared_
 
     await cloud.shares.ShareImage(share_pb.ShareImageRequest(image_id=image_id, account_ids=[BOB]),
                                   metadata=cloud.auth())
+    call: Callable[..., Awaitable[object]]
+    request: Message
     for call, request in (
         (cloud.images.DeleteImage, pb.DeleteImageRequest(image_id=image_id)),
         (cloud.images.SyncImage, pb.SyncImageRequest(image_id=image_id, destination_regions=["ap-beijing"])),
@@ -131,13 +137,14 @@ async def test_an_image_made_from_an_instance_is_deleted_only_once_it_is_shared_
         assert await cloud.refused(call, request) == (grpc.StatusCode.NOT_FOUND, "IMAGE_NOT_FOUND")
 
 
-async def test_a_share_and_a_delete_racing_through_the_gateway_never_both_win(cloud):
-    async def outcome(call) -> str:
+async def test_a_share_and_a_delete_racing_through_the_gateway_never_both_win(cloud: Cloud) -> None:
+    async def outcome(call: Awaitable[object]) -> str:
         try:
             await call
             return "OK"
         except grpc.aio.AioRpcError as exc:
-            return rich_status(exc)[1].reason
+            reason: str = rich_status(exc)[1].reason
+            return reason
 
     for image_id in (ALICE_WEB, ALICE_BLOG):
         share, delete = await asyncio.gather(

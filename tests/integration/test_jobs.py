@@ -7,10 +7,11 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Column, MetaData, String, Table, func, select
+from sqlalchemy import Column, ColumnElement, MetaData, String, Table, func, select
 
 from chassis.clock import SystemClock
 from chassis.db import Database
@@ -27,7 +28,7 @@ THREADS_PER_REPLICA = 4
 
 
 @pytest.fixture
-def replicas(database_url):
+def replicas(database_url: str) -> Iterator[list[Database]]:
     """Databases over one database_url, one per replica: separate engines, separate pools."""
     databases = [Database(database_url) for _ in range(REPLICAS)]
     METADATA.create_all(databases[0].engine)
@@ -42,12 +43,12 @@ def enqueue_all(db: Database, count: int, kind: str = "copy") -> list[str]:
         return [enqueue(connection, TABLE, kind, f"img-{n:08d}", {"n": n}, now) for n in range(count)]
 
 
-def count(db: Database, table: Table, *where) -> int:
+def count(db: Database, table: Table, *where: ColumnElement[bool]) -> int:
     with db.engine.connect() as connection:
         return connection.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
 
 
-def test_replicas_claiming_from_many_threads_run_every_job_exactly_once(replicas):
+def test_replicas_claiming_from_many_threads_run_every_job_exactly_once(replicas: list[Database]) -> None:
     ids = enqueue_all(replicas[0], JOBS)
     queues = [JobQueue(db, TABLE, SystemClock(), f"replica-{n}") for n, db in enumerate(replicas)]
     ran: Counter[str] = Counter()
@@ -86,7 +87,7 @@ def test_replicas_claiming_from_many_threads_run_every_job_exactly_once(replicas
     assert count(db, TABLE, TABLE.c.state == "DONE", TABLE.c.attempts == 1) == JOBS
 
 
-async def test_workers_on_two_replicas_run_every_job_once_and_retry_the_failures(replicas):
+async def test_workers_on_two_replicas_run_every_job_once_and_retry_the_failures(replicas: list[Database]) -> None:
     ids = enqueue_all(replicas[0], 40)
     flaky = set(ids[::10])  # these fail their first attempt
     runs: Counter[str] = Counter()

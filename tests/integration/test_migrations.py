@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +31,7 @@ NOW = datetime(2026, 11, 28, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(database_url):
+def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     yield database
     database.dispose()
@@ -47,14 +48,14 @@ def upgrade_to(db: Database, context: str, revision: str) -> None:
 
 
 @pytest.mark.parametrize("context", CONTEXTS)
-def test_every_model_change_has_its_migration(db, context):
+def test_every_model_change_has_its_migration(db: Database, context: str) -> None:
     """`alembic check`: the newest revision builds exactly the tables the models describe."""
     migrate_context(db, context)
     with db.engine.begin() as connection:
         command.check(config(CONTEXTS[context][0], context, connection))  # raises when they differ
 
 
-def test_all_four_contexts_migrate_side_by_side_in_one_database(db):
+def test_all_four_contexts_migrate_side_by_side_in_one_database(db: Database) -> None:
     """Each context keeps its own version table, so they can even share a database."""
     for context in CONTEXTS:
         migrate_context(db, context)
@@ -63,7 +64,7 @@ def test_all_four_contexts_migrate_side_by_side_in_one_database(db):
     assert {t.name for _, tables in CONTEXTS.values() for t in tables} <= names
 
 
-def test_a_database_at_the_first_revision_with_rows_is_upgraded_and_keeps_them(db):
+def test_a_database_at_the_first_revision_with_rows_is_upgraded_and_keeps_them(db: Database) -> None:
     upgrade_to(db, "billing", BASELINE)
     upgrade_to(db, "sharing", BASELINE)
     with db.engine.begin() as connection:
@@ -88,7 +89,7 @@ def test_a_database_at_the_first_revision_with_rows_is_upgraded_and_keeps_them(d
         assert connection.execute(text("SELECT count(*) FROM sharing_request")).scalar_one() == 0
 
 
-def test_tables_made_before_migrations_existed_are_adopted_not_recreated(db):
+def test_tables_made_before_migrations_existed_are_adopted_not_recreated(db: Database) -> None:
     """A database of the release before migrations (tables made by create_all, no version table)."""
     upgrade_to(db, "billing", BASELINE)
     with db.engine.begin() as connection:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -23,8 +22,10 @@ from chassis import tracing
 from gateway.adapters.tables import JOBS
 from gateway.bootstrap import open_database
 from gateway.service_layer import background
-from tests.conftest import rich_status
-from tests.integration.cloud import SERVICES, start_services
+from gateway.service_layer.dependencies import Dependencies, ReferenceData
+from tests.conftest import ServerFactory, rich_status
+from tests.integration.cloud import SERVICES, run_request, start_services
+from tests.unit.gateway_fakes import FakeBilling, FakeCatalog, FakeSharing
 
 UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
 INTERNAL = {"catalog": "cloudimg.catalog.v1.CatalogService", "sharing": "cloudimg.sharing.v1.SharingService",
@@ -47,7 +48,8 @@ def _service(span: ReadableSpan) -> str:
     return str((span.attributes or {}).get("rpc.service", ""))
 
 
-async def test_a_launch_is_one_trace_across_the_four_services(serve, tmp_path: Path, spans):
+async def test_a_launch_is_one_trace_across_the_four_services(serve: ServerFactory, tmp_path: Path,
+                                                              spans: InMemorySpanExporter) -> None:
     urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in SERVICES}
     addrs, keys = await start_services(serve, urls)
     auth = (("authorization", f"Bearer {keys['alice']}"),)
@@ -68,7 +70,8 @@ async def test_a_launch_is_one_trace_across_the_four_services(serve, tmp_path: P
     for name, service in INTERNAL.items():
         clients = [s for s in in_trace if s.kind is SpanKind.CLIENT and _service(s) == service]
         servers = [s for s in in_trace if s.kind is SpanKind.SERVER and _service(s) == service]
-        assert clients and servers, f"no {name} spans in the launch's trace"
+        assert clients, f"no {name} client spans in the launch's trace"
+        assert servers, f"no {name} server spans in the launch's trace"
         # Each downstream server span is the child of a gateway client span, which is under the public call.
         client_ids = {c.context.span_id for c in clients}
         assert all(s.parent is not None and s.parent.span_id in client_ids for s in servers)
@@ -95,7 +98,8 @@ async def test_a_launch_is_one_trace_across_the_four_services(serve, tmp_path: P
     assert rich_status(refused.value)[1].reason
 
 
-async def test_launches_are_counted_by_outcome_and_running_instances_counted_now_and_then(serve, tmp_path: Path):
+async def test_launches_are_counted_by_outcome_and_running_instances_counted_now_and_then(
+        serve: ServerFactory, tmp_path: Path) -> None:
     urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in SERVICES}
     addrs, keys = await start_services(serve, urls)
     auth = (("authorization", f"Bearer {keys['alice']}"),)
@@ -106,17 +110,19 @@ async def test_launches_are_counted_by_outcome_and_running_instances_counted_now
     before = {outcome: launches(outcome) for outcome in ("launched", "refused", "dry_run")}
     async with grpc.aio.insecure_channel(addrs["gateway"]) as channel:
         stub = pb_grpc.InstanceServiceStub(channel)
-        request = dict(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4", instance_count=3)
-        await stub.RunInstances(pb.RunInstancesRequest(**request), metadata=auth)
-        await stub.RunInstances(pb.RunInstancesRequest(**request, dry_run=True), metadata=auth)
+        await stub.RunInstances(run_request(instance_count=3), metadata=auth)
+        await stub.RunInstances(run_request(instance_count=3, dry_run=True), metadata=auth)
         with pytest.raises(grpc.aio.AioRpcError):
-            await stub.RunInstances(pb.RunInstancesRequest(**{**request, "image_id": "img-zzzzzzzz"}), metadata=auth)
+            await stub.RunInstances(run_request(instance_count=3, image_id="img-zzzzzzzz"), metadata=auth)
     assert {outcome: launches(outcome) - before[outcome] for outcome in before} == \
         {"launched": 1, "refused": 1, "dry_run": 1}
 
     db, new_uow = open_database(urls["gateway"])
     try:
-        await background.measure_instances(SimpleNamespace(new_uow=new_uow))
+        # Only the unit of work is read: the contexts are the unit tests' fakes.
+        catalog, billing = FakeCatalog(), FakeBilling()
+        deps = Dependencies(catalog, FakeSharing(), billing, ReferenceData(catalog, billing), new_uow)
+        await background.measure_instances(deps)
     finally:
         db.dispose()
     assert REGISTRY.get_sample_value("cloudimg_instances_running") == 3

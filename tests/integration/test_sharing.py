@@ -5,6 +5,7 @@ and with two replicas on one database."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from sharing_service.adapters.tables import IMAGE_LOCKS, REQUESTS, SHARES
 from sharing_service.bootstrap import bootstrap
 from sharing_service.domain.model import MAX_SHARES_PER_IMAGE
 from sharing_service.settings import SharingSettings
-from tests.conftest import ALICE, BOB, CAROL, INTERNAL_TOKEN, internal_metadata, rich_status
+from tests.conftest import ALICE, BOB, CAROL, ServerFactory, Spawn, internal_metadata, rich_status
+from tests.integration.cloud import INTERNAL_SECRET
 
 IMAGE = pb.ImageRef(image_id="img-share001", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
                     owner_account_id=ALICE, launchable_state=True)
@@ -28,16 +30,16 @@ def account(n: int) -> str:
     return f"{300000000000 + n}"
 
 
-async def replicas(serve, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
-    stubs = []
+async def replicas(serve: ServerFactory, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
+    stubs: list[pb_grpc.SharingServiceStub] = []
     for _ in range(count):
-        addr = await serve(bootstrap, SharingSettings(database_url=database_url, internal_token=INTERNAL_TOKEN))
+        addr = await serve(bootstrap, SharingSettings(database_url=database_url, internal_token=INTERNAL_SECRET))
         stubs.append(pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(addr)))
     return stubs
 
 
 @pytest.fixture
-async def sharing(serve, database_url: str) -> pb_grpc.SharingServiceStub:
+async def sharing(serve: ServerFactory, database_url: str) -> pb_grpc.SharingServiceStub:
     return (await replicas(serve, database_url, 1))[0]
 
 
@@ -48,7 +50,7 @@ async def trust(stub: pb_grpc.SharingServiceStub, recipient: str, *owners: str) 
                                  metadata=internal_metadata(recipient))
 
 
-async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing):
+async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing: pb_grpc.SharingServiceStub) -> None:
     await trust(sharing, BOB, ALICE)
     for _ in range(2):
         response = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, BOB]),
@@ -78,7 +80,7 @@ async def test_share_is_idempotent_and_launchable_by_the_recipient(sharing):
     assert not verdict.allowed
 
 
-async def test_refusals(sharing):
+async def test_refusals(sharing: pb_grpc.SharingServiceStub) -> None:
     cases = [
         (ALICE, pb.ShareImageRequest(image=IMAGE, account_ids=[ALICE]), grpc.StatusCode.INVALID_ARGUMENT,
          "CANNOT_SHARE_WITH_OWNER"),
@@ -98,7 +100,7 @@ async def test_refusals(sharing):
         assert (refused.value.code(), rich_status(refused.value)[1].reason) == (code, reason)
 
 
-async def test_the_51st_account_is_refused_and_nothing_is_half_written(sharing):
+async def test_the_51st_account_is_refused_and_nothing_is_half_written(sharing: pb_grpc.SharingServiceStub) -> None:
     await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[account(i) for i in range(49)]),
                              metadata=internal_metadata(ALICE))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -141,7 +143,8 @@ async def _race_to_the_limit(stubs: list[pb_grpc.SharingServiceStub], database_u
                                   metadata=internal_metadata(ALICE), timeout=60)
             return "OK"
         except grpc.aio.AioRpcError as exc:
-            return exc.code().name
+            code: str = exc.code().name
+            return code
 
     outcomes = await asyncio.gather(*(share(n) for n in range(80)))
     assert outcomes.count("OK") == MAX_SHARES_PER_IMAGE - len(earlier)
@@ -158,24 +161,25 @@ async def _race_to_the_limit(stubs: list[pb_grpc.SharingServiceStub], database_u
     assert all(states[account(n)] == ("ACCEPTED" if n % 4 == 0 else "PENDING") for n in winners)
 
 
-def process_replicas(spawn, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
+def process_replicas(spawn: Spawn, database_url: str, count: int) -> list[pb_grpc.SharingServiceStub]:
     """Replicas as real processes: within one process, handlers never interleave inside a transaction."""
     addrs = [spawn("sharing", {"SHARING_DATABASE_URL": database_url}).addr for _ in range(count)]
     return [pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(addr)) for addr in addrs]
 
 
-async def test_the_limit_holds_under_concurrency_on_sqlite_across_replicas(spawn, tmp_path: Path):
+async def test_the_limit_holds_under_concurrency_on_sqlite_across_replicas(spawn: Spawn, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sharing.db"
     await _race_to_the_limit(process_replicas(spawn, url, 2), url)
 
 
 @pytest.mark.postgres
-async def test_the_limit_holds_under_concurrency_on_postgres_across_replicas(spawn, postgres_database):
+async def test_the_limit_holds_under_concurrency_on_postgres_across_replicas(
+        spawn: Spawn, postgres_database: Callable[[], str]) -> None:
     url = postgres_database()
     await _race_to_the_limit(process_replicas(spawn, url, 2), url)
 
 
-async def test_a_delayed_retry_does_not_share_again_after_an_unshare(sharing):
+async def test_a_delayed_retry_does_not_share_again_after_an_unshare(sharing: pb_grpc.SharingServiceStub) -> None:
     """The finding: share with r1, unshare with r2, then a late retry of r1 must not grant access again."""
     first = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r1"),
                                      metadata=internal_metadata(ALICE))
@@ -193,7 +197,7 @@ async def test_a_delayed_retry_does_not_share_again_after_an_unshare(sharing):
     assert not verdict.allowed
 
 
-async def test_the_same_accounts_in_another_order_are_the_same_request(sharing):
+async def test_the_same_accounts_in_another_order_are_the_same_request(sharing: pb_grpc.SharingServiceStub) -> None:
     first = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, CAROL], request_id="r1"),
                                      metadata=internal_metadata(ALICE))
     await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[CAROL]),
@@ -204,14 +208,14 @@ async def test_the_same_accounts_in_another_order_are_the_same_request(sharing):
     assert len(first.shares) == 2
 
 
-async def test_an_empty_request_id_asks_for_no_idempotency(sharing):
+async def test_an_empty_request_id_asks_for_no_idempotency(sharing: pb_grpc.SharingServiceStub) -> None:
     for call in ("ShareImage", "UnshareImage", "ShareImage"):
         request = getattr(pb, f"{call}Request")(image=IMAGE, account_ids=[BOB])
         response = await getattr(sharing, call)(request, metadata=internal_metadata(ALICE))
     assert [s.recipient_account_id for s in response.shares] == [BOB]
 
 
-async def test_a_request_id_reused_with_other_parameters_is_refused(sharing):
+async def test_a_request_id_reused_with_other_parameters_is_refused(sharing: pb_grpc.SharingServiceStub) -> None:
     await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r1"),
                              metadata=internal_metadata(ALICE))
     other_image = pb.ImageRef(image_id="img-share002", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
@@ -239,20 +243,23 @@ async def test_a_request_id_reused_with_other_parameters_is_refused(sharing):
 async def _race_one_request_id(stubs: list[pb_grpc.SharingServiceStub], database_url: str) -> None:
     """20 retries of one share (r-share) race 20 retries of one unshare (r-unshare) over the replicas: each
     request runs once, so every retry of it hears the same answer, and the share is created at most once."""
-    async def call(n: int) -> object:
+    async def call(n: int) -> pb.ShareImageResponse | pb.UnshareImageResponse:
         stub = stubs[n % len(stubs)]
         if n % 2:
-            return await stub.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB],
-                                                                  request_id="r-unshare"),
-                                           metadata=internal_metadata(ALICE), timeout=60)
-        return await stub.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r-share"),
-                                     metadata=internal_metadata(ALICE), timeout=60)
+            unshared: pb.UnshareImageResponse = await stub.UnshareImage(
+                pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r-unshare"),
+                metadata=internal_metadata(ALICE), timeout=60)
+            return unshared
+        shared: pb.ShareImageResponse = await stub.ShareImage(
+            pb.ShareImageRequest(image=IMAGE, account_ids=[BOB], request_id="r-share"),
+            metadata=internal_metadata(ALICE), timeout=60)
+        return shared
 
     answers = await asyncio.gather(*(call(n) for n in range(40)))
     shared, unshared = answers[0::2], answers[1::2]
     assert all(a == shared[0] for a in shared)
     assert all(a == unshared[0] for a in unshared)
-    assert [s.recipient_account_id for s in shared[0].shares] == [BOB]  # type: ignore[attr-defined]
+    assert [s.recipient_account_id for s in shared[0].shares] == [BOB]
     engine = create_engine(database_url)
     with engine.connect() as conn:
         share_rows = conn.execute(select(SHARES.c.create_time).where(SHARES.c.image_id == IMAGE.image_id)).all()
@@ -264,17 +271,18 @@ async def _race_one_request_id(stubs: list[pb_grpc.SharingServiceStub], database
     if share_rows:
         created = share_rows[0][0]  # naive UTC from SQLite, aware from PostgreSQL
         assert created.replace(tzinfo=created.tzinfo or UTC) == \
-            shared[0].shares[0].create_time.ToDatetime(UTC)  # type: ignore[attr-defined]
-    assert len(unshared[0].shares) == 0  # type: ignore[attr-defined]
+            shared[0].shares[0].create_time.ToDatetime(UTC)
+    assert len(unshared[0].shares) == 0
 
 
-async def test_one_request_id_runs_once_across_replicas_on_sqlite(spawn, tmp_path: Path):
+async def test_one_request_id_runs_once_across_replicas_on_sqlite(spawn: Spawn, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sharing.db"
     await _race_one_request_id(process_replicas(spawn, url, 2), url)
 
 
 @pytest.mark.postgres
-async def test_one_request_id_runs_once_across_replicas_on_postgres(spawn, postgres_database):
+async def test_one_request_id_runs_once_across_replicas_on_postgres(
+        spawn: Spawn, postgres_database: Callable[[], str]) -> None:
     url = postgres_database()
     await _race_one_request_id(process_replicas(spawn, url, 2), url)
 
@@ -283,7 +291,8 @@ def expect_refusal(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
     return error.code(), rich_status(error)[1].reason
 
 
-async def test_an_image_is_retired_only_without_shares_and_is_not_shared_while_held(sharing):
+async def test_an_image_is_retired_only_without_shares_and_is_not_shared_while_held(
+        sharing: pb_grpc.SharingServiceStub) -> None:
     await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await sharing.RetireImage(pb.RetireImageRequest(image=IMAGE), metadata=internal_metadata(ALICE))
@@ -321,16 +330,16 @@ def race_image(n: int) -> pb.ImageRef:
 async def _race_share_and_retire(stubs: list[pb_grpc.SharingServiceStub], database_url: str) -> None:
     """50 rounds, each on a fresh image: a ShareImage and a RetireImage race on two replicas. One of them
     goes first, and the other is refused; never do both succeed, and the rows agree with the answers."""
-    async def outcome(call: object) -> str:
+    async def outcome(call: Awaitable[object]) -> str:
         try:
-            await call  # type: ignore[misc]
+            await call
             return "OK"
         except grpc.aio.AioRpcError as exc:
             code, reason = expect_refusal(exc)
             assert code == grpc.StatusCode.FAILED_PRECONDITION
             return reason
 
-    winners = {}
+    winners: dict[str, str] = {}
     for n in range(50):
         image = race_image(n)
         share, retire = await asyncio.gather(
@@ -343,7 +352,8 @@ async def _race_share_and_retire(stubs: list[pb_grpc.SharingServiceStub], databa
         winners[image.image_id] = "share" if share == "OK" else "retire"
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        shared = dict(conn.execute(select(SHARES.c.image_id, func.count()).group_by(SHARES.c.image_id)).all())
+        shared: dict[str, int] = dict(conn.execute(select(SHARES.c.image_id, func.count())
+                                                   .group_by(SHARES.c.image_id)).all())
         held = {r[0] for r in conn.execute(select(IMAGE_LOCKS.c.image_id)
                                            .where(IMAGE_LOCKS.c.retired_until.is_not(None)))}
     engine.dispose()
@@ -351,28 +361,32 @@ async def _race_share_and_retire(stubs: list[pb_grpc.SharingServiceStub], databa
     assert held == {i for i, w in winners.items() if w == "retire"}
 
 
-async def test_a_share_and_a_delete_never_both_win_on_sqlite_across_replicas(spawn, tmp_path: Path):
+async def test_a_share_and_a_delete_never_both_win_on_sqlite_across_replicas(spawn: Spawn, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sharing.db"
     await _race_share_and_retire(process_replicas(spawn, url, 2), url)
 
 
 @pytest.mark.postgres
-async def test_a_share_and_a_delete_never_both_win_on_postgres_across_replicas(spawn, postgres_database):
+async def test_a_share_and_a_delete_never_both_win_on_postgres_across_replicas(
+        spawn: Spawn, postgres_database: Callable[[], str]) -> None:
     url = postgres_database()
     await _race_share_and_retire(process_replicas(spawn, url, 2), url)
 
 
-def states_of(shares) -> dict[str, str]:
+def states_of(shares: Iterable[pb.Share]) -> dict[str, str]:
     return {s.recipient_account_id: pb.ShareState.Name(s.state).removeprefix("SHARE_STATE_") for s in shares}
 
 
 async def decide(stub: pb_grpc.SharingServiceStub, rpc: str, caller: str, image_id: str = IMAGE.image_id,
-                 request_id: str = "", **call) -> pb.Share:
+                 request_id: str = "", timeout: float | None = None) -> pb.Share:
+    """AcceptImageShare or RejectImageShare (``rpc``) of the caller."""
     request = getattr(pb, f"{rpc}Request")(image_id=image_id, request_id=request_id)
-    return (await getattr(stub, rpc)(request, metadata=internal_metadata(caller), **call)).share
+    share: pb.Share = (await getattr(stub, rpc)(request, metadata=internal_metadata(caller), timeout=timeout)).share
+    return share
 
 
-async def test_a_share_arrives_accepted_from_a_trusted_owner_and_pending_from_anyone_else(sharing):
+async def test_a_share_arrives_accepted_from_a_trusted_owner_and_pending_from_anyone_else(
+        sharing: pb_grpc.SharingServiceStub) -> None:
     await trust(sharing, BOB, CAROL, ALICE)
     await trust(sharing, CAROL, account(1))  # trusts someone else
     shared = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, CAROL, account(2)]),
@@ -385,7 +399,7 @@ async def test_a_share_arrives_accepted_from_a_trusted_owner_and_pending_from_an
         (True, False, pb.LAUNCH_BASIS_SHARE_PENDING, pb.SHARE_STATE_PENDING)]
 
 
-async def test_sharing_again_keeps_every_share_s_state(sharing):
+async def test_sharing_again_keeps_every_share_s_state(sharing: pb_grpc.SharingServiceStub) -> None:
     await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB, CAROL]),
                              metadata=internal_metadata(ALICE))
     await decide(sharing, "RejectImageShare", CAROL)
@@ -396,7 +410,7 @@ async def test_sharing_again_keeps_every_share_s_state(sharing):
     assert states_of(again.shares) == {BOB: "PENDING", CAROL: "REJECTED", account(1): "PENDING"}
 
 
-async def test_the_recipient_accepts_and_rejects_a_share(sharing):
+async def test_the_recipient_accepts_and_rejects_a_share(sharing: pb_grpc.SharingServiceStub) -> None:
     shared = await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]),
                                       metadata=internal_metadata(ALICE))
     created = shared.shares[0].create_time
@@ -421,7 +435,7 @@ async def test_the_recipient_accepts_and_rejects_a_share(sharing):
     assert states_of(owners_view.shares) == {BOB: "ACCEPTED", CAROL: "REJECTED"}
 
 
-async def test_a_decision_is_idempotent_by_request_id(sharing):
+async def test_a_decision_is_idempotent_by_request_id(sharing: pb_grpc.SharingServiceStub) -> None:
     await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
     other = pb.ImageRef(image_id="img-share002", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
                         owner_account_id=ALICE, launchable_state=True)
@@ -440,7 +454,8 @@ async def test_a_decision_is_idempotent_by_request_id(sharing):
         assert details[0].violations[0].subject == "request_id:d1"
 
 
-async def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_not_found(sharing):
+async def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_not_found(
+        sharing: pb_grpc.SharingServiceStub) -> None:
     await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
     missing = "img-missing1"
 
@@ -452,7 +467,8 @@ async def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_n
         assert refused.value.details() == f"image {image_id} is not shared with you"
         assert (details[0].resource_type, details[0].resource_name) == ("image", image_id)
         # everything else byte for byte (the two ids have the same length)
-        return status.SerializeToString().replace(image_id.encode(), b"<image id>")
+        serialized: bytes = status.SerializeToString()
+        return serialized.replace(image_id.encode(), b"<image id>")
 
     for rpc in ("AcceptImageShare", "RejectImageShare"):
         answers = {await refusal(rpc, CAROL, IMAGE.image_id), await refusal(rpc, CAROL, missing),
@@ -465,7 +481,7 @@ async def test_a_missing_image_and_one_not_shared_with_the_caller_are_the_same_n
     assert details[0].field_violations[0].field == "image_id"
 
 
-async def test_an_unshared_image_is_gone_for_its_recipient_at_once(sharing):
+async def test_an_unshared_image_is_gone_for_its_recipient_at_once(sharing: pb_grpc.SharingServiceStub) -> None:
     await sharing.ShareImage(pb.ShareImageRequest(image=IMAGE, account_ids=[BOB]), metadata=internal_metadata(ALICE))
     await sharing.UnshareImage(pb.UnshareImageRequest(image=IMAGE, account_ids=[BOB]),
                                metadata=internal_metadata(ALICE))
@@ -478,7 +494,7 @@ async def test_an_unshared_image_is_gone_for_its_recipient_at_once(sharing):
     assert list(received.shares) == []
 
 
-async def test_received_shares_are_listed_by_state(sharing):
+async def test_received_shares_are_listed_by_state(sharing: pb_grpc.SharingServiceStub) -> None:
     images = [pb.ImageRef(image_id=f"img-recv000{n}", region="ap-guangzhou", kind=pb.IMAGE_KIND_CUSTOM,
                           owner_account_id=ALICE, launchable_state=True) for n in range(3)]
     for image in images:
@@ -487,8 +503,9 @@ async def test_received_shares_are_listed_by_state(sharing):
     await decide(sharing, "AcceptImageShare", BOB, images[1].image_id)
     await decide(sharing, "RejectImageShare", BOB, images[2].image_id)
 
-    async def received(states, page_size=0, page_token=""):
-        r = await sharing.ListReceivedShares(pb.ListReceivedSharesRequest(
+    async def received(states: list[pb.ShareState.ValueType], page_size: int = 0, page_token: str = ""
+                       ) -> tuple[list[tuple[str, pb.ShareState.ValueType]], str]:
+        r: pb.ListReceivedSharesResponse = await sharing.ListReceivedShares(pb.ListReceivedSharesRequest(
             region="ap-guangzhou", states=states, page_size=page_size, page_token=page_token),
             metadata=internal_metadata(BOB))
         return [(s.image_id, s.state) for s in r.shares], r.next_page_token
@@ -504,7 +521,7 @@ async def test_received_shares_are_listed_by_state(sharing):
     assert await received(everything, 2, token) == ([rejected], "")
     for states, page_token, field in (([pb.SHARE_STATE_PENDING], token, "page_token"),
                                       ([pb.SHARE_STATE_UNSPECIFIED], "", "states[0]"),
-                                      ([pb.SHARE_STATE_PENDING, 9], "", "states[1]")):
+                                      ([pb.SHARE_STATE_PENDING, pb.ShareState.ValueType(9)], "", "states[1]")):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await received(states, 2, page_token)
         _status, _info, details = rich_status(refused.value)
@@ -529,12 +546,13 @@ async def _race_one_accept(stubs: list[pb_grpc.SharingServiceStub], database_url
     assert state == "ACCEPTED"
 
 
-async def test_one_accept_request_id_runs_once_across_replicas_on_sqlite(spawn, tmp_path: Path):
+async def test_one_accept_request_id_runs_once_across_replicas_on_sqlite(spawn: Spawn, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sharing.db"
     await _race_one_accept(process_replicas(spawn, url, 2), url)
 
 
 @pytest.mark.postgres
-async def test_one_accept_request_id_runs_once_across_replicas_on_postgres(spawn, postgres_database):
+async def test_one_accept_request_id_runs_once_across_replicas_on_postgres(
+        spawn: Spawn, postgres_database: Callable[[], str]) -> None:
     url = postgres_database()
     await _race_one_accept(process_replicas(spawn, url, 2), url)

@@ -14,9 +14,10 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -26,7 +27,7 @@ from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as pb_grpc
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import ColumnElement, Row, Table, create_engine, func, select
 
 import billing_service
 from billing_service.adapters.tables import CHARGES, SEGMENTS
@@ -38,8 +39,8 @@ from chassis.db import Database
 from chassis.migrations import migrate
 from gateway.adapters.tables import INSTANCES, JOBS, LAUNCHES
 from gateway.bootstrap import open_database
-from tests.conftest import ALICE, CAROL, internal_metadata
-from tests.integration.cloud import SERVICES, start_services
+from tests.conftest import ALICE, CAROL, ServerFactory, internal_metadata
+from tests.integration.cloud import INTERNAL_SECRET, SERVICES, start_services
 
 GZ, SH = "ap-guangzhou", "ap-shanghai"
 UBUNTU = seed_image_id(GZ, "ubuntu-2204-x86")
@@ -58,7 +59,7 @@ def urls(database_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> d
     return found
 
 
-def count(url: str, table, *where) -> int:
+def count(url: str, table: Table, *where: ColumnElement[bool]) -> int:
     engine = create_engine(url)
     with engine.connect() as connection:
         found = connection.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
@@ -73,7 +74,7 @@ async def until(condition: Callable[[], bool], seconds: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def old_request(client_token: str, instance_count: int) -> dict:
+def old_request(client_token: str, instance_count: int) -> dict[str, object]:
     """The launch request column as gateway/adapters/repository.py wrote it at 734d158, the release before
     432bc98: no image_allowed, no version."""
     return {"request": {"region": "ap-guangzhou", "image_id": UBUNTU, "instance_type": "S5.MEDIUM4",
@@ -109,7 +110,8 @@ OLD_LINES = [{"kind": "INSTANCE", "description": "S5.MEDIUM4 instance", "unit_pr
 
 
 def insert_old_launch(url: str, launch_id: str, client_token: str, instance_ids: list[str], state: str,
-                      quote: dict | None = None, charge_id: str = "", instances_state: str | None = None) -> None:
+                      quote: dict[str, object] | None = None, charge_id: str = "",
+                      instances_state: str | None = None) -> None:
     db, _ = open_database(url)  # today's schema, as the upgrade leaves it; the JSON is the old release's
     with db.engine.begin() as connection:
         connection.execute(LAUNCHES.insert().values(
@@ -143,7 +145,8 @@ def run_request(client_token: str, instance_count: int) -> pb.RunInstancesReques
                                   instance_count=instance_count, instance_name="old", client_token=client_token)
 
 
-async def test_a_launch_recorded_before_image_allowed_answers_its_retry_with_the_recorded_result(urls, serve):
+async def test_a_launch_recorded_before_image_allowed_answers_its_retry_with_the_recorded_result(
+        urls: dict[str, str], serve: ServerFactory) -> None:
     ids = ["ins-old00001", "ins-old00002"]
     insert_old_launch(urls["gateway"], "lch-old00001", "t-old", ids, "DONE", quote=OLD_QUOTE,
                       charge_id="chg-old00001", instances_state="RUNNING")
@@ -164,7 +167,7 @@ async def test_a_launch_recorded_before_image_allowed_answers_its_retry_with_the
 
 
 async def test_a_launch_left_pending_by_the_previous_release_is_settled_with_its_instances_and_one_charge(
-        urls, serve):
+        urls: dict[str, str], serve: ServerFactory) -> None:
     """Claimed by a gateway from before 432bc98 (no image_allowed in its request, no job, no instances yet),
     charged by billing under the repr() fingerprint, and its caller gone: the gateway's job worker settles it."""
     ids = ["ins-pend0001", "ins-pend0002"]
@@ -184,17 +187,17 @@ async def test_a_launch_left_pending_by_the_previous_release_is_settled_with_its
     assert count(urls["billing"], CHARGES) == 1
 
 
-async def test_billing_answers_a_retried_charge_whose_first_charge_has_the_old_fingerprint(urls, serve):
+async def test_billing_answers_a_retried_charge_whose_first_charge_has_the_old_fingerprint(
+        urls: dict[str, str], serve: ServerFactory) -> None:
     """The launch's CreateCharge retried after a deploy: the first charge (bare-list lines, repr() fingerprint)
     is the answer, not IDEMPOTENCY_PARAMETER_MISMATCH, which the gateway would take as a refusal."""
     from billing_service.bootstrap import bootstrap
     from billing_service.settings import BillingSettings
-    from tests.conftest import INTERNAL_TOKEN
 
     ids = ["ins-win00001", "ins-win00002"]
     insert_old_charge(urls["billing"], "chg-win00001", "lch-win00001", "img-win00001", "WINDOWS", "ap-singapore",
                       ids)
-    addr = await serve(bootstrap, BillingSettings(database_url=urls["billing"], internal_token=INTERNAL_TOKEN))
+    addr = await serve(bootstrap, BillingSettings(database_url=urls["billing"], internal_token=INTERNAL_SECRET))
     billing = billing_grpc.BillingServiceStub(grpc.aio.insecure_channel(addr))
     retried = billing_pb.CreateChargeRequest(
         launch=billing_pb.LaunchPricing(region="ap-singapore", instance_type="S5.MEDIUM4", instance_count=2,
@@ -211,12 +214,11 @@ async def test_billing_answers_a_retried_charge_whose_first_charge_has_the_old_f
     assert count(urls["billing"], CHARGES) == 1
 
 
-def insert_job(url: str, job_id: str, kind: str, subject: str, data: dict, tables=None) -> None:
+def insert_job(url: str, job_id: str, kind: str, subject: str, data: Mapping[str, object],
+               tables: Table | None = None) -> None:
     """A due, unclaimed job in the job table's envelope as every release wrote it (150e0ba on: version 1,
     compact, sorted keys), around ``data`` in the shape given."""
-    from sqlalchemy import Table
-
-    table: Table = JOBS if tables is None else tables
+    table = JOBS if tables is None else tables
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(table.insert().values(
@@ -227,7 +229,7 @@ def insert_job(url: str, job_id: str, kind: str, subject: str, data: dict, table
     engine.dispose()
 
 
-def job_row(url: str, table, job_id: str):
+def job_row(url: str, table: Table, job_id: str) -> Row[Any]:
     engine = create_engine(url)
     with engine.connect() as connection:
         found = connection.execute(select(table).where(table.c.job_id == job_id)).one()
@@ -243,7 +245,8 @@ def segment_end(url: str, instance_id: str) -> datetime | None:
     return None if end is None else (end if end.tzinfo else end.replace(tzinfo=UTC))
 
 
-async def test_an_end_usage_job_of_the_previous_release_ends_the_usage_and_a_newer_one_waits(urls, serve):
+async def test_an_end_usage_job_of_the_previous_release_ends_the_usage_and_a_newer_one_waits(
+        urls: dict[str, str], serve: ServerFactory) -> None:
     """Two instances terminated by the previous release, whose call could not tell billing. The end-usage job it
     enqueued (8fe2015 on: the job table's envelope, its data unversioned) ends its instance's usage at billing
     and is DONE; one a newer release wrote (data of version 2) is refused with UnknownVersion, tells billing
@@ -280,7 +283,7 @@ async def test_an_end_usage_job_of_the_previous_release_ends_the_usage_and_a_new
 
 
 # The catalog's job data as b0e6f8c enqueued it (unversioned, in the envelope), per kind.
-def old_catalog_job(kind: str, image_id: str, source_uri: str) -> dict:
+def old_catalog_job(kind: str, image_id: str, source_uri: str) -> dict[str, str]:
     ubuntu = seed_checksum("ubuntu-2204-x86")
     return {
         "create-image": {"image_id": image_id, "region": GZ, "checksum": ubuntu},
@@ -291,15 +294,15 @@ def old_catalog_job(kind: str, image_id: str, source_uri: str) -> dict:
 
 
 @pytest.fixture
-async def catalog(serve, urls: dict[str, str], tmp_path: Path):
+async def catalog(serve: ServerFactory, urls: dict[str, str],
+                  tmp_path: Path) -> AsyncIterator[tuple[catalog_grpc.CatalogServiceStub, Path]]:
     """A catalog on its own database, and where it imports from."""
     from catalog_service.bootstrap import bootstrap
     from catalog_service.settings import CatalogSettings
-    from tests.conftest import INTERNAL_TOKEN
 
     imports = tmp_path / "imports"
     imports.mkdir()
-    addr = await serve(bootstrap, CatalogSettings(database_url=urls["catalog"], internal_token=INTERNAL_TOKEN,
+    addr = await serve(bootstrap, CatalogSettings(database_url=urls["catalog"], internal_token=INTERNAL_SECRET,
                                                   image_store_dir=tmp_path / "images", import_root=imports))
     channel = grpc.aio.insecure_channel(addr)
     yield catalog_grpc.CatalogServiceStub(channel), imports
@@ -326,12 +329,13 @@ def add_busy_image(url: str, image_id: str, kind: str) -> None:
     db.dispose()
 
 
-async def image_of(stub, image_id: str, done: bool = True, seconds: float = 15.0):
+async def image_of(stub: catalog_grpc.CatalogServiceStub, image_id: str, done: bool = True,
+                   seconds: float = 15.0) -> catalog_pb.Image:
     busy = {catalog_pb.IMAGE_STATE_CREATING, catalog_pb.IMAGE_STATE_IMPORTING, catalog_pb.IMAGE_STATE_SYNCING}
     deadline = time.monotonic() + seconds
     while True:
-        image = (await stub.GetImage(catalog_pb.GetImageRequest(image_id=image_id),
-                                     metadata=internal_metadata(CAROL))).image
+        image: catalog_pb.Image = (await stub.GetImage(catalog_pb.GetImageRequest(image_id=image_id),
+                                                       metadata=internal_metadata(CAROL))).image
         if not done or image.state not in busy:
             return image
         assert time.monotonic() < deadline, f"{image_id} still busy"
@@ -339,7 +343,8 @@ async def image_of(stub, image_id: str, done: bool = True, seconds: float = 15.0
 
 
 @pytest.mark.parametrize("kind", ["create-image", "import-image", "sync-image"])
-async def test_a_catalog_job_of_the_previous_release_is_claimed_and_finishes_its_image(catalog, urls, kind):
+async def test_a_catalog_job_of_the_previous_release_is_claimed_and_finishes_its_image(
+        catalog: tuple[catalog_grpc.CatalogServiceStub, Path], urls: dict[str, str], kind: str) -> None:
     stub, imports = catalog
     disk = imports / "disk.raw"
     disk.write_bytes(b"\0" * (1 << 20))
@@ -356,7 +361,8 @@ async def test_a_catalog_job_of_the_previous_release_is_claimed_and_finishes_its
     assert job_row(urls["catalog"], CATALOG_JOBS, "job-old-catalog").state == "DONE"
 
 
-async def test_a_catalog_job_a_newer_release_wrote_is_refused_not_run(catalog, urls):
+async def test_a_catalog_job_a_newer_release_wrote_is_refused_not_run(
+        catalog: tuple[catalog_grpc.CatalogServiceStub, Path], urls: dict[str, str]) -> None:
     stub, _ = catalog
     add_busy_image(urls["catalog"], "img-new00001", "create-image")
     insert_job(urls["catalog"], "job-new-catalog", "create-image", "img-new00001",
@@ -388,7 +394,8 @@ def keep_catalog_answer(url: str, request_id: str, response: str) -> None:
     engine.dispose()
 
 
-async def test_a_catalog_answer_kept_by_the_previous_release_replays_and_a_newer_one_is_refused(catalog, urls):
+async def test_a_catalog_answer_kept_by_the_previous_release_replays_and_a_newer_one_is_refused(
+        catalog: tuple[catalog_grpc.CatalogServiceStub, Path], urls: dict[str, str]) -> None:
     """CreateImage answers kept by request_id as b0e6f8c wrote them (envelope version 1, the image's fields by
     name): a retry is answered with the image; one a newer release kept (version 2) is refused, nothing made."""
     stub, _ = catalog

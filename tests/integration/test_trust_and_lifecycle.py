@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 import pytest
@@ -22,21 +23,32 @@ from cloudimg.gateway.v1 import image_share_service_pb2_grpc as share_grpc
 from cloudimg.gateway.v1 import instance_service_pb2 as ins_pb
 from cloudimg.gateway.v1 import instance_service_pb2_grpc as ins_grpc
 from google.protobuf import field_mask_pb2
-from sqlalchemy import create_engine, func, select
+from google.protobuf.message import Message
+from sqlalchemy import ColumnElement, Table, create_engine, func, select
 
 from billing_service.adapters.tables import CHARGES
 from catalog_service.domain.seed import seed_image_id
 from chassis.clients import Downstream
 from chassis.clock import FakeClock
 from chassis.convert import decimal_of
-from tests.conftest import ALICE, BOB, rich_status
-from tests.integration.cloud import SERVICES, start_gateway, start_services
+from tests.conftest import ALICE, BOB, ServerFactory, rich_status
+from tests.integration.cloud import SERVICES, RunOptions, start_gateway, start_services
 
 GZ, SG = "ap-guangzhou", "ap-singapore"
 UBUNTU = seed_image_id(GZ, "ubuntu-2204-x86")
 ALICE_WEB = seed_image_id(GZ, "alice-web")
 MODES = {"OFF": share_pb.TRUST_POLICY_MODE_OFF, "AUDIT": share_pb.TRUST_POLICY_MODE_AUDIT,
          "ENFORCE": share_pb.TRUST_POLICY_MODE_ENFORCE}
+
+
+class PolicyFields(TypedDict, total=False):
+    """The fields of a TrustPolicy that an update sends."""
+
+    trusted_account_ids: Iterable[str]
+    mode: share_pb.TrustPolicyMode.ValueType
+    allow_platform_images: bool
+    allowed_marketplace_providers: Iterable[str]
+    allowed_account_ids: Iterable[str]
 
 
 class Cloud:
@@ -51,34 +63,38 @@ class Cloud:
     def auth(self, who: str = "alice") -> tuple[tuple[str, str]]:
         return (("authorization", f"Bearer {self.keys[who]}"),)
 
-    async def refused(self, call: Any, request: Any, who: str = "alice") -> tuple[grpc.StatusCode, str]:
+    async def refused(self, call: Callable[..., Awaitable[object]], request: Message,
+                      who: str = "alice") -> tuple[grpc.StatusCode, str]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call(request, metadata=self.auth(who))
         return refused.value.code(), rich_status(refused.value)[1].reason
 
     async def launch(self, who: str = "alice", region: str = GZ, image_id: str = UBUNTU, count: int = 1,
-                     **more: Any) -> list[str]:
-        launched = await self.instances.RunInstances(ins_pb.RunInstancesRequest(
+                     **more: Unpack[RunOptions]) -> list[str]:
+        launched: ins_pb.RunInstancesResponse = await self.instances.RunInstances(ins_pb.RunInstancesRequest(
             region=region, image_id=image_id, instance_type="S5.MEDIUM4", instance_count=count, **more),
             metadata=self.auth(who))
         return list(launched.instance_ids)
 
-    async def policy(self, who: str, paths: list[str], **fields: Any) -> share_pb.TrustPolicy:
-        return (await self.shares.UpdateTrustPolicy(share_pb.UpdateTrustPolicyRequest(
-            policy=share_pb.TrustPolicy(**fields), update_mask=field_mask_pb2.FieldMask(paths=paths)),
-            metadata=self.auth(who))).policy
+    async def policy(self, who: str, paths: list[str], **fields: Unpack[PolicyFields]) -> share_pb.TrustPolicy:
+        response: share_pb.UpdateTrustPolicyResponse = await self.shares.UpdateTrustPolicy(
+            share_pb.UpdateTrustPolicyRequest(policy=share_pb.TrustPolicy(**fields),
+                                              update_mask=field_mask_pb2.FieldMask(paths=paths)),
+            metadata=self.auth(who))
+        return response.policy
 
-    async def charges(self, who: str = "alice", **filters: Any) -> list[account_pb.Charge]:
-        found, token = [], ""
+    async def charges(self, who: str = "alice", instance_id: str = "") -> list[account_pb.Charge]:
+        found: list[account_pb.Charge] = []
+        token = ""
         while True:
-            page = await self.accounts.ListCharges(account_pb.ListChargesRequest(page_token=token, **filters),
-                                                   metadata=self.auth(who))
+            page: account_pb.ListChargesResponse = await self.accounts.ListCharges(
+                account_pb.ListChargesRequest(page_token=token, instance_id=instance_id), metadata=self.auth(who))
             found += page.charges
             token = page.next_page_token
             if not token:
                 return found
 
-    def count(self, service: str, table: Any, *where: Any) -> int:
+    def count(self, service: str, table: Table, *where: ColumnElement[bool]) -> int:
         engine = create_engine(self.urls[service])
         with engine.connect() as conn:
             found = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
@@ -101,18 +117,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def cloud(serve, urls, clock) -> Cloud:
+async def cloud(serve: ServerFactory, urls: dict[str, str], clock: FakeClock) -> Cloud:
     # Usage is settled when the instances end, here: the periodic settlement waits longer than any test runs.
     addrs, keys = await start_services(serve, urls, clock=clock,
                                        billing_settings={"usage_settle_interval_seconds": 3600})
     return Cloud(addrs["gateway"], keys, urls, addrs)
 
 
-async def test_the_acceptance_and_trust_matrix(cloud):
+async def test_the_acceptance_and_trust_matrix(cloud: Cloud) -> None:
     """{owner trusted, untrusted} × {on the allow-list, not} × {OFF, AUDIT, ENFORCE} × {launch, reset, quote, list},
     as bob, for alice's image shared with him."""
     (bobs_instance,) = await cloud.launch("bob")
-    seen = []
+    seen: list[tuple[tuple[bool, str, bool], str]] = []
     for trusted in (True, False):
         await cloud.policy("bob", ["trusted_account_ids"], trusted_account_ids=[ALICE] if trusted else [])
         await cloud.shares.UnshareImage(share_pb.UnshareImageRequest(image_id=ALICE_WEB, account_ids=[BOB]),
@@ -164,7 +180,7 @@ async def test_the_acceptance_and_trust_matrix(cloud):
     assert await cloud.launch("alice", image_id=ALICE_WEB)
 
 
-async def test_a_rejected_share_is_listed_only_when_asked_for_and_can_be_accepted_later(cloud):
+async def test_a_rejected_share_is_listed_only_when_asked_for_and_can_be_accepted_later(cloud: Cloud) -> None:
     await cloud.shares.ShareImage(share_pb.ShareImageRequest(image_id=ALICE_WEB, account_ids=[BOB]),
                                   metadata=cloud.auth())
     rejected = await cloud.shares.RejectImageShare(share_pb.RejectImageShareRequest(image_id=ALICE_WEB),
@@ -202,10 +218,11 @@ async def test_a_rejected_share_is_listed_only_when_asked_for_and_can_be_accepte
     assert still.instance.state == ins_pb.INSTANCE_STATE_RUNNING
 
 
-async def test_every_new_rpc_answers_a_stranger_as_it_answers_a_missing_id(cloud):
+async def test_every_new_rpc_answers_a_stranger_as_it_answers_a_missing_id(cloud: Cloud) -> None:
     (alices,) = await cloud.launch("alice")
     missing_instance, missing_image = "ins-zz000000", "img-zz000000"
-    calls = [
+    # Each RPC, its request for an id, a stranger's id and a missing one.
+    calls: list[tuple[Callable[..., Awaitable[object]], Callable[[str], Message], str, str]] = [
         (cloud.instances.TerminateInstances, lambda i: ins_pb.TerminateInstancesRequest(instance_ids=[i]), alices,
          missing_instance),
         (cloud.instances.ResetInstance, lambda i: ins_pb.ResetInstanceRequest(instance_id=i, image_id=UBUNTU),
@@ -222,7 +239,7 @@ async def test_every_new_rpc_answers_a_stranger_as_it_answers_a_missing_id(cloud
          missing_image),
     ]
     for call, request, strangers, missing in calls:
-        answers = []
+        answers: list[tuple[grpc.StatusCode, str, bytes]] = []
         for target in (strangers, missing):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call(request(target), metadata=cloud.auth("bob"))
@@ -239,7 +256,7 @@ async def test_every_new_rpc_answers_a_stranger_as_it_answers_a_missing_id(cloud
     assert still.instance.state == ins_pb.INSTANCE_STATE_RUNNING
 
 
-async def test_terminate_and_reset_racing_on_two_replicas_happen_once(serve, cloud):
+async def test_terminate_and_reset_racing_on_two_replicas_happen_once(serve: ServerFactory, cloud: Cloud) -> None:
     other = Cloud(await start_gateway(serve, cloud.urls["gateway"], cloud.addrs), cloud.keys, cloud.urls, cloud.addrs)
     windows = seed_image_id(GZ, "windows-2022-x86")
     first, second = await cloud.launch(count=2)
@@ -263,7 +280,7 @@ async def test_terminate_and_reset_racing_on_two_replicas_happen_once(serve, clo
         instance_id=first, image_id=UBUNTU)) == (grpc.StatusCode.FAILED_PRECONDITION, "INSTANCE_TERMINATED")
 
 
-async def test_usage_is_metered_per_started_hour_and_a_reset_changes_the_price(cloud, clock):
+async def test_usage_is_metered_per_started_hour_and_a_reset_changes_the_price(cloud: Cloud, clock: FakeClock) -> None:
     windows = seed_image_id(SG, "windows-2022-x86")
     linux = seed_image_id(SG, "ubuntu-2204-x86")
     prices = {(p.kind, p.instance_type): decimal_of(p.unit_price) for p in (await cloud.instances.ListPrices(
@@ -302,7 +319,7 @@ async def test_usage_is_metered_per_started_hour_and_a_reset_changes_the_price(c
     assert [c.charge_id for c in await cloud.charges()] == [c.charge_id for c in everything]
 
 
-async def test_prepaid_instances_pay_their_period_at_launch_and_no_usage(cloud, clock):
+async def test_prepaid_instances_pay_their_period_at_launch_and_no_usage(cloud: Cloud, clock: FakeClock) -> None:
     (prepaid,) = await cloud.launch(charge_type=ins_pb.CHARGE_TYPE_PREPAID, period_months=3)
     clock.advance(hours=100)
     await cloud.instances.TerminateInstances(ins_pb.TerminateInstancesRequest(instance_ids=[prepaid]),
@@ -310,7 +327,7 @@ async def test_prepaid_instances_pay_their_period_at_launch_and_no_usage(cloud, 
     assert [c.kind for c in await cloud.charges(instance_id=prepaid)] == [account_pb.CHARGE_KIND_LAUNCH]
 
 
-async def test_a_policy_change_applies_to_the_next_call_on_another_replica(serve, cloud):
+async def test_a_policy_change_applies_to_the_next_call_on_another_replica(serve: ServerFactory, cloud: Cloud) -> None:
     other = Cloud(await start_gateway(serve, cloud.urls["gateway"], cloud.addrs), cloud.keys, cloud.urls, cloud.addrs)
     await cloud.policy("bob", ["trusted_account_ids"], trusted_account_ids=[ALICE])
     await cloud.shares.ShareImage(share_pb.ShareImageRequest(image_id=ALICE_WEB, account_ids=[BOB]),
@@ -324,7 +341,7 @@ async def test_a_policy_change_applies_to_the_next_call_on_another_replica(serve
     assert await other.launch("bob", image_id=ALICE_WEB)
 
 
-async def test_a_trust_policy_is_read_back_and_refused_when_malformed(cloud):
+async def test_a_trust_policy_is_read_back_and_refused_when_malformed(cloud: Cloud) -> None:
     default = (await cloud.shares.GetTrustPolicy(share_pb.GetTrustPolicyRequest(), metadata=cloud.auth())).policy
     assert (default.mode, default.allow_platform_images, default.HasField("update_time")) == (
         share_pb.TRUST_POLICY_MODE_OFF, True, False)
@@ -333,13 +350,14 @@ async def test_a_trust_policy_is_read_back_and_refused_when_malformed(cloud):
     assert (list(changed.trusted_account_ids), changed.mode, list(changed.allowed_marketplace_providers)) == (
         [BOB], share_pb.TRUST_POLICY_MODE_AUDIT, ["Bitnami"])
     assert changed.HasField("update_time")
-    for paths, fields, reason in (
+    malformed: list[tuple[list[str], PolicyFields, str]] = [
         (["owner"], {}, "INVALID_UPDATE_MASK"),
         (["mode"], {}, "MODE_REQUIRED"),
         (["trusted_account_ids"], {"trusted_account_ids": ["nope"]}, "INVALID_ACCOUNT_ID"),
         (["trusted_account_ids"], {"trusted_account_ids": [f"{300000000000 + n}" for n in range(201)]},
          "TOO_MANY_TRUSTED_ACCOUNTS"),
-    ):
+    ]
+    for paths, fields, reason in malformed:
         assert await cloud.refused(cloud.shares.UpdateTrustPolicy, share_pb.UpdateTrustPolicyRequest(
             policy=share_pb.TrustPolicy(**fields), update_mask=field_mask_pb2.FieldMask(paths=paths))) == (
             grpc.StatusCode.INVALID_ARGUMENT, reason)
@@ -347,7 +365,8 @@ async def test_a_trust_policy_is_read_back_and_refused_when_malformed(cloud):
     assert read_back.policy == changed
 
 
-async def test_a_page_of_50_images_costs_the_downstream_calls_of_a_page_of_1(serve, tmp_path, monkeypatch):
+async def test_a_page_of_50_images_costs_the_downstream_calls_of_a_page_of_1(
+        serve: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in SERVICES}
     addrs, keys = await start_services(serve, urls, catalog_settings={"custom_image_quota": 100,
                                                                       "daily_operation_quota": 100})
@@ -359,12 +378,12 @@ async def test_a_page_of_50_images_costs_the_downstream_calls_of_a_page_of_1(ser
     calls: list[str] = []
     original = Downstream.call
 
-    async def counted(self, method, request):
+    async def counted(self: Downstream, method: Any, request: Message) -> Any:
         calls.append(f"{self.name}.{method._method.decode().rsplit('/', 1)[-1]}")
         return await original(self, method, request)
 
     monkeypatch.setattr(Downstream, "call", counted)
-    seen = {}
+    seen: dict[int, list[str]] = {}
     for size in (1, 50):
         calls.clear()
         page = await cloud.images.ListImages(pb.ListImagesRequest(region=GZ, page_size=size), metadata=cloud.auth())

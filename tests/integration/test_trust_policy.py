@@ -6,25 +6,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypedDict, Unpack
 
 import grpc
 import pytest
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
-from sqlalchemy import Engine, create_engine, event, func, make_url, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, make_url, select
+from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
 from sharing_service.adapters.tables import REQUESTS, TRUST_ENTRIES, TRUST_POLICIES
-from tests.conftest import ALICE, BOB, CAROL, internal_metadata, rich_status
+from tests.conftest import ALICE, BOB, CAROL, ServerFactory, Spawn, internal_metadata, rich_status
 from tests.integration.test_sharing import process_replicas, replicas
 
 REGION = "ap-guangzhou"
 DAVE = "100000000004"
 
 
+class PolicyFields(TypedDict, total=False):
+    """The fields of a TrustPolicy that an update sends."""
+
+    trusted_account_ids: Iterable[str]
+    mode: pb.TrustPolicyMode.ValueType
+    allow_platform_images: bool
+    allowed_marketplace_providers: Iterable[str]
+    allowed_account_ids: Iterable[str]
+
+
 @pytest.fixture
-async def pair(serve, database_url: str) -> list[pb_grpc.SharingServiceStub]:
+async def pair(serve: ServerFactory, database_url: str) -> list[pb_grpc.SharingServiceStub]:
     """Two replicas on one database."""
     return await replicas(serve, database_url, 2)
 
@@ -39,18 +51,22 @@ MARKET = pb.ImageRef(image_id="img-market01", region=REGION, kind=pb.IMAGE_KIND_
                      marketplace_provider="Bitnami", launchable_state=True)
 
 
-async def get(stub, caller: str = BOB) -> pb.TrustPolicy:
-    return (await stub.GetTrustPolicy(pb.GetTrustPolicyRequest(), metadata=internal_metadata(caller))).policy
+async def get(stub: pb_grpc.SharingServiceStub, caller: str = BOB) -> pb.TrustPolicy:
+    response: pb.GetTrustPolicyResponse = await stub.GetTrustPolicy(pb.GetTrustPolicyRequest(),
+                                                                    metadata=internal_metadata(caller))
+    return response.policy
 
 
-async def update(stub, paths: list[str], caller: str = BOB, request_id: str = "", **fields) -> pb.TrustPolicy:
-    response = await stub.UpdateTrustPolicy(pb.UpdateTrustPolicyRequest(
+async def update(stub: pb_grpc.SharingServiceStub, paths: list[str], caller: str = BOB, request_id: str = "",
+                 **fields: Unpack[PolicyFields]) -> pb.TrustPolicy:
+    response: pb.UpdateTrustPolicyResponse = await stub.UpdateTrustPolicy(pb.UpdateTrustPolicyRequest(
         policy=pb.TrustPolicy(**fields), update_paths=paths, request_id=request_id),
         metadata=internal_metadata(caller), timeout=60)
     return response.policy
 
 
-async def refused_update(stub, paths: list[str], **fields) -> tuple[grpc.StatusCode, str, list[str]]:
+async def refused_update(stub: pb_grpc.SharingServiceStub, paths: list[str],
+                         **fields: Unpack[PolicyFields]) -> tuple[grpc.StatusCode, str, list[str]]:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await update(stub, paths, **fields)
     _status, info, details = rich_status(refused.value)
@@ -64,13 +80,14 @@ def without_time(policy: pb.TrustPolicy) -> pb.TrustPolicy:
     return copy
 
 
-async def test_an_account_that_never_set_a_policy_has_the_default_one(pair):
+async def test_an_account_that_never_set_a_policy_has_the_default_one(pair: list[pb_grpc.SharingServiceStub]) -> None:
     policy = await get(pair[0])
     assert policy == pb.TrustPolicy(mode=pb.TRUST_POLICY_MODE_OFF, allow_platform_images=True)
     assert not policy.HasField("update_time")
 
 
-async def test_an_update_changes_the_fields_it_names_and_is_read_back_anywhere(pair):
+async def test_an_update_changes_the_fields_it_names_and_is_read_back_anywhere(
+        pair: list[pb_grpc.SharingServiceStub]) -> None:
     first = await update(pair[0], ["mode", "allowed_marketplace_providers"], mode=pb.TRUST_POLICY_MODE_AUDIT,
                          allowed_marketplace_providers=["Bitnami", "Acme", "Bitnami"], trusted_account_ids=[CAROL])
     assert without_time(first) == pb.TrustPolicy(mode=pb.TRUST_POLICY_MODE_AUDIT, allow_platform_images=True,
@@ -90,12 +107,12 @@ async def test_an_update_changes_the_fields_it_names_and_is_read_back_anywhere(p
     assert await get(pair[1], CAROL) == pb.TrustPolicy(mode=pb.TRUST_POLICY_MODE_OFF, allow_platform_images=True)
 
 
-async def test_bad_updates_are_refused_with_the_field_named(pair):
+async def test_bad_updates_are_refused_with_the_field_named(pair: list[pb_grpc.SharingServiceStub]) -> None:
     stub = pair[0]
     await update(stub, ["allowed_marketplace_providers"], allowed_marketplace_providers=[f"p{i}" for i in range(150)])
     before = await get(stub)
     accounts = [f"{300000000000 + i}" for i in range(201)]
-    cases = [
+    cases: list[tuple[tuple[list[str], PolicyFields], tuple[str, list[str]]]] = [
         ((["mode", "owner"], {}), ("INVALID_UPDATE_MASK", ["update_mask"])),
         ((["mode"], {}), ("MODE_REQUIRED", ["policy.mode"])),
         (([], {"trusted_account_ids": [BOB]}), ("MODE_REQUIRED", ["policy.mode"])),
@@ -112,7 +129,7 @@ async def test_bad_updates_are_refused_with_the_field_named(pair):
         # 150 providers stored and 51 accounts: 201 entries
         ((["allowed_account_ids"], {"allowed_account_ids": accounts[:51]}),
          ("TOO_MANY_ALLOWED_ENTRIES", ["policy.allowed_account_ids"])),
-        ((["mode"], {"mode": 7}), ("INVALID_ENUM_VALUE", ["policy.mode"])),
+        ((["mode"], {"mode": pb.TrustPolicyMode.ValueType(7)}), ("INVALID_ENUM_VALUE", ["policy.mode"])),
     ]
     for (paths, fields), (reason, violations) in cases:
         assert await refused_update(stub, paths, **fields) == (grpc.StatusCode.INVALID_ARGUMENT, reason, violations)
@@ -123,13 +140,14 @@ async def test_bad_updates_are_refused_with_the_field_named(pair):
     assert (len(fits.allowed_account_ids), len(fits.trusted_account_ids)) == (50, 200)
 
 
-async def test_an_update_is_idempotent_by_request_id(pair, database_url):
+async def test_an_update_is_idempotent_by_request_id(pair: list[pb_grpc.SharingServiceStub], database_url: str) -> None:
     first = await update(pair[0], ["mode"], request_id="p1", mode=pb.TRUST_POLICY_MODE_AUDIT)
     await update(pair[1], ["mode"], request_id="p2", mode=pb.TRUST_POLICY_MODE_ENFORCE)
     assert await update(pair[1], ["mode"], request_id="p1", mode=pb.TRUST_POLICY_MODE_AUDIT) == first
     assert (await get(pair[0])).mode == pb.TRUST_POLICY_MODE_ENFORCE
-    for paths, fields in ((["mode"], {"mode": pb.TRUST_POLICY_MODE_OFF}),
-                          (["allow_platform_images"], {"mode": pb.TRUST_POLICY_MODE_AUDIT})):
+    retries: list[tuple[list[str], PolicyFields]] = [(["mode"], {"mode": pb.TRUST_POLICY_MODE_OFF}),
+                                                     (["allow_platform_images"], {"mode": pb.TRUST_POLICY_MODE_AUDIT})]
+    for paths, fields in retries:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await update(pair[0], paths, request_id="p1", **fields)
         _status, info, details = rich_status(refused.value)
@@ -148,12 +166,13 @@ async def _race_updates(stubs: list[pb_grpc.SharingServiceStub], database_url: s
     providers = [f"provider-{i}" for i in range(150)]
     accounts = [f"{300000000000 + i}" for i in range(150)]
 
-    async def outcome(n: int, caller: str, paths: list[str], **fields) -> str:
+    async def outcome(n: int, caller: str, paths: list[str], **fields: Unpack[PolicyFields]) -> str:
         try:
             await update(stubs[n % 2], paths, caller, **fields)
             return "OK"
         except grpc.aio.AioRpcError as exc:
-            return rich_status(exc)[1].reason
+            reason: str = rich_status(exc)[1].reason
+            return reason
 
     for round_ in range(10):
         caller = f"{400000000000 + round_}"
@@ -165,7 +184,7 @@ async def _race_updates(stubs: list[pb_grpc.SharingServiceStub], database_url: s
             outcome(round_, caller, ["allow_platform_images"], allow_platform_images=False),
         )
         assert sorted(results[:2]) == ["OK", "TOO_MANY_ALLOWED_ENTRIES"]
-        assert results[2:] == ["OK"] * 3
+        assert list(results[2:]) == ["OK"] * 3
         policy = await get(stubs[round_ % 2], caller)
         kept = list(policy.allowed_marketplace_providers) or list(policy.allowed_account_ids)
         assert kept == (providers if results[0] == "OK" else accounts)
@@ -179,24 +198,28 @@ async def _race_updates(stubs: list[pb_grpc.SharingServiceStub], database_url: s
     engine.dispose()
 
 
-async def test_concurrent_updates_lose_nothing_and_keep_the_limit_on_sqlite_across_replicas(spawn, tmp_path: Path):
+async def test_concurrent_updates_lose_nothing_and_keep_the_limit_on_sqlite_across_replicas(
+        spawn: Spawn, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sharing.db"
     await _race_updates(process_replicas(spawn, url, 2), url)
 
 
 @pytest.mark.postgres
-async def test_concurrent_updates_lose_nothing_and_keep_the_limit_on_postgres_across_replicas(spawn,
-                                                                                           postgres_database):
+async def test_concurrent_updates_lose_nothing_and_keep_the_limit_on_postgres_across_replicas(
+        spawn: Spawn, postgres_database: Callable[[], str]) -> None:
     url = postgres_database()
     await _race_updates(process_replicas(spawn, url, 2), url)
 
 
-async def verdict(stub, image: pb.ImageRef, caller: str = BOB) -> pb.CheckLaunchPermissionResponse:
-    return await stub.CheckLaunchPermission(pb.CheckLaunchPermissionRequest(image=image),
-                                            metadata=internal_metadata(caller))
+async def verdict(stub: pb_grpc.SharingServiceStub, image: pb.ImageRef,
+                  caller: str = BOB) -> pb.CheckLaunchPermissionResponse:
+    found: pb.CheckLaunchPermissionResponse = await stub.CheckLaunchPermission(
+        pb.CheckLaunchPermissionRequest(image=image), metadata=internal_metadata(caller))
+    return found
 
 
-async def test_a_policy_change_is_seen_by_the_very_next_verdict_on_another_replica(pair):
+async def test_a_policy_change_is_seen_by_the_very_next_verdict_on_another_replica(
+        pair: list[pb_grpc.SharingServiceStub]) -> None:
     carols = custom("img-carol001", CAROL)
     await pair[0].ShareImage(pb.ShareImageRequest(image=carols, account_ids=[BOB]), metadata=internal_metadata(CAROL))
     await pair[0].AcceptImageShare(pb.AcceptImageShareRequest(image_id=carols.image_id),
@@ -215,7 +238,7 @@ async def test_a_policy_change_is_seen_by_the_very_next_verdict_on_another_repli
     assert (found.allowed, found.image_allowed, found.policy_mode) == (True, False, pb.TRUST_POLICY_MODE_AUDIT)
 
 
-async def test_the_verdicts_of_a_mixed_page_come_in_its_order(pair):
+async def test_the_verdicts_of_a_mixed_page_come_in_its_order(pair: list[pb_grpc.SharingServiceStub]) -> None:
     stub = pair[0]
     alices, carols, daves = custom("img-alice001", ALICE), custom("img-carol001", CAROL), custom("img-dave0001", DAVE)
     bobs, missing = custom("img-bob00001", BOB), custom("img-missing1", "")
@@ -246,7 +269,7 @@ async def test_the_verdicts_of_a_mixed_page_come_in_its_order(pair):
     assert list(response.verdicts) == [await verdict(stub, image) for image in page]
 
 
-async def test_a_batch_of_more_than_1000_images_is_refused(pair):
+async def test_a_batch_of_more_than_1000_images_is_refused(pair: list[pb_grpc.SharingServiceStub]) -> None:
     response = await pair[0].CheckLaunchPermissions(pb.CheckLaunchPermissionsRequest(images=[PUBLIC] * 1000),
                                                     metadata=internal_metadata(BOB))
     assert len(response.verdicts) == 1000
@@ -268,7 +291,8 @@ def statements_on(database_url: str) -> Iterator[list[str]]:
     database = make_url(database_url).database
     seen: list[str] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+    def count(conn: Connection, cursor: DBAPICursor, statement: str, parameters: Any,
+              context: ExecutionContext | None, executemany: bool) -> None:
         if conn.engine.url.database == database:
             seen.append(statement)
 
@@ -279,11 +303,12 @@ def statements_on(database_url: str) -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", count)
 
 
-async def test_a_batch_of_500_costs_the_statements_of_a_batch_of_1(pair, database_url):
+async def test_a_batch_of_500_costs_the_statements_of_a_batch_of_1(pair: list[pb_grpc.SharingServiceStub],
+                                                                   database_url: str) -> None:
     stub = pair[0]
     await update(stub, ["mode", "allowed_account_ids", "allowed_marketplace_providers"],
                  mode=pb.TRUST_POLICY_MODE_AUDIT, allowed_account_ids=[CAROL], allowed_marketplace_providers=["p3"])
-    page = []
+    page: list[pb.ImageRef] = []
     for n in range(500):
         if n % 3 == 0:
             page.append(custom(f"img-p{n:07d}", (CAROL, DAVE, BOB, "")[n % 4]))

@@ -8,8 +8,9 @@ import base64
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,14 +21,15 @@ from cloudimg.gateway.v1 import image_service_pb2 as image_pb
 from cloudimg.gateway.v1 import image_share_service_pb2 as share_pb
 from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
 from google.protobuf import descriptor_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from catalog_service.domain.seed import seed_image_id
-from chassis.server import MAX_MESSAGE_BYTES
+from chassis.rpc import MAX_MESSAGE_BYTES
 from gateway.domain.api_keys import Account
-from tests.conftest import BOB, CAROL, internal_metadata, rich_status
+from tests.conftest import BOB, CAROL, ServerFactory, internal_metadata, rich_status
 from tests.integration.cloud import SERVICES, start_services
 
 UBUNTU = seed_image_id("ap-guangzhou", "ubuntu-2204-x86")
@@ -47,12 +49,12 @@ class Stack:
     def auth(self, who: str = "alice") -> tuple[tuple[str, str]]:
         return (("authorization", f"Bearer {self.keys[who]}"),)
 
-    def call(self, method: str, response: Any) -> grpc.aio.UnaryUnaryMultiCallable:
+    def call(self, method: str, response: type[Message]) -> grpc.aio.UnaryUnaryMultiCallable:
         return self.gateway.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
                                         response_deserializer=response.FromString)
 
 
-async def start_stack(serve, urls: dict[str, str]) -> Stack:
+async def start_stack(serve: ServerFactory, urls: dict[str, str]) -> Stack:
     """The four services, each on its own database of one kind (SQLite or PostgreSQL); a third account,
     so that an image can have two shares and a second page."""
     addrs, keys = await start_services(serve, urls, [Account(CAROL, "carol")])
@@ -62,7 +64,7 @@ async def start_stack(serve, urls: dict[str, str]) -> Stack:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def stack(request, serve, tmp_path) -> Stack:
+async def stack(request: pytest.FixtureRequest, serve: ServerFactory, tmp_path: Path) -> Stack:
     if request.param == "postgres":
         create = request.getfixturevalue("postgres_database")
         return await start_stack(serve, {name: create() for name in SERVICES})
@@ -70,7 +72,7 @@ async def stack(request, serve, tmp_path) -> Stack:
 
 
 @pytest.fixture
-async def sqlite_stack(serve, tmp_path) -> Stack:
+async def sqlite_stack(serve: ServerFactory, tmp_path: Path) -> Stack:
     return await start_stack(serve, {name: f"sqlite:///{tmp_path}/{name}.db" for name in SERVICES})
 
 
@@ -105,7 +107,7 @@ NOT_INTEGERS = {
 CHARGES = "/cloudimg.gateway.v1.AccountService/ListCharges"
 
 
-async def test_forged_page_tokens_are_invalid_page_token_on_every_list(stack):
+async def test_forged_page_tokens_are_invalid_page_token_on_every_list(stack: Stack) -> None:
     alice = stack.auth()
     for token in ("a", "b"):  # two charges and two instances: a first page of one has a next page
         await stack.call(RUN_INSTANCES, instance_pb.RunInstancesResponse)(instance_pb.RunInstancesRequest(
@@ -113,7 +115,7 @@ async def test_forged_page_tokens_are_invalid_page_token_on_every_list(stack):
             metadata=alice)
     await stack.call("/cloudimg.gateway.v1.ImageShareService/ShareImage", share_pb.ShareImageResponse)(
         share_pb.ShareImageRequest(image_id=ALICE_WEB, account_ids=[BOB, CAROL], request_id="share-1"), metadata=alice)
-    lists: dict[str, tuple[Callable[[str], Any], Any]] = {
+    lists: dict[str, tuple[Callable[[str], Message], type[Message]]] = {
         "/cloudimg.gateway.v1.ImageService/ListImages": (
             lambda token: image_pb.ListImagesRequest(region="ap-guangzhou", page_size=1, page_token=token),
             image_pb.ListImagesResponse),
@@ -128,7 +130,7 @@ async def test_forged_page_tokens_are_invalid_page_token_on_every_list(stack):
         "/cloudimg.gateway.v1.InstanceService/ListPrices": (
             lambda token: instance_pb.ListPricesRequest(page_size=1, page_token=token), instance_pb.ListPricesResponse),
     }
-    wrong = []
+    wrong: list[str] = []
     for method, (request, response) in lists.items():
         first = await stack.call(method, response)(request(""), metadata=alice)
         assert first.next_page_token, f"{method} has no second page to forge a token for"
@@ -146,14 +148,18 @@ async def test_forged_page_tokens_are_invalid_page_token_on_every_list(stack):
 
 @pytest.mark.parametrize("field", ["name_filter", "platform"])
 @pytest.mark.parametrize("value", ["ubuntu\x00", "\x00", "a\x1bb", "\x7f", "\x9b"])
-async def test_control_characters_in_image_filters_are_invalid_characters(stack, field, value):
-    requests = [
-        (stack.call("/cloudimg.gateway.v1.ImageService/ListImages", image_pb.ListImagesResponse),
-         image_pb.ListImagesRequest(region="ap-guangzhou", **{field: value}), stack.auth()),
+async def test_control_characters_in_image_filters_are_invalid_characters(stack: Stack, field: str,
+                                                                          value: str) -> None:
+    public = image_pb.ListImagesRequest(region="ap-guangzhou")
+    internal = catalog_pb.ListImagesRequest(region="ap-guangzhou", image_types=[catalog_pb.IMAGE_TYPE_PUBLIC])
+    for filtered in (public, internal):
+        setattr(filtered, field, value)
+    requests: list[tuple[Callable[..., Awaitable[object]], Message, tuple[tuple[str, str], ...]]] = [
+        (stack.call("/cloudimg.gateway.v1.ImageService/ListImages", image_pb.ListImagesResponse), public,
+         stack.auth()),
         (stack.catalog.unary_unary(CATALOG_LIST_IMAGES, request_serializer=lambda m: m.SerializeToString(),
                                    response_deserializer=catalog_pb.ListImagesResponse.FromString),
-         catalog_pb.ListImagesRequest(region="ap-guangzhou", image_types=[catalog_pb.IMAGE_TYPE_PUBLIC],
-                                      **{field: value}), internal_metadata()),
+         internal, internal_metadata()),
     ]
     for call, request, metadata in requests:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -163,7 +169,7 @@ async def test_control_characters_in_image_filters_are_invalid_characters(stack,
         assert [v.field for v in others[0].field_violations] == [field]
 
 
-async def test_a_control_character_in_a_list_is_named_by_its_index(sqlite_stack):
+async def test_a_control_character_in_a_list_is_named_by_its_index(sqlite_stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await sqlite_stack.call("/cloudimg.gateway.v1.ImageShareService/ShareImage", share_pb.ShareImageResponse)(
             share_pb.ShareImageRequest(image_id=ALICE_WEB, account_ids=[BOB, "1000\x0000003"]),
@@ -189,7 +195,8 @@ def random_bodies(seed: int, valid: bytes, count: int = 200) -> list[bytes]:
     return bodies
 
 
-async def test_random_bodies_answer_malformed_request_or_a_mapped_status(sqlite_stack, caplog):
+async def test_random_bodies_answer_malformed_request_or_a_mapped_status(
+        sqlite_stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     launch = instance_pb.RunInstancesRequest(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4",
                                              instance_count=1, instance_name="web", client_token="fuzz")
     listing = catalog_pb.ListImagesRequest(region="ap-guangzhou", image_types=[catalog_pb.IMAGE_TYPE_PUBLIC],
@@ -214,7 +221,7 @@ async def test_random_bodies_answer_malformed_request_or_a_mapped_status(sqlite_
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "a refused body logged a failure"
 
 
-async def test_an_undecodable_body_without_credentials_is_unauthenticated_not_unknown(sqlite_stack):
+async def test_an_undecodable_body_without_credentials_is_unauthenticated_not_unknown(sqlite_stack: Stack) -> None:
     for channel, method in [(sqlite_stack.gateway, RUN_INSTANCES), (sqlite_stack.catalog, CATALOG_LIST_IMAGES)]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await raw(channel, method)(b"\xff\xff\xff", metadata=())
@@ -222,7 +229,7 @@ async def test_an_undecodable_body_without_credentials_is_unauthenticated_not_un
 
 
 @pytest.mark.parametrize("size", [MAX_MESSAGE_BYTES + 1, 3 * MAX_MESSAGE_BYTES])
-async def test_a_body_over_the_size_limit_is_message_too_large(sqlite_stack, size):
+async def test_a_body_over_the_size_limit_is_message_too_large(sqlite_stack: Stack, size: int) -> None:
     for channel, method, metadata in [(sqlite_stack.gateway, RUN_INSTANCES, sqlite_stack.auth()),
                                       (sqlite_stack.catalog, CATALOG_LIST_IMAGES, internal_metadata())]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -232,7 +239,7 @@ async def test_a_body_over_the_size_limit_is_message_too_large(sqlite_stack, siz
         assert [type(d) for d in others] == [error_details_pb2.QuotaFailure]
 
 
-async def test_a_body_of_exactly_the_limit_is_read(sqlite_stack):
+async def test_a_body_of_exactly_the_limit_is_read(sqlite_stack: Stack) -> None:
     request = instance_pb.RunInstancesRequest(region="ap-guangzhou", image_id=UBUNTU, instance_type="S5.MEDIUM4",
                                               instance_count=1)
     request.instance_name = "x" * (MAX_MESSAGE_BYTES - request.ByteSize() - 4)
@@ -244,14 +251,14 @@ async def test_a_body_of_exactly_the_limit_is_read(sqlite_stack):
     assert reason != "MESSAGE_TOO_LARGE"
 
 
-async def test_a_body_over_the_transport_limit_is_still_resource_exhausted(sqlite_stack):
+async def test_a_body_over_the_transport_limit_is_still_resource_exhausted(sqlite_stack: Stack) -> None:
     """grpc itself refuses it before any handler, with its own message and no ErrorInfo."""
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await raw(sqlite_stack.gateway, RUN_INSTANCES)(b"\x00" * (8 * MAX_MESSAGE_BYTES), metadata=sqlite_stack.auth())
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_health_and_reflection_refuse_undecodable_bodies_and_still_answer_anyone(sqlite_stack):
+async def test_health_and_reflection_refuse_undecodable_bodies_and_still_answer_anyone(sqlite_stack: Stack) -> None:
     channel = sqlite_stack.catalog
     check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
                                 response_deserializer=health_pb2.HealthCheckResponse.FromString)
@@ -281,5 +288,5 @@ async def test_health_and_reflection_refuse_undecodable_bodies_and_still_answer_
         assert refusal(refused.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
 
 
-async def _drain(call: Any) -> list[Any]:
+async def _drain(call: AsyncIterable[object]) -> list[object]:
     return [response async for response in call]
