@@ -8,32 +8,32 @@ PROTOS := $(shell find protos -name '*.proto')
 # The Google protos ours import, vendored (see third_party/googleapis/README.md).
 THIRD_PARTY := third_party/googleapis
 GOOGLE_PROTOS := $(shell find $(THIRD_PARTY) -name '*.proto')
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: all venv gen tools lint breaking node-client test unit integration e2e fault fault-report run bench revision clean
+.PHONY: all venv gen tools lint lock breaking node-client test unit integration e2e fault fault-report run bench revision clean
 
 all: gen
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# The venv: exactly the lock's versions, hash-checked (requirements/dev.txt: the runtime's and the dev group's),
+# then cloudimg itself, editable (its setup.py generates gen/, as the gen rule does).
+$(VENV)/.installed: requirements/dev.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet pip==26.3
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed
 
-# Generated code goes into gen/ (one package tree: cloudimg.<context>.v1), put on the venv's path by
-# a .pth file. Never edited by hand; this rule rewrites it whole. Python is generated for our protos
-# only: google.type/rpc/api come from googleapis-common-protos at runtime. The protoset carries
+# Generated code goes into gen/ (one package tree: cloudimg.<context>.v1, with typed stubs and py.typed), by
+# clients/python/protogen.py, the generator the distributions' builds use too; the editable install maps the
+# package to it. Never edited by hand; this rule rewrites it whole. Python is generated for our protos only:
+# google.type/rpc/api come from googleapis-common-protos at runtime. The protoset carries
 # google/rpc/status.proto and error_details.proto as well, so grpcurl can decode the error details.
-gen/.stamp: $(VENV)/.installed $(PROTOS) $(GOOGLE_PROTOS)
-	rm -rf gen build/third_party && mkdir -p gen build
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos -I $(THIRD_PARTY) \
-	  --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
+gen/.stamp: $(VENV)/.installed $(PROTOS) $(GOOGLE_PROTOS) clients/python/protogen.py
+	mkdir -p build
+	$(PY) clients/python/protogen.py gen protos $(THIRD_PARTY)
 	$(PY) -m grpc_tools.protoc -I protos -I $(THIRD_PARTY) --include_imports \
 	  --descriptor_set_out=build/cloudimg.protoset $(PROTOS) google/rpc/status.proto google/rpc/error_details.proto
-	echo "$(CURDIR)/gen" > "$(SITE)/cloudimg_gen.pth"
 	touch $@
 
 gen: gen/.stamp
@@ -88,6 +88,11 @@ bench: gen
 	$(PY) -m devtools.bench
 
 # A new schema revision for one service: make revision SERVICE=billing MESSAGE="what changes"
+# The lock: requirements/runtime.txt (what the container installs) and requirements/dev.txt (what make installs)
+# from pyproject.toml's dependencies and dev group, with hashes. Keeps every pin it can; UPGRADE=1 moves them all.
+lock: $(VENV)/.installed
+	@devtools/lock.sh $(VENV)/bin/uv $(if $(UPGRADE),--upgrade)
+
 revision: gen
 	$(PY) -m devtools.revision "$(SERVICE)" "$(MESSAGE)"
 

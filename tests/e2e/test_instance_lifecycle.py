@@ -53,7 +53,7 @@ def cloudimg_fails(stack: Stack, who: str, *args: str) -> str:
     return done.stderr.strip()
 
 
-def test_the_backup_story_through_the_cli(stack):
+def test_the_backup_story_through_the_cli(stack: Stack) -> None:
     launched = cloudimg(stack, "alice", "run", "--region", GZ, "--image", UBUNTU, "--instance-type", "S5.MEDIUM4",
                         "--count", "2")
     first, second = launched["instance_ids"]
@@ -78,7 +78,7 @@ def test_the_backup_story_through_the_cli(stack):
     assert error.startswith("error: FAILED_PRECONDITION INSTANCE_TERMINATED")
 
 
-def test_the_trust_tour_through_the_cli(stack):
+def test_the_trust_tour_through_the_cli(stack: Stack) -> None:
     cloudimg(stack, "alice", "share", ALICE_WEB, BOB)
     launch = ("run", "--region", GZ, "--image", ALICE_WEB, "--instance-type", "S5.MEDIUM4")
     assert "SHARE_PENDING" in cloudimg_fails(stack, "bob", *launch)
@@ -116,7 +116,8 @@ def reset_charges(stack: Stack, instance_id: str) -> int:
     return count
 
 
-def test_a_gateway_killed_mid_reset_leaves_the_instance_resetting_only_until_a_restart_finishes_it(own_stack):
+def test_a_gateway_killed_mid_reset_leaves_the_instance_resetting_only_until_a_restart_finishes_it(
+        own_stack: Stack) -> None:
     channel = own_stack.channel()
     instances = pb_grpc.InstanceServiceStub(channel)
     alice = (("authorization", f"Bearer {own_stack.api_keys['alice']}"),)

@@ -7,6 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypedDict, Unpack
 
 import grpc
 import pytest
@@ -26,9 +29,22 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from catalog_service.domain.seed import seed_image_id
 from chassis.convert import decimal_of
 from devtools.stack import Stack
-from tests.conftest import BOB, rich_status
+from tests.conftest import BOB, Spawn, rich_status
 
 GZ = "ap-guangzhou"
+P = ParamSpec("P")
+
+
+class Launch(TypedDict, total=False):
+    """The fields of a RunInstancesRequest (and of a QuoteRunInstancesRequest) that the tests set."""
+
+    region: str
+    image_id: str
+    instance_type: str
+    instance_count: int
+    charge_type: pb.ChargeType.ValueType
+    period_months: int
+    instance_name: str
 
 
 class Api:
@@ -40,31 +56,34 @@ class Api:
         self.accounts = account_service_pb2_grpc.AccountServiceStub(channel)
         self.metadata = (("authorization", f"Bearer {stack.api_keys[who]}"),)
 
-    def run(self, **fields) -> pb.RunInstancesResponse:
-        return self.instances.RunInstances(pb.RunInstancesRequest(**fields), metadata=self.metadata, timeout=10)
+    def run(self, **fields: Unpack[Launch]) -> pb.RunInstancesResponse:
+        launched: pb.RunInstancesResponse = self.instances.RunInstances(pb.RunInstancesRequest(**fields),
+                                                                        metadata=self.metadata, timeout=10)
+        return launched
 
-    def quote(self, **fields) -> pb.Quote:
-        return self.instances.QuoteRunInstances(pb.QuoteRunInstancesRequest(**fields), metadata=self.metadata,
-                                                timeout=10).quote
+    def quote(self, **fields: Unpack[Launch]) -> pb.Quote:
+        quoted: pb.QuoteRunInstancesResponse = self.instances.QuoteRunInstances(
+            pb.QuoteRunInstancesRequest(**fields), metadata=self.metadata, timeout=10)
+        return quoted.quote
 
 
 @pytest.fixture
-def alice(stack) -> Api:
+def alice(stack: Stack) -> Api:
     return Api(stack, "alice")
 
 
 @pytest.fixture
-def bob(stack) -> Api:
+def bob(stack: Stack) -> Api:
     return Api(stack, "bob")
 
 
-def refused(call, *args, **kwargs) -> grpc.RpcError:
+def refused(call: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as error:
         call(*args, **kwargs)
     return error.value
 
 
-def test_launch_of_a_public_image_is_charged_once(alice):
+def test_launch_of_a_public_image_is_charged_once(alice: Api) -> None:
     launched = alice.run(region=GZ, image_id=seed_image_id(GZ, "ubuntu-2204-x86"), instance_type="S5.MEDIUM4",
                          instance_count=3, instance_name="web")
     assert len(launched.instance_ids) == 3
@@ -81,7 +100,7 @@ def test_launch_of_a_public_image_is_charged_once(alice):
     assert mine[0].quote.total == launched.quote.total
 
 
-def test_a_windows_quote_overseas_has_a_license_line_and_mainland_has_none(alice):
+def test_a_windows_quote_overseas_has_a_license_line_and_mainland_has_none(alice: Api) -> None:
     overseas = alice.quote(region="ap-singapore", image_id=seed_image_id("ap-singapore", "windows-2022-x86"),
                            instance_type="S5.MEDIUM4", instance_count=2)
     assert [l.kind for l in overseas.lines] == [pb.QUOTE_LINE_KIND_INSTANCE, pb.QUOTE_LINE_KIND_IMAGE_LICENSE]
@@ -92,7 +111,7 @@ def test_a_windows_quote_overseas_has_a_license_line_and_mainland_has_none(alice
     assert [l.kind for l in mainland.lines] == [pb.QUOTE_LINE_KIND_INSTANCE]
 
 
-def test_a_marketplace_image_and_its_custom_descendant_carry_the_providers_price(alice):
+def test_a_marketplace_image_and_its_custom_descendant_carry_the_providers_price(alice: Api) -> None:
     for image in ("wordpress", "alice-blog"):
         quote = alice.quote(region=GZ, image_id=seed_image_id(GZ, image), instance_type="S5.MEDIUM4",
                             instance_count=1, charge_type=pb.CHARGE_TYPE_PREPAID, period_months=12)
@@ -101,7 +120,7 @@ def test_a_marketplace_image_and_its_custom_descendant_carry_the_providers_price
         assert quote.lines[1].unit == "instance-month"
 
 
-def test_an_arm64_image_is_refused_on_an_x86_64_type(alice):
+def test_an_arm64_image_is_refused_on_an_x86_64_type(alice: Api) -> None:
     error = refused(alice.run, region=GZ, image_id=seed_image_id(GZ, "ubuntu-2204-arm"), instance_type="S5.MEDIUM4",
                     instance_count=1)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -112,7 +131,7 @@ def test_an_arm64_image_is_refused_on_an_x86_64_type(alice):
                      instance_count=1).instance_ids
 
 
-def test_a_private_image_is_not_found_for_a_stranger_exactly_like_a_missing_one(bob):
+def test_a_private_image_is_not_found_for_a_stranger_exactly_like_a_missing_one(bob: Api) -> None:
     private, missing = seed_image_id(GZ, "alice-web"), "img-zz000000"
     answers = []
     for image_id in (private, missing):
@@ -128,7 +147,7 @@ def test_a_private_image_is_not_found_for_a_stranger_exactly_like_a_missing_one(
     assert answers[0][0] == grpc.StatusCode.NOT_FOUND
 
 
-def test_a_shared_image_can_be_launched_by_the_recipient(alice, bob):
+def test_a_shared_image_can_be_launched_by_the_recipient(alice: Api, bob: Api) -> None:
     image_id = seed_image_id(GZ, "alice-blog")
     assert refused(bob.run, region=GZ, image_id=image_id, instance_type="S5.MEDIUM4",
                    instance_count=1).code() == grpc.StatusCode.NOT_FOUND
@@ -154,7 +173,7 @@ def test_a_shared_image_can_be_launched_by_the_recipient(alice, bob):
                    instance_count=1).code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_a_bad_api_key_is_refused(stack):
+def test_a_bad_api_key_is_refused(stack: Stack) -> None:
     api = Api(stack)
     api.metadata = (("authorization", "Bearer cik_aaaaaaaa_" + "B" * 43),)
     error = refused(api.images.ListRegions, image_service_pb2.ListRegionsRequest(), metadata=api.metadata)
@@ -162,7 +181,7 @@ def test_a_bad_api_key_is_refused(stack):
     assert rich_status(error)[1].reason == "API_KEY_INVALID"
 
 
-def test_every_service_serves_health_and_reflection(stack):
+def test_every_service_serves_health_and_reflection(stack: Stack) -> None:
     for service in ("catalog", "sharing", "billing", "gateway"):
         channel = stack.channel(service)
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -176,11 +195,11 @@ def test_every_service_serves_health_and_reflection(stack):
             assert {"cloudimg.gateway.v1.InstanceService", "cloudimg.gateway.v1.ImageService"} <= names
 
 
-def test_a_killed_dependency_is_unavailable_and_recovers_when_it_is_back(stack, alice):
+def test_a_killed_dependency_is_unavailable_and_recovers_when_it_is_back(stack: Stack, alice: Api) -> None:
     """Down: UNAVAILABLE within about a second, not at the deadline. Back (SERVING): the very next call
     is served, whatever step of its reconnect backoff the gateway's channel is at."""
-    request = dict(region=GZ, image_id=seed_image_id(GZ, "ubuntu-2204-x86"), instance_type="S5.MEDIUM4",
-                   instance_count=1)
+    request = Launch(region=GZ, image_id=seed_image_id(GZ, "ubuntu-2204-x86"), instance_type="S5.MEDIUM4",
+                     instance_count=1)
     stack.kill("sharing")
     try:
         started = time.monotonic()
@@ -194,7 +213,7 @@ def test_a_killed_dependency_is_unavailable_and_recovers_when_it_is_back(stack, 
     assert alice.run(**request).instance_ids
 
 
-def test_sigterm_turns_health_not_serving_then_exits_cleanly(spawn, tmp_path):
+def test_sigterm_turns_health_not_serving_then_exits_cleanly(spawn: Spawn, tmp_path: Path) -> None:
     billing = spawn("billing", {"BILLING_DATABASE_URL": f"sqlite:///{tmp_path}/billing.db"})
     watch = health_pb2_grpc.HealthStub(grpc.insecure_channel(billing.addr)).Watch(health_pb2.HealthCheckRequest(),
                                                                                   timeout=30)
@@ -206,7 +225,7 @@ def test_sigterm_turns_health_not_serving_then_exits_cleanly(spawn, tmp_path):
     assert billing.wait(30) == 0
 
 
-def test_the_cli_quotes_and_launches(stack):
+def test_the_cli_quotes_and_launches(stack: Stack) -> None:
     # No profile of the user's: CLOUDIMG_CONFIG_FILE and CLOUDIMG_CREDENTIALS_FILE name empty files.
     env = {"CLOUDIMG_API_KEY": stack.api_keys["alice"], "PATH": "/usr/bin", "CLOUDIMG_CONFIG_FILE": "/dev/null",
            "CLOUDIMG_CREDENTIALS_FILE": "/dev/null"}
@@ -231,7 +250,7 @@ def test_the_cli_quotes_and_launches(stack):
     assert "Traceback" not in bad.stderr
 
 
-def test_an_operator_issues_a_key_for_a_new_account(stack):
+def test_an_operator_issues_a_key_for_a_new_account(stack: Stack) -> None:
     key = stack.issue_key("100000000009", "dave")
     api = Api(stack, "dave")
     assert api.metadata == (("authorization", f"Bearer {key}"),)
@@ -241,4 +260,5 @@ def test_an_operator_issues_a_key_for_a_new_account(stack):
     for bad in (["issue-key", "12345", "dave"], ["issue-key", "100000000009", " "], ["issue-key", "100000000009"]):
         done = subprocess.run([sys.executable, "-m", "gateway", *bad], env=stack.env("gateway"), capture_output=True,
                               text=True, timeout=30)
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr

@@ -107,7 +107,8 @@ def _messages(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str, desc
 
 
 def _behaviors(field: descriptor_pb2.FieldDescriptorProto) -> set[int]:
-    return set(field.options.Extensions[field_behavior_pb2.field_behavior])
+    # googleapis-common-protos types the extension as a plain FieldDescriptor, not an extension descriptor.
+    return set(field.options.Extensions[field_behavior_pb2.field_behavior])  # type: ignore[index]
 
 
 def test_every_element_of_the_public_api_has_a_leading_comment(public_files: ProtoFiles) -> None:

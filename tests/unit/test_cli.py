@@ -9,7 +9,10 @@ import stat
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from pathlib import Path
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 import pytest
@@ -39,6 +42,7 @@ from cloudimg.gateway.v1 import (
     instance_service_pb2_grpc as instance_grpc,
 )
 from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from google.type import money_pb2
 from grpc_status import rpc_status
@@ -49,6 +53,10 @@ from cloudimg_cli import render
 from cloudimg_cli.main import main
 
 KEY = "ak-test-secret"
+T = TypeVar("T")
+MessageT = TypeVar("MessageT", bound=Message)
+# Aborts a call of the fakes (context.abort or abort_with_status), as the test scripted it.
+Abort = Callable[[grpc.ServicerContext], None]
 
 
 def ts(text: str) -> timestamp_pb2.Timestamp:
@@ -138,11 +146,12 @@ PRICES = [
 ]
 
 
-def job_image(image_id: str, state: str, percent: int, **more) -> image_pb.Image:
+def job_image(image_id: str, state: str, percent: int, *, name: str = "", region: str = "", state_reason: str = "",
+              checksum_sha256: str = "") -> image_pb.Image:
     """A custom image whose job is at ``percent`` (state by its short name: "CREATING", "NORMAL", ...)."""
     return image_pb.Image(image_id=image_id, image_type=image_pb.IMAGE_TYPE_PRIVATE,
                           state=image_pb.ImageState.Value(f"IMAGE_STATE_{state}"), progress_percent=percent,
-                          **more)
+                          name=name, region=region, state_reason=state_reason, checksum_sha256=checksum_sha256)
 
 
 def authorize(context: grpc.ServicerContext) -> None:
@@ -150,26 +159,34 @@ def authorize(context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
 
 
-def page(items: list, request) -> tuple[list, str]:
+class PageRequest(Protocol):
+    @property
+    def page_token(self) -> str: ...
+    @property
+    def page_size(self) -> int: ...
+
+
+def page(items: Sequence[T], request: PageRequest) -> tuple[list[T], str]:
     """Fake pagination: the page token is the offset."""
     start = int(request.page_token or 0)
     end = start + (request.page_size or 2)
-    return items[start:end], str(end) if end < len(items) else ""
+    return list(items[start:end]), str(end) if end < len(items) else ""
 
 
 class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServicer,
             share_grpc.ImageShareServiceServicer, account_grpc.AccountServiceServicer):
     """All four gateway services; each call is authorized and its request recorded."""
 
-    def __init__(self):
-        self.requests = []
-        self.metadata = []  # each call's invocation metadata, as a dict
-        self.time_remaining = None
-        self.run_failures = []  # each aborts one RunInstances call, in order
-        self.failures = {}  # method name -> aborts of its next calls, in order
-        self.jobs = {}  # image id -> what GetImage answers for it, one after the other (the last one stays)
+    def __init__(self) -> None:
+        self.requests: list[Any] = []  # each call's request, of its method's type: a test reads the one it expects
+        self.metadata: list[dict[str, str]] = []  # each call's invocation metadata, as a dict
+        self.time_remaining = 0.0  # of the last GetCallerIdentity call
+        self.run_failures: list[Abort] = []  # each aborts one RunInstances call, in order
+        self.failures: dict[str, list[Abort]] = {}  # method name -> aborts of its next calls, in order
+        # image id -> what GetImage answers for it, one after the other (the last one stays)
+        self.jobs: dict[str, list[image_pb.Image]] = {}
 
-    def record(self, request, context):
+    def record(self, request: Message, context: grpc.ServicerContext) -> None:
         self.metadata.append(dict(context.invocation_metadata()))
         authorize(context)
         self.requests.append(request)
@@ -177,13 +194,14 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
     @property
     def request_ids(self) -> list[str]:
         """The x-request-id of each call, in order."""
-        return [m.get("x-request-id") for m in self.metadata]
+        return [m.get("x-request-id", "") for m in self.metadata]
 
     def named(self, line: str) -> str:
         """An error line as the CLI prints it: naming the x-request-id of the last call."""
         return f"{line} (x-request-id {self.request_ids[-1]})\n"
 
-    def ListRegions(self, request, context):
+    def ListRegions(self, request: image_pb.ListRegionsRequest,
+                    context: grpc.ServicerContext) -> image_pb.ListRegionsResponse:
         self.record(request, context)
         return image_pb.ListRegionsResponse(regions=[
             image_pb.Region(region_id="ap-guangzhou", display_name="Guangzhou", mainland=True,
@@ -191,12 +209,13 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
             image_pb.Region(region_id="na-ashburn", display_name="Virginia"),
         ])
 
-    def ListImages(self, request, context):
+    def ListImages(self, request: image_pb.ListImagesRequest,
+                   context: grpc.ServicerContext) -> image_pb.ListImagesResponse:
         self.record(request, context)
         images, token = page(IMAGES, request)
         return image_pb.ListImagesResponse(images=images, next_page_token=token)
 
-    def GetImage(self, request, context):
+    def GetImage(self, request: image_pb.GetImageRequest, context: grpc.ServicerContext) -> image_pb.GetImageResponse:
         self.record(request, context)
         states = self.jobs.get(request.image_id)
         if states:
@@ -209,109 +228,131 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
         context.abort_with_status(rpc_status.to_status(status_pb2.Status(
             code=code_pb2.NOT_FOUND, message=f"image {request.image_id} not found",
             details=[detail])))
+        raise AssertionError("abort_with_status raises")
 
-    def ListInstanceTypes(self, request, context):
+    def ListInstanceTypes(self, request: instance_pb.ListInstanceTypesRequest,
+                          context: grpc.ServicerContext) -> instance_pb.ListInstanceTypesResponse:
         self.record(request, context)
         return instance_pb.ListInstanceTypesResponse(instance_types=[
             instance_pb.InstanceType(instance_type="S5.MEDIUM4", family="S5", vcpus=2, memory_gb=4,
                                      architecture=instance_pb.CPU_ARCHITECTURE_X86_64),
         ])
 
-    def QuoteRunInstances(self, request, context):
+    def QuoteRunInstances(self, request: instance_pb.QuoteRunInstancesRequest,
+                          context: grpc.ServicerContext) -> instance_pb.QuoteRunInstancesResponse:
         self.record(request, context)
         return instance_pb.QuoteRunInstancesResponse(quote=QUOTE)
 
-    def RunInstances(self, request, context):
+    def RunInstances(self, request: instance_pb.RunInstancesRequest,
+                     context: grpc.ServicerContext) -> instance_pb.RunInstancesResponse:
         self.record(request, context)
         if self.run_failures:
             self.run_failures.pop(0)(context)
         ids = [] if request.dry_run else ["ins-aaaaaaaa", "ins-bbbbbbbb"]
         return instance_pb.RunInstancesResponse(instance_ids=ids, quote=QUOTE)
 
-    def ListInstances(self, request, context):
+    def ListInstances(self, request: instance_pb.ListInstancesRequest,
+                      context: grpc.ServicerContext) -> instance_pb.ListInstancesResponse:
         self.record(request, context)
         instances, token = page(INSTANCES, request)
         return instance_pb.ListInstancesResponse(instances=instances, next_page_token=token)
 
-    def GetInstance(self, request, context):
+    def GetInstance(self, request: instance_pb.GetInstanceRequest,
+                    context: grpc.ServicerContext) -> instance_pb.GetInstanceResponse:
         self.record(request, context)
         return instance_pb.GetInstanceResponse(instance=INSTANCES[0])
 
-    def shares(self, request, context, state):
+    def shares(self, request: share_pb.ShareImageRequest | share_pb.UnshareImageRequest, context: grpc.ServicerContext,
+               state: image_pb.ShareState.ValueType) -> list[share_pb.ImageShare]:
         self.record(request, context)
         return [share_pb.ImageShare(image_id=request.image_id, region="ap-guangzhou",
                                     owner_account_id="acc-owner", recipient_account_id=account,
                                     state=state)
                 for account in request.account_ids]
 
-    def ShareImage(self, request, context):
+    def ShareImage(self, request: share_pb.ShareImageRequest,
+                   context: grpc.ServicerContext) -> share_pb.ShareImageResponse:
         shares = self.shares(request, context, image_pb.SHARE_STATE_PENDING)
         self.fail_maybe("ShareImage", context)
         return share_pb.ShareImageResponse(shares=shares)
 
-    def UnshareImage(self, request, context):
+    def UnshareImage(self, request: share_pb.UnshareImageRequest,
+                     context: grpc.ServicerContext) -> share_pb.UnshareImageResponse:
         shares = self.shares(request, context, image_pb.SHARE_STATE_UNSPECIFIED)
         self.fail_maybe("UnshareImage", context)
         return share_pb.UnshareImageResponse(shares=shares)
 
-    def fail_maybe(self, method, context):
+    def fail_maybe(self, method: str, context: grpc.ServicerContext) -> None:
         if self.failures.get(method):
             self.failures[method].pop(0)(context)
 
-    def CreateImage(self, request, context):
+    def CreateImage(self, request: image_pb.CreateImageRequest,
+                    context: grpc.ServicerContext) -> image_pb.CreateImageResponse:
         self.record(request, context)
         self.fail_maybe("CreateImage", context)
         return image_pb.CreateImageResponse(image=job_image("img-new00001", "CREATING", 0, name=request.name))
 
-    def ImportImage(self, request, context):
+    def ImportImage(self, request: image_pb.ImportImageRequest,
+                    context: grpc.ServicerContext) -> image_pb.ImportImageResponse:
         self.record(request, context)
         return image_pb.ImportImageResponse(image=job_image("img-imp00001", "IMPORTING", 0, name=request.name))
 
-    def SyncImage(self, request, context):
+    def SyncImage(self, request: image_pb.SyncImageRequest,
+                  context: grpc.ServicerContext) -> image_pb.SyncImageResponse:
         self.record(request, context)
         return image_pb.SyncImageResponse(images=[
             job_image(f"img-syn0000{n}", "SYNCING", 0, region=region)
             for n, region in enumerate(request.destination_regions)])
 
-    def UpdateImage(self, request, context):
+    def UpdateImage(self, request: image_pb.UpdateImageRequest,
+                    context: grpc.ServicerContext) -> image_pb.UpdateImageResponse:
         self.record(request, context)
         return image_pb.UpdateImageResponse(image=request.image)
 
-    def DeleteImage(self, request, context):
+    def DeleteImage(self, request: image_pb.DeleteImageRequest,
+                    context: grpc.ServicerContext) -> image_pb.DeleteImageResponse:
         self.record(request, context)
         self.fail_maybe("DeleteImage", context)
         return image_pb.DeleteImageResponse()
 
-    def GetImageQuota(self, request, context):
+    def GetImageQuota(self, request: image_pb.GetImageQuotaRequest,
+                      context: grpc.ServicerContext) -> image_pb.GetImageQuotaResponse:
         self.record(request, context)
         return image_pb.GetImageQuotaResponse(region=request.region, custom_image_limit=10, custom_image_used=3,
                                               daily_operation_limit=5, daily_operation_used=5)
 
-    def ListImageShares(self, request, context):
+    def ListImageShares(self, request: share_pb.ListImageSharesRequest,
+                        context: grpc.ServicerContext) -> share_pb.ListImageSharesResponse:
         self.record(request, context)
         shares, token = page(SHARES, request)
         return share_pb.ListImageSharesResponse(shares=shares, next_page_token=token)
 
-    def answered_share(self, method, request, context, state):
+    def answered_share(self, method: str,
+                       request: share_pb.AcceptImageShareRequest | share_pb.RejectImageShareRequest,
+                       context: grpc.ServicerContext, state: image_pb.ShareState.ValueType) -> share_pb.ImageShare:
         self.record(request, context)
         self.fail_maybe(method, context)
         return share_pb.ImageShare(image_id=request.image_id, region="ap-guangzhou", owner_account_id="100000000001",
                                    recipient_account_id="100000000002", state=state,
                                    create_time=ts("2026-11-01T10:00:00Z"))
 
-    def AcceptImageShare(self, request, context):
+    def AcceptImageShare(self, request: share_pb.AcceptImageShareRequest,
+                         context: grpc.ServicerContext) -> share_pb.AcceptImageShareResponse:
         return share_pb.AcceptImageShareResponse(
             share=self.answered_share("AcceptImageShare", request, context, image_pb.SHARE_STATE_ACCEPTED))
 
-    def RejectImageShare(self, request, context):
+    def RejectImageShare(self, request: share_pb.RejectImageShareRequest,
+                         context: grpc.ServicerContext) -> share_pb.RejectImageShareResponse:
         return share_pb.RejectImageShareResponse(
             share=self.answered_share("RejectImageShare", request, context, image_pb.SHARE_STATE_REJECTED))
 
-    def GetTrustPolicy(self, request, context):
+    def GetTrustPolicy(self, request: share_pb.GetTrustPolicyRequest,
+                       context: grpc.ServicerContext) -> share_pb.GetTrustPolicyResponse:
         self.record(request, context)
         return share_pb.GetTrustPolicyResponse(policy=POLICY)
 
-    def UpdateTrustPolicy(self, request, context):
+    def UpdateTrustPolicy(self, request: share_pb.UpdateTrustPolicyRequest,
+                          context: grpc.ServicerContext) -> share_pb.UpdateTrustPolicyResponse:
         """POLICY with the fields named in update_mask taken from the request's policy."""
         self.record(request, context)
         self.fail_maybe("UpdateTrustPolicy", context)
@@ -326,7 +367,8 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
         policy.update_time.CopyFrom(ts("2026-12-01T10:00:00Z"))
         return share_pb.UpdateTrustPolicyResponse(policy=policy)
 
-    def TerminateInstances(self, request, context):
+    def TerminateInstances(self, request: instance_pb.TerminateInstancesRequest,
+                           context: grpc.ServicerContext) -> instance_pb.TerminateInstancesResponse:
         self.record(request, context)
         self.fail_maybe("TerminateInstances", context)
         return instance_pb.TerminateInstancesResponse(instances=[
@@ -334,7 +376,8 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
                                  state=instance_pb.INSTANCE_STATE_TERMINATED, terminate_time=ts("2026-12-01T11:00:00Z"))
             for n, i in enumerate(request.instance_ids)])
 
-    def ResetInstance(self, request, context):
+    def ResetInstance(self, request: instance_pb.ResetInstanceRequest,
+                      context: grpc.ServicerContext) -> instance_pb.ResetInstanceResponse:
         self.record(request, context)
         self.fail_maybe("ResetInstance", context)
         instance = instance_pb.Instance()
@@ -344,22 +387,26 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
             instance.update_time.CopyFrom(ts("2026-12-01T11:00:00Z"))
         return instance_pb.ResetInstanceResponse(instance=instance, quote=QUOTE)
 
-    def QuoteResetInstance(self, request, context):
+    def QuoteResetInstance(self, request: instance_pb.QuoteResetInstanceRequest,
+                           context: grpc.ServicerContext) -> instance_pb.QuoteResetInstanceResponse:
         self.record(request, context)
         return instance_pb.QuoteResetInstanceResponse(quote=QUOTE)
 
-    def ListPrices(self, request, context):
+    def ListPrices(self, request: instance_pb.ListPricesRequest,
+                   context: grpc.ServicerContext) -> instance_pb.ListPricesResponse:
         self.record(request, context)
         self.fail_maybe("ListPrices", context)
         prices, token = page(PRICES, request)
         return instance_pb.ListPricesResponse(prices=prices, next_page_token=token)
 
-    def ListCharges(self, request, context):
+    def ListCharges(self, request: account_pb.ListChargesRequest,
+                    context: grpc.ServicerContext) -> account_pb.ListChargesResponse:
         self.record(request, context)
         charges, token = page(CHARGES, request)
         return account_pb.ListChargesResponse(charges=charges, next_page_token=token)
 
-    def GetCallerIdentity(self, request, context):
+    def GetCallerIdentity(self, request: account_pb.GetCallerIdentityRequest,
+                          context: grpc.ServicerContext) -> account_pb.GetCallerIdentityResponse:
         self.record(request, context)
         self.time_remaining = context.time_remaining()
         return account_pb.GetCallerIdentityResponse(account_id="acc-12345678",
@@ -367,7 +414,7 @@ class Fakes(image_grpc.ImageServiceServicer, instance_grpc.InstanceServiceServic
 
 
 @pytest.fixture(autouse=True)
-def no_settings(monkeypatch, tmp_path):
+def no_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No setting from the environment nor from the user's own profiles: HOME is an empty directory."""
     for name in ("ENDPOINT", "API_KEY", "REGION", "CA_CERT", "TLS", "OUTPUT", "TIMEOUT", "PROFILE", "CONFIG_FILE",
                  "CREDENTIALS_FILE"):
@@ -379,7 +426,7 @@ def no_settings(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def fakes(monkeypatch):
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
     fakes = Fakes()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                          options=[("grpc.so_reuseport", 0)])
@@ -395,8 +442,14 @@ def fakes(monkeypatch):
     server.stop(None)
 
 
+class Cli(Protocol):
+    """The ``cli`` fixture: ``cli(*argv)`` runs `cloudimg ARGS...`; returns (exit code, stdout, stderr)."""
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]: ...
+
+
 @pytest.fixture
-def cli(fakes, capsys):
+def cli(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> Cli:
     """Runs `cloudimg ARGS...`; returns (exit code, stdout, stderr)."""
     def run(*argv: str) -> tuple[int, str, str]:
         code = main(list(argv))
@@ -405,14 +458,14 @@ def cli(fakes, capsys):
     return run
 
 
-def test_regions_table(cli):
+def test_regions_table(cli: Cli) -> None:
     assert cli("regions") == (0, (
         "REGION_ID     DISPLAY_NAME  MAINLAND  SYNC_ENABLED\n"
         "ap-guangzhou  Guangzhou     yes       yes\n"
         "na-ashburn    Virginia      no        no\n"), "")
 
 
-def test_json_flag_after_the_command(cli):
+def test_json_flag_after_the_command(cli: Cli) -> None:
     code, out, _ = cli("regions", "--json")
     assert code == 0
     assert json.loads(out) == {"regions": [
@@ -422,7 +475,7 @@ def test_json_flag_after_the_command(cli):
     ]}
 
 
-def test_images_all_follows_every_page(cli, fakes):
+def test_images_all_follows_every_page(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("images", "--region", "ap-guangzhou", "--image-type", "public", "--image-type", "SHARED",
                        "--platform", "Ubuntu", "--page-size", "2", "--all")
     assert code == 0
@@ -440,14 +493,14 @@ def test_images_all_follows_every_page(cli, fakes):
     assert (first.region, first.platform, first.page_size) == ("ap-guangzhou", "Ubuntu", 2)
 
 
-def test_images_one_page_names_the_next_token(cli, fakes):
+def test_images_one_page_names_the_next_token(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("images", "--region", "ap-guangzhou", "--page-size", "2")
     assert code == 0
     assert "img-shared01" not in out
     assert out.endswith("more: --page-token 2 (or --all)\n")
 
 
-def test_images_all_as_json_is_one_document(cli):
+def test_images_all_as_json_is_one_document(cli: Cli) -> None:
     code, out, _ = cli("--json", "images", "--region", "ap-guangzhou", "--all")
     assert code == 0
     body = json.loads(out)
@@ -456,7 +509,7 @@ def test_images_all_as_json_is_one_document(cli):
     assert "next_page_token" not in body
 
 
-def test_image_detail(cli):
+def test_image_detail(cli: Cli) -> None:
     code, out, _ = cli("image", "img-ubuntu22")
     assert code == 0
     assert "image_type            PUBLIC\n" in out
@@ -464,7 +517,7 @@ def test_image_detail(cli):
     assert "share_state           -\n" in out
 
 
-def test_quote_prints_lines_and_exact_total(cli, fakes):
+def test_quote_prints_lines_and_exact_total(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("quote", "--region", "ap-guangzhou", "--image", "img-ubuntu22",
                        "--instance-type", "S5.MEDIUM4", "--count", "2", "--charge-type", "prepaid",
                        "--period-months", "3", "--disk-gb", "60")
@@ -483,7 +536,7 @@ def test_quote_prints_lines_and_exact_total(cli, fakes):
         system_disk_gb=60)]
 
 
-def test_run_prints_instance_ids_and_quote(cli, fakes):
+def test_run_prints_instance_ids_and_quote(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("run", "--region", "ap-guangzhou", "--image", "img-ubuntu22", "--instance-type",
                        "S5.MEDIUM4", "--count", "2", "--name", "web", "--client-token", "tok-1")
     assert code == 0
@@ -493,7 +546,7 @@ def test_run_prints_instance_ids_and_quote(cli, fakes):
     assert (request.instance_name, request.client_token, request.dry_run) == ("web", "tok-1", False)
 
 
-def test_run_dry_run(cli, fakes):
+def test_run_dry_run(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("run", "--region", "ap-guangzhou", "--image", "img-ubuntu22", "--instance-type",
                        "S5.MEDIUM4", "--dry-run")
     assert code == 0
@@ -502,13 +555,13 @@ def test_run_dry_run(cli, fakes):
     assert fakes.requests[0].instance_count == 1
 
 
-def test_instance_types(cli):
+def test_instance_types(cli: Cli) -> None:
     assert cli("instance-types", "--region", "ap-guangzhou")[1] == (
         "INSTANCE_TYPE  FAMILY  ARCHITECTURE  VCPUS  MEMORY_GB\n"
         "S5.MEDIUM4     S5      X86_64        2      4\n")
 
 
-def test_instances_lists_every_page_and_one_instance(cli, fakes):
+def test_instances_lists_every_page_and_one_instance(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("instances", "--region", "ap-guangzhou")
     assert code == 0
     assert [row.split()[0] for row in out.splitlines()[1:]] == [i.instance_id for i in INSTANCES]
@@ -521,7 +574,7 @@ def test_instances_lists_every_page_and_one_instance(cli, fakes):
 
 
 @pytest.mark.parametrize(("command", "state"), [("share", "PENDING"), ("unshare", "-")])
-def test_share_and_unshare(cli, fakes, command, state):
+def test_share_and_unshare(cli: Cli, fakes: Fakes, command: str, state: str) -> None:
     code, out, _ = cli(command, "img-custom01", "acc-11111111", "acc-22222222")
     assert code == 0
     rows = [row.split() for row in out.splitlines()[1:]]
@@ -530,23 +583,23 @@ def test_share_and_unshare(cli, fakes, command, state):
     assert len(fakes.requests[0].request_id) == 32
 
 
-def test_whoami_sends_the_key_with_a_deadline(cli, fakes):
+def test_whoami_sends_the_key_with_a_deadline(cli: Cli, fakes: Fakes) -> None:
     assert cli("whoami") == (0, "account_id    acc-12345678\ndisplay_name  Alice\n"
                                 "api_key_id    key-1\n", "")
     assert 5 < fakes.time_remaining < 11  # 10 s, plus the wire encoding's rounding
 
 
-def test_rich_error_is_one_line_with_the_reason(cli, fakes):
+def test_rich_error_is_one_line_with_the_reason(cli: Cli, fakes: Fakes) -> None:
     assert cli("image", "img-missing") == (
         1, "", fakes.named("error: NOT_FOUND IMAGE_NOT_FOUND: image img-missing not found"))
 
 
-def test_plain_error_without_error_info(cli, fakes):
+def test_plain_error_without_error_info(cli: Cli, fakes: Fakes) -> None:
     assert cli("--api-key", "wrong", "regions") == (
         1, "", fakes.named("error: UNAUTHENTICATED: invalid API key"))
 
 
-def test_missing_api_key_exits_2(cli, monkeypatch):
+def test_missing_api_key_exits_2(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLOUDIMG_API_KEY")
     code, out, err = cli("regions")
     assert (code, out) == (2, "")
@@ -554,14 +607,14 @@ def test_missing_api_key_exits_2(cli, monkeypatch):
     assert "CLOUDIMG_API_KEY" in err
 
 
-def test_usage_error_exits_2(cli):
+def test_usage_error_exits_2(cli: Cli) -> None:
     code, _, err = cli("quote", "--region", "r", "--image", "i", "--instance-type", "t",
                        "--charge-type", "monthly")
     assert code == 2
     assert "invalid choice" in err
 
 
-def test_runs_as_a_module_without_traceback(tmp_path):
+def test_runs_as_a_module_without_traceback(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no profile with a key
     done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", "whoami"], env=env,
                           capture_output=True, text=True, timeout=30)
@@ -577,11 +630,11 @@ def test_runs_as_a_module_without_traceback(tmp_path):
     (1234567, 1, "USD 1234567.000000001"),
     (-1, -500_000_000, "USD -1.50"),
 ])
-def test_money_is_exact(units, nanos, shown):
+def test_money_is_exact(units: int, nanos: int, shown: str) -> None:
     assert render.money(usd(units, nanos)) == shown
 
 
-def test_an_empty_endpoint_variable_is_refused(cli, monkeypatch, fakes):
+def test_an_empty_endpoint_variable_is_refused(cli: Cli, monkeypatch: pytest.MonkeyPatch, fakes: Fakes) -> None:
     monkeypatch.setenv("CLOUDIMG_ENDPOINT", "")
     code, out, err = cli("regions")
     assert (code, out, err.count("\n")) == (2, "", 1)
@@ -591,7 +644,7 @@ def test_an_empty_endpoint_variable_is_refused(cli, monkeypatch, fakes):
 
 
 @pytest.mark.parametrize("endpoint", ["garbage", "127.0.0.1:99999", "127.0.0.1:0", "http://127.0.0.1:50050"])
-def test_a_bad_endpoint_is_refused(cli, monkeypatch, endpoint):
+def test_a_bad_endpoint_is_refused(cli: Cli, monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     code, _, err = cli("--endpoint", endpoint, "regions")
     assert code == 2
     assert err.splitlines()[-1].startswith("cloudimg: error: argument --endpoint: must be HOST:PORT")
@@ -601,7 +654,7 @@ def test_a_bad_endpoint_is_refused(cli, monkeypatch, endpoint):
     assert "CLOUDIMG_ENDPOINT" in err
 
 
-def test_an_ipv6_endpoint_is_taken(cli):
+def test_an_ipv6_endpoint_is_taken(cli: Cli) -> None:
     assert cli("--endpoint", "[::1]:1", "regions")[0] == 1  # a valid address where nothing listens
 
 
@@ -622,7 +675,7 @@ LAUNCH = ("--region", "ap-guangzhou", "--image", "img-ubuntu22", "--instance-typ
     ("run", *LAUNCH, "--client-token", "x" * 65),
     ("run", *LAUNCH, "--client-token", "caf\u00e9"),
 ])
-def test_numbers_and_tokens_out_of_range_are_usage_errors(cli, fakes, argv):
+def test_numbers_and_tokens_out_of_range_are_usage_errors(cli: Cli, fakes: Fakes, argv: tuple[str, ...]) -> None:
     code, out, err = cli(*argv)
     assert (code, out) == (2, "")
     assert "error: argument" in err
@@ -630,14 +683,14 @@ def test_numbers_and_tokens_out_of_range_are_usage_errors(cli, fakes, argv):
     assert fakes.requests == []
 
 
-def test_the_largest_values_are_sent(cli, fakes):
+def test_the_largest_values_are_sent(cli: Cli, fakes: Fakes) -> None:
     assert cli("quote", *LAUNCH, "--count", "100", "--disk-gb", "2147483647")[0] == 0
     assert cli("images", "--region", "r", "--page-size", "1000")[0] == 0
     assert (fakes.requests[0].instance_count, fakes.requests[0].system_disk_gb) == (100, 2147483647)
     assert fakes.requests[1].page_size == 1000
 
 
-def test_run_always_sends_a_client_token(cli, fakes):
+def test_run_always_sends_a_client_token(cli: Cli, fakes: Fakes) -> None:
     assert cli("run", *LAUNCH)[0] == 0
     assert cli("run", *LAUNCH)[0] == 0
     first, second = (r.client_token for r in fakes.requests)
@@ -646,8 +699,8 @@ def test_run_always_sends_a_client_token(cli, fakes):
     assert first != second
 
 
-def abort_with(code: grpc.StatusCode, reason: str = "", message: str = "the launch's outcome is unknown"):
-    def abort(context):
+def abort_with(code: grpc.StatusCode, reason: str = "", message: str = "the launch's outcome is unknown") -> Abort:
+    def abort(context: grpc.ServicerContext) -> None:
         if not reason:
             context.abort(code, "try again")
         detail = any_pb2.Any()
@@ -658,11 +711,11 @@ def abort_with(code: grpc.StatusCode, reason: str = "", message: str = "the laun
 
 
 @pytest.fixture
-def no_backoff(monkeypatch):
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_main, "RETRY_BACKOFF_S", 0.0)
 
 
-def test_run_retries_a_lost_launch_with_the_same_token(cli, fakes, no_backoff):
+def test_run_retries_a_lost_launch_with_the_same_token(cli: Cli, fakes: Fakes, no_backoff: None) -> None:
     fakes.run_failures[:] = [abort_with(grpc.StatusCode.UNAVAILABLE),
                              abort_with(grpc.StatusCode.ABORTED, "LAUNCH_IN_PROGRESS")]
     code, out, _ = cli("run", *LAUNCH)
@@ -674,7 +727,7 @@ def test_run_retries_a_lost_launch_with_the_same_token(cli, fakes, no_backoff):
     assert tokens[0]
 
 
-def test_run_that_still_fails_names_the_token_to_retry_with(cli, fakes, no_backoff):
+def test_run_that_still_fails_names_the_token_to_retry_with(cli: Cli, fakes: Fakes, no_backoff: None) -> None:
     fakes.run_failures[:] = [abort_with(grpc.StatusCode.UNAVAILABLE, "LAUNCH_OUTCOME_UNKNOWN")] * 5
     code, out, err = cli("run", *LAUNCH, "--client-token", "tok-7")
     assert (code, out, err.count("\n")) == (1, "", 2)
@@ -685,14 +738,14 @@ def test_run_that_still_fails_names_the_token_to_retry_with(cli, fakes, no_backo
     assert [r.client_token for r in fakes.requests] == ["tok-7"] * 3
 
 
-def test_run_refused_is_not_retried(cli, fakes, no_backoff):
+def test_run_refused_is_not_retried(cli: Cli, fakes: Fakes, no_backoff: None) -> None:
     fakes.run_failures[:] = [abort_with(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INSTANCE_COUNT")]
     code, _, err = cli("run", *LAUNCH)
     assert (code, len(fakes.requests)) == (1, 1)
     assert "--client-token" not in err
 
 
-def test_bad_numbers_as_a_module_without_traceback(tmp_path):
+def test_bad_numbers_as_a_module_without_traceback(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "CLOUDIMG_API_KEY": KEY, "HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "cloudimg_cli.main", "run", *LAUNCH, "--count", "3000000000"],
                           env=env, capture_output=True, text=True, timeout=30)
@@ -704,15 +757,15 @@ def test_bad_numbers_as_a_module_without_traceback(tmp_path):
 # The image lifecycle
 
 @pytest.fixture
-def no_wait(monkeypatch):
+def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_main, "WAIT_POLL_S", 0.0)
 
 
-def sent(fakes, kind) -> list:
+def sent(fakes: Fakes, kind: type[MessageT]) -> list[MessageT]:
     return [r for r in fakes.requests if isinstance(r, kind)]
 
 
-def test_create_image_sends_a_request_id_and_shows_the_new_image(cli, fakes):
+def test_create_image_sends_a_request_id_and_shows_the_new_image(cli: Cli, fakes: Fakes) -> None:
     code, out, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--description", "v1")
     assert (code, err) == (0, "")
     assert "image_id              img-new00001\n" in out
@@ -724,7 +777,7 @@ def test_create_image_sends_a_request_id_and_shows_the_new_image(cli, fakes):
     assert request.request_id.isascii()
 
 
-def test_create_image_wait_follows_the_job_with_a_progress_bar(cli, fakes, no_wait):
+def test_create_image_wait_follows_the_job_with_a_progress_bar(cli: Cli, fakes: Fakes, no_wait: None) -> None:
     fakes.jobs["img-new00001"] = [job_image("img-new00001", "CREATING", 0), job_image("img-new00001", "CREATING", 50),
                                   job_image("img-new00001", "NORMAL", 100, checksum_sha256="ab" * 32)]
     code, out, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--wait")
@@ -736,7 +789,7 @@ def test_create_image_wait_follows_the_job_with_a_progress_bar(cli, fakes, no_wa
     assert [r.image_id for r in sent(fakes, image_pb.GetImageRequest)] == ["img-new00001"] * 3
 
 
-def test_a_dry_run_waits_for_nothing(cli, fakes):
+def test_a_dry_run_waits_for_nothing(cli: Cli, fakes: Fakes) -> None:
     code, out, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--dry-run", "--wait")
     assert (code, err) == (0, "")
     assert out.startswith("dry run: checked, nothing made\n")
@@ -744,7 +797,7 @@ def test_a_dry_run_waits_for_nothing(cli, fakes):
     assert sent(fakes, image_pb.GetImageRequest) == []
 
 
-def test_import_image_that_fails_prints_its_reason_and_exits_1(cli, fakes, no_wait):
+def test_import_image_that_fails_prints_its_reason_and_exits_1(cli: Cli, fakes: Fakes, no_wait: None) -> None:
     fakes.jobs["img-imp00001"] = [
         job_image("img-imp00001", "IMPORTING", 30),
         job_image("img-imp00001", "IMPORT_FAILED", 30, state_reason="FORMAT_MISMATCH: the bytes are raw, not qcow2")]
@@ -762,7 +815,7 @@ def test_import_image_that_fails_prints_its_reason_and_exits_1(cli, fakes, no_wa
     assert request.request_id
 
 
-def test_sync_image_waits_for_every_new_image(cli, fakes, no_wait):
+def test_sync_image_waits_for_every_new_image(cli: Cli, fakes: Fakes, no_wait: None) -> None:
     fakes.jobs["img-syn00000"] = [job_image("img-syn00000", "SYNCING", 40, region="ap-beijing"),
                                   job_image("img-syn00000", "NORMAL", 100, region="ap-beijing")]
     fakes.jobs["img-syn00001"] = [job_image("img-syn00001", "SYNCING", 20, region="ap-shanghai"),
@@ -783,7 +836,7 @@ def test_sync_image_waits_for_every_new_image(cli, fakes, no_wait):
         "img-syn00000", "img-syn00001", "img-syn00000", "img-syn00001", "img-syn00001"]
 
 
-def test_wait_gives_up_after_its_timeout(cli, fakes, monkeypatch):
+def test_wait_gives_up_after_its_timeout(cli: Cli, fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_main, "WAIT_POLL_S", 0.3)
     fakes.jobs["img-new00001"] = [job_image("img-new00001", "CREATING", 10)]
     code, _, err = cli("create-image", "--instance", "ins-00000000", "--name", "web", "--wait", "--wait-timeout", "1")
@@ -792,9 +845,9 @@ def test_wait_gives_up_after_its_timeout(cli, fakes, monkeypatch):
     assert 2 <= len(sent(fakes, image_pb.GetImageRequest)) <= 5
 
 
-def test_progress_redraws_one_line_on_a_terminal():
+def test_progress_redraws_one_line_on_a_terminal() -> None:
     class Terminal(io.StringIO):
-        def isatty(self):
+        def isatty(self) -> bool:
             return True
 
     stream = Terminal()
@@ -811,7 +864,8 @@ def test_progress_redraws_one_line_on_a_terminal():
     (("--description", ""), ["description"], "", ""),
     (("--name", "web-2", "--description", "v2"), ["name", "description"], "web-2", "v2"),
 ])
-def test_update_image_masks_the_fields_it_is_given(cli, fakes, flags, paths, name, description):
+def test_update_image_masks_the_fields_it_is_given(cli: Cli, fakes: Fakes, flags: tuple[str, ...], paths: list[str],
+                                                   name: str, description: str) -> None:
     code, out, _ = cli("update-image", "img-custom01", *flags)
     assert code == 0
     assert "image_id              img-custom01\n" in out
@@ -822,14 +876,14 @@ def test_update_image_masks_the_fields_it_is_given(cli, fakes, flags, paths, nam
     assert request.request_id
 
 
-def test_update_image_without_a_change_is_a_usage_error(cli, fakes):
+def test_update_image_without_a_change_is_a_usage_error(cli: Cli, fakes: Fakes) -> None:
     code, out, err = cli("update-image", "img-custom01")
     assert (code, out) == (2, "")
     assert "--name, --description" in err
     assert fakes.requests == []
 
 
-def test_delete_image_is_retried_with_its_request_id(cli, fakes, no_backoff):
+def test_delete_image_is_retried_with_its_request_id(cli: Cli, fakes: Fakes, no_backoff: None) -> None:
     fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.UNAVAILABLE)]
     assert cli("delete-image", "img-custom01") == (0, "deleted img-custom01\n", "")
     ids = [r.request_id for r in fakes.requests]
@@ -838,7 +892,7 @@ def test_delete_image_is_retried_with_its_request_id(cli, fakes, no_backoff):
     assert ids[0]
 
 
-def test_a_delete_that_still_fails_names_the_request_id_to_retry_with(cli, fakes, no_backoff):
+def test_a_delete_that_still_fails_names_the_request_id_to_retry_with(cli: Cli, fakes: Fakes, no_backoff: None) -> None:
     fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.UNAVAILABLE)] * 5
     code, out, err = cli("delete-image", "img-custom01", "--request-id", "del-1")
     assert (code, out) == (1, "")
@@ -846,7 +900,7 @@ def test_a_delete_that_still_fails_names_the_request_id_to_retry_with(cli, fakes
     assert [r.request_id for r in fakes.requests] == ["del-1"] * 3
 
 
-def test_a_refused_delete_is_not_retried(cli, fakes, no_backoff):
+def test_a_refused_delete_is_not_retried(cli: Cli, fakes: Fakes, no_backoff: None) -> None:
     fakes.failures["DeleteImage"] = [abort_with(grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_SHARED")]
     code, _, err = cli("delete-image", "img-custom01")
     assert (code, len(fakes.requests)) == (1, 1)
@@ -854,7 +908,7 @@ def test_a_refused_delete_is_not_retried(cli, fakes, no_backoff):
     assert "--request-id" not in err
 
 
-def test_quota(cli, fakes):
+def test_quota(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("quota", "--region", "ap-guangzhou")
     assert code == 0
     assert out == ("region                 ap-guangzhou\ncustom_image_limit     10\ncustom_image_used      3\n"
@@ -879,7 +933,7 @@ IMPORT = ("import-image", "--region", "r", "--name", "n", "--format", "qcow2", "
     ("delete-image",),
     ("quota",),
 ])
-def test_image_command_usage_errors_send_nothing(cli, fakes, argv):
+def test_image_command_usage_errors_send_nothing(cli: Cli, fakes: Fakes, argv: tuple[str, ...]) -> None:
     code, out, err = cli(*argv)
     assert (code, out) == (2, "")
     assert "error:" in err
@@ -889,7 +943,7 @@ def test_image_command_usage_errors_send_nothing(cli, fakes, argv):
 
 # Shares, the trust policy, terminate, reset, charges and prices
 
-def test_shares_lists_every_page_of_one_images_shares(cli, fakes):
+def test_shares_lists_every_page_of_one_images_shares(cli: Cli, fakes: Fakes) -> None:
     assert cli("shares", "img-custom01") == (0, (
         "RECIPIENT_ACCOUNT_ID  STATE     CREATE_TIME\n"
         "100000000002          ACCEPTED  2026-11-01T10:00:00Z\n"
@@ -909,7 +963,9 @@ def test_shares_lists_every_page_of_one_images_shares(cli, fakes):
     ("accept-share", share_pb.AcceptImageShareRequest, "ACCEPTED"),
     ("reject-share", share_pb.RejectImageShareRequest, "REJECTED"),
 ])
-def test_accept_and_reject_a_share_print_it(cli, fakes, command, request_type, state):
+def test_accept_and_reject_a_share_print_it(
+        cli: Cli, fakes: Fakes, command: str,
+        request_type: type[share_pb.AcceptImageShareRequest | share_pb.RejectImageShareRequest], state: str) -> None:
     code, out, err = cli(command, "img-shared01")
     assert (code, err) == (0, "")
     assert out == ("image_id              img-shared01\nregion                ap-guangzhou\n"
@@ -925,7 +981,7 @@ def test_accept_and_reject_a_share_print_it(cli, fakes, command, request_type, s
     assert fakes.requests[-1].request_id == "answer-1"
 
 
-def test_accepting_a_share_that_is_not_there_is_one_line(cli, fakes, no_backoff):
+def test_accepting_a_share_that_is_not_there_is_one_line(cli: Cli, fakes: Fakes, no_backoff: None) -> None:
     fakes.failures["AcceptImageShare"] = [abort_with(grpc.StatusCode.NOT_FOUND, "SHARE_NOT_FOUND",
                                                      "image img-nothere0 is not shared with you")]
     assert cli("accept-share", "img-nothere0") == (
@@ -942,7 +998,7 @@ POLICY_TEXT = ("mode                           ENFORCE\n"
                "update_time                    2026-11-20T09:00:00Z\n")
 
 
-def test_trust_policy_alone_shows_the_policy(cli, fakes):
+def test_trust_policy_alone_shows_the_policy(cli: Cli, fakes: Fakes) -> None:
     assert cli("trust-policy") == (0, POLICY_TEXT, "")
     assert fakes.requests == [share_pb.GetTrustPolicyRequest()]
     code, out, _ = cli("trust-policy", "--json")
@@ -952,7 +1008,7 @@ def test_trust_policy_alone_shows_the_policy(cli, fakes):
         "update_time": "2026-11-20T09:00:00Z"}})
 
 
-def test_a_policy_never_changed_shows_empty_lists_and_no_time():
+def test_a_policy_never_changed_shows_empty_lists_and_no_time() -> None:
     policy = share_pb.GetTrustPolicyResponse(policy=share_pb.TrustPolicy(
         mode=share_pb.TRUST_POLICY_MODE_OFF, allow_platform_images=True))
     assert cli_main.show_policy(policy) == (
@@ -972,7 +1028,8 @@ def test_a_policy_never_changed_shows_empty_lists_and_no_time():
                           allowed_marketplace_providers=["Bitnami", "WordPress Inc"],
                           allowed_account_ids=["100000000005", "100000000006"])),
 ])
-def test_trust_policy_update_masks_only_the_flags_given(cli, fakes, flags, paths, policy):
+def test_trust_policy_update_masks_only_the_flags_given(cli: Cli, fakes: Fakes, flags: tuple[str, ...],
+                                                        paths: list[str], policy: share_pb.TrustPolicy) -> None:
     code, _out, err = cli("trust-policy", "update", *flags)
     assert (code, err) == (0, "")
     (request,) = fakes.requests
@@ -981,7 +1038,7 @@ def test_trust_policy_update_masks_only_the_flags_given(cli, fakes, flags, paths
     assert len(request.request_id) == 32
 
 
-def test_trust_policy_update_prints_the_policy_after_the_change(cli, fakes):
+def test_trust_policy_update_prints_the_policy_after_the_change(cli: Cli, fakes: Fakes) -> None:
     assert cli("trust-policy", "update", "--trusted-accounts", "", "--allowed-accounts", "100000000005") == (0, (
         "mode                           ENFORCE\n"
         "allow_platform_images          yes\n"
@@ -994,7 +1051,7 @@ def test_trust_policy_update_prints_the_policy_after_the_change(cli, fakes):
     assert fakes.requests[-1].request_id == "policy-1"
 
 
-def test_trust_policy_update_without_a_flag_sends_nothing(cli, fakes):
+def test_trust_policy_update_without_a_flag_sends_nothing(cli: Cli, fakes: Fakes) -> None:
     code, out, err = cli("trust-policy", "update")
     assert (code, out, err.count("\n")) == (2, "", 1)
     assert err.startswith("cloudimg: error: trust-policy update: give at least one of --mode")
@@ -1014,7 +1071,8 @@ CHANGES = [
 
 
 @pytest.mark.parametrize(("argv", "method"), CHANGES)
-def test_a_change_is_retried_with_its_request_id(cli, fakes, no_backoff, argv, method):
+def test_a_change_is_retried_with_its_request_id(cli: Cli, fakes: Fakes, no_backoff: None, argv: tuple[str, ...],
+                                                 method: str) -> None:
     fakes.failures[method] = [abort_with(grpc.StatusCode.UNAVAILABLE)]
     code, _, err = cli(*argv)
     assert (code, err) == (0, "")
@@ -1024,7 +1082,8 @@ def test_a_change_is_retried_with_its_request_id(cli, fakes, no_backoff, argv, m
 
 
 @pytest.mark.parametrize(("argv", "method"), CHANGES)
-def test_a_change_that_still_fails_names_its_request_id(cli, fakes, no_backoff, argv, method):
+def test_a_change_that_still_fails_names_its_request_id(cli: Cli, fakes: Fakes, no_backoff: None, argv: tuple[str, ...],
+                                                        method: str) -> None:
     fakes.failures[method] = [abort_with(grpc.StatusCode.UNAVAILABLE)] * 5
     code, out, err = cli(*argv, "--request-id", "chg-1")
     assert (code, out, err) == (1, "", fakes.named("error: UNAVAILABLE: try again; retry with --request-id chg-1"))
@@ -1032,7 +1091,8 @@ def test_a_change_that_still_fails_names_its_request_id(cli, fakes, no_backoff, 
 
 
 @pytest.mark.parametrize(("argv", "method"), CHANGES)
-def test_a_refused_change_is_one_line_and_not_retried(cli, fakes, no_backoff, argv, method):
+def test_a_refused_change_is_one_line_and_not_retried(cli: Cli, fakes: Fakes, no_backoff: None, argv: tuple[str, ...],
+                                                      method: str) -> None:
     fakes.failures[method] = [abort_with(grpc.StatusCode.FAILED_PRECONDITION, "IDEMPOTENCY_PARAMETER_MISMATCH",
                                          "request_id chg-1 was used with other parameters")]
     assert cli(*argv, "--request-id", "chg-1") == (
@@ -1041,7 +1101,7 @@ def test_a_refused_change_is_one_line_and_not_retried(cli, fakes, no_backoff, ar
     assert len(fakes.requests) == 1
 
 
-def test_terminate_prints_the_instances_and_their_states(cli, fakes):
+def test_terminate_prints_the_instances_and_their_states(cli: Cli, fakes: Fakes) -> None:
     assert cli("terminate", "ins-00000002", "ins-00000001", "--request-id", "term-1") == (0, (
         "INSTANCE_ID   INSTANCE_NAME  REGION        STATE       TERMINATE_TIME\n"
         "ins-00000002  web-0          ap-guangzhou  TERMINATED  2026-12-01T11:00:00Z\n"
@@ -1053,13 +1113,13 @@ def test_terminate_prints_the_instances_and_their_states(cli, fakes):
         0, [("ins-00000003", "INSTANCE_STATE_TERMINATED")])
 
 
-def test_terminate_takes_up_to_100_ids(cli, fakes):
+def test_terminate_takes_up_to_100_ids(cli: Cli, fakes: Fakes) -> None:
     ids = [f"ins-{n:08d}" for n in range(100)]
     assert cli("terminate", *ids)[0] == 0
     assert list(fakes.requests[0].instance_ids) == ids
 
 
-def test_reset_prints_the_instance_and_its_new_quote(cli, fakes):
+def test_reset_prints_the_instance_and_its_new_quote(cli: Cli, fakes: Fakes) -> None:
     code, out, err = cli("reset", "ins-00000000", "--image", "img-new00001", "--request-id", "reset-1")
     assert (code, err) == (0, "")
     assert out.startswith("instance_id     ins-00000000\n")
@@ -1076,7 +1136,7 @@ def test_reset_prints_the_instance_and_its_new_quote(cli, fakes):
     assert (code, body["instance"]["image_id"], body["quote"]["total"]["nanos"]) == (0, "img-new00001", 252500000)
 
 
-def test_reset_dry_run_says_nothing_changed(cli, fakes):
+def test_reset_dry_run_says_nothing_changed(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("reset", "ins-00000000", "--image", "img-new00001", "--dry-run")
     assert code == 0
     assert out.startswith("dry run: validated and priced, nothing changed\n\ninstance_id     ins-00000000\n")
@@ -1085,7 +1145,7 @@ def test_reset_dry_run_says_nothing_changed(cli, fakes):
     assert fakes.requests[0].request_id
 
 
-def test_quote_reset_prints_the_quote(cli, fakes):
+def test_quote_reset_prints_the_quote(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("quote-reset", "ins-00000000", "--image", "img-new00001")
     assert code == 0
     assert out.startswith("KIND           DESCRIPTION")
@@ -1106,14 +1166,14 @@ CHARGES_TEXT = [
 ]
 
 
-def test_charges_all_shows_the_ledger_then_the_accrued_usage(cli, fakes):
+def test_charges_all_shows_the_ledger_then_the_accrued_usage(cli: Cli, fakes: Fakes) -> None:
     assert cli("charges", "--all") == (0, "\n".join(CHARGES_TEXT) + "\n", "")
     assert [r.page_token for r in fakes.requests] == ["", "2"]
     assert not fakes.requests[0].HasField("start_time")
     assert not fakes.requests[0].HasField("end_time")
 
 
-def test_charges_one_page_names_the_next_token(cli, fakes):
+def test_charges_one_page_names_the_next_token(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("charges", "--page-size", "2")
     assert code == 0
     assert out.splitlines()[1].startswith("LAUNCH ")
@@ -1121,7 +1181,7 @@ def test_charges_one_page_names_the_next_token(cli, fakes):
     assert out.endswith("\n\nmore: --page-token 2 (or --all)\n")
 
 
-def test_charges_filters_are_sent(cli, fakes):
+def test_charges_filters_are_sent(cli: Cli, fakes: Fakes) -> None:
     code, _, _ = cli("charges", "--instance", "ins-00000001", "--since", "2026-12-01T08:00:00+08:00",
                      "--until", "2026-12-02t00:00:00.5z", "--page-size", "1000", "--page-token", "2")
     assert code == 0
@@ -1130,7 +1190,7 @@ def test_charges_filters_are_sent(cli, fakes):
         page_size=1000, page_token="2")]
 
 
-def test_charges_as_json(cli):
+def test_charges_as_json(cli: Cli) -> None:
     code, out, _ = cli("--json", "charges", "--all")
     charges = json.loads(out)["charges"]
     assert code == 0
@@ -1147,13 +1207,13 @@ PRICES_TEXT = ("REGION        KIND           INSTANCE_TYPE/PRODUCT   CHARGE_TYPE
                "ap-guangzhou  MARKETPLACE    bitnami-wp              POSTPAID_BY_HOUR  USD 0.02    instance-hour\n")
 
 
-def test_prices_all(cli, fakes):
+def test_prices_all(cli: Cli, fakes: Fakes) -> None:
     assert cli("prices", "--all") == (0, PRICES_TEXT, "")
     assert [r.page_token for r in fakes.requests] == ["", "2"]
     assert fakes.requests[0] == instance_pb.ListPricesRequest()
 
 
-def test_prices_filters_and_one_page(cli, fakes):
+def test_prices_filters_and_one_page(cli: Cli, fakes: Fakes) -> None:
     code, out, _ = cli("prices", "--region", "ap-guangzhou", "--charge-type", "spotpaid", "--instance-type",
                        "S5.MEDIUM4", "--page-size", "2")
     assert code == 0
@@ -1166,21 +1226,21 @@ def test_prices_filters_and_one_page(cli, fakes):
         0, "bitnami-wp", {"currency_code": "USD", "units": "4", "nanos": 500000000})
 
 
-def test_prices_refused_is_one_line(cli, fakes):
+def test_prices_refused_is_one_line(cli: Cli, fakes: Fakes) -> None:
     fakes.failures["ListPrices"] = [abort_with(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
                                                "page_token does not match the request")]
     assert cli("prices", "--page-token", "bogus") == (
         1, "", fakes.named("error: INVALID_ARGUMENT INVALID_PAGE_TOKEN: page_token does not match the request"))
 
 
-def test_instances_by_state(cli, fakes):
+def test_instances_by_state(cli: Cli, fakes: Fakes) -> None:
     assert cli("instances", "--state", "running", "--state", "RESETTING", "PENDING")[0] == 0
     assert list(fakes.requests[0].states) == [instance_pb.INSTANCE_STATE_RUNNING, instance_pb.INSTANCE_STATE_RESETTING,
                                               instance_pb.INSTANCE_STATE_PENDING]
     assert all(list(r.states) == list(fakes.requests[0].states) for r in fakes.requests)  # on every page
 
 
-def test_images_by_share_state(cli, fakes):
+def test_images_by_share_state(cli: Cli, fakes: Fakes) -> None:
     assert cli("images", "--region", "ap-guangzhou", "--share-state", "rejected", "--share-state", "PENDING")[0] == 0
     assert list(fakes.requests[0].share_states) == [image_pb.SHARE_STATE_REJECTED, image_pb.SHARE_STATE_PENDING]
     assert cli("images", "--region", "ap-guangzhou")[0] == 0
@@ -1212,7 +1272,8 @@ def test_images_by_share_state(cli, fakes):
     (("instances", "--state", "sleeping"), "--state"),
     (("images", "--region", "r", "--share-state", "declined"), "--share-state"),
 ])
-def test_new_command_usage_errors_name_the_argument_and_send_nothing(cli, fakes, argv, flag):
+def test_new_command_usage_errors_name_the_argument_and_send_nothing(cli: Cli, fakes: Fakes, argv: tuple[str, ...],
+                                                                     flag: str) -> None:
     code, out, err = cli(*argv)
     assert (code, out) == (2, "")
     assert f"error: argument {flag}" in err or f"required: {flag}" in err, err
@@ -1220,7 +1281,7 @@ def test_new_command_usage_errors_name_the_argument_and_send_nothing(cli, fakes,
     assert fakes.requests == []
 
 
-def test_help_names_every_command(cli):
+def test_help_names_every_command(cli: Cli) -> None:
     code, out, _ = cli("--help")
     assert code == 0
     for name in ("shares", "accept-share", "reject-share", "trust-policy", "terminate", "reset", "quote-reset",
@@ -1238,7 +1299,7 @@ def test_help_names_every_command(cli):
 
 # Settings: profiles, configure, outputs, --version, --timeout, --debug
 
-def profiles(home, config: str = "", credentials: str = "") -> None:
+def profiles(home: Path, config: str = "", credentials: str = "") -> None:
     """Writes ~/.cloudimg/config and ~/.cloudimg/credentials (TOML)."""
     (home / ".cloudimg").mkdir(exist_ok=True)
     (home / ".cloudimg" / "config").write_text(config)
@@ -1247,7 +1308,7 @@ def profiles(home, config: str = "", credentials: str = "") -> None:
 
 
 @pytest.fixture
-def endpoint(monkeypatch) -> str:
+def endpoint(monkeypatch: pytest.MonkeyPatch) -> str:
     """The fakes' endpoint, no longer in the environment: the profile must name it."""
     value = os.environ["CLOUDIMG_ENDPOINT"]
     monkeypatch.delenv("CLOUDIMG_ENDPOINT")
@@ -1255,7 +1316,8 @@ def endpoint(monkeypatch) -> str:
     return value
 
 
-def test_the_default_profile_supplies_endpoint_key_and_region(cli, fakes, no_settings, endpoint):
+def test_the_default_profile_supplies_endpoint_key_and_region(cli: Cli, fakes: Fakes, no_settings: Path,
+                                                              endpoint: str) -> None:
     profiles(no_settings, f'[default]\nendpoint = "{endpoint}"\nregion = "ap-singapore"\n',
              f'[default]\napi_key = "{KEY}"\n')
     assert cli("images")[0] == 0
@@ -1263,7 +1325,8 @@ def test_the_default_profile_supplies_endpoint_key_and_region(cli, fakes, no_set
     assert [r.region for r in fakes.requests] == ["ap-singapore", "ap-singapore"]
 
 
-def test_the_api_key_may_be_in_the_config_file_but_the_credentials_file_wins(cli, fakes, no_settings, endpoint):
+def test_the_api_key_may_be_in_the_config_file_but_the_credentials_file_wins(cli: Cli, fakes: Fakes, no_settings: Path,
+                                                                             endpoint: str) -> None:
     profiles(no_settings, f'[default]\nendpoint = "{endpoint}"\napi_key = "{KEY}"\n')
     assert cli("whoami")[0] == 0
     profiles(no_settings, f'[default]\nendpoint = "{endpoint}"\napi_key = "{KEY}"\n', '[default]\napi_key = "other"\n')
@@ -1275,8 +1338,9 @@ def test_the_api_key_may_be_in_the_config_file_but_the_credentials_file_wins(cli
     (None, "ap-env", "ap-env"),
     (None, None, "ap-profile"),
 ])
-def test_a_flag_beats_the_environment_which_beats_the_profile(cli, fakes, no_settings, monkeypatch, flag, env,
-                                                                expected):
+def test_a_flag_beats_the_environment_which_beats_the_profile(cli: Cli, fakes: Fakes, no_settings: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, flag: str | None,
+                                                              env: str | None, expected: str) -> None:
     profiles(no_settings, '[default]\nregion = "ap-profile"\nendpoint = "127.0.0.1:1"\ntimeout = 1\n')
     if env:
         monkeypatch.setenv("CLOUDIMG_REGION", env)
@@ -1285,7 +1349,8 @@ def test_a_flag_beats_the_environment_which_beats_the_profile(cli, fakes, no_set
     assert fakes.requests[0].region == expected
 
 
-def test_the_profile_is_chosen_by_flag_then_environment(cli, fakes, no_settings, monkeypatch):
+def test_the_profile_is_chosen_by_flag_then_environment(cli: Cli, fakes: Fakes, no_settings: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     profiles(no_settings, '[default]\nregion = "ap-default"\n[prod]\nregion = "ap-prod"\n[test]\nregion = "ap-test"\n')
     assert cli("images")[0] == 0
     monkeypatch.setenv("CLOUDIMG_PROFILE", "test")
@@ -1295,7 +1360,8 @@ def test_the_profile_is_chosen_by_flag_then_environment(cli, fakes, no_settings,
     assert [r.region for r in fakes.requests] == ["ap-default", "ap-test", "ap-prod", "ap-prod"]
 
 
-def test_the_config_file_may_be_elsewhere(cli, fakes, tmp_path, monkeypatch):
+def test_the_config_file_may_be_elsewhere(cli: Cli, fakes: Fakes, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     elsewhere = tmp_path / "cloudimg.toml"
     elsewhere.write_text('[default]\nregion = "ap-elsewhere"\n')
     monkeypatch.setenv("CLOUDIMG_CONFIG_FILE", str(elsewhere))
@@ -1303,7 +1369,8 @@ def test_the_config_file_may_be_elsewhere(cli, fakes, tmp_path, monkeypatch):
     assert fakes.requests[0].region == "ap-elsewhere"
 
 
-def test_a_missing_default_profile_is_no_profile_but_a_named_one_is_an_error(cli, fakes, no_settings):
+def test_a_missing_default_profile_is_no_profile_but_a_named_one_is_an_error(cli: Cli, fakes: Fakes,
+                                                                             no_settings: Path) -> None:
     assert cli("whoami")[0] == 0  # no config file at all
     code, out, err = cli("--profile", "prod", "whoami")
     assert (code, out, err.count("\n")) == (2, "", 1)
@@ -1323,7 +1390,8 @@ def test_a_missing_default_profile_is_no_profile_but_a_named_one_is_an_error(cli
     ('[default]\nendpoint = "nowhere"\n', "endpoint must be HOST:PORT"),
     ('[default]\nregion = 5\n', "region must be a non-empty string"),
 ])
-def test_a_bad_config_file_is_one_line_and_sends_nothing(cli, fakes, no_settings, text, named):
+def test_a_bad_config_file_is_one_line_and_sends_nothing(cli: Cli, fakes: Fakes, no_settings: Path, text: str,
+                                                         named: str) -> None:
     profiles(no_settings, text)
     code, out, err = cli("whoami")
     assert (code, out, err.count("\n")) == (2, "", 1)
@@ -1339,7 +1407,8 @@ def test_a_bad_config_file_is_one_line_and_sends_nothing(cli, fakes, no_settings
     ("CLOUDIMG_OUTPUT", "xml", "CLOUDIMG_OUTPUT must be one of"),
     ("CLOUDIMG_PROFILE", "a b", "CLOUDIMG_PROFILE must be"),
 ])
-def test_a_bad_variable_is_one_line_naming_it(cli, fakes, monkeypatch, name, value, named):
+def test_a_bad_variable_is_one_line_naming_it(cli: Cli, fakes: Fakes, monkeypatch: pytest.MonkeyPatch, name: str,
+                                              value: str, named: str) -> None:
     monkeypatch.setenv(name, value)
     code, out, err = cli("whoami")
     assert (code, out, err.count("\n")) == (2, "", 1)
@@ -1347,7 +1416,8 @@ def test_a_bad_variable_is_one_line_naming_it(cli, fakes, monkeypatch, name, val
     assert fakes.requests == []
 
 
-def test_configure_writes_the_profile_and_the_key_beside_it(cli, fakes, no_settings, endpoint, tmp_path):
+def test_configure_writes_the_profile_and_the_key_beside_it(cli: Cli, fakes: Fakes, no_settings: Path, endpoint: str,
+                                                            tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("not used here")
     code, out, err = cli("configure", "--endpoint", endpoint, "--api-key", KEY, "--region", "ap-guangzhou",
@@ -1367,7 +1437,7 @@ def test_configure_writes_the_profile_and_the_key_beside_it(cli, fakes, no_setti
     assert fakes.requests == []
 
 
-def test_configure_changes_only_what_it_is_given(cli, fakes, no_settings, endpoint):
+def test_configure_changes_only_what_it_is_given(cli: Cli, fakes: Fakes, no_settings: Path, endpoint: str) -> None:
     profiles(no_settings, '[default]\nregion = "ap-guangzhou"\nca_cert = "/ca.pem"\noutput = "json"\n\n'
                           '[prod]\nregion = "na-ashburn"\n')
     assert cli("configure", "--profile", "staging", "--endpoint", endpoint, "--output", "text")[0] == 0
@@ -1378,7 +1448,7 @@ def test_configure_changes_only_what_it_is_given(cli, fakes, no_settings, endpoi
     assert not (no_settings / ".cloudimg" / "credentials").exists()
 
 
-def test_configure_reads_the_key_from_stdin(cli, no_settings, monkeypatch):
+def test_configure_reads_the_key_from_stdin(cli: Cli, no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("ak-from-stdin\n"))
     assert cli("configure", "--profile", "ci", "--api-key", "-")[0] == 0
     credentials = tomllib.loads((no_settings / ".cloudimg" / "credentials").read_text())
@@ -1391,14 +1461,15 @@ def test_configure_reads_the_key_from_stdin(cli, no_settings, monkeypatch):
     (("configure", "--profile", "a.b", "--region", "r"), "argument --profile"),
     (("configure", "--timeout", "0"), "argument --timeout"),
 ])
-def test_configure_refuses_and_writes_nothing(cli, no_settings, argv, named):
+def test_configure_refuses_and_writes_nothing(cli: Cli, no_settings: Path, argv: tuple[str, ...], named: str) -> None:
     code, out, err = cli(*argv)
     assert (code, out) == (2, "")
     assert named in err
     assert not (no_settings / ".cloudimg").exists()
 
 
-def test_configure_list_shows_each_setting_and_where_it_comes_from(cli, no_settings, monkeypatch):
+def test_configure_list_shows_each_setting_and_where_it_comes_from(cli: Cli, no_settings: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     profiles(no_settings, '[default]\nregion = "ap-guangzhou"\ntimeout = 30\n', '[default]\napi_key = "ak-12"\n')
     monkeypatch.setenv("CLOUDIMG_ENDPOINT", "gw.example.com:443")
     monkeypatch.delenv("CLOUDIMG_API_KEY", raising=False)
@@ -1419,7 +1490,7 @@ def test_configure_list_shows_each_setting_and_where_it_comes_from(cli, no_setti
         0, "************", None, 30.0)
 
 
-def test_a_command_that_needs_a_region_says_so_in_one_line(cli, fakes):
+def test_a_command_that_needs_a_region_says_so_in_one_line(cli: Cli, fakes: Fakes) -> None:
     for argv in (("images",), ("instance-types",), ("quota",), ("run", "--image", "i", "--instance-type", "t")):
         code, out, err = cli(*argv)
         assert (code, out, err.count("\n")) == (2, "", 1), argv
@@ -1427,21 +1498,22 @@ def test_a_command_that_needs_a_region_says_so_in_one_line(cli, fakes):
     assert fakes.requests == []
 
 
-def test_the_listings_of_every_region_ignore_the_default_region(cli, fakes, monkeypatch):
+def test_the_listings_of_every_region_ignore_the_default_region(cli: Cli, fakes: Fakes,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLOUDIMG_REGION", "ap-guangzhou")
     assert cli("instances")[0] == 0
     assert cli("prices")[0] == 0
     assert {r.region for r in fakes.requests} == {""}
 
 
-def test_output_yaml_is_the_json_document(cli):
+def test_output_yaml_is_the_json_document(cli: Cli) -> None:
     code, out, _ = cli("--output", "yaml", "images", "--region", "ap-guangzhou", "--all")
     assert code == 0
     assert out.startswith("images:\n- image_id: img-ubuntu22\n")
     assert yaml.safe_load(out) == json.loads(cli("--json", "images", "--region", "ap-guangzhou", "--all")[1])
 
 
-def test_output_text_is_tab_separated(cli):
+def test_output_text_is_tab_separated(cli: Cli) -> None:
     code, out, _ = cli("--output", "text", "images", "--region", "ap-guangzhou", "--page-size", "2")
     assert code == 0
     lines = [line.split("\t") for line in out.splitlines()]
@@ -1457,7 +1529,7 @@ def test_output_text_is_tab_separated(cli):
         "", "false", "", "")
 
 
-def test_output_text_of_a_launch(cli, fakes):
+def test_output_text_of_a_launch(cli: Cli, fakes: Fakes) -> None:
     code, out, err = cli("run", *LAUNCH, "--output", "text", "--client-token", "tok-1")
     assert (code, err) == (0, "client token: tok-1\n")
     assert out == ("INSTANCE_IDS\tins-aaaaaaaa\nINSTANCE_IDS\tins-bbbbbbbb\n"
@@ -1466,11 +1538,12 @@ def test_output_text_of_a_launch(cli, fakes):
                    "LINES\tIMAGE_LICENSE\tWindows Server license\tUSD 0.00625\t2\tinstance-hour\tUSD 0.0125\n")
 
 
-def test_output_text_of_one_message_is_one_line(cli):
+def test_output_text_of_one_message_is_one_line(cli: Cli) -> None:
     assert cli("whoami", "--output", "text") == (0, "acc-12345678\tAlice\tkey-1\n", "")
 
 
-def test_output_from_the_environment_and_from_the_profile(cli, no_settings, monkeypatch):
+def test_output_from_the_environment_and_from_the_profile(cli: Cli, no_settings: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     profiles(no_settings, '[default]\noutput = "json"\n')
     assert json.loads(cli("whoami")[1])["account_id"] == "acc-12345678"
     monkeypatch.setenv("CLOUDIMG_OUTPUT", "text")
@@ -1479,7 +1552,7 @@ def test_output_from_the_environment_and_from_the_profile(cli, no_settings, monk
 
 
 @pytest.mark.parametrize("output", ["--json", "--output=json", "--output=yaml"])
-def test_errors_are_json_on_stderr_under_json_and_yaml(cli, fakes, output):
+def test_errors_are_json_on_stderr_under_json_and_yaml(cli: Cli, fakes: Fakes, output: str) -> None:
     code, out, err = cli(output, "image", "img-missing")
     assert (code, out, err.count("\n")) == (1, "", 1)
     assert json.loads(err) == {"code": "NOT_FOUND", "reason": "IMAGE_NOT_FOUND",
@@ -1487,8 +1560,9 @@ def test_errors_are_json_on_stderr_under_json_and_yaml(cli, fakes, output):
                                "request_id": fakes.request_ids[-1]}
 
 
-def test_a_json_error_carries_the_error_info_metadata_and_what_to_retry_with(cli, fakes, no_backoff):
-    def unknown(context):
+def test_a_json_error_carries_the_error_info_metadata_and_what_to_retry_with(cli: Cli, fakes: Fakes,
+                                                                             no_backoff: None) -> None:
+    def unknown(context: grpc.ServicerContext) -> None:
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.ErrorInfo(reason="LAUNCH_OUTCOME_UNKNOWN", domain="cloudimg",
                                                 metadata={"launch_id": "lch-1", "client_token": "tok-7"}))
@@ -1505,7 +1579,7 @@ def test_a_json_error_carries_the_error_info_metadata_and_what_to_retry_with(cli
                                "retry_with": {"flag": "--client-token", "value": "tok-7"}}
 
 
-def test_a_usage_error_after_parsing_is_json_too(cli, fakes):
+def test_a_usage_error_after_parsing_is_json_too(cli: Cli, fakes: Fakes) -> None:
     code, out, err = cli("--json", "images")
     assert (code, out) == (2, "")
     error = json.loads(err)
@@ -1513,7 +1587,7 @@ def test_a_usage_error_after_parsing_is_json_too(cli, fakes):
     assert error["message"].startswith("images needs a region")
 
 
-def test_run_names_its_client_token(cli, fakes):
+def test_run_names_its_client_token(cli: Cli, fakes: Fakes) -> None:
     code, _, err = cli("run", *LAUNCH)
     (request,) = fakes.requests
     assert (code, err) == (0, f"client token: {request.client_token}\n")
@@ -1524,10 +1598,10 @@ def test_run_names_its_client_token(cli, fakes):
     assert yaml.safe_load(out)["client_token"] == "tok-9"
 
 
-def test_version(cli, monkeypatch):
+def test_version(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli("--version") == (0, f"cloudimg {importlib.metadata.version('cloudimg')}\n", "")
 
-    def not_installed(name):
+    def not_installed(name: str) -> NoReturn:
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
@@ -1535,14 +1609,15 @@ def test_version(cli, monkeypatch):
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "ten", "nan", "inf", ""])
-def test_timeout_must_be_positive_seconds(cli, fakes, value):
+def test_timeout_must_be_positive_seconds(cli: Cli, fakes: Fakes, value: str) -> None:
     code, out, err = cli("--timeout", value, "whoami")
     assert (code, out) == (2, "")
     assert "argument --timeout: must be a number of seconds greater than 0" in err
     assert fakes.requests == []
 
 
-def test_timeout_is_the_deadline_of_each_call(cli, fakes, no_settings, monkeypatch):
+def test_timeout_is_the_deadline_of_each_call(cli: Cli, fakes: Fakes, no_settings: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli("whoami", "--timeout", "30")[0] == 0
     assert 25 < fakes.time_remaining < 31  # plus the wire encoding's rounding
     monkeypatch.setenv("CLOUDIMG_TIMEOUT", "2")
@@ -1554,7 +1629,7 @@ def test_timeout_is_the_deadline_of_each_call(cli, fakes, no_settings, monkeypat
     assert 55 < fakes.time_remaining < 61
 
 
-def test_every_call_sends_an_x_request_id_of_its_own(cli, fakes):
+def test_every_call_sends_an_x_request_id_of_its_own(cli: Cli, fakes: Fakes) -> None:
     assert cli("images", "--region", "ap-guangzhou", "--all")[0] == 0
     first, second = fakes.request_ids
     assert len(first) == 32
@@ -1562,7 +1637,7 @@ def test_every_call_sends_an_x_request_id_of_its_own(cli, fakes):
     assert first != second
 
 
-def test_debug_describes_the_endpoint_and_every_call(cli, fakes):
+def test_debug_describes_the_endpoint_and_every_call(cli: Cli, fakes: Fakes) -> None:
     code, out, err = cli("--debug", "images", "--region", "ap-guangzhou", "--all")
     assert code == 0
     assert out.startswith("IMAGE_ID")
@@ -1578,7 +1653,7 @@ def test_debug_describes_the_endpoint_and_every_call(cli, fakes):
     assert err.splitlines()[-1].endswith(f"(x-request-id {fakes.request_ids[-1]})")
 
 
-def test_the_old_type_flags_still_work_with_a_warning(cli, fakes):
+def test_the_old_type_flags_still_work_with_a_warning(cli: Cli, fakes: Fakes) -> None:
     code, _, err = cli("images", "--region", "ap-guangzhou", "--type", "public", "--type", "SHARED")
     assert (code, err) == (0, "cloudimg: warning: --type is deprecated, use --image-type\n")
     assert list(fakes.requests[0].image_types) == [image_pb.IMAGE_TYPE_PUBLIC, image_pb.IMAGE_TYPE_SHARED]
@@ -1594,14 +1669,14 @@ def test_the_old_type_flags_still_work_with_a_warning(cli, fakes):
     (("images", "--region", "r", "--type", "bogus"), "argument --type: invalid choice"),
     (("images", "--region", "r", "--image-type", "bogus"), "argument --image-type: invalid choice"),
 ])
-def test_instance_and_image_type_usage_errors(cli, fakes, argv, named):
+def test_instance_and_image_type_usage_errors(cli: Cli, fakes: Fakes, argv: tuple[str, ...], named: str) -> None:
     code, out, err = cli(*argv)
     assert (code, out) == (2, "")
     assert named in err
     assert fakes.requests == []
 
 
-def test_help_names_the_settings(cli):
+def test_help_names_the_settings(cli: Cli) -> None:
     code, out, _ = cli("--help")
     assert code == 0
     for flag in ("--profile NAME", "--output {table,json,yaml,text}", "--timeout SECONDS", "--debug", "--version",

@@ -1,14 +1,5 @@
-"""The `cloudimg` command-line client for the cloudimg public gRPC API."""
+"""The `cloudimg` command-line client for the cloudimg public gRPC API (built on cloudimg_client)."""
 
-from importlib import metadata
+from cloudimg_client import FALLBACK_VERSION, version
 
-# The version when the package is not installed (run from a checkout); keep it equal to pyproject.toml's.
-FALLBACK_VERSION = "0.1.0"
-
-
-def version() -> str:
-    """The installed package's version (pyproject.toml's), else FALLBACK_VERSION."""
-    try:
-        return metadata.version("cloudimg")
-    except metadata.PackageNotFoundError:
-        return FALLBACK_VERSION
+__all__ = ["FALLBACK_VERSION", "version"]

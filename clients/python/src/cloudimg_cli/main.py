@@ -21,6 +21,8 @@ speaks plaintext, which a gateway serves on loopback only.
 Exit status: 0 done, 1 the call failed (one line on stderr), 2 a usage error (nothing sent).
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -29,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, Protocol, TextIO, TypedDict, TypeVar
 
 import grpc
 import yaml
@@ -37,35 +39,30 @@ from cloudimg.gateway.v1 import (
     account_service_pb2 as account_pb,
 )
 from cloudimg.gateway.v1 import (
-    account_service_pb2_grpc as account_grpc,
-)
-from cloudimg.gateway.v1 import (
     image_service_pb2 as image_pb,
-)
-from cloudimg.gateway.v1 import (
-    image_service_pb2_grpc as image_grpc,
 )
 from cloudimg.gateway.v1 import (
     image_share_service_pb2 as share_pb,
 )
 from cloudimg.gateway.v1 import (
-    image_share_service_pb2_grpc as share_grpc,
-)
-from cloudimg.gateway.v1 import (
     instance_service_pb2 as instance_pb,
-)
-from cloudimg.gateway.v1 import (
-    instance_service_pb2_grpc as instance_grpc,
 )
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from cloudimg_cli import config, render, version
+from cloudimg_client import (
+    REQUEST_ID_KEY,
+    CallRecord,
+    Client,
+    OutcomeUnknown,
+    Retry,
+    error_info,
+    error_reason,
+    open_channel,
+)
 
-REQUEST_ID_KEY = "x-request-id"
 STRUCTURED = ("json", "yaml")  # the outputs whose errors are JSON too
 INT32_MAX = 2**31 - 1  # what the requests' int32 fields hold
 MAX_PAGE_SIZE = 1000
@@ -78,14 +75,14 @@ RETRY_WITHIN_S = 30.0
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 # Failures after which the launch may exist: the user should retry with the same client token.
 OUTCOME_UNKNOWN = (*RETRYABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-IMAGE_TYPE = image_pb.ImageType.DESCRIPTOR
-CHARGE_TYPE = instance_pb.ChargeType.DESCRIPTOR
-IMAGE_FORMAT = image_pb.ImageFormat.DESCRIPTOR
-OS_TYPE = image_pb.OsType.DESCRIPTOR
-ARCHITECTURE = image_pb.Architecture.DESCRIPTOR
-SHARE_STATE = image_pb.ShareState.DESCRIPTOR
-INSTANCE_STATE = instance_pb.InstanceState.DESCRIPTOR
-TRUST_POLICY_MODE = share_pb.TrustPolicyMode.DESCRIPTOR
+IMAGE_TYPE = image_pb.ImageType
+CHARGE_TYPE = instance_pb.ChargeType
+IMAGE_FORMAT = image_pb.ImageFormat
+OS_TYPE = image_pb.OsType
+ARCHITECTURE = image_pb.Architecture
+SHARE_STATE = image_pb.ShareState
+INSTANCE_STATE = instance_pb.InstanceState
+TRUST_POLICY_MODE = share_pb.TrustPolicyMode
 # --wait: how often an image is looked at, and for how long by default.
 WAIT_POLL_S = 0.5
 WAIT_LIMIT_S = 3600
@@ -116,6 +113,11 @@ PRICE_HEADERS = ["REGION", "KIND", "INSTANCE_TYPE/PRODUCT", "CHARGE_TYPE", "UNIT
 SYNC_COLUMNS = ["image_id", "region", "name", "state", "progress_percent"]
 
 
+ResponseT = TypeVar("ResponseT")  # a call's response (the stubs' methods are untyped: the caller names it)
+ShownT = TypeVar("ShownT")  # what a command returns and its show renders
+ParsedT = TypeVar("ParsedT")  # what an argument type makes of a flag's text
+
+
 # The full name of each public RPC by the name of its request message (one request message per RPC).
 METHODS = {method.input_type.full_name: f"/{service.full_name}/{method.name}"
            for module in (image_pb, share_pb, instance_pb, account_pb)
@@ -123,94 +125,101 @@ METHODS = {method.input_type.full_name: f"/{service.full_name}/{method.name}"
 
 
 class Api:
-    """The four public services on one channel; every call carries the API key, the deadline and an
-    x-request-id of its own (the last one sent is kept, for the error message)."""
+    """The CLI's view of a cloudimg_client.Client: ``api(method, request)`` is one call with the key, a deadline,
+    an x-request-id of its own (the last one sent is kept, for the error message) and the safe retries."""
 
-    def __init__(self, channel: grpc.Channel, api_key: str, timeout: float, debug: Any = None):
-        self.images = image_grpc.ImageServiceStub(channel)
-        self.shares = share_grpc.ImageShareServiceStub(channel)
-        self.instances = instance_grpc.InstanceServiceStub(channel)
-        self.accounts = account_grpc.AccountServiceStub(channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
-        self.timeout = timeout
-        self._debug = debug  # a stream to describe every call on, or None
-        self.last_request_id = ""
+    def __init__(self, client: Client):
+        self.client = client
+        self.images, self.shares = client.images, client.shares
+        self.instances, self.accounts = client.instances, client.accounts
 
-    def __call__(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        self.last_request_id = request_id = uuid.uuid4().hex
-        started = time.monotonic()
-        outcome = "OK"
-        try:
-            return method(request, metadata=(*self._metadata, (REQUEST_ID_KEY, request_id)),
-                          timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as err:
-            outcome = err.code().name
-            raise
-        finally:
-            if self._debug is not None:
-                name = METHODS.get(request.DESCRIPTOR.full_name, request.DESCRIPTOR.full_name)
-                print(f"debug: {name} {REQUEST_ID_KEY} {request_id} {outcome} "
-                      f"{(time.monotonic() - started) * 1000:.1f} ms", file=self._debug)
+    @property
+    def timeout(self) -> float:
+        return self.client.timeout
 
-    def all_pages(self, method: Any, request: Any, items: str) -> Any:
+    @property
+    def last_request_id(self) -> str:
+        return self.client.last_request_id
+
+    def __call__(self, method: Callable[..., ResponseT], request: Message, timeout: float | None = None) -> ResponseT:
+        return self.client.call(method, request, timeout=timeout)
+
+    def all_pages(self, method: Callable[..., ResponseT], request: Message, items: str) -> ResponseT:
         """Follows next_page_token; returns the first response holding every page's items."""
-        result = page = self(method, request)
-        while page.next_page_token:
-            request.page_token = page.next_page_token
-            page = self(method, request)
-            getattr(result, items).extend(getattr(page, items))
-        result.next_page_token = ""
-        return result
+        return self.client.all_pages(method, request, items)
+
+
+def retry_policy() -> Retry:
+    """Retries as this module's settings say (read when a command runs, so that tests may change them)."""
+    return Retry(attempts=RETRY_ATTEMPTS, backoff_s=RETRY_BACKOFF_S, within_s=RETRY_WITHIN_S, codes=RETRYABLE)
+
+
+def debug_line(stream: TextIO) -> Callable[[CallRecord], None]:
+    def show(call: CallRecord) -> None:
+        print(f"debug: {call.method} {REQUEST_ID_KEY} {call.request_id} {call.code} {call.milliseconds:.1f} ms",
+              file=stream)
+    return show
 
 
 # Commands: each takes (api, args) and returns the response message; its `show` renders it as text.
 
-def listed(api: Api, args: argparse.Namespace, method: Any, request: Message, items: str) -> Any:
+def listed(api: Api, args: argparse.Namespace, method: Callable[..., ResponseT], request: Message,
+           items: str) -> ResponseT:
     """One page of a paginated listing (from --page-token), or every page with --all."""
     return api.all_pages(method, request, items) if args.all else api(method, request)
 
 
-def with_next_page(text: str, response: Any) -> str:
+class Page(Protocol):
+    """A page of a paginated listing."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+def with_next_page(text: str, response: Page) -> str:
     if response.next_page_token:
         text += f"\n\nmore: --page-token {response.next_page_token} (or --all)"
     return text
 
 
-def list_images(api: Api, args: argparse.Namespace) -> Message:
+def list_images(api: Api, args: argparse.Namespace) -> image_pb.ListImagesResponse:
     request = image_pb.ListImagesRequest(
         region=args.region,
-        image_types=[render.enum_number(IMAGE_TYPE, t) for t in args.image_types],  # type: ignore[misc]
+        image_types=[render.enum_number(IMAGE_TYPE, t) for t in args.image_types],
         platform=args.platform,
         name_filter=args.name,
         page_size=args.page_size,
         page_token=args.page_token,
-        share_states=[render.enum_number(SHARE_STATE, s) for s in args.share_states],  # type: ignore[misc]
+        share_states=[render.enum_number(SHARE_STATE, s) for s in args.share_states],
     )
-    return listed(api, args, api.images.ListImages, request, "images")
+    response: image_pb.ListImagesResponse = listed(api, args, api.images.ListImages, request, "images")
+    return response
 
 
-def show_images(response: Any) -> str:
+def show_images(response: image_pb.ListImagesResponse) -> str:
     return with_next_page(render.columns(response.images, IMAGE_COLUMNS), response)
 
 
-def list_instances(api: Api, args: argparse.Namespace) -> Message:
+def list_instances(api: Api, args: argparse.Namespace) -> instance_pb.ListInstancesResponse:
     request = instance_pb.ListInstancesRequest(
         region=args.region,
-        states=[render.enum_number(INSTANCE_STATE, s) for s in args.states])  # type: ignore[misc]
-    return api.all_pages(api.instances.ListInstances, request, "instances")
+        states=[render.enum_number(INSTANCE_STATE, s) for s in args.states])
+    response: instance_pb.ListInstancesResponse = api.all_pages(api.instances.ListInstances, request, "instances")
+    return response
 
 
-def list_charges(api: Api, args: argparse.Namespace) -> Message:
+def list_charges(api: Api, args: argparse.Namespace) -> account_pb.ListChargesResponse:
     request = account_pb.ListChargesRequest(instance_id=args.instance, page_size=args.page_size,
                                             page_token=args.page_token)
     if args.since is not None:
         request.start_time.CopyFrom(args.since)
     if args.until is not None:
         request.end_time.CopyFrom(args.until)
-    return listed(api, args, api.accounts.ListCharges, request, "charges")
+    response: account_pb.ListChargesResponse = listed(api, args, api.accounts.ListCharges, request, "charges")
+    return response
 
 
-def show_charges(response: Any) -> str:
+def show_charges(response: account_pb.ListChargesResponse) -> str:
     """One row a charge; the usage accrued so far (ACCRUED_USAGE) has no charge id."""
     rows = [[render.cell(c, "kind"), render.cell(c, "charge_id"), render.cell(c, "region"),
              charged_instances(c.instance_ids), render.cell(c, "usage_start_time"), render.cell(c, "usage_end_time"),
@@ -225,14 +234,22 @@ def charged_instances(ids: Sequence[str]) -> str:
     return f"{text} +{len(ids) - CHARGE_INSTANCES_SHOWN}" if len(ids) > CHARGE_INSTANCES_SHOWN else text
 
 
-def list_prices(api: Api, args: argparse.Namespace) -> Message:
+def list_prices(api: Api, args: argparse.Namespace) -> instance_pb.ListPricesResponse:
     request = instance_pb.ListPricesRequest(
         region=args.region, instance_type=args.instance_type, page_size=args.page_size, page_token=args.page_token,
-        charge_type=render.enum_number(CHARGE_TYPE, args.charge_type) if args.charge_type else 0)  # type: ignore[arg-type]
-    return listed(api, args, api.instances.ListPrices, request, "prices")
+        charge_type=charge_type(args))
+    response: instance_pb.ListPricesResponse = listed(api, args, api.instances.ListPrices, request, "prices")
+    return response
 
 
-def show_prices(response: Any) -> str:
+def charge_type(args: argparse.Namespace) -> instance_pb.ChargeType.ValueType:
+    """--charge-type; UNSPECIFIED when not given (a launch's default charge type, or a listing's every one)."""
+    if not args.charge_type:
+        return instance_pb.CHARGE_TYPE_UNSPECIFIED
+    return render.enum_number(CHARGE_TYPE, args.charge_type)
+
+
+def show_prices(response: instance_pb.ListPricesResponse) -> str:
     """One row a price; what it prices is the instance type, the marketplace product or, for a license, its
     description."""
     rows = [[render.cell(p, "region"), render.cell(p, "kind"),
@@ -242,51 +259,38 @@ def show_prices(response: Any) -> str:
     return with_next_page(render.table(rows, PRICE_HEADERS), response)
 
 
-def launch_fields(args: argparse.Namespace) -> dict:
+class LaunchFields(TypedDict):
     """The fields QuoteRunInstancesRequest and RunInstancesRequest share."""
-    return dict(
+
+    region: str
+    image_id: str
+    instance_type: str
+    instance_count: int
+    charge_type: instance_pb.ChargeType.ValueType
+    period_months: int
+    system_disk_gb: int
+    instance_name: str
+
+
+def launch_fields(args: argparse.Namespace) -> LaunchFields:
+    """The launch's flags; one not given is the field's zero (unset), as the server reads it."""
+    return LaunchFields(
         region=args.region,
         image_id=args.image,
         instance_type=args.instance_type,
         instance_count=args.count,
-        charge_type=render.enum_number(CHARGE_TYPE, args.charge_type) if args.charge_type else 0,
-        period_months=args.period_months,
-        system_disk_gb=args.disk_gb,
-        instance_name=args.name,
+        charge_type=charge_type(args),
+        period_months=args.period_months or 0,
+        system_disk_gb=args.disk_gb or 0,
+        instance_name=args.name or "",
     )
 
 
-class OutcomeUnknown(Exception):
-    """A change that failed after its retries and may have happened: retrying it by hand with the same token
-    (a client token or a request id) is safe, it never happens twice."""
-
-    def __init__(self, error: grpc.RpcError, flag: str, token: str):
-        super().__init__(token)
-        self.error = error
-        self.flag = flag
-        self.token = token
+# The flag that gives each idempotency field, for "retry with --client-token TOKEN".
+TOKEN_FLAGS = {"client_token": "--client-token", "request_id": "--request-id"}
 
 
-def send_once(api: Api, method: Any, request: Message, flag: str, token: str) -> Any:
-    """Sends a change carrying its idempotency token, and sends it again (the same token) while its answer
-    is lost; when it still fails that way, OutcomeUnknown names the token to retry with."""
-    give_up = time.monotonic() + max(RETRY_WITHIN_S, api.timeout)
-    attempts, delay = 1, RETRY_BACKOFF_S
-    while True:
-        try:
-            return api(method, request, timeout=min(api.timeout, give_up - time.monotonic()))
-        except grpc.RpcError as err:
-            retry = err.code() in RETRYABLE or error_reason(err) == "LAUNCH_OUTCOME_UNKNOWN"
-            if retry and attempts < RETRY_ATTEMPTS and time.monotonic() + delay < give_up:
-                time.sleep(delay)
-                attempts, delay = attempts + 1, delay * 2
-                continue
-            if retry or err.code() in OUTCOME_UNKNOWN:
-                raise OutcomeUnknown(err, flag, token) from err
-            raise
-
-
-def run_instances(api: Api, args: argparse.Namespace) -> Message:
+def run_instances(api: Api, args: argparse.Namespace) -> instance_pb.RunInstancesResponse:
     """Names its client token before it sends it (on stderr; as a field of --output json and yaml), so that a
     launch whose outcome is not known, even after Ctrl-C, can be retried with it."""
     token = args.client_token or uuid.uuid4().hex
@@ -294,10 +298,11 @@ def run_instances(api: Api, args: argparse.Namespace) -> Message:
     if args.output not in STRUCTURED:
         print(f"client token: {token}", file=sys.stderr)
     request = instance_pb.RunInstancesRequest(**launch_fields(args), client_token=token, dry_run=args.dry_run)
-    return send_once(api, api.instances.RunInstances, request, "--client-token", token)
+    response: instance_pb.RunInstancesResponse = api(api.instances.RunInstances, request)
+    return response
 
 
-def show_run(response: Any) -> str:
+def show_run(response: instance_pb.RunInstancesResponse) -> str:
     launched = (render.table([[i] for i in response.instance_ids], ["INSTANCE_ID"])
                 if response.instance_ids else "dry run: validated and priced, nothing launched")
     return launched + "\n\n" + render.quote(response.quote)
@@ -312,7 +317,7 @@ class UsageError(Exception):
 class ImageFailed(Exception):
     """Images whose job ended CREATE_FAILED or IMPORT_FAILED."""
 
-    def __init__(self, images: list[Any]):
+    def __init__(self, images: list[image_pb.Image]):
         super().__init__(", ".join(i.image_id for i in images))
         self.images = images
 
@@ -320,7 +325,7 @@ class ImageFailed(Exception):
 class WaitExpired(Exception):
     """--wait gave up on images still being made or copied."""
 
-    def __init__(self, images: list[Any], seconds: int):
+    def __init__(self, images: list[image_pb.Image], seconds: int):
         super().__init__(", ".join(i.image_id for i in images))
         self.images = images
         self.seconds = seconds
@@ -330,35 +335,35 @@ def request_id(args: argparse.Namespace) -> str:
     return args.request_id or uuid.uuid4().hex
 
 
-def create_image(api: Api, args: argparse.Namespace) -> Message:
+def create_image(api: Api, args: argparse.Namespace) -> image_pb.CreateImageResponse:
     token = request_id(args)
     request = image_pb.CreateImageRequest(instance_id=args.instance, name=args.name, description=args.description,
                                           request_id=token, dry_run=args.dry_run)
-    response = send_once(api, api.images.CreateImage, request, "--request-id", token)
+    response: image_pb.CreateImageResponse = api(api.images.CreateImage, request)
     return image_pb.CreateImageResponse(image=waited(api, args, [response.image])[0])
 
 
-def import_image(api: Api, args: argparse.Namespace) -> Message:
+def import_image(api: Api, args: argparse.Namespace) -> image_pb.ImportImageResponse:
     token = request_id(args)
     request = image_pb.ImportImageRequest(
         region=args.region, name=args.name, description=args.description,
-        format=render.enum_number(IMAGE_FORMAT, args.format), os_name=args.os_name,  # type: ignore[arg-type]
-        os_type=render.enum_number(OS_TYPE, args.os_type),  # type: ignore[arg-type]
-        architecture=render.enum_number(ARCHITECTURE, args.arch),  # type: ignore[arg-type]
+        format=render.enum_number(IMAGE_FORMAT, args.format), os_name=args.os_name,
+        os_type=render.enum_number(OS_TYPE, args.os_type),
+        architecture=render.enum_number(ARCHITECTURE, args.arch),
         source_uri=args.source, request_id=token, dry_run=args.dry_run)
-    response = send_once(api, api.images.ImportImage, request, "--request-id", token)
+    response: image_pb.ImportImageResponse = api(api.images.ImportImage, request)
     return image_pb.ImportImageResponse(image=waited(api, args, [response.image])[0])
 
 
-def sync_image(api: Api, args: argparse.Namespace) -> Message:
+def sync_image(api: Api, args: argparse.Namespace) -> image_pb.SyncImageResponse:
     token = request_id(args)
     request = image_pb.SyncImageRequest(image_id=args.image_id, destination_regions=args.to, request_id=token,
                                         dry_run=args.dry_run)
-    response = send_once(api, api.images.SyncImage, request, "--request-id", token)
+    response: image_pb.SyncImageResponse = api(api.images.SyncImage, request)
     return image_pb.SyncImageResponse(images=waited(api, args, list(response.images)))
 
 
-def update_image(api: Api, args: argparse.Namespace) -> Message:
+def update_image(api: Api, args: argparse.Namespace) -> image_pb.UpdateImageResponse:
     paths = [name for name in ("name", "description") if getattr(args, name) is not None]
     if not paths:
         raise UsageError("update-image: give --name, --description or both")
@@ -366,34 +371,44 @@ def update_image(api: Api, args: argparse.Namespace) -> Message:
     request = image_pb.UpdateImageRequest(
         image=image_pb.Image(image_id=args.image_id, name=args.name or "", description=args.description or ""),
         update_mask=field_mask_pb2.FieldMask(paths=paths), request_id=token)
-    return send_once(api, api.images.UpdateImage, request, "--request-id", token)
+    response: image_pb.UpdateImageResponse = api(api.images.UpdateImage, request)
+    return response
 
 
-def delete_image(api: Api, args: argparse.Namespace) -> Message:
+def delete_image(api: Api, args: argparse.Namespace) -> image_pb.DeleteImageResponse:
     token = request_id(args)
     request = image_pb.DeleteImageRequest(image_id=args.image_id, request_id=token)
-    return send_once(api, api.images.DeleteImage, request, "--request-id", token)
+    response: image_pb.DeleteImageResponse = api(api.images.DeleteImage, request)
+    return response
 
 
-def change_shares(rpc: str, request_type: type[Message]):
+SharesChanged = share_pb.ShareImageResponse | share_pb.UnshareImageResponse
+ShareAnswered = share_pb.AcceptImageShareResponse | share_pb.RejectImageShareResponse
+
+
+def change_shares(rpc: str, request_type: type[share_pb.ShareImageRequest | share_pb.UnshareImageRequest]
+                  ) -> Callable[[Api, argparse.Namespace], SharesChanged]:
     """The call of `share` or `unshare`: one image, one or more accounts."""
-    def call(api: Api, args: argparse.Namespace) -> Message:
+    def call(api: Api, args: argparse.Namespace) -> SharesChanged:
         token = request_id(args)
         request = request_type(image_id=args.image_id, account_ids=args.account_ids, request_id=token)
-        return send_once(api, getattr(api.shares, rpc), request, "--request-id", token)
+        response: SharesChanged = api(getattr(api.shares, rpc), request)
+        return response
     return call
 
 
-def answer_share(rpc: str, request_type: type[Message]):
+def answer_share(rpc: str, request_type: type[share_pb.AcceptImageShareRequest | share_pb.RejectImageShareRequest]
+                 ) -> Callable[[Api, argparse.Namespace], ShareAnswered]:
     """The call of `accept-share` or `reject-share`: the caller's share of one image."""
-    def call(api: Api, args: argparse.Namespace) -> Message:
+    def call(api: Api, args: argparse.Namespace) -> ShareAnswered:
         token = request_id(args)
         request = request_type(image_id=args.image_id, request_id=token)
-        return send_once(api, getattr(api.shares, rpc), request, "--request-id", token)
+        response: ShareAnswered = api(getattr(api.shares, rpc), request)
+        return response
     return call
 
 
-def update_trust_policy(api: Api, args: argparse.Namespace) -> Message:
+def update_trust_policy(api: Api, args: argparse.Namespace) -> share_pb.UpdateTrustPolicyResponse:
     """Sends the fields whose flags were given, and names exactly those in update_mask."""
     paths = [name for name in TRUST_POLICY_PATHS if getattr(args, name) is not None]
     if not paths:
@@ -403,7 +418,7 @@ def update_trust_policy(api: Api, args: argparse.Namespace) -> Message:
     for name in paths:
         value = getattr(args, name)
         if name == "mode":
-            policy.mode = render.enum_number(TRUST_POLICY_MODE, value)  # type: ignore[assignment]
+            policy.mode = render.enum_number(TRUST_POLICY_MODE, value)
         elif name == "allow_platform_images":
             policy.allow_platform_images = value == "yes"
         else:
@@ -411,32 +426,35 @@ def update_trust_policy(api: Api, args: argparse.Namespace) -> Message:
     token = request_id(args)
     request = share_pb.UpdateTrustPolicyRequest(policy=policy, update_mask=field_mask_pb2.FieldMask(paths=paths),
                                                 request_id=token)
-    return send_once(api, api.shares.UpdateTrustPolicy, request, "--request-id", token)
+    response: share_pb.UpdateTrustPolicyResponse = api(api.shares.UpdateTrustPolicy, request)
+    return response
 
 
-def show_policy(response: Any) -> str:
+def show_policy(response: share_pb.GetTrustPolicyResponse | share_pb.UpdateTrustPolicyResponse) -> str:
     return render.fields(response.policy, TRUST_POLICY_FIELDS)
 
 
-def terminate_instances(api: Api, args: argparse.Namespace) -> Message:
+def terminate_instances(api: Api, args: argparse.Namespace) -> instance_pb.TerminateInstancesResponse:
     token = request_id(args)
     request = instance_pb.TerminateInstancesRequest(instance_ids=args.instance_ids, request_id=token)
-    return send_once(api, api.instances.TerminateInstances, request, "--request-id", token)
+    response: instance_pb.TerminateInstancesResponse = api(api.instances.TerminateInstances, request)
+    return response
 
 
-def reset_instance(api: Api, args: argparse.Namespace) -> Message:
+def reset_instance(api: Api, args: argparse.Namespace) -> instance_pb.ResetInstanceResponse:
     token = request_id(args)
     request = instance_pb.ResetInstanceRequest(instance_id=args.instance_id, image_id=args.image, request_id=token,
                                                dry_run=args.dry_run)
-    return send_once(api, api.instances.ResetInstance, request, "--request-id", token)
+    response: instance_pb.ResetInstanceResponse = api(api.instances.ResetInstance, request)
+    return response
 
 
-def show_reset(response: Any, args: argparse.Namespace) -> str:
+def show_reset(response: instance_pb.ResetInstanceResponse, args: argparse.Namespace) -> str:
     text = render.fields(response.instance) + "\n\n" + render.quote(response.quote)
     return "dry run: validated and priced, nothing changed\n\n" + text if args.dry_run else text
 
 
-def waited(api: Api, args: argparse.Namespace, images: list[Any]) -> list[Any]:
+def waited(api: Api, args: argparse.Namespace, images: list[image_pb.Image]) -> list[image_pb.Image]:
     """The images as they are once their jobs are over, with --wait (a dry run has nothing to wait for);
     else as the call returned them."""
     if not args.wait or args.dry_run or not images:
@@ -444,7 +462,8 @@ def waited(api: Api, args: argparse.Namespace, images: list[Any]) -> list[Any]:
     return wait_for_images(api, images, args.wait_timeout, Progress(sys.stderr))
 
 
-def wait_for_images(api: Api, images: list[Any], limit_s: float, progress: "Progress") -> list[Any]:
+def wait_for_images(api: Api, images: list[image_pb.Image], limit_s: float, progress: Progress
+                    ) -> list[image_pb.Image]:
     """Looks at each image every WAIT_POLL_S until it is NORMAL or failed; ImageFailed if any failed."""
     latest = {i.image_id: i for i in images}
     give_up = time.monotonic() + limit_s
@@ -453,7 +472,8 @@ def wait_for_images(api: Api, images: list[Any], limit_s: float, progress: "Prog
             if image.state == image_pb.IMAGE_STATE_NORMAL or image.state in FAILED_STATES:
                 continue
             try:
-                latest[image_id] = api(api.images.GetImage, image_pb.GetImageRequest(image_id=image_id)).image
+                seen: image_pb.GetImageResponse = api(api.images.GetImage, image_pb.GetImageRequest(image_id=image_id))
+                latest[image_id] = seen.image
             except grpc.RpcError as err:
                 if err.code() not in OUTCOME_UNKNOWN:  # a lost answer: look again next time
                     progress.end()
@@ -478,12 +498,12 @@ class Progress:
     """One line on stderr, e.g. "[#####-----] 50% IMPORTING img-1a2b3c4d": redrawn in place on a terminal,
     a new line whenever it changes otherwise (logs)."""
 
-    def __init__(self, stream: Any):
+    def __init__(self, stream: TextIO):
         self._stream = stream
         self._tty = stream.isatty()
         self._last = ""
 
-    def show(self, images: list[Any]) -> None:
+    def show(self, images: list[image_pb.Image]) -> None:
         percents = [100 if i.state == image_pb.IMAGE_STATE_NORMAL else max(0, min(100, i.progress_percent))
                     for i in images]
         percent = sum(percents) // len(percents)
@@ -509,7 +529,25 @@ class Progress:
 
 # configure: local commands, given the settings instead of the API.
 
-def configure(settings: config.Settings, args: argparse.Namespace) -> dict:
+SettingValue = str | bool | float | None
+
+
+class SettingRow(TypedDict):
+    name: str
+    value: SettingValue
+    source: str
+
+
+class SettingsDocument(TypedDict):
+    """The settings in effect, as `configure` and `configure list` return them."""
+
+    profile: str
+    config_file: str
+    credentials_file: str
+    settings: list[SettingRow]
+
+
+def configure(settings: config.Settings, args: argparse.Namespace) -> SettingsDocument:
     """Saves the settings given as flags (and only those) in the profile; the profile's settings after."""
     changes = {name: setting.value for name, setting in settings.values.items() if setting.source.startswith("--")}
     if not changes:
@@ -532,9 +570,9 @@ def configure(settings: config.Settings, args: argparse.Namespace) -> dict:
     return settings_document(config.resolve({}, os.environ, chosen))
 
 
-def settings_document(settings: config.Settings) -> dict:
+def settings_document(settings: config.Settings) -> SettingsDocument:
     """The settings in effect as --output json shows them: each with its source, the API key masked."""
-    rows = [{"name": "profile", "value": settings.profile.value, "source": settings.profile.source}]
+    rows: list[SettingRow] = [{"name": "profile", "value": settings.profile.value, "source": settings.profile.source}]
     for name, setting in settings.values.items():
         value = config.masked(setting.value) if name == config.SECRET and setting.value else setting.value
         rows.append({"name": name, "value": value, "source": setting.source})
@@ -542,7 +580,7 @@ def settings_document(settings: config.Settings) -> dict:
             "credentials_file": str(settings.credentials_file), "settings": rows}
 
 
-def _setting_text(value: Any, yes: str, no: str, unset: str) -> str:
+def _setting_text(value: SettingValue, yes: str, no: str, unset: str) -> str:
     if isinstance(value, bool):
         return yes if value else no
     if isinstance(value, float):
@@ -550,22 +588,23 @@ def _setting_text(value: Any, yes: str, no: str, unset: str) -> str:
     return unset if value is None else str(value)
 
 
-def show_settings(document: dict) -> str:
+def show_settings(document: SettingsDocument) -> str:
     return render.table([[row["name"], _setting_text(row["value"], "yes", "no", "-"), row["source"]]
                          for row in document["settings"]], ["NAME", "VALUE", "SOURCE"])
 
 
-def settings_text(document: dict) -> str:
+def settings_text(document: SettingsDocument) -> str:
     return "\n".join("\t".join([row["name"], _setting_text(row["value"], "true", "false", ""), row["source"]])
                      for row in document["settings"])
 
 
-def show_made(response: Any, args: argparse.Namespace) -> str:
+def show_made(response: image_pb.CreateImageResponse | image_pb.ImportImageResponse, args: argparse.Namespace
+              ) -> str:
     text = render.fields(response.image)
     return "dry run: checked, nothing made\n\n" + text if args.dry_run else text
 
 
-def show_synced(response: Any, args: argparse.Namespace) -> str:
+def show_synced(response: image_pb.SyncImageResponse, args: argparse.Namespace) -> str:
     text = render.columns(response.images, SYNC_COLUMNS)
     return "dry run: checked, nothing copied\n\n" + text if args.dry_run else text
 
@@ -590,31 +629,52 @@ def build_parser() -> argparse.ArgumentParser:
                "configure), else its default.",
         parents=[global_flags(with_defaults=True)])
     parser.add_argument("--version", action="version", version=f"cloudimg {version()}")
-    parser.set_defaults(local=False, needs_region=False, extra={}, text=None)
+    parser.set_defaults(local=False, needs_region=False, extra={}, text=render.text)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, summary: str, call, show, show_with_args: bool = False, under: Any = commands,
+    def subcommand(name: str, summary: str, under: argparse._SubParsersAction[argparse.ArgumentParser],
+                   description: str) -> argparse.ArgumentParser:
+        return under.add_parser(name, help=summary, description=description or summary,
+                                parents=[global_flags(with_defaults=False)])
+
+    def command(name: str, summary: str, call: Callable[[Api, argparse.Namespace], ShownT],
+                show: Callable[[ShownT], str] | None = None, *,
+                show_with_args: Callable[[ShownT, argparse.Namespace], str] | None = None,
+                under: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
                 description: str = "") -> argparse.ArgumentParser:
         """A subcommand (of ``under``, by default a top-level one): ``call(api, args)`` returns the response,
-        ``show(response)`` (or, with ``show_with_args``, ``show(response, args)``) renders it as text."""
-        sub = under.add_parser(name, help=summary, description=description or summary,
-                               parents=[global_flags(with_defaults=False)])
-        sub.set_defaults(call=call, show=show if show_with_args else lambda response, _args: show(response))
+        ``show(response)`` (or ``show_with_args(response, args)``) renders it as text."""
+        sub = subcommand(name, summary, under, description)
+        if show_with_args is not None:
+            sub.set_defaults(call=call, show=show_with_args)
+        elif show is not None:
+            sub.set_defaults(call=call, show=lambda response, _args: show(response))
+        else:
+            raise TypeError(f"command {name}: give show or show_with_args")
         return sub
 
-    sub = command("configure", "Save settings in a profile (--profile, default \"default\"); configure list "
-                  "shows them.", configure, show_settings,
-                  description="Save the settings given as flags in a profile of the config file (--profile, "
-                              "default \"default\"), the API key in the credentials file beside it; --region \"\", "
-                              "--ca-cert \"\" or --api-key \"\" removes that setting, --api-key - reads the key "
-                              "from stdin. Prints the profile's settings afterwards (`cloudimg configure list`).")
+    def settings_command(name: str, summary: str,
+                         call: Callable[[config.Settings, argparse.Namespace], SettingsDocument],
+                         under: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+                         description: str = "") -> argparse.ArgumentParser:
+        """A local subcommand: ``call(settings, args)`` returns the settings document that it shows."""
+        sub = subcommand(name, summary, under, description)
+        sub.set_defaults(call=call, show=lambda document, _args: show_settings(document), local=True,
+                         text=settings_text)
+        return sub
+
+    sub = settings_command("configure", "Save settings in a profile (--profile, default \"default\"); configure "
+                           "list shows them.", configure,
+                           description="Save the settings given as flags in a profile of the config file (--profile, "
+                                       "default \"default\"), the API key in the credentials file beside it; --region "
+                                       "\"\", --ca-cert \"\" or --api-key \"\" removes that setting, --api-key - reads "
+                                       "the key from stdin. Prints the profile's settings afterwards (`cloudimg "
+                                       "configure list`).")
     sub.add_argument("--region", help="the default region of the commands that need one")
-    sub.set_defaults(local=True, text=settings_text)
     sub.usage = "%(prog)s [-h] [--profile NAME] [--endpoint HOST:PORT] [--api-key KEY] [--region REGION] [...]"
     actions = sub.add_subparsers(dest="configure_action", metavar="ACTION")
-    sub = command("list", "Show the settings in effect, where each comes from, the API key masked.",
-                  lambda settings, args: settings_document(settings), show_settings, under=actions)
-    sub.set_defaults(local=True, text=settings_text)
+    settings_command("list", "Show the settings in effect, where each comes from, the API key masked.",
+                     lambda settings, args: settings_document(settings), under=actions)
 
     command("regions", "List the regions.",
             lambda api, args: api(api.images.ListRegions, image_pb.ListRegionsRequest()),
@@ -688,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_change_flags(sub, dry_run=False, wait=False)
 
     sub = command("reset", "Reinstall one of your RUNNING instances from an image; prints it and its new price.",
-                  reset_instance, show_reset, show_with_args=True,
+                  reset_instance, show_with_args=show_reset,
                   description="Reinstall one of your RUNNING instances from an image (in its region, of its "
                               "architecture, no larger than its system disk, one you may launch); it is RESETTING "
                               "until done, then RUNNING the image, priced from then on by the quote printed.")
@@ -705,12 +765,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("instance_id", metavar="INSTANCE_ID")
     sub.add_argument("--image", required=True, metavar="IMAGE_ID", help="the image to reinstall it from")
 
-    for name, summary, call in (
+    for name, summary, change in (
             ("share", "Share one of your custom images with other accounts.",
              change_shares("ShareImage", share_pb.ShareImageRequest)),
             ("unshare", "Stop sharing one of your custom images with other accounts.",
              change_shares("UnshareImage", share_pb.UnshareImageRequest))):
-        sub = command(name, summary, call, lambda r: render.columns(r.shares, SHARE_COLUMNS))
+        sub = command(name, summary, change, lambda r: render.columns(r.shares, SHARE_COLUMNS))
         sub.add_argument("image_id", metavar="IMAGE_ID")
         sub.add_argument("account_ids", metavar="ACCOUNT_ID", nargs="+")
         add_change_flags(sub, dry_run=False, wait=False)
@@ -721,12 +781,12 @@ def build_parser() -> argparse.ArgumentParser:
                   lambda r: render.columns(r.shares, IMAGE_SHARE_COLUMNS))
     sub.add_argument("image_id", metavar="IMAGE_ID")
 
-    for name, summary, call in (
+    for name, summary, answer in (
             ("accept-share", "Accept an image shared with you (pending or rejected) so that you can launch it.",
              answer_share("AcceptImageShare", share_pb.AcceptImageShareRequest)),
             ("reject-share", "Reject an image shared with you: it is no longer listed or launchable until accepted.",
              answer_share("RejectImageShare", share_pb.RejectImageShareRequest))):
-        sub = command(name, summary, call, lambda r: render.fields(r.share))
+        sub = command(name, summary, answer, lambda r: render.fields(r.share))
         sub.add_argument("image_id", metavar="IMAGE_ID")
         add_change_flags(sub, dry_run=False, wait=False)
 
@@ -757,15 +817,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow-list: custom images shared with you by these accounts")
     add_change_flags(sub, dry_run=False, wait=False)
 
-    sub = command("create-image", "Make a custom image from one of your instances.", create_image, show_made,
-                  show_with_args=True)
+    sub = command("create-image", "Make a custom image from one of your instances.", create_image,
+                  show_with_args=show_made)
     sub.add_argument("--instance", required=True, metavar="INSTANCE_ID")
     sub.add_argument("--name", required=True)
     sub.add_argument("--description", default="")
     add_change_flags(sub)
 
     sub = command("import-image", "Import a custom image from a disk image (qcow2, raw, vhd, vmdk).",
-                  import_image, show_made, show_with_args=True)
+                  import_image, show_with_args=show_made)
     add_region_flag(sub)
     sub.add_argument("--name", required=True)
     sub.add_argument("--description", default="")
@@ -778,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_change_flags(sub)
 
     sub = command("sync-image", "Copy one of your custom images to other regions (one new image each).",
-                  sync_image, show_synced, show_with_args=True)
+                  sync_image, show_with_args=show_synced)
     sub.add_argument("image_id", metavar="IMAGE_ID")
     sub.add_argument("--to", required=True, action="append", metavar="REGION",
                      help="a destination region (repeatable)")
@@ -792,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_change_flags(sub, dry_run=False, wait=False)
 
     sub = command("delete-image", "Delete one of your custom images (not while it is shared).", delete_image,
-                  lambda r, args: f"deleted {args.image_id}", show_with_args=True)
+                  show_with_args=lambda r, args: f"deleted {args.image_id}")
     sub.add_argument("image_id", metavar="IMAGE_ID")
     add_change_flags(sub, dry_run=False, wait=False)
 
@@ -825,7 +885,7 @@ def global_flags(with_defaults: bool) -> argparse.ArgumentParser:
     The copy given to the commands has no defaults, so it never overwrites a value given earlier. A setting
     not given is None here: main() takes it from the environment, the profile or its default.
     """
-    def default(value):
+    def default(value: bool | None) -> bool | str | None:
         return value if with_defaults else argparse.SUPPRESS
 
     flags = argparse.ArgumentParser(add_help=False)
@@ -866,12 +926,13 @@ class DeprecatedAlias(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
         self.use, self.extend, self.warned = use, extend, False
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
         if not self.warned:
             print(f"cloudimg: warning: {option_string} is deprecated, use {self.use}", file=sys.stderr)
             self.warned = True
-        if self.extend:
-            values = [*(getattr(namespace, self.dest, None) or []), *values]
+        if self.extend:  # nargs="+": values is a list
+            values = [*(getattr(namespace, self.dest, None) or []), *(values or [])]
         setattr(namespace, self.dest, values)
 
 
@@ -881,7 +942,7 @@ def add_page_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="follow every page")
 
 
-def add_enum_list_flag(parser: argparse.ArgumentParser, flag: str, dest: str, enum: Any, what: str,
+def add_enum_list_flag(parser: argparse.ArgumentParser, flag: str, dest: str, enum: render.EnumType[Any], what: str,
                        default: str) -> None:
     """A repeatable flag of an enum's short names, any case (--state running --state PENDING)."""
     choices = render.enum_choices(enum)
@@ -920,9 +981,9 @@ def bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+def checked(parse: Callable[[str], ParsedT]) -> Callable[[str], ParsedT]:
     """A setting's parser as an argument type: its ValueError a usage error naming the flag."""
-    def parse_flag(text: str) -> Any:
+    def parse_flag(text: str) -> ParsedT:
         try:
             return parse(text)
         except ValueError as exc:
@@ -954,8 +1015,9 @@ def name_list(text: str) -> list[str]:
 def at_most(limit: int) -> type[argparse.Action]:
     """The action of a positional taking 1 or more values (nargs="+") but no more than limit."""
     class AtMost(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
-            if len(values) > limit:
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                     values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+            if values is not None and len(values) > limit:
                 raise argparse.ArgumentError(self, f"at most {limit} (got {len(values)})")
             setattr(namespace, self.dest, values)
     return AtMost
@@ -967,14 +1029,6 @@ def client_token(text: str) -> str:
     return text
 
 
-def open_channel(target: str, ca_cert: str | None, tls: bool) -> grpc.Channel:
-    """TLS when a CA is given or --tls asks for it; plaintext otherwise (a gateway on loopback)."""
-    if not ca_cert and not tls:
-        return grpc.insecure_channel(target)
-    roots = Path(ca_cert).expanduser().read_bytes() if ca_cert else None
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(roots))
-
-
 def describe_error(err: grpc.RpcError) -> str:
     """One line: "error: CODE REASON: message", REASON from the rich status's ErrorInfo if any."""
     code = err.code().name
@@ -983,38 +1037,40 @@ def describe_error(err: grpc.RpcError) -> str:
     return f"error: {code} {reason}: {message}" if reason else f"error: {code}: {message}"
 
 
-def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    try:
-        status = rpc_status.from_call(err)
-    except ValueError:  # a rich status that contradicts the call's own code or message
-        return None
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
+class RetryWith(TypedDict):
+    flag: str  # --client-token or --request-id
+    value: str
 
 
-def error_reason(err: grpc.RpcError) -> str:
-    info = error_info(err)
-    return info.reason if info else ""
+class ErrorDocument(TypedDict):
+    """An error as --output json and yaml print it on stderr."""
+
+    code: str
+    reason: str
+    message: str
+    metadata: dict[str, str]
+    request_id: str | None
+    images: NotRequired[list[dict[str, Any]]]  # IMAGE_FAILED: the images, as --output json shows them
+    retry_with: NotRequired[RetryWith]  # a change that may have happened: the token to send it again with
 
 
 def error_document(code: str, message: str, err: grpc.RpcError | None = None, request_id: str | None = None,
-                   **more: Any) -> dict:
+                   images: list[dict[str, Any]] | None = None) -> ErrorDocument:
     """An error as --output json prints it on stderr: the gRPC code and the ErrorInfo's reason and metadata
     for a failed call (with its x-request-id), else a code of this client's own (USAGE_ERROR, ...)."""
     info = error_info(err) if err is not None else None
-    return {"code": code, "reason": info.reason if info else "", "message": message,
-            "metadata": dict(info.metadata) if info else {}, "request_id": request_id, **more}
+    document = ErrorDocument(code=code, reason=info.reason if info else "", message=message,
+                             metadata=dict(info.metadata) if info else {}, request_id=request_id)
+    if images is not None:
+        document["images"] = images
+    return document
 
 
 class Failed(Exception):
     """What main() reports: the exit status, the line for table and text output, the JSON document for the
     structured outputs."""
 
-    def __init__(self, status: int, line: str, document: dict):
+    def __init__(self, status: int, line: str, document: ErrorDocument):
         super().__init__(line)
         self.status, self.line, self.document = status, line, document
 
@@ -1057,11 +1113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, settings: config.Settings) -> Any:
+Response = Message | SettingsDocument  # what a command returns: a response, or a local command's document
+
+
+def run(args: argparse.Namespace, settings: config.Settings) -> Response:
     """The command's response; Failed when it fails."""
     try:
         if args.local:
-            return args.call(settings, args)
+            document: SettingsDocument = args.call(settings, args)
+            return document
     except (UsageError, config.ConfigError) as exc:
         raise usage_failure(str(exc)) from None
     if not settings["api_key"]:
@@ -1073,7 +1133,7 @@ def run(args: argparse.Namespace, settings: config.Settings) -> Any:
             raise usage_failure(f"{args.command} needs a region: pass --region, set CLOUDIMG_REGION or save one "
                                 "with: cloudimg configure --region REGION")
     try:
-        channel = open_channel(settings["endpoint"], settings["ca_cert"], settings["tls"])
+        channel = open_channel(settings["endpoint"], ca_cert=settings["ca_cert"] or None, tls=settings["tls"])
     except OSError as exc:
         raise usage_failure(f"--ca-cert {settings['ca_cert']}: {exc.strerror}") from None
     debug = sys.stderr if args.debug else None
@@ -1082,17 +1142,20 @@ def run(args: argparse.Namespace, settings: config.Settings) -> Any:
                      else "TLS" if settings["tls"] else "plaintext")
         print(f"debug: endpoint {settings['endpoint']} ({transport}), profile {settings.profile.value}, "
               f"timeout {settings['timeout']:g} s", file=debug)
-    api = Api(channel, settings["api_key"], settings["timeout"], debug)
+    api = Api(Client(settings["endpoint"], settings["api_key"], timeout=settings["timeout"], retry=retry_policy(),
+                     on_call=debug_line(debug) if debug else None, channel=channel))
     try:
         with channel:
-            return args.call(api, args)
+            response: Message = args.call(api, args)
+            return response
     except grpc.RpcError as err:
         raise call_failure(err, api.last_request_id) from None
     except OutcomeUnknown as unknown:
         failed = call_failure(unknown.error, api.last_request_id)
-        line = failed.line.replace(f" ({REQUEST_ID_KEY} ", f"; retry with {unknown.flag} {unknown.token} "
+        flag = TOKEN_FLAGS[unknown.field]
+        line = failed.line.replace(f" ({REQUEST_ID_KEY} ", f"; retry with {flag} {unknown.token} "
                                                           f"({REQUEST_ID_KEY} ", 1)
-        raise Failed(1, line, {**failed.document, "retry_with": {"flag": unknown.flag, "value": unknown.token}}
+        raise Failed(1, line, {**failed.document, "retry_with": {"flag": flag, "value": unknown.token}}
                      ) from None
     except UsageError as exc:
         raise usage_failure(str(exc)) from None
@@ -1109,7 +1172,7 @@ def run(args: argparse.Namespace, settings: config.Settings) -> Any:
         raise Failed(1, f"error: {message}", error_document("WAIT_EXPIRED", message)) from None
 
 
-def shown(response: Any, args: argparse.Namespace) -> str:
+def shown(response: Response, args: argparse.Namespace) -> str:
     """The response in the chosen output; the fields a command adds (run's client token) in json and yaml."""
     if args.output in STRUCTURED:
         document = response if isinstance(response, dict) else MessageToDict(response,
@@ -1118,9 +1181,9 @@ def shown(response: Any, args: argparse.Namespace) -> str:
         if args.output == "json":
             return json.dumps(document, indent=2)
         return yaml.safe_dump(document, sort_keys=False, allow_unicode=True).rstrip("\n")
-    if args.output == "text":
-        return (args.text or render.text)(response)
-    return args.show(response, args)
+    # text: --output text (a local command's own, else render.text); show: the table
+    text: str = args.text(response) if args.output == "text" else args.show(response, args)
+    return text
 
 
 if __name__ == "__main__":

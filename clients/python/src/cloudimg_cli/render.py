@@ -1,35 +1,52 @@
 """Plain-text rendering of protobuf messages: enum names, timestamps, money and aligned tables."""
 
+from __future__ import annotations
+
 import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
+from cloudimg.gateway.v1 import instance_service_pb2 as instance_pb
+from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.type import money_pb2
 
+ValueT = TypeVar("ValueT", bound=int)
+
+if TYPE_CHECKING:
+    from google._upb import _message as upb
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+    # A generated enum (image_pb.ImageType): its descriptor, and its values as mypy-protobuf types them.
+    EnumType: TypeAlias = _EnumTypeWrapper[ValueT]
+    # A message's descriptors: the pure-Python implementation's or the upb backend's.
+    AnyEnumDescriptor: TypeAlias = EnumDescriptor | upb.EnumDescriptor
+    AnyFieldDescriptor: TypeAlias = FieldDescriptor | upb.FieldDescriptor
+
 _CENT = Decimal("0.01")
 
 
-def _enum_prefix(enum: EnumDescriptor) -> str:
+def _enum_prefix(enum: AnyEnumDescriptor) -> str:
     """The prefix every value of a buf-linted enum carries: ImageType -> "IMAGE_TYPE_"."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
 
 
-def enum_name(enum: EnumDescriptor, number: int) -> str:
+def enum_name(enum: AnyEnumDescriptor, number: int) -> str:
     """IMAGE_TYPE_PUBLIC -> "PUBLIC"; a number this client does not know is shown as the number."""
     value = enum.values_by_number.get(number)
     return value.name.removeprefix(_enum_prefix(enum)) if value else str(number)
 
 
-def enum_choices(enum: EnumDescriptor) -> list[str]:
+def enum_choices(enum: EnumType[Any]) -> list[str]:
     """The short names a user may type for an enum flag (UNSPECIFIED excluded)."""
-    return [enum_name(enum, value.number) for value in enum.values if value.number]
+    return [enum_name(enum.DESCRIPTOR, value.number) for value in enum.DESCRIPTOR.values if value.number]
 
 
-def enum_number(enum: EnumDescriptor, name: str) -> int:
-    return enum.values_by_name[_enum_prefix(enum) + name].number
+def enum_number(enum: EnumType[ValueT], name: str) -> ValueT:
+    """The value a short name stands for: (image_pb.ImageType, "PUBLIC") -> IMAGE_TYPE_PUBLIC."""
+    return enum.Value(_enum_prefix(enum.DESCRIPTOR) + name)
 
 
 def money(amount: money_pb2.Money) -> str:
@@ -47,12 +64,13 @@ def cell(message: Message, name: str) -> str:
     if field.is_repeated:
         return ",".join(entries(message, name)) or "-"
     if field.enum_type is not None:
-        return enum_name(field.enum_type, value) if value else "-"  # type: ignore[arg-type]
+        return enum_name(field.enum_type, value) if value else "-"
     if field.message_type is not None:
         if not message.HasField(name):
             return "-"
         if field.message_type.full_name == "google.protobuf.Timestamp":
-            return value.ToJsonString()
+            stamp: timestamp_pb2.Timestamp = value
+            return stamp.ToJsonString()
         if field.message_type.full_name == "google.type.Money":
             return money(value)
     if field.type == FieldDescriptor.TYPE_BOOL:
@@ -80,7 +98,7 @@ def entries(message: Message, name: str) -> list[str]:
     field = message.DESCRIPTOR.fields_by_name[name]
     values = getattr(message, name)
     if field.enum_type is not None:
-        return [enum_name(field.enum_type, v) for v in values]  # type: ignore[arg-type]
+        return [enum_name(field.enum_type, v) for v in values]
     return [str(v) for v in values]
 
 
@@ -98,7 +116,7 @@ def fields(message: Message, names: Sequence[str] = ()) -> str:
     return table(rows)
 
 
-def quote(q: Any) -> str:
+def quote(q: instance_pb.Quote) -> str:
     """A cloudimg.gateway.v1.Quote: its itemized lines, then the total."""
     lines = columns(q.lines, ["kind", "description", "unit_price", "quantity", "unit", "amount"])
     return lines + "\n\n" + fields(q, ["total", "charge_type", "image_allowed"])
@@ -150,7 +168,7 @@ def _records(message: Message) -> list[str]:
     return lines
 
 
-def _is_record(field: Any) -> bool:
+def _is_record(field: AnyFieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.full_name not in _VALUE_TYPES
 
 
