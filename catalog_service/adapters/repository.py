@@ -7,7 +7,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, false, func, not_, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    delete,
+    func,
+    not_,
+    select,
+    union_all,
+    update,
+)
 
 from catalog_service.adapters.tables import IMAGES, JOBS, QUOTA_USAGE, REGIONS
 from catalog_service.domain.model import (
@@ -129,6 +139,36 @@ def image_job(kind: str, data: dict[str, Any]) -> CopyJob | ImportJob:
     return CopyJob(stored["image_id"], stored["region"], stored["checksum"])
 
 
+def listing_statement(query: ImageQuery, after: str | None, limit: int) -> Select[Any] | None:
+    """The one statement of ``CatalogRepository.page``: a UNION ALL of one index range per visible set
+    (None when nothing is visible)."""
+    c = IMAGES.c
+    common: list[ColumnElement[bool]] = [c.region == query.region]
+    if query.platform:
+        common.append(func.lower(c.platform) == query.platform.lower())
+    if query.name_filter:
+        common.append(func.lower(c.name).contains(query.name_filter.lower(), autoescape=True))
+    if after is not None:
+        common.append(c.image_id > after)
+    custom = ImageType.CUSTOM.value
+    ranges: list[list[ColumnElement[bool]]] = [
+        [c.image_type == kind.value] for kind in sorted(query.image_types, key=lambda t: t.value)
+        if kind is not ImageType.CUSTOM]
+    if ImageType.CUSTOM in query.image_types:
+        ranges.append([c.owner_account_id == query.viewer_account_id, c.image_type == custom])
+    if query.shared_image_ids:
+        ranges.append([c.image_id.in_(sorted(query.shared_image_ids)), c.image_type == custom,
+                       c.owner_account_id != query.viewer_account_id])
+    parts = [select(IMAGES).where(*common, *visible).order_by(c.image_id).limit(limit).subquery()
+             for visible in ranges]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return select(parts[0])
+    union = union_all(*(select(part) for part in parts)).subquery()
+    return select(union).order_by(union.c.image_id).limit(limit)
+
+
 class CatalogRepository:
     def __init__(self, connection: Connection):
         self._connection = connection
@@ -237,24 +277,14 @@ class CatalogRepository:
         return [_to_image(r) for r in rows]
 
     def page(self, query: ImageQuery, after: str | None, limit: int) -> list[Image]:
-        """Up to ``limit`` images of the query with ids above ``after``, in id order."""
-        c = IMAGES.c
-        visible: list[ColumnElement[bool]] = []
-        official = [t.value for t in query.image_types if t is not ImageType.CUSTOM]
-        if official:
-            visible.append(c.image_type.in_(official))
-        if ImageType.CUSTOM in query.image_types:
-            visible.append(and_(c.image_type == ImageType.CUSTOM.value,
-                                c.owner_account_id == query.viewer_account_id))
-        if query.shared_image_ids:
-            visible.append(and_(c.image_type == ImageType.CUSTOM.value,
-                                c.image_id.in_(sorted(query.shared_image_ids))))
-        conditions: list[ColumnElement[bool]] = [c.region == query.region, or_(*visible) if visible else false()]
-        if query.platform:
-            conditions.append(func.lower(c.platform) == query.platform.lower())
-        if query.name_filter:
-            conditions.append(func.lower(c.name).contains(query.name_filter.lower(), autoescape=True))
-        if after is not None:
-            conditions.append(c.image_id > after)
-        statement = select(IMAGES).where(*conditions).order_by(c.image_id).limit(limit)
+        """Up to ``limit`` images of the query with ids above ``after``, in id order.
+
+        The caller sees the official images of the kinds asked for, its own custom images and those shared
+        with it. Each of those sets is read by an index that holds exactly it, in id order (official:
+        region, type, id; own: region, owner, type, id; shared: the primary key), each up to ``limit``, and
+        the page is the first ``limit`` of their union: so a page costs the same whatever other accounts
+        keep in the region (a walk of the region's whole id index, filtering visibility after, did not)."""
+        statement = listing_statement(query, after, limit)
+        if statement is None:
+            return []
         return [_to_image(r) for r in self._connection.execute(statement)]

@@ -22,9 +22,12 @@ class RegionRow(SQLModel, table=True):
 
 class ImageRow(SQLModel, table=True):
     __tablename__ = "catalog_image"
-    # Keyset pagination walks a region's images in id order.
+    # Keyset pagination walks a region's images in id order: all of them (jobs, syncs), the official ones of
+    # one type, or one owner's (ListImages reads each visible set by its own index; see repository.page).
     __table_args__ = (
         Index("ix_catalog_image_region_id", "region", "image_id"),
+        Index("ix_catalog_image_region_type_id", "region", "image_type", "image_id"),
+        Index("ix_catalog_image_region_owner_type_id", "region", "owner_account_id", "image_type", "image_id"),
         # An account's image names are unique per region; also what quotas count and syncs look for.
         Index("uq_catalog_image_owner_name", "owner_account_id", "region", "name", unique=True),
     )
