@@ -150,24 +150,40 @@ def _reset_pricing(reset: Reset) -> billing_pb.ResetPricing:
     )
 
 
+# Official images (public and marketplace) never change once the catalog has them: it has no call that updates,
+# syncs or deletes one (tests/integration/test_catalog.py holds it to that). So the gateway keeps each it has
+# read, up to this many, and asks again only for custom images (which change) and for ids it does not know.
+MAX_OFFICIAL_IMAGES = 10_000
+
+
 class Catalog:
     def __init__(self, downstream: Downstream):
         self._d = downstream
         self._stub: catalog_grpc.CatalogServiceStub = downstream.stub
+        self._official: dict[str, Image] = {}
+
+    def _remember(self, image: Image) -> Image:
+        if image.kind is not CatalogKind.CUSTOM and image.exists and len(self._official) < MAX_OFFICIAL_IMAGES:
+            self._official[image.image_id] = image
+        return image
 
     async def regions(self) -> list[Region]:
         response = await self._d.call(self._stub.ListRegions, catalog_pb.ListRegionsRequest())
         return [Region(r.region_id, r.display_name, r.mainland, r.sync_enabled) for r in response.regions]
 
     async def image(self, image_id: str, region: str = "") -> Image:
-        """The image, or its stand-in (``Image.missing``) when the catalog has no such image."""
+        """The image, or its stand-in (``Image.missing``) when the catalog has no such image. An official
+        image read before is not asked for again (see MAX_OFFICIAL_IMAGES)."""
+        known = self._official.get(image_id)
+        if known is not None:
+            return known
         try:
             response = await self._d.call(self._stub.GetImage, catalog_pb.GetImageRequest(image_id=image_id))
         except RemoteError as exc:
             if exc.code == "NOT_FOUND":
                 return Image.missing(image_id, region)
             raise
-        return _image(response.image)
+        return self._remember(_image(response.image))
 
     async def images(self, region: str, kinds: set[CatalogKind], shared_image_ids: list[str], platform: str,
                      name_filter: str, page_size: int, page_token: str) -> tuple[list[Image], str]:
@@ -176,7 +192,7 @@ class Catalog:
             shared_image_ids=shared_image_ids, platform=platform, name_filter=name_filter,
             page_size=page_size, page_token=page_token,
         ))
-        return [_image(i) for i in response.images], response.next_page_token
+        return [self._remember(_image(i)) for i in response.images], response.next_page_token
 
     async def create_image(self, instance: Instance, name: str, description: str, request_id: str,
                            dry_run: bool) -> Image:

@@ -180,3 +180,29 @@ def test_replicas_starting_at_once_on_one_postgres_database_all_serve(spawn: Spa
         images = conn.execute(select(func.count()).select_from(IMAGES)).scalar_one()
     engine.dispose()
     assert images == len(seed_images()) + len(demo_custom_images())
+
+
+@pytest.mark.parametrize("key", ["ubuntu-2204-x86", "wordpress"], ids=["public", "marketplace"])
+async def test_an_official_image_cannot_be_changed_by_any_account(catalog: pb_grpc.CatalogServiceStub,
+                                                                  key: str) -> None:
+    """What the gateway's cache of official images rests on (gateway.adapters.contexts.MAX_OFFICIAL_IMAGES):
+    no call updates, syncs or deletes a public or marketplace image, whoever asks."""
+    region = "ap-guangzhou"
+    image_id = seed_image_id(region, key)
+    before = (await catalog.GetImage(pb.GetImageRequest(image_id=image_id), metadata=internal_metadata())).image
+    assert before.image_type in (pb.IMAGE_TYPE_PUBLIC, pb.IMAGE_TYPE_MARKET)
+    changes = [
+        ("UpdateImage", pb.UpdateImageRequest(image_id=image_id, name="renamed", description="changed",
+                                              update_paths=["name", "description"], request_id="upd-official-1")),
+        ("DeleteImage", pb.DeleteImageRequest(image_id=image_id, request_id="del-official-1")),
+        ("SyncImage", pb.SyncImageRequest(image_id=image_id, destination_regions=["ap-shanghai"],
+                                          request_id="syn-official-1")),
+    ]
+    for account in (ALICE, BOB, before.owner_account_id or ALICE):
+        for method, request in changes:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await getattr(catalog, method)(request, metadata=internal_metadata(account))
+            assert refused.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+                                            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+    after = (await catalog.GetImage(pb.GetImageRequest(image_id=image_id), metadata=internal_metadata())).image
+    assert after == before
