@@ -7,6 +7,7 @@ and break limits. Readers use ``read_only`` units of work, which start with a pl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -87,6 +88,27 @@ class UnitOfWork:
 
     def commit(self) -> None:
         self._transaction.commit()
+
+
+@functools.cache
+def _ignoring_insert(dialect: str, table: Table, returning: tuple[str, ...]) -> Any:
+    statement: Any
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(table).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table).on_conflict_do_nothing()
+    return statement.returning(*(table.c[name] for name in returning)) if returning else statement
+
+
+def ignoring_insert(connection: Connection, table: Table, *returning: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING [RETURNING the columns named] for the connection's dialect, built once:
+    execute it with the row as parameters (``connection.execute(statement, row)``, or a list of rows), so that
+    the hot path neither builds nor compiles a statement per call. A row went in when it is returned."""
+    return _ignoring_insert(connection.dialect.name, table, returning)
 
 
 def insert_ignoring_duplicates(connection: Connection, table: Table) -> Any:

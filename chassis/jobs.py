@@ -68,7 +68,7 @@ from sqlmodel import SQLModel
 
 from chassis import metrics, tracing
 from chassis.clock import Clock
-from chassis.db import Database, insert_ignoring_duplicates
+from chassis.db import Database, ignoring_insert
 from chassis.logs import fields
 from chassis.server import BackgroundWork, every
 from chassis.stored import Document, UnknownVersion
@@ -199,11 +199,11 @@ def enqueue(connection: Connection, table: Table, kind: str, subject: str, data:
     """
     job_id = job_id or uuid.uuid4().hex
     now = _utc(now)
-    connection.execute(insert_ignoring_duplicates(connection, table).values(
-        job_id=job_id, kind=kind, subject=subject, payload=_payload(data), state=PENDING, lease_owner=lease_owner,
-        lease_until=None if lease_until is None else _utc(lease_until), attempts=0, progress=0, error="",
-        create_time=now, update_time=now,
-    ))
+    connection.execute(ignoring_insert(connection, table), {
+        "job_id": job_id, "kind": kind, "subject": subject, "payload": _payload(data), "state": PENDING,
+        "lease_owner": lease_owner, "lease_until": None if lease_until is None else _utc(lease_until),
+        "attempts": 0, "progress": 0, "error": "", "create_time": now, "update_time": now,
+    })
     return job_id
 
 

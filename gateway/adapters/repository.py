@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
@@ -13,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, exists, select, update
 
 from chassis import jobs
-from chassis.db import insert_ignoring_duplicates
+from chassis.db import ignoring_insert, insert_ignoring_duplicates
 from chassis.idempotency import ResponseFormat
 from chassis.stored import Document
 from gateway.adapters.tables import ACCOUNTS, API_KEYS, INSTANCES, JOBS, LAUNCHES
@@ -73,12 +72,20 @@ class AccountRepository:
                                                     secret_hash=key.secret_hash, create_time=now))
 
 
+_INSERT_INSTANCE = INSTANCES.insert()
+
+
 def _instance_row(i: Instance) -> dict[str, object]:
-    row = dataclasses.asdict(i)
-    row.update(state=i.state.value, charge_type=i.charge_type.value, architecture=i.architecture.value,
-               create_time=_utc(i.create_time), update_time=_utc(i.update_time or i.create_time),
-               terminate_time=None if i.terminate_time is None else _utc(i.terminate_time))
-    return row
+    """The row of an instance, field by field (dataclasses.asdict deep-copies: a quarter of a 100-instance
+    launch's time)."""
+    return {
+        "instance_id": i.instance_id, "account_id": i.account_id, "region": i.region,
+        "instance_name": i.instance_name, "instance_type": i.instance_type, "image_id": i.image_id,
+        "state": i.state.value, "charge_type": i.charge_type.value, "system_disk_gb": i.system_disk_gb,
+        "architecture": i.architecture.value, "launch_id": i.launch_id, "create_time": _utc(i.create_time),
+        "update_time": _utc(i.update_time or i.create_time),
+        "terminate_time": None if i.terminate_time is None else _utc(i.terminate_time),
+    }
 
 
 def _to_instance(row: object) -> Instance:
@@ -236,14 +243,14 @@ class LaunchRepository:
         nothing written) when the account's client token is already taken. Writing the instances here,
         before anything is charged, means that finishing a charged launch only flips states: it cannot
         fail on its data."""
-        statement = insert_ignoring_duplicates(self._connection, LAUNCHES).values(
-            launch_id=launch.launch_id, account_id=launch.account_id, client_token=launch.client_token,
-            fingerprint=launch.fingerprint, state=launch.state.value, request=_request_json(launch),
-            instance_ids=json.dumps(launch.instance_ids), create_time=launch.create_time,
-        ).returning(LAUNCHES.c.launch_id)
-        if self._connection.execute(statement).first() is None:
+        claimed = self._connection.execute(ignoring_insert(self._connection, LAUNCHES, "launch_id"), {
+            "launch_id": launch.launch_id, "account_id": launch.account_id, "client_token": launch.client_token,
+            "fingerprint": launch.fingerprint, "state": launch.state.value, "request": _request_json(launch),
+            "instance_ids": json.dumps(launch.instance_ids), "create_time": launch.create_time,
+        }).first()
+        if claimed is None:
             return False
-        self._connection.execute(INSTANCES.insert(), [_instance_row(i) for i in launch.instances()])
+        self._connection.execute(_INSERT_INSTANCE, [_instance_row(i) for i in launch.instances()])
         jobs.enqueue(self._connection, JOBS, SETTLE_LAUNCH, launch.launch_id, {}, launch.create_time,
                      job_id=settle_job_id(launch.launch_id), lease_owner=holder, lease_until=hold_until)
         return True

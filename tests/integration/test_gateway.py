@@ -89,7 +89,8 @@ async def test_a_launch_of_100_makes_as_many_downstream_calls_as_a_launch_of_1(c
     hundred = await cloud.instances.RunInstances(run_request(instance_count=100), metadata=cloud.auth())
     assert len(one.instance_ids) == 1
     assert len(hundred.instance_ids) == 100
-    assert calls == calls_for_one == ["catalog", "sharing", "billing"]
+    # The public image was read from the catalog by the warming launch; it never changes, so not again.
+    assert calls == calls_for_one == ["sharing", "billing"]
     assert cloud.count("gateway", INSTANCES) == 102
     assert cloud.count("billing", CHARGES) == 3
 
