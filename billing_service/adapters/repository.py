@@ -143,10 +143,11 @@ def _to_segment(row: Any) -> Segment:
                    m["end_time"], m["prepaid_until"], m["seq"])
 
 
-def _segment_values(s: Segment) -> dict[str, Any]:
+def _segment_values(s: Segment, prices: str | None = None) -> dict[str, Any]:
     return dict(account_id=s.account_id, instance_id=s.instance_id, segment_no=s.segment_no, region=s.region,
                 instance_type=s.instance_type, charge_type=s.charge_type.value, currency=s.currency,
-                prices=_prices_json(s.prices), start_time=s.start_time, end_time=s.end_time,
+                prices=_prices_json(s.prices) if prices is None else prices, start_time=s.start_time,
+                end_time=s.end_time,
                 hours_billed=s.hours_billed, prepaid_until=s.prepaid_until, next_settle_time=s.next_settle_time)
 
 
@@ -164,7 +165,9 @@ class MeterRepository:
         call is compiled per call, most of a 100-instance charge's time), sent as one executemany (which
         SQLAlchemy batches into multi-row INSERTs on PostgreSQL)."""
         if segments:
-            self._connection.execute(_INSERT_SEGMENT, [_segment_values(s) for s in segments])
+            prices: dict[int, str] = {}  # a launch's segments share one price list: encoded once
+            self._connection.execute(_INSERT_SEGMENT, [
+                _segment_values(s, prices.setdefault(id(s.prices), _prices_json(s.prices))) for s in segments])
 
     def add_unless_exists(self, segment: Segment) -> bool:
         """False when the instance has a segment of that number already (another reset made it)."""
