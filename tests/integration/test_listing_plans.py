@@ -98,19 +98,23 @@ def test_pages_are_the_visible_images_in_id_order(catalog: Engine, query: ImageQ
     assert listed == expected(every_row(catalog), query)
 
 
-def test_a_name_filter_and_a_platform_apply_to_every_set(catalog: Engine) -> None:
-    query = ImageQuery(REGION, VIEWER, frozenset(ImageType), shared_ids(), platform="ubuntu", name_filter="-1")
+@pytest.mark.parametrize("name_filter", ["-1", "%", "_", "/"])
+def test_a_name_filter_and_a_platform_apply_to_every_set(catalog: Engine, name_filter: str) -> None:
+    """The filter is a substring, its LIKE wildcards and the escape character taken as themselves."""
+    query = ImageQuery(REGION, VIEWER, frozenset(ImageType), shared_ids(), platform="ubuntu", name_filter=name_filter)
     with catalog.connect() as connection:
         page = CatalogRepository(connection).page(query, None, 1000)
     wanted = expected(every_row(catalog), query)
     names = {str(r["image_id"]): str(r["name"]) for r in every_row(catalog)}
-    assert [i.image_id for i in page] == [i for i in wanted if "-1" in names[i]]
+    assert [i.image_id for i in page] == [i for i in wanted if name_filter in names[i]]
 
 
 def plan(engine: Engine, query: ImageQuery, after: str | None) -> list[str]:
-    statement = listing_statement(query, after, 51)
-    assert statement is not None
-    compiled = statement.compile(engine, compile_kwargs={"literal_binds": True})
+    listing = listing_statement(query, after, 51)
+    assert listing is not None
+    statement, parameters = listing
+    compiled = statement.params(**parameters).compile(engine, compile_kwargs={"literal_binds": True,
+                                                                              "render_postcompile": True})
     with engine.connect() as connection:
         if is_postgres(engine):
             return [str(r[0]) for r in connection.execute(text(f"EXPLAIN {compiled}"))]
