@@ -44,10 +44,10 @@ def image_rows(region: str, owner: str, count: int, start: int = 0, image_type: 
                ) -> Iterator[dict[str, object]]:
     """The rows of an owner's images number start .. start + count - 1 in a region, NORMAL and launchable."""
     for number in range(start, start + count):
+        name = f"bench-{owner}-{number}" if image_type == "CUSTOM" else f"bench-{image_type.lower()}-{number}"
         yield {
             "image_id": bench_image_id(region, owner, number, image_type), "region": region,
-            "image_type": image_type, "state": "NORMAL",
-            "name": f"bench-{owner}-{number}" if image_type == "CUSTOM" else f"bench-{image_type.lower()}-{number}", "description": "", "owner_account_id": owner,
+            "image_type": image_type, "state": "NORMAL", "name": name, "description": "", "owner_account_id": owner,
             "platform": "Ubuntu", "os_name": "Ubuntu Server 22.04 LTS 64bit", "os_type": "LINUX",
             "architecture": "X86_64", "size_gb": 20, "source": "INSTANCE", "base_image_id": "",
             "progress_percent": 100, "create_time": CREATED, "marketplace_product_id": "",
