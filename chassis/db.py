@@ -117,10 +117,4 @@ def insert_ignoring_duplicates(connection: Connection, table: Table) -> Any:
     To learn whether the row went in, add ``.returning(<a column>)`` and look for a row: psycopg
     reports no rowcount (-1) for an INSERT.
     """
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()
+    return _ignoring_insert(connection.dialect.name, table, ())

@@ -17,6 +17,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
+from pydantic_settings import BaseSettings
 from sqlalchemy import create_engine, text
 
 from chassis.clients import ACCOUNT_KEY, INTERNAL_TOKEN_KEY
@@ -60,6 +61,19 @@ def unpacked_details(status: status_pb2.Status) -> list[Any]:
 
 
 SettingsT = TypeVar("SettingsT")
+EnvSettingsT = TypeVar("EnvSettingsT", bound=BaseSettings)
+
+
+def from_environment(settings_class: type[EnvSettingsT]) -> EnvSettingsT:
+    """The settings as a service's start-up reads them: every field from the environment (so none is passed,
+    though some, like the gateway's downstream addresses, are required)."""
+    return settings_class()
+
+
+class SetEnv(Protocol):
+    """An ``env`` fixture: sets the environment variables given (over the module's valid defaults)."""
+
+    def __call__(self, **values: str) -> None: ...
 
 
 class ServerFactory(Protocol):

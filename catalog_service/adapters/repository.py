@@ -185,11 +185,6 @@ def _listing_statement(shape: _Shape) -> Select[Any] | None:
     return select(union).order_by(union.c.image_id).limit(limit)
 
 
-@functools.cache
-def _parameters_of(statement: Select[Any]) -> frozenset[str]:
-    return frozenset(statement.compile().params)
-
-
 def _like_pattern(text: str) -> str:
     """``%text%`` for LIKE ... ESCAPE '/', the text's own wildcards escaped."""
     return "%" + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
@@ -329,6 +324,5 @@ class CatalogRepository:
         listing = listing_statement(query, after, limit)
         if listing is None:
             return []
-        statement, parameters = listing
-        used = {name: value for name, value in parameters.items() if name in _parameters_of(statement)}
-        return [_to_image(r) for r in self._connection.execute(statement, used)]
+        statement, parameters = listing  # values for parameters a shape lacks are ignored
+        return [_to_image(r) for r in self._connection.execute(statement, parameters)]

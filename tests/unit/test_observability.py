@@ -10,7 +10,6 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
 
 import grpc
 import pytest
@@ -19,7 +18,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 from sqlalchemy import MetaData
 
 from catalog_service.settings import CatalogSettings
@@ -31,6 +29,7 @@ from chassis.jobs import JobQueue, job_worker, measure_queue
 from chassis.rpc import REQUEST_ID_KEY
 from chassis.server import Background, RunningServer, start_server
 from gateway.settings import GatewaySettings
+from tests.conftest import SetEnv, from_environment
 
 SERVICE = "test.Observed"
 ALICE = "100000000001"
@@ -276,19 +275,6 @@ def test_with_tracing_off_a_job_keeps_no_trace_and_nothing_is_installed(db: Data
         job_id = jobs.enqueue(connection, TABLE, "settle", "lch-1", {"n": 1}, NOW)
         payload = json.loads(connection.execute(TABLE.select().where(TABLE.c.job_id == job_id)).one().payload)
     assert payload == {"v": 1, "data": {"n": 1}}
-
-
-S = TypeVar("S", bound=BaseSettings)
-
-
-def from_environment(settings_class: type[S]) -> S:
-    """The settings as a service's start-up reads them: every field from the environment (so none is passed,
-    though some, like the gateway's downstream addresses, are required)."""
-    return settings_class()
-
-
-class SetEnv(Protocol):
-    def __call__(self, **values: str) -> None: ...
 
 
 @pytest.fixture

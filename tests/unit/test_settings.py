@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, TypeVar
+from typing import Any, Protocol, TypedDict
 
 import pytest
 from pydantic import ValidationError
@@ -17,22 +17,10 @@ from catalog_service.settings import CatalogSettings
 from chassis.settings import load_settings
 from gateway.settings import GatewayDatabaseSettings, GatewaySettings
 from sharing_service.settings import SharingSettings
+from tests.conftest import SetEnv, from_environment
 
 TOKEN = "test-internal-token-0123456789"
 DOWNSTREAMS = {"CATALOG_ADDR": "catalog:50051", "SHARING_ADDR": "sharing:50052", "BILLING_ADDR": "billing:50053"}
-
-S = TypeVar("S", bound=BaseSettings)
-
-
-def from_environment(settings_class: type[S]) -> S:
-    """The settings as a service's start-up reads them: every field from the environment (so none is passed,
-    though some, like the gateway's downstream addresses, are required)."""
-    return settings_class()
-
-
-class SetEnv(Protocol):
-    def __call__(self, **values: str) -> None: ...
-
 
 class SetTransportEnv(Protocol):
     def __call__(self, **values: object) -> None: ...
