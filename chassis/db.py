@@ -8,6 +8,7 @@ and break limits. Readers use ``read_only`` units of work, which start with a pl
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -118,3 +119,42 @@ def insert_ignoring_duplicates(connection: Connection, table: Table) -> Any:
     reports no rowcount (-1) for an INSERT.
     """
     return _ignoring_insert(connection.dialect.name, table, ())
+
+
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_BULK_INSERTS: dict[tuple[str, Table, tuple[str, ...]], tuple[str, tuple[Callable[[Any], Any] | None, ...]]] = {}
+
+
+def _bulk_insert(dialect: Any, table: Table, columns: tuple[str, ...]
+                 ) -> tuple[str, tuple[Callable[[Any], Any] | None, ...]]:
+    key = (dialect.name, table, columns)
+    found = _BULK_INSERTS.get(key)
+    if found is None:
+        placeholder = _PLACEHOLDERS[dialect.paramstyle]
+        preparer = dialect.identifier_preparer
+        sql = (f"INSERT INTO {preparer.format_table(table)} ({', '.join(preparer.quote(c) for c in columns)}) "
+               f"VALUES ({', '.join(placeholder for _ in columns)})")
+        found = _BULK_INSERTS[key] = sql, tuple(table.c[c].type._cached_bind_processor(dialect) for c in columns)
+    return found
+
+
+def bulk_insert(connection: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Many rows in one executemany, handed to the driver as they are stored. The INSERT is rendered once per
+    dialect, table and columns; each column's values go through its type's bind processor once per distinct
+    value (a launch's rows share their times and most of their strings) instead of through SQLAlchemy's
+    per-row parameter processing, which cost more than the insert itself. ``rows`` hold the values the columns'
+    types take (aware datetimes, plain strings), in ``columns``' order: what is stored is exactly what
+    ``connection.execute(table.insert(), [{...}, ...])`` would store."""
+    sql, processors = _bulk_insert(connection.dialect, table, tuple(columns))
+    batch = [list(row) for row in rows]
+    if not batch:
+        return
+    for index, process in enumerate(processors):
+        if process is None:
+            continue
+        stored: dict[Any, Any] = {}
+        for row in batch:
+            value = row[index]
+            if value is not None:
+                row[index] = stored[value] if value in stored else stored.setdefault(value, process(value))
+    connection.exec_driver_sql(sql, [tuple(row) for row in batch])

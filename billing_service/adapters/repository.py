@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
 from billing_service.adapters.tables import CHARGE_KEYS, CHARGES, SEGMENTS
 from billing_service.domain.metering import HOUR, Segment, UnitPrice
@@ -22,7 +22,7 @@ from billing_service.domain.model import (
     Quote,
     QuoteLine,
 )
-from chassis.db import ignoring_insert, insert_ignoring_duplicates
+from chassis.db import bulk_insert, ignoring_insert, insert_ignoring_duplicates
 from chassis.stored import Document
 
 
@@ -96,9 +96,8 @@ class ChargeRepository:
 
     def claim_key(self, account_id: str, key: str, outcome: KeyOutcome, now: datetime) -> KeyOutcome:
         """Records the key's outcome unless it has one; returns the outcome that holds (the first)."""
-        inserted = self._connection.execute(insert_ignoring_duplicates(self._connection, CHARGE_KEYS).values(
-            account_id=account_id, idempotency_key=key, outcome=outcome.value, create_time=now,
-        ).returning(CHARGE_KEYS.c.outcome)).first()
+        inserted = self._connection.execute(ignoring_insert(self._connection, CHARGE_KEYS, "outcome"), {
+            "account_id": account_id, "idempotency_key": key, "outcome": outcome.value, "create_time": now}).first()
         if inserted is not None:
             return outcome
         c = CHARGE_KEYS.c
@@ -143,15 +142,18 @@ def _to_segment(row: Any) -> Segment:
                    m["end_time"], m["prepaid_until"], m["seq"])
 
 
-def _segment_values(s: Segment, prices: str | None = None) -> dict[str, Any]:
-    return dict(account_id=s.account_id, instance_id=s.instance_id, segment_no=s.segment_no, region=s.region,
-                instance_type=s.instance_type, charge_type=s.charge_type.value, currency=s.currency,
-                prices=_prices_json(s.prices) if prices is None else prices, start_time=s.start_time,
-                end_time=s.end_time,
-                hours_billed=s.hours_billed, prepaid_until=s.prepaid_until, next_settle_time=s.next_settle_time)
+_SEGMENT_COLUMNS = ("account_id", "instance_id", "segment_no", "region", "instance_type", "charge_type", "currency",
+                    "prices", "start_time", "end_time", "hours_billed", "prepaid_until", "next_settle_time")
 
 
-_INSERT_SEGMENT = insert(SEGMENTS)
+def _segment_row(s: Segment, prices: str) -> tuple[Any, ...]:
+    """A segment's row in _SEGMENT_COLUMNS' order, with its price list already encoded."""
+    return (s.account_id, s.instance_id, s.segment_no, s.region, s.instance_type, s.charge_type.value, s.currency,
+            prices, s.start_time, s.end_time, s.hours_billed, s.prepaid_until, s.next_settle_time)
+
+
+def _segment_values(s: Segment) -> dict[str, Any]:
+    return dict(zip(_SEGMENT_COLUMNS, _segment_row(s, _prices_json(s.prices)), strict=True))
 
 
 class MeterRepository:
@@ -161,13 +163,17 @@ class MeterRepository:
         self._connection = connection
 
     def add_all(self, segments: Sequence[Segment]) -> None:
-        """One statement, however many instances a launch has: compiled once (a multi-VALUES insert built per
-        call is compiled per call, most of a 100-instance charge's time), sent as one executemany (which
-        SQLAlchemy batches into multi-row INSERTs on PostgreSQL)."""
-        if segments:
-            prices: dict[int, str] = {}  # a launch's segments share one price list: encoded once
-            self._connection.execute(_INSERT_SEGMENT, [
-                _segment_values(s, prices.setdefault(id(s.prices), _prices_json(s.prices))) for s in segments])
+        """One executemany, however many instances a launch has, of rows handed to the driver as stored
+        (``chassis.db.bulk_insert``); a launch's segments share one price list, encoded once."""
+        encoded: dict[int, str] = {}
+
+        def prices_of(s: Segment) -> str:
+            found = encoded.get(id(s.prices))
+            if found is None:
+                found = encoded[id(s.prices)] = _prices_json(s.prices)
+            return found
+
+        bulk_insert(self._connection, SEGMENTS, _SEGMENT_COLUMNS, [_segment_row(s, prices_of(s)) for s in segments])
 
     def add_unless_exists(self, segment: Segment) -> bool:
         """False when the instance has a segment of that number already (another reset made it)."""
