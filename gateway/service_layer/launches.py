@@ -142,7 +142,7 @@ async def _run_instances(caller: Caller, request: LaunchRequest, dry_run: bool, 
         fingerprint=request.fingerprint(), state=LaunchState.PENDING, request=request,
         image_os_type=image.os_type, image_architecture=image.architecture,
         marketplace_product_id=image.marketplace_product_id, image_allowed=seen.image_allowed,
-        instance_ids=[ids.new_id("ins") for _ in range(request.instance_count)], create_time=deps.clock.now(),
+        instance_ids=ids.sibling_ids("ins", request.instance_count), create_time=deps.clock.now(),
     )
     with deps.new_uow() as uow:
         claimed = uow.launches.claim(launch, REPLICA, launch.create_time + STALE_LAUNCH_AFTER)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Protocol, TypedDict
@@ -107,6 +108,28 @@ def test_ids_have_the_seed_clouds_shape() -> None:
     assert ids.require_account_id("100000000001", "account_id") == "100000000001"
     with pytest.raises(errors.InvalidArgument):
         ids.require_account_id("1000000000011", "account_id")
+
+
+def test_sibling_ids_are_distinct_share_their_head_and_are_each_uniform(monkeypatch: pytest.MonkeyPatch) -> None:
+    launch = ids.sibling_ids("ins", 100)
+    assert len(set(launch)) == 100
+    assert launch == sorted(launch)
+    assert all(ids.is_id("ins", i) for i in launch)
+    assert len({i[:7] for i in launch}) == 1
+    assert ids.sibling_ids("ins", 0) == []
+    # Each id is uniform: its head over many launches, its tail within one.
+    heads = Counter("".join(ids.sibling_ids("ins", 2)[0][4:7] for _ in range(4_000)))
+    tails = Counter("".join(i[7:] for i in ids.sibling_ids("ins", 30_000)))
+    for seen in (heads, tails):
+        expected = seen.total() / 36
+        assert len(seen) == 36
+        # Pearson's chi-squared over 35 degrees of freedom: a fair draw exceeds 90 about once in 10 million.
+        assert sum((n - expected) ** 2 / expected for n in seen.values()) < 90
+    # A draw that reducing modulo 36**8 would bias is drawn again; a tail a sibling has is drawn again.
+    draws = iter([(0).to_bytes(8), (2**64 - 1).to_bytes(8) + (5 * 36**3).to_bytes(8), (5 * 36**3).to_bytes(8),
+                  (7 * 36**3).to_bytes(8)])
+    monkeypatch.setattr("chassis.ids.secrets.token_bytes", lambda n: next(draws))
+    assert ids.sibling_ids("ins", 2) == ["ins-aaafaaaa", "ins-aaahaaaa"]
 
 
 @pytest.mark.parametrize("amount", ["0", "0.058", "12.345678901", "-3.25", "-0.000000001", "123456789.5"])
