@@ -31,6 +31,7 @@ from chassis import logs, metrics, tls, tracing
 from chassis.auth import internal_caller
 from chassis.db import Database
 from chassis.logs import fields
+from chassis.migrations import MigrationError, migrate_apart
 from chassis.rpc import MAX_MESSAGE_BYTES, Authenticate, ServiceInterceptor
 from chassis.settings import ServiceSettings, SettingsError, load_settings
 
@@ -205,9 +206,11 @@ def _check_can_listen(listen_addr: str) -> None:
 
 def _reason(exc: Exception, database_url: str) -> str:
     """Why a service could not start, in one line a person can act on."""
+    url = make_url(database_url).render_as_string(hide_password=True)
     if isinstance(exc, DBAPIError):  # the driver's message says why; SQLAlchemy's adds SQL and a link
-        url = make_url(database_url).render_as_string(hide_password=True)
         return f"database {url}: {exc.orig}"
+    if isinstance(exc, MigrationError):
+        return f"migrating database {url}: {exc}"
     if isinstance(exc, (SettingsError, OSError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
@@ -218,10 +221,12 @@ def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable
 
     A service that cannot start (a setting it cannot use, its database unreachable, its address taken)
     says why in one line on stderr and exits 2 for a setting, 1 otherwise; the traceback is logged at
-    DEBUG only.
+    DEBUG only. The schema is migrated first, in a child process (``chassis.migrations.migrate_apart``),
+    so the server never loads Alembic (unless CLOUDIMG_MIGRATE_IN_PROCESS says otherwise).
     """
     settings = load_settings(settings_class)
     logs.configure(service, settings.log_level)
+    package = bootstrap.__module__.rpartition(".")[0]  # <package>.bootstrap
 
     async def main() -> None:
         _check_can_listen(settings.listen_addr)
@@ -234,6 +239,8 @@ def run(service: str, settings_class: type[ServiceSettings], bootstrap: Callable
                 raise OSError(f"{prefix}METRICS_ADDR: cannot listen on {settings.metrics_addr}: "
                               f"{exc.strerror or exc}") from exc
         tracing.configure(service, settings.otlp_endpoint)  # before bootstrap: the gateway's channels trace
+        if not settings.migrate_in_process:  # else bootstrap's migrate does it here
+            migrate_apart(settings.database_url, package, service)  # before serving: blocking is fine
         built = await bootstrap(settings)  # type: ignore[arg-type]
         try:
             await serve(service, settings.listen_addr, built.register, built.authenticate,

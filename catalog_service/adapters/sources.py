@@ -13,6 +13,8 @@ bytes are, and a qcow2 backing file, a qcow2 external data file or a VMDK extent
 elsewhere is refused.
 
 Synchronous and streaming with bounded memory: the catalog's job handlers run it in a worker thread.
+urllib3 and the inspector (7 MB of the catalog's memory) are imported by the functions that use them,
+when an import first runs, not when the catalog starts.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, TYPE_CHECKING, cast
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
-import urllib3
-from oslo_utils.imageutils import format_inspector
+if TYPE_CHECKING:
+    import urllib3
+    from oslo_utils.imageutils import format_inspector
 
 CHUNK_SIZE = 1 << 20
 MAX_REDIRECTS = 5
@@ -285,6 +288,8 @@ def _recheck_opened_file(stream: IO[bytes], path: Path, policy: ImportPolicy) ->
 
 
 def _read_http(source: _HttpSource, policy: ImportPolicy) -> Iterator[bytes]:
+    import urllib3
+
     for hop in range(MAX_REDIRECTS + 1):
         pool, response = _request(source, policy)
         try:
@@ -320,6 +325,8 @@ def _read_http(source: _HttpSource, policy: ImportPolicy) -> Iterator[bytes]:
 
 
 def _request(source: _HttpSource, policy: ImportPolicy) -> tuple[urllib3.HTTPConnectionPool, urllib3.BaseHTTPResponse]:
+    import urllib3
+
     timeout = urllib3.Timeout(connect=policy.timeout_seconds, read=policy.timeout_seconds)
     headers = {"Host": source.host_header, "User-Agent": _USER_AGENT, "Accept": "*/*",
                "Accept-Encoding": "identity"}
@@ -400,6 +407,8 @@ def inspecting(chunks: Iterable[bytes], declared: str) -> tuple[Iterator[bytes],
     its end, so a refused image never completes a write into the image store.
     ``declared`` is one of raw, vhd (qemu's "vpc"), qcow2, vmdk.
     """
+    from oslo_utils.imageutils import format_inspector
+
     if declared not in DECLARABLE_FORMATS:
         raise ValueError(f"cannot inspect declared format {declared!r}")
     judge = _Judge(format_inspector.InspectWrapper(cast(IO[bytes], iter(chunks))), declared)
@@ -442,6 +451,8 @@ class _Judge:
 
     def _judge(self, *, final: bool) -> Inspection | None:
         """The inspection, ImportRefused, or (before the end) None while the answer is not certain."""
+        from oslo_utils.imageutils import format_inspector
+
         detected = self._detected()
         if detected is None:
             return None
@@ -459,6 +470,8 @@ class _Judge:
         return Inspection(found, self._size if found == "raw" else detected.virtual_size)
 
     def _detected(self) -> format_inspector.FileInspector | None:
+        from oslo_utils.imageutils import format_inspector
+
         try:
             matches = self._wrapper.formats
         except format_inspector.ImageFormatError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,18 @@ def test_an_unreachable_database_exits_1_without_its_password(tmp_path: Path) ->
                                        "CATALOG_DATABASE_URL": "postgresql+psycopg://cloudimg:hunter2@127.0.0.1:1/x"})
     assert_one_line(done, 1, "cloudimg: catalog cannot start: database ")
     assert "hunter2" not in done.stderr
+
+
+def test_a_schema_newer_than_the_release_exits_1_saying_so(tmp_path: Path) -> None:
+    """The migrations run in a child process (chassis.migrations.migrate_apart); its failure is the service's
+    one line."""
+    database = tmp_path / "sharing.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE sharing_alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        connection.execute("INSERT INTO sharing_alembic_version VALUES ('9999')")
+    done = start("sharing", tmp_path, {"SHARING_LISTEN_ADDR": "127.0.0.1:50998"})
+    assert_one_line(done, 1, f"cloudimg: sharing cannot start: migrating database sqlite:///{database}: "
+                             "CommandError: Can't locate revision identified by '9999'")
 
 
 def test_an_address_in_use_exits_1(tmp_path: Path) -> None:

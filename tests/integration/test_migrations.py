@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 import billing_service
@@ -17,7 +21,16 @@ import sharing_service
 from billing_service.adapters.tables import TABLES as BILLING_TABLES
 from catalog_service.adapters.tables import TABLES as CATALOG_TABLES
 from chassis.db import Database
-from chassis.migrations import BASELINE, config, migrate, version_table
+from chassis.migrations import (
+    BASELINE,
+    MigrationError,
+    at_head,
+    config,
+    head_revision,
+    migrate,
+    migrate_apart,
+    version_table,
+)
 from gateway.adapters.tables import TABLES as GATEWAY_TABLES
 from sharing_service.adapters.tables import TABLES as SHARING_TABLES
 
@@ -103,3 +116,47 @@ def test_tables_made_before_migrations_existed_are_adopted_not_recreated(db: Dat
     with db.engine.connect() as connection:
         assert connection.execute(text("SELECT charge_id FROM billing_charge")).scalar_one() == "chg-00000002"
         assert connection.execute(text(f"SELECT version_num FROM {version_table('billing')}")).scalar_one() == "0003"
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_the_head_read_off_the_revision_files_is_alembics(db: Database, context: str) -> None:
+    package_dir, _ = CONTEXTS[context]
+    assert head_revision(package_dir) == ScriptDirectory.from_config(config(package_dir, context)).get_current_head()
+    assert not at_head(db, package_dir, context)  # an empty database
+    upgrade_to(db, context, BASELINE)
+    assert not at_head(db, package_dir, context)  # behind
+    migrate_context(db, context)
+    assert at_head(db, package_dir, context)
+
+
+def _python(code: str, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, "URL": url}, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_a_server_migrates_in_a_child_and_never_loads_alembic(database_url: str) -> None:
+    """migrate_apart migrates a new database in a child process; then the service's own migrate finds it at
+    head and returns, so the server's process never imports Alembic (11 MB of its memory)."""
+    done = _python(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "import sharing_service\n"
+        "from chassis.db import Database\n"
+        "from chassis.migrations import at_head, migrate, migrate_apart\n"
+        "from sharing_service.adapters.tables import TABLES\n"
+        "migrate_apart(os.environ['URL'], 'sharing_service', 'sharing')\n"
+        "db = Database(os.environ['URL'])\n"
+        "package_dir = Path(sharing_service.__file__).parent\n"
+        "assert at_head(db, package_dir, 'sharing')\n"
+        "migrate(db, package_dir, 'sharing', TABLES)\n"
+        "migrate_apart(os.environ['URL'], 'sharing_service', 'sharing')  # at head: no child at all\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n", database_url)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
+def test_a_migration_that_fails_in_the_child_says_why_in_one_line(db: Database, database_url: str) -> None:
+    migrate_context(db, "sharing")
+    with db.engine.begin() as connection:
+        connection.execute(text(f"UPDATE {version_table('sharing')} SET version_num = '9999'"))
+    with pytest.raises(MigrationError, match=r"^CommandError: Can't locate revision identified by '9999'$"):
+        migrate_apart(database_url, "sharing_service", "sharing")
