@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -58,6 +59,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     func,
     or_,
@@ -211,10 +213,15 @@ def finish(connection: Connection, table: Table, job_id: str, now: datetime) -> 
     """Marks a PENDING job DONE in the caller's transaction, whoever holds it: for a job made moot by
     a state change that the domain guards itself (the call that started the work finished it).
     False when there is no such pending job."""
-    c = table.c
-    finished = connection.execute(update(table).where(c.job_id == job_id, c.state == PENDING).values(
-        state=DONE, lease_until=None, update_time=_utc(now)))
+    finished = connection.execute(_finishing(table), {"job": job_id, "now": _utc(now)})
     return finished.rowcount == 1
+
+
+@functools.cache
+def _finishing(table: Table) -> Any:
+    """finish's UPDATE, built once per table: it runs in every launch."""
+    return update(table).where(table.c.job_id == bindparam("job"), table.c.state == PENDING).values(
+        state=DONE, lease_until=None, update_time=bindparam("now"))
 
 
 def release_hold(connection: Connection, table: Table, job_id: str, holder: str, now: datetime) -> bool:

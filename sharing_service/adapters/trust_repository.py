@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
 
 from chassis.db import insert_ignoring_duplicates
 from chassis.idempotency import ResponseFormat
@@ -35,6 +35,11 @@ def _lists(policy: TrustPolicy) -> dict[PolicyList, tuple[str, ...]]:
 def _aware(moment: datetime) -> datetime:
     # SQLite hands back the naive UTC time that it stored.
     return moment.replace(tzinfo=moment.tzinfo or UTC)
+
+
+# What every verdict reads first, built once (building it cost as much as running it).
+_POLICY_FLAGS = select(TRUST_POLICIES.c.mode, TRUST_POLICIES.c.allow_platform_images).where(
+    TRUST_POLICIES.c.account_id == bindparam("account"))
 
 
 class TrustPolicyRepository:
@@ -104,9 +109,7 @@ class TrustPolicyRepository:
         """The account's mode and platform flag, and which of these providers and owners its allow-list holds:
         one query for the policy, and one for the entries when the mode looks at them and there are any to
         look up, however many they are."""
-        c = TRUST_POLICIES.c
-        row = self._connection.execute(select(c.mode, c.allow_platform_images)
-                                       .where(c.account_id == account_id)).first()
+        row = self._connection.execute(_POLICY_FLAGS, {"account": account_id}).first()
         if row is None:
             return AllowList()
         mode = TrustPolicyMode(row.mode)
