@@ -12,30 +12,28 @@ _ALPHABET = string.ascii_lowercase + string.digits
 _SHAPES: dict[str, re.Pattern[str]] = {}
 
 
-_ID_SPACE = len(_ALPHABET) ** 8
-# A 64-bit draw below this many is reduced modulo _ID_SPACE without bias; one at or above it (about 1 in 6.6
-# million) is drawn again.
-_UNBIASED = (1 << 64) // _ID_SPACE * _ID_SPACE
+# A random byte below this is reduced modulo 36 without bias; one at or above it is drawn again.
+_UNBIASED_BYTE = 256 // len(_ALPHABET) * len(_ALPHABET)
 
 
-def _numbers(count: int) -> list[int]:
-    """``count`` numbers below _ID_SPACE, uniform, from one read of the OS's randomness (a read each cost a
-    twentieth of a launch of 100 instances)."""
-    numbers: list[int] = []
-    while len(numbers) < count:
-        pool = secrets.token_bytes(8 * (count - len(numbers)))
-        numbers += (n % _ID_SPACE for n in (int.from_bytes(pool[i:i + 8]) for i in range(0, len(pool), 8))
-                    if n < _UNBIASED)
-    return numbers
+def _characters(count: int) -> str:
+    """``count`` characters of ids, each uniform and independent, from as few reads of the OS's randomness as
+    it takes (usually one: a read per id, or eight, cost a twentieth of a launch of 100 instances)."""
+    chosen: list[str] = []
+    while len(chosen) < count:
+        chosen += [_ALPHABET[b % len(_ALPHABET)] for b in secrets.token_bytes(count - len(chosen))
+                   if b < _UNBIASED_BYTE]
+    return "".join(chosen)
 
 
 def new_id(prefix: str) -> str:
     """A new id: ``prefix-`` and 8 lowercase letters and digits, drawn uniformly."""
-    return f"{prefix}-{_spelled(_numbers(1)[0])}"
+    return f"{prefix}-{_characters(8)}"
 
 
 # Siblings share this many leading characters; the other 8 - _HEAD (36**5, 60 million tails) tell them apart.
 _HEAD = 3
+_TAIL = 8 - _HEAD
 
 
 def sibling_ids(prefix: str, count: int) -> list[str]:
@@ -44,19 +42,12 @@ def sibling_ids(prefix: str, count: int) -> list[str]:
     an existing id as one made alone; but siblings sit side by side in every index on them, so writing 100
     of them touches a few pages of each index rather than 100 (the commit of a launch of 100 instances cost 7
     times as much with unrelated ids, and more as the table grew)."""
-    head = _spelled(_numbers(1)[0])[:_HEAD]
+    head = _characters(_HEAD)
     tails: set[str] = set()
     while len(tails) < count:
-        tails.update(_spelled(n)[_HEAD:] for n in _numbers(count - len(tails)))
+        drawn = _characters(_TAIL * (count - len(tails)))
+        tails.update(drawn[i:i + _TAIL] for i in range(0, len(drawn), _TAIL))
     return [f"{prefix}-{head}{tail}" for tail in sorted(tails)]
-
-
-def _spelled(number: int) -> str:
-    chars = []
-    for _ in range(8):  # least significant first: any slice of the characters is uniform too
-        number, digit = divmod(number, len(_ALPHABET))
-        chars.append(_ALPHABET[digit])
-    return "".join(chars)
 
 
 def is_id(prefix: str, value: str) -> bool:
