@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from devtools import bench
 from devtools.loadgen import Report, ResultDetail, RunOptions, _report
 
@@ -66,3 +68,14 @@ def test_failed_launches_fail_the_error_goal() -> None:
 
 def test_report_files_are_named_per_database_and_run() -> None:
     assert bench.report_file("postgres", "ListImages page 20 large c=1") == "postgres-ListImages-page-20-large-c1.json"
+
+
+def test_repeated_listing_runs_are_compared_by_their_medians() -> None:
+    m = measured()
+    m.reports = [r for r in m.reports if not r.name.startswith("ListImages")] + [
+        run(f"ListImages first page {phase} c=1 #{n}", 100, 1.0, latency)
+        for phase, latencies in (("small", (4, 9, 5)), ("large", (6, 5, 20))) for n, latency in enumerate(latencies, 1)]
+    found = {goal.what: goal for goal in bench.goals(m, ARGS)}
+    listing = found["ListImages first page p50: 1,000,000 others / 1,000"]
+    assert listing.figure == pytest.approx(6 / 5, rel=0.01)  # median 6 ms against median 5 ms: one slow run each
+    assert listing.passed
