@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from chassis.settings import DatabaseUrl, HostPort, ServiceSettings
+from chassis.settings import DatabaseUrl, HostPort, Seconds, ServiceSettings
 
 
 class SharingSettings(ServiceSettings):
@@ -10,3 +13,7 @@ class SharingSettings(ServiceSettings):
 
     listen_addr: HostPort = "127.0.0.1:50052"
     database_url: DatabaseUrl = "sqlite:///data/sharing.db"
+    # How long the gateway may answer a public or marketplace image's launch verdict without asking again; an
+    # UpdateTrustPolicy answers that much later than its commit, once no replica holds a verdict of the old policy.
+    # The same on every replica. 0: no leases (every verdict is asked for).
+    verdict_lease_seconds: Annotated[Seconds, Field(ge=0, le=5)] = 1.0

@@ -35,6 +35,9 @@ PG_URL = os.environ.get("CLOUDIMG_TEST_PG_URL", "postgresql://root@127.0.0.1:543
 # add more than a second to every stack's start. Services the tests start migrate in their own process;
 # the child (production's way) has its own tests (test_migrations.py, e2e/test_bad_settings.py).
 os.environ.setdefault("CLOUDIMG_MIGRATE_IN_PROCESS", "true")
+# Every UpdateTrustPolicy waits out the verdict leases (1 s by default): a short lease keeps the many tests that
+# change policies quick, and is exactly as safe. tests/e2e/test_verdict_leases.py runs the default's length.
+os.environ.setdefault("SHARING_VERDICT_LEASE_SECONDS", "0.05")
 
 
 def internal_metadata(account_id: str = ALICE, token: str = INTERNAL_TOKEN) -> tuple[tuple[str, str], ...]:

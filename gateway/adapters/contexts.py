@@ -1,12 +1,14 @@
 """The three contexts the gateway composes, behind one long-lived channel each.
 
-Each method makes exactly one RPC and translates between the context's contract and the gateway's
-domain, so that handlers see neither protobuf nor gRPC.
+Each method makes at most one RPC and translates between the context's contract and the gateway's
+domain, so that handlers see neither protobuf nor gRPC. Two answers are kept instead of asked for again:
+official images, which never change, and launch verdicts that sharing leased.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
@@ -15,7 +17,9 @@ from cloudimg.catalog.v1 import catalog_service_pb2 as catalog_pb
 from cloudimg.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as sharing_grpc
+from prometheus_client import Counter
 
+from chassis import context
 from chassis.clients import Downstream
 from chassis.convert import EnumMap, decimal_of, optional_time, timestamp
 from chassis.errors import RemoteError
@@ -237,14 +241,50 @@ class Catalog:
                           r.daily_operation_used)
 
 
+# Launch verdicts sharing leased (a public or marketplace image's, by caller), kept up to this many at once.
+MAX_LEASED_VERDICTS = 10_000
+VERDICTS = Counter("cloudimg_launch_verdicts_total", "Launch verdicts of single images (GetImage, quotes, launches) "
+                   "by where the answer came from: a lease sharing granted (leased) or a call (asked).", ("answer",))
+_LEASED, _ASKED = VERDICTS.labels("leased"), VERDICTS.labels("asked")
+_VerdictKey = tuple[str, str, str, CatalogKind, str, str, ImageState]
+
+
 class Sharing:
-    def __init__(self, downstream: Downstream):
+    def __init__(self, downstream: Downstream, monotonic: Callable[[], float] = time.monotonic):
         self._d = downstream
         self._stub: sharing_grpc.SharingServiceStub = downstream.stub
+        self._now = monotonic
+        # (caller, image) -> (verdict, when its lease runs out on the monotonic clock)
+        self._leased: dict[_VerdictKey, tuple[Verdict, float]] = {}
 
     async def verdict(self, image: Image) -> Verdict:
-        return _verdict(await self._d.call(self._stub.CheckLaunchPermission,
-                                           sharing_pb.CheckLaunchPermissionRequest(image=_image_ref(image))))
+        """The caller's verdict on the image: a leased one while its lease lasts (sharing's UpdateTrustPolicy waits
+        every lease out before it answers, so none outlives the policy it was read from), else sharing's answer."""
+        caller = context.current_caller.get()
+        key: _VerdictKey | None = None if caller is None else (
+            caller.account_id, image.image_id, image.region, image.kind, image.owner_account_id,
+            image.marketplace_provider, image.state)
+        if key is not None and (held := self._leased.get(key)) is not None:
+            if held[1] > self._now():
+                _LEASED.inc()
+                return held[0]
+            del self._leased[key]
+        sent = self._now()  # a lease counts from the request's sending: no later than sharing's read of the policy
+        response = await self._d.call(self._stub.CheckLaunchPermission,
+                                      sharing_pb.CheckLaunchPermissionRequest(image=_image_ref(image)))
+        _ASKED.inc()
+        found = _verdict(response)
+        if key is not None and response.HasField("lease"):
+            self._hold(key, found, sent + response.lease.seconds + response.lease.nanos / 1e9)
+        return found
+
+    def _hold(self, key: _VerdictKey, found: Verdict, until: float) -> None:
+        if len(self._leased) >= MAX_LEASED_VERDICTS:
+            now = self._now()
+            self._leased = {k: v for k, v in self._leased.items() if v[1] > now}
+            if len(self._leased) >= MAX_LEASED_VERDICTS:
+                self._leased.clear()
+        self._leased[key] = (found, until)
 
     async def verdicts(self, images: list[Image]) -> list[Verdict]:
         if not images:

@@ -53,6 +53,13 @@ class AllowList:
                    frozenset(policy.allowed_account_ids))
 
 
+def leasable(verdict: Verdict) -> bool:
+    """Whether the asker may keep this verdict for a while: a public or marketplace image's, which depends only on
+    the image's kind and provider (fixed for good) and on the caller's trust policy, whose updates wait out the
+    leases (service_layer.verdicts.Leases). A share-based verdict changes with shares: it is asked for each time."""
+    return verdict.basis in (LaunchBasis.PUBLIC, LaunchBasis.MARKETPLACE)
+
+
 def check_batch_size(count: int) -> None:
     if count > MAX_IMAGES_PER_CHECK:
         raise InvalidArgument("TOO_MANY_IMAGES", f"at most {MAX_IMAGES_PER_CHECK} images per call, not {count}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 from cloudimg.sharing.v1 import sharing_service_pb2 as pb
 from cloudimg.sharing.v1 import sharing_service_pb2_grpc as pb_grpc
@@ -15,11 +17,14 @@ from sharing_service.domain.trust import PolicyDraft, TrustPolicy, TrustPolicyMo
 from sharing_service.domain.verdict import LaunchBasis, Verdict, check_batch_size
 from sharing_service.service_layer import handlers, trust_policies, verdicts
 from sharing_service.service_layer.unit_of_work import UnitOfWorkFactory
+from sharing_service.service_layer.verdicts import Leases
 
 IMAGE_KINDS = EnumMap(pb.ImageKind, "IMAGE_KIND", ImageKind)
 SHARE_STATES = EnumMap(pb.ShareState, "SHARE_STATE", ShareState)
 BASES = EnumMap(pb.LaunchBasis, "LAUNCH_BASIS", LaunchBasis)
 MODES = EnumMap(pb.TrustPolicyMode, "TRUST_POLICY_MODE", TrustPolicyMode)
+# The servicer of a test rig that leases nothing: every verdict is asked for.
+NO_LEASES = Leases(0.0)
 
 
 def image_ref(proto: pb.ImageRef, field: str = "image") -> ImageRef:
@@ -35,12 +40,15 @@ def share_to_proto(share: Share) -> pb.Share:
                     create_time=timestamp(share.create_time))
 
 
-def verdict_to_proto(verdict: Verdict) -> pb.CheckLaunchPermissionResponse:
-    return pb.CheckLaunchPermissionResponse(
+def verdict_to_proto(verdict: Verdict, lease_seconds: float = 0.0) -> pb.CheckLaunchPermissionResponse:
+    proto = pb.CheckLaunchPermissionResponse(
         visible=verdict.visible, allowed=verdict.allowed, basis=BASES.to_proto(verdict.basis),
         share_state=SHARE_STATES.to_proto(verdict.share_state), image_allowed=verdict.image_allowed,
         policy_mode=MODES.to_proto(verdict.policy_mode), policy_rule=verdict.policy_rule,
     )
+    if lease_seconds > 0:
+        proto.lease.FromTimedelta(timedelta(seconds=lease_seconds))
+    return proto
 
 
 def policy_draft(proto: pb.TrustPolicy) -> PolicyDraft:
@@ -62,9 +70,10 @@ def policy_to_proto(policy: TrustPolicy) -> pb.TrustPolicy:
 
 
 class SharingServicer(pb_grpc.SharingServiceServicer):
-    def __init__(self, new_uow: UnitOfWorkFactory, clock: Clock | None = None):
+    def __init__(self, new_uow: UnitOfWorkFactory, clock: Clock | None = None, leases: Leases = NO_LEASES):
         self._new_uow = new_uow
         self._clock = clock or SystemClock()
+        self._leases = leases
 
     async def ShareImage(self, request: pb.ShareImageRequest, ctx: grpc.aio.ServicerContext
                          ) -> pb.ShareImageResponse:
@@ -96,14 +105,14 @@ class SharingServicer(pb_grpc.SharingServiceServicer):
                                     ) -> pb.CheckLaunchPermissionResponse:
         verdict = verdicts.check_launch_permission(image_ref(request.image), context.caller().account_id,
                                                    new_uow=self._new_uow)
-        return verdict_to_proto(verdict)
+        return verdict_to_proto(verdict, self._leases.of(verdict))
 
     async def CheckLaunchPermissions(self, request: pb.CheckLaunchPermissionsRequest,
                                      ctx: grpc.aio.ServicerContext) -> pb.CheckLaunchPermissionsResponse:
         check_batch_size(len(request.images))  # before converting a page that is refused anyway
         images = [image_ref(image, f"images[{i}]") for i, image in enumerate(request.images)]
         found = verdicts.check_launch_permissions(images, context.caller().account_id, new_uow=self._new_uow)
-        return pb.CheckLaunchPermissionsResponse(verdicts=[verdict_to_proto(v) for v in found])
+        return pb.CheckLaunchPermissionsResponse(verdicts=[verdict_to_proto(v, self._leases.of(v)) for v in found])
 
     async def RetireImage(self, request: pb.RetireImageRequest, ctx: grpc.aio.ServicerContext
                           ) -> pb.RetireImageResponse:
@@ -138,4 +147,6 @@ class SharingServicer(pb_grpc.SharingServiceServicer):
         policy = trust_policies.update_trust_policy(
             policy_draft(request.policy), list(request.update_paths), context.caller().account_id,
             request.request_id, new_uow=self._new_uow, clock=self._clock)
+        # In force everywhere before it answers (a retry of the update waits too: its first call may not have).
+        await self._leases.run_out()
         return pb.UpdateTrustPolicyResponse(policy=policy_to_proto(policy))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -18,7 +19,10 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, make_url,
 from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
 from sharing_service.adapters.tables import REQUESTS, TRUST_ENTRIES, TRUST_POLICIES
+from sharing_service.bootstrap import bootstrap
+from sharing_service.settings import SharingSettings
 from tests.conftest import ALICE, BOB, CAROL, ServerFactory, Spawn, internal_metadata, rich_status
+from tests.integration.cloud import INTERNAL_SECRET
 from tests.integration.test_sharing import process_replicas, replicas
 
 REGION = "ap-guangzhou"
@@ -265,8 +269,24 @@ async def test_the_verdicts_of_a_mixed_page_come_in_its_order(pair: list[pb_grpc
         (True, False, pb.LAUNCH_BASIS_SHARE_REJECTED, pb.SHARE_STATE_REJECTED, True, E, ""),
         (True, True, pb.LAUNCH_BASIS_SHARED, pb.SHARE_STATE_ACCEPTED, True, E, ""),
     ]
+    # the platform images' verdicts are leased (SHARING_VERDICT_LEASE_SECONDS, 0.05 s in tests), no other
+    leases = [v.lease.ToTimedelta().total_seconds() if v.HasField("lease") else None for v in response.verdicts]
+    assert leases == [0.05, None, None, None, None, 0.05, None, None]
     # each verdict of the page is the one CheckLaunchPermission gives
     assert list(response.verdicts) == [await verdict(stub, image) for image in page]
+
+
+async def test_an_update_answers_once_the_leases_on_the_old_policy_have_run_out(
+        serve: ServerFactory, database_url: str) -> None:
+    addr = await serve(bootstrap, SharingSettings(database_url=database_url, internal_token=INTERNAL_SECRET,
+                                                  verdict_lease_seconds=0.3))
+    stub = pb_grpc.SharingServiceStub(grpc.aio.insecure_channel(addr))
+    found = await verdict(stub, PUBLIC)
+    assert found.lease.ToTimedelta().total_seconds() == 0.3
+    for request_id in ("", "r-1", "r-1"):  # a retry waits too: the first call may have ended before its wait did
+        started = time.monotonic()
+        await update(stub, ["mode"], request_id=request_id, mode=pb.TRUST_POLICY_MODE_ENFORCE)
+        assert time.monotonic() - started >= 0.3
 
 
 async def test_a_batch_of_more_than_1000_images_is_refused(pair: list[pb_grpc.SharingServiceStub]) -> None:
