@@ -2,7 +2,7 @@
 
 Each method makes at most one RPC and translates between the context's contract and the gateway's
 domain, so that handlers see neither protobuf nor gRPC. Two answers are kept instead of asked for again:
-official images, which never change, and launch verdicts that sharing leased.
+official images and quotes, which never change, and launch verdicts that sharing leased.
 """
 
 from __future__ import annotations
@@ -246,6 +246,7 @@ MAX_LEASED_VERDICTS = 10_000
 VERDICTS = Counter("cloudimg_launch_verdicts_total", "Launch verdicts of single images (GetImage, quotes, launches) "
                    "by where the answer came from: a lease sharing granted (leased) or a call (asked).", ("answer",))
 _LEASED, _ASKED = VERDICTS.labels("leased"), VERDICTS.labels("asked")
+QUOTES_KEPT = Counter("cloudimg_quotes_kept_total", "Quotes the gateway answered with one billing gave it before.")
 _VerdictKey = tuple[str, str, str, CatalogKind, str, str, ImageState]
 
 
@@ -348,10 +349,18 @@ class Sharing:
         return _trust_policy(r.policy)
 
 
+# A quote is a function of what it prices and of billing's price book, which billing reads when it starts and which
+# no call changes (like the instance types, see ReferenceData). So the gateway keeps each quote it got, up to this
+# many, and a price book changed by a deploy reaches quotes when the gateways restart too (charges are priced by
+# billing itself, always with its own book).
+MAX_QUOTES = 1_000
+
+
 class Billing:
     def __init__(self, downstream: Downstream):
         self._d = downstream
         self._stub: billing_grpc.BillingServiceStub = downstream.stub
+        self._quotes: dict[bytes, Quote] = {}
 
     async def instance_types(self) -> list[InstanceType]:
         r = await self._d.call(self._stub.ListInstanceTypes, billing_pb.ListInstanceTypesRequest())
@@ -359,9 +368,19 @@ class Billing:
                              t.memory_gb, frozenset(t.regions)) for t in r.instance_types]
 
     async def quote(self, request: LaunchRequest, image: Image) -> Quote:
-        r = await self._d.call(self._stub.Quote, billing_pb.QuoteRequest(
-            launch=_launch_pricing(request, image.os_type, image.marketplace_product_id)))
-        return _quote(r.quote)
+        """Billing's price of the launch; one it gave before is not asked for again (see MAX_QUOTES)."""
+        pricing = _launch_pricing(request, image.os_type, image.marketplace_product_id)
+        key = pricing.SerializeToString(deterministic=True)
+        known = self._quotes.get(key)
+        if known is not None:
+            QUOTES_KEPT.inc()
+            return known
+        r = await self._d.call(self._stub.Quote, billing_pb.QuoteRequest(launch=pricing))
+        found = _quote(r.quote)
+        if len(self._quotes) >= MAX_QUOTES:
+            self._quotes.clear()
+        self._quotes[key] = found
+        return found
 
     async def charge(self, launch: Launch) -> tuple[str, Quote]:
         """Charges a launch once: a retry with the same launch returns the first charge."""

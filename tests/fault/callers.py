@@ -140,8 +140,8 @@ QuoteOrLaunch = pb.RunInstancesResponse | pb.QuoteRunInstancesResponse
 def quote_or_launch(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]], timeout: float = 10.0
                     ) -> Callable[[int], Awaitable[QuoteOrLaunch]]:
     """A call through the public API for ``Calls.keep_making``: a quote on even turns, a launch of one
-    instance on odd ones. Both go through all four services: the image (catalog), the verdict (sharing),
-    the price or the charge (billing)."""
+    instance on odd ones. Both need all four services, though the gateway keeps what it may of them (the
+    official image, a leased verdict, a quote): a launch always asks billing for its charge."""
     instances = pb_grpc.InstanceServiceStub(channel)
 
     def call(turn: int) -> Awaitable[QuoteOrLaunch]:

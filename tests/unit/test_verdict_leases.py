@@ -1,20 +1,25 @@
 """Verdict leases, both halves: sharing grants a lease only on the verdicts that nothing but the caller's trust
 policy changes, and waits them out before a policy update answers; the gateway's sharing client answers from a
-lease while it lasts, per caller and image, and asks again once it has run out."""
+lease while it lasts, per caller and image, and asks again once it has run out. And the quotes the gateway keeps."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from cloudimg.billing.v1 import billing_service_pb2 as billing_pb
 from cloudimg.sharing.v1 import sharing_service_pb2 as sharing_pb
+from google.type import money_pb2
 
 from chassis import context
 from chassis.context import Caller
 from gateway.adapters import contexts
-from gateway.adapters.contexts import Sharing
-from gateway.domain.model import CatalogKind, Image
+from gateway.adapters.contexts import Billing, Sharing
+from gateway.domain.instances import LaunchRequest
+from gateway.domain.model import CatalogKind, ChargeType, Image
 from sharing_service.domain.model import ShareState
 from sharing_service.domain.trust import TrustPolicyMode
 from sharing_service.domain.verdict import LaunchBasis, Verdict, leasable
@@ -137,3 +142,29 @@ async def test_the_leases_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     clock.now += 0.6  # the lease on images[3] has run out, the two newest have not
     await sharing.verdict(images[4])  # full: the expired one goes, the live ones stay
     assert set(key[1] for key in sharing._leased) == {"img-public00", "img-public01", "img-public04"}
+
+
+def _quote_answer(total: str) -> billing_pb.QuoteResponse:
+    return billing_pb.QuoteResponse(quote=billing_pb.Quote(
+        currency_code="USD", charge_type=billing_pb.CHARGE_TYPE_POSTPAID_BY_HOUR,
+        total=money_pb2.Money(currency_code="USD", units=0, nanos=int(Decimal(total) * 10**9))))
+
+
+async def test_the_gateway_asks_billing_for_each_quote_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quotes are no lease: billing's price book is read when billing starts and no call changes it."""
+    monkeypatch.setattr(contexts, "MAX_QUOTES", 2)
+    downstream = RecordingDownstream({"Quote": _quote_answer("0.0696")})
+    billing = Billing(downstream)  # type: ignore[arg-type]
+    one = LaunchRequest("ap-guangzhou", PUBLIC.image_id, "S5.MEDIUM4", 1, ChargeType.POSTPAID_BY_HOUR, 0, 50)
+    three = replace(one, instance_count=3)
+    first = await billing.quote(one, PUBLIC)
+    assert await billing.quote(replace(one, instance_name="web", client_token="t-1"), PUBLIC) == first
+    assert len(downstream.sent) == 1  # a name or a token prices nothing
+    await billing.quote(three, PUBLIC)
+    market = replace(one, image_id=MARKET.image_id)
+    await billing.quote(market, MARKET)  # another image's pricing: asked (and the two kept are dropped: at most 2)
+    assert len(downstream.sent) == 3
+    await billing.quote(market, MARKET)
+    await billing.quote(one, PUBLIC)
+    assert len(downstream.sent) == 4
+    assert [request.launch.instance_count for _, request in downstream.sent] == [1, 3, 1, 1]
