@@ -162,18 +162,12 @@ class MeterRepository:
     def __init__(self, connection: Connection):
         self._connection = connection
 
-    def add_all(self, segments: Sequence[Segment]) -> None:
-        """One executemany, however many instances a launch has, of rows handed to the driver as stored
-        (``chassis.db.bulk_insert``); a launch's segments share one price list, encoded once."""
-        encoded: dict[int, str] = {}
-
-        def prices_of(s: Segment) -> str:
-            found = encoded.get(id(s.prices))
-            if found is None:
-                found = encoded[id(s.prices)] = _prices_json(s.prices)
-            return found
-
-        bulk_insert(self._connection, SEGMENTS, _SEGMENT_COLUMNS, [_segment_row(s, prices_of(s)) for s in segments])
+    def add_for_instances(self, segment: Segment, instance_ids: Sequence[str]) -> None:
+        """The segment once for each of these instances (a launch's first segments): one executemany however many
+        they are, of rows handed to the driver as stored (``chassis.db.bulk_insert``), built from one row."""
+        account_id, _, *rest = _segment_row(segment, _prices_json(segment.prices))  # account_id, instance_id, ...
+        bulk_insert(self._connection, SEGMENTS, _SEGMENT_COLUMNS,
+                    [(account_id, instance_id, *rest) for instance_id in instance_ids])
 
     def add_unless_exists(self, segment: Segment) -> bool:
         """False when the instance has a segment of that number already (another reset made it)."""

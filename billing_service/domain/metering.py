@@ -167,13 +167,11 @@ def accrued_usage(segment: Segment, now: datetime) -> Usage | None:
     return _hours(segment, started_hours(segment.start_time, now))
 
 
-def launch_segments(account_id: str, launch: LaunchPricing, quote: Quote, instance_ids: list[str],
-                    start: datetime) -> list[Segment]:
-    """The first segment of each instance of a launch, from the launch's charge: an hourly one has its
-    first hour paid by that charge; a PREPAID one runs to the end of its period."""
+def launch_segment(account_id: str, launch: LaunchPricing, quote: Quote, start: datetime) -> Segment:
+    """The first segment of every instance of a launch, from the launch's charge (one for all: they differ only in
+    their instance, which is left empty here): an hourly one has its first hour paid by that charge; a PREPAID one
+    runs to the end of its period."""
     hourly = launch.charge_type is not ChargeType.PREPAID
-    prices = unit_prices(quote)
     prepaid_until = None if hourly else add_months(start, launch.period_months)
-    return [Segment(account_id, instance_id, 0, launch.region, launch.instance_type, launch.charge_type,
-                    quote.currency, prices, start, hours_billed=1 if hourly else 0, prepaid_until=prepaid_until)
-            for instance_id in instance_ids]
+    return Segment(account_id, "", 0, launch.region, launch.instance_type, launch.charge_type, quote.currency,
+                   unit_prices(quote), start, hours_billed=1 if hourly else 0, prepaid_until=prepaid_until)

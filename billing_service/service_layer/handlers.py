@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable
 
-from billing_service.domain.metering import launch_segments
+from billing_service.domain.metering import launch_segment
 from billing_service.domain.model import (
     MAX_INSTANCES_PER_LAUNCH,
     Charge,
@@ -58,7 +58,7 @@ def create_charge(launch: LaunchPricing, idempotency_key: str, instance_ids: lis
         if outcome is KeyOutcome.VOID:
             raise _voided(idempotency_key)
         if uow.charges.add_unless_exists(charge):
-            uow.meters.add_all(launch_segments(account_id, launch, priced, instance_ids, now))
+            uow.meters.add_for_instances(launch_segment(account_id, launch, priced, now), instance_ids)
             uow.commit()
             return charge
         first = uow.charges.by_idempotency_key(account_id, idempotency_key)

@@ -89,6 +89,17 @@ def _add_instances(connection: Connection, instances: Iterable[Instance]) -> Non
     bulk_insert(connection, INSTANCES, _INSTANCE_COLUMNS, (_instance_values(i) for i in instances))
 
 
+def _launch_rows(launch: Launch) -> list[tuple[object, ...]]:
+    """The rows of ``launch.instances()`` (as _instance_values makes them), without making the instances: all
+    but the id and the default name are the launch's, computed once."""
+    r, created = launch.request, _utc(launch.create_time)
+    pending, charge_type, architecture = (InstanceState.PENDING.value, r.charge_type.value,
+                                          launch.image_architecture.value)
+    return [(instance_id, launch.account_id, r.region, r.instance_name or instance_id, r.instance_type, r.image_id,
+             pending, charge_type, r.system_disk_gb, architecture, launch.launch_id, created, created, None)
+            for instance_id in launch.instance_ids]
+
+
 def _to_instance(row: object) -> Instance:
     m = row._mapping  # type: ignore[attr-defined]
     created = _utc(m["create_time"])
@@ -261,7 +272,7 @@ class LaunchRepository:
         }).first()
         if claimed is None:
             return False
-        _add_instances(self._connection, launch.instances())
+        bulk_insert(self._connection, INSTANCES, _INSTANCE_COLUMNS, _launch_rows(launch))
         jobs.enqueue(self._connection, JOBS, SETTLE_LAUNCH, launch.launch_id, {}, launch.create_time,
                      job_id=settle_job_id(launch.launch_id), lease_owner=holder, lease_until=hold_until)
         return True

@@ -3,6 +3,7 @@ price list."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -18,7 +19,7 @@ from billing_service.domain.metering import (
     clamp,
     completed_hours,
     final_usage,
-    launch_segments,
+    launch_segment,
     months_left,
     settled_usage,
     started_hours,
@@ -46,7 +47,7 @@ def launch(charge_type: ChargeType = ChargeType.POSTPAID_BY_HOUR, image: ImagePr
 def segment(charge_type: ChargeType = ChargeType.POSTPAID_BY_HOUR, image: ImagePricing = LINUX, *,
             start: datetime = T0, months: int = 0, region: str = "ap-singapore") -> Segment:
     pricing = launch(charge_type, image, months=months, region=region)
-    return launch_segments(ALICE, pricing, BOOK.quote(pricing), ["ins-aaaaaaa1"], start)[0]
+    return replace(launch_segment(ALICE, pricing, BOOK.quote(pricing), start), instance_id="ins-aaaaaaa1")
 
 
 @pytest.mark.parametrize(("elapsed", "completed", "started"), [

@@ -410,3 +410,18 @@ async def test_charges_are_filtered_by_instance(deps: FakeDependencies) -> None:
     await launched(deps)
     charges, _ = await accounts.list_charges(ChargeFilter(instance_id=first), 0, "", deps.billing)
     assert [c.instance_ids for c in charges] == [(first,)]
+
+
+@pytest.mark.parametrize("name", ["", "web"])
+def test_a_launch_writes_the_rows_its_instances_would_make(name: str) -> None:
+    from gateway.adapters.repository import _instance_values, _launch_rows
+    from gateway.domain.instances import Launch, LaunchState
+    from gateway.domain.model import Architecture, ChargeType, OsType
+
+    request = LaunchRequest(region="ap-guangzhou", image_id="img-ubuntu01", instance_type="S5.MEDIUM4",
+                            instance_count=3, charge_type=ChargeType.PREPAID, period_months=12, system_disk_gb=80,
+                            instance_name=name, client_token="t-1")
+    launch = Launch("lch-00000001", "100000000001", "t-1", request.fingerprint(), LaunchState.PENDING, request,
+                    OsType.LINUX, Architecture.ARM64, "", True, ["ins-aaa00001", "ins-aaa00002", "ins-aaa00003"],
+                    datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=UTC))
+    assert _launch_rows(launch) == [_instance_values(i) for i in launch.instances()]
