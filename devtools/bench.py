@@ -7,6 +7,9 @@ target, with a warmup before each measured run (ghz's -c, -n and -x: devtools.lo
 - P1  RunInstances (1 instance of a public image), QuoteRunInstances and GetImage at --concurrency, as
       ratios of the echo's rps in the same run, 0 errors; RunInstances' p50 with one call in flight;
 - P2  the CPU of a launch of 100 instances against a launch of 1 (every service process's CPU per call);
+      beside them, the cost of the hops: the gateway's Health/Check (no hop, no caller), GetImage of a public
+      image (answered by the gateway alone: the image kept, its verdict leased) and of the caller's own custom
+      image (two hops: catalog and sharing) at --concurrency;
 - P3  ListImages' first page, a page 20 pages deep and GetImage (one call in flight, p50) with 1,000,000
       images of other accounts in the region and 10,000 of the caller's own (devtools.seed_images), against
       the same with 1,000 of other accounts in another region (--listing-others sets the large number); the
@@ -207,11 +210,15 @@ def targets(channel: grpc.aio.Channel, api_key: str) -> dict[str, tuple[str, Cal
     quote = instance_service_pb2.QuoteRunInstancesRequest(region=REGION, image_id=public,
                                                           instance_type="S5.MEDIUM4", instance_count=1)
     get = image_service_pb2.GetImageRequest(image_id=public)
+    # Alice's own custom image: the catalog is asked for it and sharing for its verdict every time (two hops).
+    get_custom = image_service_pb2.GetImageRequest(image_id=seed_image_id(REGION, "alice-web"))
     check = health_pb2.HealthCheckRequest()
     return {
         "Check": ("grpc.health.v1.Health/Check", lambda: health.Check(check, timeout=CALL_TIMEOUT)),
         "GetImage": ("cloudimg.gateway.v1.ImageService/GetImage",
                      lambda: images.GetImage(get, metadata=metadata, timeout=CALL_TIMEOUT)),
+        "GetImage-custom": ("cloudimg.gateway.v1.ImageService/GetImage",
+                            lambda: images.GetImage(get_custom, metadata=metadata, timeout=CALL_TIMEOUT)),
         "QuoteRunInstances": ("cloudimg.gateway.v1.InstanceService/QuoteRunInstances",
                               lambda: instances.QuoteRunInstances(quote, metadata=metadata, timeout=CALL_TIMEOUT)),
         "RunInstances": ("cloudimg.gateway.v1.InstanceService/RunInstances",
@@ -252,7 +259,8 @@ async def calls_and_cpu(measured: Measured, stack: Stack, echo: tuple[str, int],
                                   total, args), min(total, 2 * concurrency + 20), args.json_only)
     async with grpc.aio.insecure_channel(stack.gateway_addr) as channel:
         for name, (method, call) in targets(channel, stack.api_keys["alice"]).items():
-            for concurrency in ([args.concurrency] if name in ("Check", "RunInstances-100") else levels):
+            for concurrency in ([args.concurrency] if name in ("Check", "GetImage-custom", "RunInstances-100")
+                                else levels):
                 total = args.total if concurrency > 1 else max(1, args.total // 10)
                 if name == "RunInstances-100":
                     total = max(1, args.total // 10)
