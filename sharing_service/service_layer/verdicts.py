@@ -4,6 +4,7 @@ on them that let the gateway answer a platform image's verdict without asking ag
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -49,8 +50,8 @@ POLICY_UPDATE_WAIT = Histogram(
 class Leases:
     """Verdict leases (CheckLaunchPermissionResponse.lease). A leasable verdict (verdict.leasable) may be answered by
     the asker for ``seconds`` from when it sent its request, instead of asking again; so an update of a trust
-    policy answers only after ``seconds`` more than that from its commit. Any verdict read from the old policy was
-    asked for before the commit, so its lease has run out by then: once UpdateTrustPolicy answers, no replica of
+    policy answers no sooner than ``seconds`` after its commit. Any verdict read from the old policy was asked for
+    before the commit, so its lease has run out by then: once UpdateTrustPolicy answers, no replica of
     the gateway answers with the old policy, and no stale verdict lets a launch through that the new one refuses
     (nor refuses one it allows). Every replica of sharing must have the same ``seconds``. 0: no leases."""
 
@@ -66,6 +67,6 @@ class Leases:
     async def run_out(self) -> None:
         """Waits until every lease granted before now has run out."""
         if self.seconds > 0:
-            wait = self.seconds * 1.01 + self.margin_seconds
-            await self.sleep(wait)
-            POLICY_UPDATE_WAIT.observe(wait)
+            started = time.monotonic()
+            await self.sleep(self.seconds * 1.01 + self.margin_seconds)
+            POLICY_UPDATE_WAIT.observe(time.monotonic() - started)
