@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 _BEGIN_OPTION = "cloudimg_begin"
 
@@ -130,21 +131,24 @@ def _bulk_insert(dialect: Any, table: Table, columns: tuple[str, ...]
     key = (dialect.name, table, columns)
     found = _BULK_INSERTS.get(key)
     if found is None:
-        placeholder = _PLACEHOLDERS[dialect.paramstyle]
         preparer = dialect.identifier_preparer
-        sql = (f"INSERT INTO {preparer.format_table(table)} ({', '.join(preparer.quote(c) for c in columns)}) "
-               f"VALUES ({', '.join(placeholder for _ in columns)})")
+        into = f"{preparer.format_table(table)} ({', '.join(preparer.quote(c) for c in columns)})"
+        if dialect.name == "postgresql":
+            sql = f"COPY {into} FROM STDIN"
+        else:
+            sql = f"INSERT INTO {into} VALUES ({', '.join(_PLACEHOLDERS[dialect.paramstyle] for _ in columns)})"
         found = _BULK_INSERTS[key] = sql, tuple(table.c[c].type._cached_bind_processor(dialect) for c in columns)
     return found
 
 
 def bulk_insert(connection: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Many rows in one executemany, handed to the driver as they are stored. The INSERT is rendered once per
-    dialect, table and columns; each column's values go through its type's bind processor once per distinct
-    value (a launch's rows share their times and most of their strings) instead of through SQLAlchemy's
-    per-row parameter processing, which cost more than the insert itself. ``rows`` hold the values the columns'
-    types take (aware datetimes, plain strings), in ``columns``' order: what is stored is exactly what
-    ``connection.execute(table.insert(), [{...}, ...])`` would store."""
+    """Many rows in one executemany (SQLite) or one COPY (PostgreSQL), handed to the driver as they are stored.
+    The statement is rendered once per dialect, table and columns; each column's values go through its type's
+    bind processor once per distinct value (a launch's rows share their times and most of their strings)
+    instead of through SQLAlchemy's per-row parameter processing, which cost more than the insert itself.
+    ``rows`` hold the values the columns' types take (aware datetimes, plain strings), in ``columns``' order:
+    what is stored is exactly what ``connection.execute(table.insert(), [{...}, ...])`` would store, and a
+    refused row fails the statement with SQLAlchemy's error (IntegrityError, ...), as there."""
     sql, processors = _bulk_insert(connection.dialect, table, tuple(columns))
     batch = [list(row) for row in rows]
     if not batch:
@@ -157,4 +161,19 @@ def bulk_insert(connection: Connection, table: Table, columns: Sequence[str], ro
             value = row[index]
             if value is not None:
                 row[index] = stored[value] if value in stored else stored.setdefault(value, process(value))
-    connection.exec_driver_sql(sql, [tuple(row) for row in batch])
+    if connection.dialect.name == "postgresql":
+        _copy(connection, sql, batch)
+    else:
+        connection.exec_driver_sql(sql, [tuple(row) for row in batch])
+
+
+def _copy(connection: Connection, statement: str, rows: list[list[Any]]) -> None:
+    """COPY ... FROM STDIN in the connection's transaction: psycopg's executemany costs three times as much a row
+    in the service (12 µs against 4), and a launch writes 100."""
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        with connection.connection.dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=connection.dialect) from exc
