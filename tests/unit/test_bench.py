@@ -79,3 +79,14 @@ def test_repeated_listing_runs_are_compared_by_their_medians() -> None:
     listing = found["ListImages first page p50: 1,000,000 others / 1,000"]
     assert listing.figure == pytest.approx(6 / 5, rel=0.01)  # median 6 ms against median 5 ms: one slow run each
     assert listing.passed
+
+
+def test_p2_compares_the_median_cpu_of_the_launches_repeated_in_turn() -> None:
+    m = measured()
+    m.cpu_ms.update({"RunInstances c=50 #1": 3.0, "RunInstances c=50 #2": 4.5, "RunInstances c=50 #3": 3.5,
+                     "RunInstances-100 c=50 #1": 6.0, "RunInstances-100 c=50 #2": 5.5, "RunInstances-100 c=50 #3": 9.0})
+    found = {goal.what: (goal.figure, goal.passed) for goal in bench.goals(m, ARGS)}
+    # medians: 3.75 (3.0, 3.5, 4.0, 4.5) and 5.75 (5.0, 5.5, 6.0, 9.0)
+    figure, passed = found["CPU of RunInstances x100 / CPU of x1"]
+    assert figure == pytest.approx(5.75 / 3.75)
+    assert passed is False
